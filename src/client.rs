@@ -1,0 +1,264 @@
+//! A blocking client for seqd's binary protocol: single requests and pipelines.
+//!
+//! ```no_run
+//! let mut client = seqd::client::Client::connect("127.0.0.1:10001")?;
+//! let id = client.get()?;                     // the next number of the default sequence
+//! let range = client.get_batch(100)?;         // 100 consecutive numbers
+//! let orders = client.open("orders")?;        // a named sequence
+//! let order_id = client.get_from(orders)?;
+//! # Ok::<(), seqd::client::ClientError>(())
+//! ```
+
+use std::io::{self, Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::ops::Range;
+use std::time::Duration;
+
+use crate::protocol::binary::{self, opcode};
+use crate::protocol::{ErrorCode, ParseError};
+use crate::sequence::{DEFAULT_SEQUENCE, SequenceId};
+
+/// Requests sent before their replies are read, at most; keeps both sides' buffers bounded so
+/// a long pipeline cannot deadlock.
+const PIPELINE_WINDOW: usize = 4096;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("I/O error talking to seqd: {0}")]
+    Io(#[from] io::Error),
+    #[error("seqd answered {code:?} (detail {detail}): {message}")]
+    Server {
+        code: ErrorCode,
+        detail: u64,
+        message: String,
+    },
+    /// The server refused the connection before any request (e.g. too many connections).
+    #[error("seqd refused the connection: {0}")]
+    Refused(String),
+    #[error("seqd closed the connection")]
+    Closed,
+    #[error("unexpected reply from seqd: {0}")]
+    Protocol(String),
+}
+
+/// One request of a pipeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Request {
+    Get(SequenceId),
+    GetBatch(SequenceId, u64),
+    Current(SequenceId),
+    Ping,
+}
+
+/// A successful reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Response {
+    Number(u64),
+    Range(Range<u64>),
+    Current(u64),
+    Pong,
+}
+
+pub struct Client {
+    stream: TcpStream,
+    out: Vec<u8>,
+    input: Vec<u8>,
+    /// Start of undecoded bytes in `input`.
+    start: usize,
+}
+
+impl Client {
+    /// Connects and disables Nagle's algorithm (requests are small and latency-bound).
+    pub fn connect(addr: impl ToSocketAddrs) -> Result<Client, ClientError> {
+        let stream = TcpStream::connect(addr)?;
+        stream.set_nodelay(true)?;
+        Ok(Client {
+            stream,
+            out: Vec::with_capacity(4096),
+            input: Vec::with_capacity(64 * 1024),
+            start: 0,
+        })
+    }
+
+    /// Fails reads and writes that take longer than `timeout` (default: wait forever).
+    pub fn set_timeout(&mut self, timeout: Option<Duration>) -> Result<(), ClientError> {
+        self.stream.set_read_timeout(timeout)?;
+        self.stream.set_write_timeout(timeout)?;
+        Ok(())
+    }
+
+    /// The id of the sequence called `name`, created if it does not exist yet.
+    pub fn open(&mut self, name: &str) -> Result<SequenceId, ClientError> {
+        self.out.clear();
+        binary::encode_open(&mut self.out, name.as_bytes());
+        self.stream.write_all(&self.out)?;
+        let value = self.read_reply(opcode::OPEN)?.1;
+        SequenceId::try_from(value)
+            .map_err(|_| ClientError::Protocol(format!("sequence id {value} out of range")))
+    }
+
+    /// The next number of the default sequence.
+    pub fn get(&mut self) -> Result<u64, ClientError> {
+        self.get_from(DEFAULT_SEQUENCE)
+    }
+
+    pub fn get_from(&mut self, sequence: SequenceId) -> Result<u64, ClientError> {
+        match self.call(Request::Get(sequence))? {
+            Response::Number(n) => Ok(n),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// `count` consecutive numbers of the default sequence.
+    pub fn get_batch(&mut self, count: u64) -> Result<Range<u64>, ClientError> {
+        self.get_batch_from(DEFAULT_SEQUENCE, count)
+    }
+
+    pub fn get_batch_from(
+        &mut self,
+        sequence: SequenceId,
+        count: u64,
+    ) -> Result<Range<u64>, ClientError> {
+        match self.call(Request::GetBatch(sequence, count))? {
+            Response::Range(range) => Ok(range),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// The next number the default sequence will issue.
+    pub fn current(&mut self) -> Result<u64, ClientError> {
+        self.current_of(DEFAULT_SEQUENCE)
+    }
+
+    pub fn current_of(&mut self, sequence: SequenceId) -> Result<u64, ClientError> {
+        match self.call(Request::Current(sequence))? {
+            Response::Current(n) => Ok(n),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    pub fn ping(&mut self) -> Result<(), ClientError> {
+        self.call(Request::Ping).map(drop)
+    }
+
+    fn call(&mut self, request: Request) -> Result<Response, ClientError> {
+        let mut replies = self.pipeline(&[request])?;
+        replies.pop().ok_or(ClientError::Closed)?
+    }
+
+    /// Sends `requests` back to back and returns their replies in order. The outer error is
+    /// for the connection; each inner one is the server's answer to that request.
+    pub fn pipeline(
+        &mut self,
+        requests: &[Request],
+    ) -> Result<Vec<Result<Response, ClientError>>, ClientError> {
+        let mut replies = Vec::with_capacity(requests.len());
+        for window in requests.chunks(PIPELINE_WINDOW) {
+            self.out.clear();
+            for request in window {
+                let (op, sequence, argument) = match *request {
+                    Request::Get(s) => (opcode::GETSEQ, s, 0),
+                    Request::GetBatch(s, n) => (opcode::GETSEQ_BATCH, s, n),
+                    Request::Current(s) => (opcode::CURRENT, s, 0),
+                    Request::Ping => (opcode::PING, 0, 0),
+                };
+                binary::encode_request(&mut self.out, op, sequence, argument);
+            }
+            self.stream.write_all(&self.out)?;
+            for request in window {
+                let expected = match request {
+                    Request::Get(_) => opcode::GETSEQ,
+                    Request::GetBatch(..) => opcode::GETSEQ_BATCH,
+                    Request::Current(_) => opcode::CURRENT,
+                    Request::Ping => opcode::PING,
+                };
+                let reply = match self.read_reply(expected) {
+                    Ok((count, value)) => Ok(match request {
+                        Request::Get(_) => Response::Number(value),
+                        Request::GetBatch(..) => Response::Range(value..value + u64::from(count)),
+                        Request::Current(_) => Response::Current(value),
+                        Request::Ping => Response::Pong,
+                    }),
+                    Err(e @ ClientError::Server { .. }) => Err(e),
+                    Err(e) => return Err(e),
+                };
+                replies.push(reply);
+            }
+        }
+        Ok(replies)
+    }
+
+    /// Reads one reply; returns its (count, value), or the server's error.
+    fn read_reply(&mut self, expected: u8) -> Result<(u32, u64), ClientError> {
+        loop {
+            let buffered = &self.input[self.start..];
+            if buffered.first() == Some(&b'-') {
+                // A text error line: the server refused us before knowing our protocol.
+                if let Some(lf) = memchr::memchr(b'\n', buffered) {
+                    let line = String::from_utf8_lossy(&buffered[1..lf])
+                        .trim_end()
+                        .to_string();
+                    return Err(ClientError::Refused(line));
+                }
+            } else {
+                match binary::decode_reply(buffered) {
+                    Ok(parsed) => {
+                        let reply = parsed.message;
+                        let result = if reply.status != binary::STATUS_OK {
+                            Err(ClientError::Server {
+                                code: ErrorCode::from_u8(reply.status)
+                                    .unwrap_or(ErrorCode::BadRequest),
+                                detail: reply.value,
+                                message: String::from_utf8_lossy(reply.message).into_owned(),
+                            })
+                        } else if reply.opcode != expected {
+                            Err(ClientError::Protocol(format!(
+                                "reply to opcode 0x{:02x} where 0x{expected:02x} was expected",
+                                reply.opcode
+                            )))
+                        } else {
+                            Ok((reply.count, reply.value))
+                        };
+                        self.start += parsed.consumed;
+                        return result;
+                    }
+                    Err(ParseError::Incomplete(_)) => {}
+                    Err(ParseError::Fatal(problem)) => {
+                        return Err(ClientError::Protocol(problem.to_string()));
+                    }
+                }
+            }
+            self.fill()?;
+        }
+    }
+
+    /// Reads more bytes from the socket into `input`.
+    fn fill(&mut self) -> Result<(), ClientError> {
+        if self.start == self.input.len() {
+            self.input.clear();
+            self.start = 0;
+        } else if self.start > self.input.capacity() / 2 {
+            self.input.drain(..self.start);
+            self.start = 0;
+        }
+        let len = self.input.len();
+        self.input.resize(len + 64 * 1024, 0);
+        let read = self.stream.read(&mut self.input[len..]);
+        let n = match read {
+            Ok(n) => n,
+            Err(e) => {
+                self.input.truncate(len);
+                return Err(e.into());
+            }
+        };
+        self.input.truncate(len + n);
+        if n == 0 {
+            return Err(ClientError::Closed);
+        }
+        Ok(())
+    }
+}
+
+fn unexpected(response: &Response) -> ClientError {
+    ClientError::Protocol(format!("unexpected reply {response:?}"))
+}

@@ -1,0 +1,174 @@
+//! The command line. Seed 001's flags are accepted in its own syntax
+//! (`--initial=1000 --port=10002 --host=0.0.0.0 --max-connections=500`).
+
+use std::net::{SocketAddr, ToSocketAddrs};
+
+use anyhow::{Context, bail};
+use clap::Parser;
+
+use crate::sequence::MAX_VALUE;
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "seqd",
+    version,
+    about = "A sequence-number server: unique, increasing 64-bit numbers over TCP.",
+    long_about = "seqd hands out unique, strictly increasing 64-bit numbers to many clients over \
+TCP, one at a time or in contiguous ranges, from one pinned io_uring event loop per core.
+
+One port speaks two protocols, chosen from the first byte a client sends:
+  text    GETSEQ, GETSEQ_BATCH n, CURRENT, PING, QUIT, each with an optional sequence name;
+          inline lines (telnet, nc) or RESP arrays (redis-cli, redis-benchmark)
+  binary  fixed 16-byte frames for the fast path (see docs/PROTOCOL.md, or seqd::client)
+
+Try it:
+  seqd &
+  echo GETSEQ | nc -N 127.0.0.1 10001        # :1
+  redis-cli -p 10001 GETSEQ_BATCH 100       # 1) (integer) 2  2) (integer) 101",
+    after_help = "Logs go to standard error; set the level with --log-level or SEQD_LOG \
+(e.g. `--log-level debug`, or per module: `--log-level seqd::server=debug`)."
+)]
+pub struct Config {
+    /// Interface to listen on (IPv4 or IPv6 address, or a host name).
+    #[arg(long, default_value = "0.0.0.0", env = "SEQD_HOST")]
+    pub host: String,
+
+    /// TCP port to listen on. 0 picks a free port (it is logged).
+    #[arg(long, default_value_t = 10001, env = "SEQD_PORT")]
+    pub port: u16,
+
+    /// First number a new sequence issues.
+    #[arg(long, default_value_t = 1, value_name = "NUMBER")]
+    pub initial: u64,
+
+    /// Most client connections served at once; the next one is refused with an error reply.
+    #[arg(long, default_value_t = 1000, value_name = "N")]
+    pub max_connections: usize,
+
+    /// Most sequences (the default one included); clients create them by naming them.
+    #[arg(long, default_value_t = 1024, value_name = "N")]
+    pub max_sequences: u32,
+
+    /// Largest count one GETSEQ_BATCH may ask for.
+    #[arg(long, default_value_t = 1_000_000, value_name = "N")]
+    pub max_batch: u64,
+
+    /// Event loops to run [default: one per CPU this process may use; see `taskset`].
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+
+    /// Pin each event loop to its own CPU (the default).
+    #[arg(long, overrides_with = "no_pin")]
+    pub pin: bool,
+
+    /// Let the scheduler move event loops between CPUs.
+    #[arg(long, overrides_with = "pin")]
+    pub no_pin: bool,
+
+    /// Log filter: error, warn, info, debug or trace, or per-module directives.
+    #[arg(long, default_value = "info", env = "SEQD_LOG", value_name = "FILTER")]
+    pub log_level: String,
+}
+
+impl Config {
+    /// Checks values clap cannot check alone.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.initial > MAX_VALUE {
+            bail!(
+                "--initial={} is above the largest number seqd issues ({MAX_VALUE})",
+                self.initial
+            );
+        }
+        if self.max_batch == 0 || self.max_batch > u64::from(u32::MAX) {
+            bail!("--max-batch must be between 1 and {}", u32::MAX);
+        }
+        if self.max_sequences == 0 || self.max_sequences > 1_000_000 {
+            bail!("--max-sequences must be between 1 and 1000000");
+        }
+        if self.max_connections == 0 {
+            bail!("--max-connections must be at least 1");
+        }
+        if self.threads == Some(0) {
+            bail!("--threads must be at least 1");
+        }
+        Ok(())
+    }
+
+    pub fn pin(&self) -> bool {
+        !self.no_pin
+    }
+
+    /// The address to listen on.
+    pub fn listen_addr(&self) -> anyhow::Result<SocketAddr> {
+        // A bare IPv6 address needs brackets to be joined with a port.
+        let host = self.host.trim_start_matches('[').trim_end_matches(']');
+        if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+            return Ok(SocketAddr::new(ip, self.port));
+        }
+        (host, self.port)
+            .to_socket_addrs()
+            .with_context(|| format!("cannot resolve --host={}", self.host))?
+            .next()
+            .with_context(|| format!("--host={} resolves to no address", self.host))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Config {
+        Config::try_parse_from(std::iter::once("seqd").chain(args.iter().copied())).unwrap()
+    }
+
+    #[test]
+    fn seed_001_flags_in_seed_syntax() {
+        let c = parse(&[
+            "--initial=1000000",
+            "--port=10002",
+            "--host=0.0.0.0",
+            "--max-connections=5",
+        ]);
+        assert_eq!(
+            (c.initial, c.port, c.host.as_str(), c.max_connections),
+            (1_000_000, 10002, "0.0.0.0", 5)
+        );
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn defaults_follow_seed_001() {
+        let c = parse(&[]);
+        assert_eq!(
+            (c.initial, c.port, c.host.as_str(), c.max_connections),
+            (1, 10001, "0.0.0.0", 1000)
+        );
+        assert!(c.pin());
+        assert!(!parse(&["--no-pin"]).pin());
+        assert!(parse(&["--no-pin", "--pin"]).pin());
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_the_flag_named() {
+        let err = parse(&["--initial=9223372036854775807"])
+            .validate()
+            .unwrap_err();
+        assert!(err.to_string().contains("--initial"));
+        assert!(
+            parse(&["--max-batch=0"])
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("--max-batch")
+        );
+        assert!(Config::try_parse_from(["seqd", "--port=70000"]).is_err());
+    }
+
+    #[test]
+    fn ipv6_hosts() {
+        let c = parse(&["--host=::1", "--port=5"]);
+        assert_eq!(c.listen_addr().unwrap(), "[::1]:5".parse().unwrap());
+        let c = parse(&["--host=[::1]", "--port=5"]);
+        assert_eq!(c.listen_addr().unwrap(), "[::1]:5".parse().unwrap());
+    }
+}

@@ -1,0 +1,9 @@
+//! seqd: a sequence-number server. See README.md for the guarantees and docs/PROTOCOL.md for
+//! the wire formats.
+
+pub mod client;
+pub mod config;
+pub mod protocol;
+pub mod sequence;
+pub mod server;
+pub mod session;

@@ -1,0 +1,337 @@
+//! Wire protocols: pure codecs, bytes in and bytes out, no I/O.
+//!
+//! Every codec decodes *in place*: a [`Request`] borrows from the caller's buffer. Decoders
+//! follow one contract (after tokio mini-redis and pelikan): given the bytes received so far
+//! they return either a complete message and how many bytes it used ([`ParseOk`]), or
+//! [`ParseError::Incomplete`] saying what more is needed, or [`ParseError::Fatal`] when the
+//! stream cannot be resynchronised and the connection must be closed after the error reply.
+
+pub mod binary;
+pub mod text;
+
+use std::fmt;
+
+use crate::sequence::{NameError, SequenceId};
+
+/// A decoded message and the number of bytes it occupied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParseOk<T> {
+    pub message: T,
+    pub consumed: usize,
+}
+
+/// Why no message could be decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ParseError<'a> {
+    /// The buffer holds the start of a message; feed more bytes and try again.
+    Incomplete(Need),
+    /// The bytes can never become a valid message: answer with this problem, then close.
+    Fatal(Problem<'a>),
+}
+
+/// How many more bytes an incomplete message needs, at least.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Need {
+    /// Exactly this many more bytes complete the message.
+    Bytes(usize),
+    /// Bytes up to and including the next line feed may complete it.
+    Line,
+}
+
+/// Which sequence a request is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target<'a> {
+    /// None named: the default sequence.
+    Default,
+    /// By id, as the binary protocol names them (see `OPEN`).
+    Id(SequenceId),
+    /// By name, as the text protocol names them.
+    Name(&'a [u8]),
+}
+
+/// A request decoded from either protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Request<'a> {
+    /// The next number.
+    Get { target: Target<'a> },
+    /// `count` consecutive numbers as one range.
+    GetBatch { target: Target<'a>, count: u64 },
+    /// The next number to be issued, without consuming it.
+    Current { target: Target<'a> },
+    /// Liveness check; the text protocol may echo a message.
+    Ping { echo: Option<&'a [u8]> },
+    /// Resolve (creating if needed) a sequence name to the id binary requests carry.
+    Open { name: &'a [u8] },
+    /// Close the connection after replying.
+    Quit,
+    /// A Redis tool's handshake: `CONFIG GET parameter` (answered with the parameter and an
+    /// empty value, as Redis answers a parameter that is not set) or `COMMAND ...` (answered
+    /// with an empty array), so `redis-cli` and `redis-benchmark` start without complaint.
+    RedisHandshake { config_get: Option<&'a [u8]> },
+    /// An empty text line: no reply.
+    Nothing,
+    /// A well-framed request that cannot be served: answered with this error; the
+    /// connection stays usable.
+    Invalid(Problem<'a>),
+}
+
+/// A reply, before encoding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reply<'a> {
+    /// The number a `GET` reserved.
+    Number(u64),
+    /// The `count` numbers starting at `first` that a `GET_BATCH` reserved.
+    Range {
+        first: u64,
+        count: u64,
+    },
+    /// The next number to be issued.
+    Current(u64),
+    Pong {
+        echo: Option<&'a [u8]>,
+    },
+    Opened(SequenceId),
+    Ok,
+    EmptyArray,
+    /// `CONFIG GET` of a parameter seqd does not have: `[parameter, ""]`.
+    UnsetConfig(&'a [u8]),
+    /// `opcode` is the binary opcode of the request being answered (0 when unknown).
+    Error {
+        opcode: u8,
+        problem: Problem<'a>,
+    },
+}
+
+/// Error codes, shared by both protocols. The binary protocol carries the number; the text
+/// protocol prefixes the message with the name (`-ERR`, `-EXHAUSTED`, ...).
+#[repr(u8)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    /// Malformed or unsupported request; unknown command or opcode; wrong arguments.
+    BadRequest = 1,
+    /// A count or other argument outside its allowed range.
+    OutOfRange = 2,
+    /// The sequence has fewer numbers left than requested.
+    Exhausted = 3,
+    /// The sequence id is not open on this server.
+    UnknownSequence = 4,
+    /// A bound on the server's resources was hit (sequences, connections).
+    Limit = 5,
+    /// The server cannot issue numbers right now (durable state could not be written).
+    Unavailable = 6,
+    /// The stream is unusable: the connection is closed after this reply.
+    Fatal = 7,
+}
+
+impl ErrorCode {
+    /// The word that starts a text-protocol error reply.
+    pub fn text_prefix(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest | ErrorCode::OutOfRange | ErrorCode::Fatal => "ERR",
+            ErrorCode::Exhausted => "EXHAUSTED",
+            ErrorCode::UnknownSequence => "NOSEQUENCE",
+            ErrorCode::Limit => "LIMIT",
+            ErrorCode::Unavailable => "UNAVAILABLE",
+        }
+    }
+
+    pub fn from_u8(code: u8) -> Option<ErrorCode> {
+        Some(match code {
+            1 => ErrorCode::BadRequest,
+            2 => ErrorCode::OutOfRange,
+            3 => ErrorCode::Exhausted,
+            4 => ErrorCode::UnknownSequence,
+            5 => ErrorCode::Limit,
+            6 => ErrorCode::Unavailable,
+            7 => ErrorCode::Fatal,
+            _ => return None,
+        })
+    }
+}
+
+/// Every way a request can be refused, with what the message needs to say. Formatting is
+/// done straight into the output buffer (no allocation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Problem<'a> {
+    UnknownCommand(&'a [u8]),
+    WrongArity(&'static str),
+    NotAnInteger(&'a [u8]),
+    UnknownOpcode(u8),
+    ReservedFieldSet,
+    BatchOutOfRange { max: u64 },
+    Exhausted { remaining: u64 },
+    InvalidName(NameError),
+    TooManySequences { limit: u32 },
+    UnknownSequence(SequenceId),
+    Unavailable,
+    // Fatal ones: the connection closes after the reply.
+    LineTooLong { limit: usize },
+    Malformed(&'static str),
+    UnsupportedVersion(u8),
+    UnknownProtocol(u8),
+    TooManyConnections { limit: usize },
+}
+
+/// Commands the text protocol understands, for the unknown-command reply.
+pub const TEXT_COMMANDS: &str = "GETSEQ, GETSEQ_BATCH, CURRENT, PING, QUIT";
+
+impl Problem<'_> {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Problem::UnknownCommand(_)
+            | Problem::WrongArity(_)
+            | Problem::NotAnInteger(_)
+            | Problem::UnknownOpcode(_)
+            | Problem::ReservedFieldSet
+            | Problem::InvalidName(_) => ErrorCode::BadRequest,
+            Problem::BatchOutOfRange { .. } => ErrorCode::OutOfRange,
+            Problem::Exhausted { .. } => ErrorCode::Exhausted,
+            Problem::UnknownSequence(_) => ErrorCode::UnknownSequence,
+            Problem::TooManySequences { .. } | Problem::TooManyConnections { .. } => {
+                ErrorCode::Limit
+            }
+            Problem::Unavailable => ErrorCode::Unavailable,
+            Problem::LineTooLong { .. }
+            | Problem::Malformed(_)
+            | Problem::UnsupportedVersion(_)
+            | Problem::UnknownProtocol(_) => ErrorCode::Fatal,
+        }
+    }
+
+    /// A machine-readable number that goes with the code (a limit, a count), or 0.
+    pub fn detail(&self) -> u64 {
+        match *self {
+            Problem::BatchOutOfRange { max } => max,
+            Problem::Exhausted { remaining } => remaining,
+            Problem::TooManySequences { limit } => u64::from(limit),
+            Problem::UnknownSequence(id) => u64::from(id),
+            Problem::LineTooLong { limit } => limit as u64,
+            Problem::TooManyConnections { limit } => limit as u64,
+            Problem::UnknownOpcode(op) | Problem::UnsupportedVersion(op) => u64::from(op),
+            _ => 0,
+        }
+    }
+
+    /// Whether the connection must be closed after this reply.
+    pub fn is_fatal(&self) -> bool {
+        self.code() == ErrorCode::Fatal || matches!(self, Problem::TooManyConnections { .. })
+    }
+}
+
+impl fmt::Display for Problem<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            // Seed 001's wording, kept byte for byte.
+            Problem::UnknownCommand(name) => write!(
+                f,
+                "Unknown command '{}'. Supported: {TEXT_COMMANDS}",
+                Printable(name)
+            ),
+            Problem::WrongArity(usage) => write!(f, "wrong number of arguments: usage: {usage}"),
+            Problem::NotAnInteger(arg) => {
+                write!(f, "'{}' is not a non-negative integer", Printable(arg))
+            }
+            Problem::UnknownOpcode(op) => write!(f, "unknown opcode 0x{op:02x}"),
+            Problem::ReservedFieldSet => write!(f, "reserved fields must be zero"),
+            Problem::BatchOutOfRange { max } => {
+                write!(f, "batch size must be between 1 and {max} (--max-batch)")
+            }
+            Problem::Exhausted { remaining } => write!(
+                f,
+                "sequence exhausted: only {remaining} numbers are left before the maximum \
+                 {}",
+                crate::sequence::MAX_VALUE
+            ),
+            Problem::InvalidName(e) => write!(f, "{e}"),
+            Problem::TooManySequences { limit } => write!(
+                f,
+                "too many sequences: the limit is {limit} (--max-sequences)"
+            ),
+            Problem::UnknownSequence(id) => {
+                write!(
+                    f,
+                    "no sequence has id {id}: OPEN the sequence by name first"
+                )
+            }
+            Problem::Unavailable => write!(
+                f,
+                "cannot issue numbers: the durable state could not be written (see server log); \
+                 retry later"
+            ),
+            Problem::LineTooLong { limit } => {
+                write!(f, "request longer than {limit} bytes; closing connection")
+            }
+            Problem::Malformed(what) => write!(f, "malformed request: {what}; closing connection"),
+            Problem::UnsupportedVersion(v) => write!(
+                f,
+                "unsupported binary protocol version {v}; this server speaks version {}; \
+                 closing connection",
+                binary::VERSION
+            ),
+            Problem::UnknownProtocol(byte) => write!(
+                f,
+                "unknown protocol: first byte 0x{byte:02x} is neither a binary frame (0x{:02x}) \
+                 nor a text command; closing connection",
+                binary::MAGIC
+            ),
+            Problem::TooManyConnections { limit } => write!(
+                f,
+                "max number of connections ({limit}) reached (--max-connections); \
+                 closing connection"
+            ),
+        }
+    }
+}
+
+/// Shows client bytes safely inside an error message: printable ASCII as is, the rest escaped,
+/// at most 64 bytes.
+struct Printable<'a>(&'a [u8]);
+
+impl fmt::Display for Printable<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const SHOWN: usize = 64;
+        for &b in self.0.iter().take(SHOWN) {
+            if b.is_ascii_graphic() || b == b' ' {
+                write!(f, "{}", b as char)?;
+            } else {
+                write!(f, "\\x{b:02x}")?;
+            }
+        }
+        if self.0.len() > SHOWN {
+            write!(f, "...")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_command_wording_matches_seed() {
+        let msg = Problem::UnknownCommand(b"FOOBAR").to_string();
+        assert!(msg.starts_with("Unknown command 'FOOBAR'. Supported: GETSEQ, "));
+    }
+
+    #[test]
+    fn client_bytes_are_escaped_and_truncated() {
+        let msg = Problem::UnknownCommand(b"a\r\x1b").to_string();
+        assert!(msg.starts_with("Unknown command 'a\\x0d\\x1b'"));
+        let long = [b'x'; 100];
+        assert!(
+            Problem::UnknownCommand(&long)
+                .to_string()
+                .contains("xxx...'")
+        );
+    }
+
+    #[test]
+    fn codes_round_trip() {
+        for code in 1..=7 {
+            assert_eq!(ErrorCode::from_u8(code).unwrap() as u8, code);
+        }
+        assert_eq!(ErrorCode::from_u8(0), None);
+        assert_eq!(ErrorCode::from_u8(8), None);
+    }
+}

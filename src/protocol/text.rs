@@ -1,0 +1,480 @@
+//! The text protocol: seed 001's inline commands (`GETSEQ\r\n` → `:1\r\n`) and RESP arrays, so
+//! that telnet, `nc`, `redis-cli` and `redis-benchmark` all work against the same port.
+//!
+//! Inline lines end in CRLF or a bare LF; arguments are separated by spaces or tabs; command
+//! names are case-insensitive. A line starting with `*` is a RESP array of bulk strings.
+//! Requests longer than [`MAX_REQUEST`] bytes are refused and the connection closed.
+
+use super::{Need, ParseError, ParseOk, Problem, Reply, Request, Target};
+
+/// Longest accepted request line or RESP array, in bytes.
+pub const MAX_REQUEST: usize = 64 * 1024;
+/// Most arguments a RESP array may carry.
+pub const MAX_ARGS: usize = 1024;
+/// Arguments kept for interpretation; any beyond are only counted (no command takes more).
+const KEPT_ARGS: usize = 4;
+
+/// The words of one command, borrowed from the input.
+struct Args<'a> {
+    kept: [&'a [u8]; KEPT_ARGS],
+    count: usize,
+}
+
+impl<'a> Args<'a> {
+    fn new() -> Self {
+        Args {
+            kept: [&[]; KEPT_ARGS],
+            count: 0,
+        }
+    }
+
+    fn push(&mut self, arg: &'a [u8]) {
+        if self.count < KEPT_ARGS {
+            self.kept[self.count] = arg;
+        }
+        self.count += 1;
+    }
+}
+
+/// Decodes one request (inline or RESP) from the front of `buf`.
+#[inline]
+pub fn decode_request(buf: &[u8]) -> Result<ParseOk<Request<'_>>, ParseError<'_>> {
+    match buf.first() {
+        None => Err(ParseError::Incomplete(Need::Line)),
+        Some(b'*') => decode_resp(buf),
+        Some(_) => decode_inline(buf),
+    }
+}
+
+fn decode_inline(buf: &[u8]) -> Result<ParseOk<Request<'_>>, ParseError<'_>> {
+    let Some(end) = memchr::memchr(b'\n', buf) else {
+        return Err(incomplete_or_too_long(buf.len()));
+    };
+    if end > MAX_REQUEST {
+        return Err(too_long());
+    }
+    let line = buf[..end].strip_suffix(b"\r").unwrap_or(&buf[..end]);
+    let mut args = Args::new();
+    for word in line
+        .split(|&b| b == b' ' || b == b'\t')
+        .filter(|w| !w.is_empty())
+    {
+        args.push(word);
+    }
+    Ok(ParseOk {
+        message: interpret(&args),
+        consumed: end + 1,
+    })
+}
+
+fn decode_resp(buf: &[u8]) -> Result<ParseOk<Request<'_>>, ParseError<'_>> {
+    let mut pos = 0;
+    let count = read_length(buf, &mut pos, b'*')?;
+    if count > MAX_ARGS {
+        return Err(ParseError::Fatal(Problem::Malformed(
+            "RESP array has too many elements",
+        )));
+    }
+    let mut args = Args::new();
+    for _ in 0..count {
+        let len = read_length(buf, &mut pos, b'$')?;
+        if len > MAX_REQUEST {
+            return Err(too_long());
+        }
+        let end = pos + len;
+        if buf.len() < end + 2 {
+            return Err(incomplete_or_too_long(buf.len()));
+        }
+        if &buf[end..end + 2] != b"\r\n" {
+            return Err(ParseError::Fatal(Problem::Malformed(
+                "RESP bulk string not followed by CRLF",
+            )));
+        }
+        args.push(&buf[pos..end]);
+        pos = end + 2;
+        if pos > MAX_REQUEST {
+            return Err(too_long());
+        }
+    }
+    Ok(ParseOk {
+        message: interpret(&args),
+        consumed: pos,
+    })
+}
+
+/// Reads `<prefix><decimal>\r\n` at `*pos` and advances past it.
+fn read_length<'a>(buf: &[u8], pos: &mut usize, prefix: u8) -> Result<usize, ParseError<'a>> {
+    let rest = &buf[*pos..];
+    let Some(lf) = memchr::memchr(b'\n', rest) else {
+        return Err(incomplete_or_too_long(buf.len()));
+    };
+    let line = &rest[..lf];
+    let digits = match line {
+        [p, digits @ .., b'\r'] if *p == prefix => digits,
+        _ if prefix == b'*' => {
+            return Err(ParseError::Fatal(Problem::Malformed(
+                "bad RESP array header",
+            )));
+        }
+        _ => {
+            return Err(ParseError::Fatal(Problem::Malformed(
+                "expected a RESP bulk string",
+            )));
+        }
+    };
+    let len = parse_u64(digits)
+        .filter(|&n| n <= MAX_REQUEST as u64)
+        .ok_or(ParseError::Fatal(Problem::Malformed("bad RESP length")))?;
+    *pos += lf + 1;
+    Ok(len as usize)
+}
+
+fn incomplete_or_too_long<'a>(buffered: usize) -> ParseError<'a> {
+    if buffered > MAX_REQUEST {
+        too_long()
+    } else {
+        ParseError::Incomplete(Need::Line)
+    }
+}
+
+fn too_long<'a>() -> ParseError<'a> {
+    ParseError::Fatal(Problem::LineTooLong { limit: MAX_REQUEST })
+}
+
+/// Parses a plain decimal `u64` (no sign, no spaces). `None` on anything else or overflow.
+fn parse_u64(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() || digits.len() > 20 {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |n, &d| {
+        if d.is_ascii_digit() {
+            n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+        } else {
+            None
+        }
+    })
+}
+
+const USAGE_GETSEQ: &str = "GETSEQ [sequence]";
+const USAGE_BATCH: &str = "GETSEQ_BATCH count [sequence]";
+const USAGE_CURRENT: &str = "CURRENT [sequence]";
+const USAGE_PING: &str = "PING [message]";
+const USAGE_QUIT: &str = "QUIT";
+
+/// Turns the words of a command into a request.
+fn interpret<'a>(args: &Args<'a>) -> Request<'a> {
+    if args.count == 0 {
+        return Request::Nothing;
+    }
+    let name = args.kept[0];
+    let is = |command: &str| name.eq_ignore_ascii_case(command.as_bytes());
+    let target = |i: usize| match args.count > i {
+        true => Target::Name(args.kept[i]),
+        false => Target::Default,
+    };
+    let arity = |min: usize, max: usize, usage| {
+        if args.count < min || args.count > max {
+            Some(Request::Invalid(Problem::WrongArity(usage)))
+        } else {
+            None
+        }
+    };
+    if is("GETSEQ") {
+        arity(1, 2, USAGE_GETSEQ).unwrap_or(Request::Get { target: target(1) })
+    } else if is("GETSEQ_BATCH") {
+        if let Some(wrong) = arity(2, 3, USAGE_BATCH) {
+            return wrong;
+        }
+        // Seed 001 writes the count RESP-style (`GETSEQ_BATCH :100`); accept both.
+        let count = args.kept[1].strip_prefix(b":").unwrap_or(args.kept[1]);
+        match parse_u64(count) {
+            Some(count) => Request::GetBatch {
+                target: target(2),
+                count,
+            },
+            None => Request::Invalid(Problem::NotAnInteger(args.kept[1])),
+        }
+    } else if is("CURRENT") {
+        arity(1, 2, USAGE_CURRENT).unwrap_or(Request::Current { target: target(1) })
+    } else if is("PING") {
+        let echo = (args.count == 2).then_some(args.kept[1]);
+        arity(1, 2, USAGE_PING).unwrap_or(Request::Ping { echo })
+    } else if is("QUIT") {
+        arity(1, 1, USAGE_QUIT).unwrap_or(Request::Quit)
+    } else if is("CONFIG") {
+        let get = args.count == 3 && args.kept[1].eq_ignore_ascii_case(b"GET");
+        Request::RedisHandshake {
+            config_get: get.then_some(args.kept[2]),
+        }
+    } else if is("COMMAND") {
+        Request::RedisHandshake { config_get: None }
+    } else {
+        Request::Invalid(Problem::UnknownCommand(name))
+    }
+}
+
+/// Appends the text encoding of `reply` to `out`.
+#[inline]
+pub fn encode_reply(out: &mut Vec<u8>, reply: &Reply<'_>) {
+    match *reply {
+        Reply::Number(n) | Reply::Current(n) => integer(out, n),
+        Reply::Range { first, count } => {
+            // Inclusive bounds, as seed 000's `start,end`.
+            out.extend_from_slice(b"*2\r\n");
+            integer(out, first);
+            integer(out, first + count - 1);
+        }
+        Reply::Pong { echo: None } => out.extend_from_slice(b"+PONG\r\n"),
+        Reply::Pong {
+            echo: Some(message),
+        } => bulk(out, message),
+        Reply::UnsetConfig(parameter) => {
+            out.extend_from_slice(b"*2\r\n");
+            bulk(out, parameter);
+            bulk(out, b"");
+        }
+        Reply::Opened(id) => integer(out, u64::from(id)),
+        Reply::Ok => out.extend_from_slice(b"+OK\r\n"),
+        Reply::EmptyArray => out.extend_from_slice(b"*0\r\n"),
+        Reply::Error { problem, .. } => {
+            use std::io::Write;
+            // Writing to a Vec cannot fail.
+            let _ = write!(out, "-{} {problem}\r\n", problem.code().text_prefix());
+        }
+    }
+}
+
+fn bulk(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.push(b'$');
+    out.extend_from_slice(itoa::Buffer::new().format(bytes.len()).as_bytes());
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(bytes);
+    out.extend_from_slice(b"\r\n");
+}
+
+#[inline]
+fn integer(out: &mut Vec<u8>, n: u64) {
+    out.push(b':');
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(input: &[u8]) -> (Request<'_>, usize) {
+        let ok = decode_request(input).unwrap();
+        (ok.message, ok.consumed)
+    }
+
+    fn encoded(reply: Reply<'_>) -> String {
+        let mut out = Vec::new();
+        encode_reply(&mut out, &reply);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn inline_commands_crlf_or_lf_any_case() {
+        assert_eq!(
+            request(b"GETSEQ\r\n"),
+            (
+                Request::Get {
+                    target: Target::Default
+                },
+                8
+            )
+        );
+        assert_eq!(
+            request(b"getseq\n"),
+            (
+                Request::Get {
+                    target: Target::Default
+                },
+                7
+            )
+        );
+        assert_eq!(
+            request(b"CuRrEnT\r\nGETSEQ\r\n"),
+            (
+                Request::Current {
+                    target: Target::Default
+                },
+                9
+            )
+        );
+        assert_eq!(
+            request(b"GETSEQ orders\r\n").0,
+            Request::Get {
+                target: Target::Name(b"orders")
+            }
+        );
+        assert_eq!(
+            request(b"  GETSEQ_BATCH\t100  orders \r\n").0,
+            Request::GetBatch {
+                target: Target::Name(b"orders"),
+                count: 100
+            }
+        );
+        assert_eq!(
+            request(b"GETSEQ_BATCH :100\r\n").0,
+            Request::GetBatch {
+                target: Target::Default,
+                count: 100
+            }
+        );
+        assert_eq!(request(b"\r\n"), (Request::Nothing, 2));
+        assert_eq!(request(b"PING\r\n").0, Request::Ping { echo: None });
+        assert_eq!(request(b"ping hi\n").0, Request::Ping { echo: Some(b"hi") });
+        assert_eq!(request(b"QUIT\r\n").0, Request::Quit);
+    }
+
+    #[test]
+    fn resp_arrays() {
+        assert_eq!(
+            request(b"*1\r\n$6\r\nGETSEQ\r\n"),
+            (
+                Request::Get {
+                    target: Target::Default
+                },
+                16
+            )
+        );
+        assert_eq!(
+            request(b"*3\r\n$12\r\nGETSEQ_BATCH\r\n$2\r\n20\r\n$1\r\nx\r\nrest").0,
+            Request::GetBatch {
+                target: Target::Name(b"x"),
+                count: 20
+            }
+        );
+        assert_eq!(
+            request(b"*3\r\n$6\r\nCONFIG\r\n$3\r\nGET\r\n$4\r\nsave\r\n").0,
+            Request::RedisHandshake {
+                config_get: Some(b"save")
+            }
+        );
+        assert_eq!(
+            request(b"COMMAND DOCS\r\n").0,
+            Request::RedisHandshake { config_get: None }
+        );
+        // Binary-safe: a bulk string may hold a line feed.
+        assert_eq!(
+            request(b"*2\r\n$4\r\nPING\r\n$3\r\na\nb\r\n").0,
+            Request::Ping {
+                echo: Some(b"a\nb")
+            }
+        );
+        assert_eq!(request(b"*0\r\n"), (Request::Nothing, 4));
+    }
+
+    #[test]
+    fn incomplete_input_asks_for_a_line() {
+        for input in [
+            &b"GETS"[..],
+            b"*1\r\n$6\r\nGET",
+            b"*1\r\n$6",
+            b"*1",
+            b"*1\r\n$6\r\nGETSEQ\r",
+        ] {
+            assert_eq!(
+                decode_request(input),
+                Err(ParseError::Incomplete(Need::Line)),
+                "{input:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn bad_requests_are_answered_not_fatal() {
+        assert_eq!(
+            request(b"FOOBAR\r\n").0,
+            Request::Invalid(Problem::UnknownCommand(b"FOOBAR"))
+        );
+        assert_eq!(
+            request(b"GETSEQ a b\r\n").0,
+            Request::Invalid(Problem::WrongArity(USAGE_GETSEQ))
+        );
+        assert_eq!(
+            request(b"GETSEQ_BATCH\r\n").0,
+            Request::Invalid(Problem::WrongArity(USAGE_BATCH))
+        );
+        assert_eq!(
+            request(b"GETSEQ_BATCH -1\r\n").0,
+            Request::Invalid(Problem::NotAnInteger(b"-1"))
+        );
+        assert_eq!(
+            request(b"GETSEQ_BATCH 99999999999999999999\r\n").0,
+            Request::Invalid(Problem::NotAnInteger(b"99999999999999999999"))
+        );
+    }
+
+    #[test]
+    fn unrecoverable_input_is_fatal() {
+        let long = vec![b'a'; MAX_REQUEST + 1];
+        assert_eq!(decode_request(&long), Err(too_long()));
+        let mut long_line = vec![b'a'; MAX_REQUEST + 1];
+        long_line.push(b'\n');
+        assert_eq!(decode_request(&long_line), Err(too_long()));
+        assert!(matches!(
+            decode_request(b"*x\r\n"),
+            Err(ParseError::Fatal(_))
+        ));
+        assert!(matches!(
+            decode_request(b"*1\r\n:5\r\n"),
+            Err(ParseError::Fatal(_))
+        ));
+        assert!(matches!(
+            decode_request(b"*1\r\n$2\r\nabcd\r\n"),
+            Err(ParseError::Fatal(_))
+        ));
+        assert!(matches!(
+            decode_request(b"*99999\r\n"),
+            Err(ParseError::Fatal(_))
+        ));
+        assert!(matches!(
+            decode_request(b"*1\r\n$99999999\r\n"),
+            Err(ParseError::Fatal(_))
+        ));
+    }
+
+    #[test]
+    fn replies() {
+        assert_eq!(encoded(Reply::Number(1234567890)), ":1234567890\r\n");
+        assert_eq!(encoded(Reply::Current(4)), ":4\r\n");
+        assert_eq!(
+            encoded(Reply::Range {
+                first: 1001,
+                count: 20
+            }),
+            "*2\r\n:1001\r\n:1020\r\n"
+        );
+        assert_eq!(encoded(Reply::Pong { echo: None }), "+PONG\r\n");
+        assert_eq!(encoded(Reply::Pong { echo: Some(b"hi") }), "$2\r\nhi\r\n");
+        assert_eq!(encoded(Reply::Ok), "+OK\r\n");
+        assert_eq!(encoded(Reply::EmptyArray), "*0\r\n");
+        assert_eq!(
+            encoded(Reply::UnsetConfig(b"save")),
+            "*2\r\n$4\r\nsave\r\n$0\r\n\r\n"
+        );
+        assert_eq!(
+            encoded(Reply::Error {
+                opcode: 0,
+                problem: Problem::UnknownCommand(b"FOOBAR")
+            }),
+            format!(
+                "-ERR Unknown command 'FOOBAR'. Supported: {}\r\n",
+                super::super::TEXT_COMMANDS
+            )
+        );
+        assert_eq!(
+            encoded(Reply::Error {
+                opcode: 0,
+                problem: Problem::Exhausted { remaining: 0 }
+            }),
+            format!(
+                "-EXHAUSTED sequence exhausted: only 0 numbers are left before the maximum {}\r\n",
+                crate::sequence::MAX_VALUE
+            )
+        );
+    }
+}

@@ -1,0 +1,214 @@
+//! The set of sequences a server serves, looked up by id (lock-free) or by name.
+//!
+//! Sequences are created on first use, up to a fixed bound, so a client cannot exhaust memory
+//! by inventing names. Ids are dense indexes into a table allocated once; looking a sequence up
+//! by id is a single atomic load. Name lookups take a mutex and are meant to be cached by the
+//! caller (each event loop keeps its own name → id map).
+
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+
+use super::{DEFAULT_NAME, DEFAULT_SEQUENCE, END_OF_SPACE, Sequence, SequenceId};
+
+/// Longest accepted sequence name, in bytes.
+pub const MAX_NAME_LEN: usize = 64;
+
+/// Why a name is not acceptable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    #[error("sequence name is empty")]
+    Empty,
+    #[error("sequence name is longer than {MAX_NAME_LEN} bytes")]
+    TooLong,
+    #[error("sequence name may contain only letters, digits and _ . : -")]
+    BadCharacter,
+}
+
+/// Why a sequence could not be found or created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RegistryError {
+    #[error(transparent)]
+    InvalidName(#[from] NameError),
+    #[error("too many sequences: the limit is {limit} (raise it with --max-sequences)")]
+    TooManySequences { limit: u32 },
+}
+
+/// Checks a client-supplied sequence name and returns it as text.
+pub fn validate_name(name: &[u8]) -> Result<&str, NameError> {
+    if name.is_empty() {
+        return Err(NameError::Empty);
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Err(NameError::TooLong);
+    }
+    if !name
+        .iter()
+        .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'))
+    {
+        return Err(NameError::BadCharacter);
+    }
+    // Only ASCII passed the check above.
+    std::str::from_utf8(name).map_err(|_| NameError::BadCharacter)
+}
+
+#[derive(Debug)]
+pub struct Registry {
+    slots: Box<[OnceLock<Box<Sequence>>]>,
+    names: Mutex<HashMap<Box<str>, SequenceId>>,
+    /// First number of a sequence created at run time.
+    initial: u64,
+    /// Ceiling of a sequence created at run time: the end of the number space in memory-only
+    /// mode; `initial` (nothing issuable) when a store must first make a ceiling durable.
+    durable: bool,
+}
+
+impl Registry {
+    /// A memory-only registry holding the default sequence, with room for `max_sequences`
+    /// in all. Every number is issuable at once.
+    pub fn new(max_sequences: u32, initial: u64) -> Registry {
+        Registry::with_mode(max_sequences, initial, false)
+    }
+
+    /// Like [`Registry::new`], but a sequence issues nothing until its ceiling is raised
+    /// (by whoever persists it).
+    pub fn durable(max_sequences: u32, initial: u64) -> Registry {
+        Registry::with_mode(max_sequences, initial, true)
+    }
+
+    fn with_mode(max_sequences: u32, initial: u64, durable: bool) -> Registry {
+        assert!(max_sequences >= 1, "the default sequence needs a slot");
+        let registry = Registry {
+            slots: (0..max_sequences).map(|_| OnceLock::new()).collect(),
+            names: Mutex::new(HashMap::new()),
+            initial,
+            durable,
+        };
+        registry.insert(DEFAULT_SEQUENCE, DEFAULT_NAME);
+        registry
+    }
+
+    /// The sequence with this id, if it exists. Lock-free.
+    #[inline]
+    pub fn get(&self, id: SequenceId) -> Option<&Sequence> {
+        self.slots.get(id as usize)?.get().map(|s| &**s)
+    }
+
+    /// The sequence with this name, created if it does not exist yet.
+    pub fn resolve(&self, name: &[u8]) -> Result<&Sequence, RegistryError> {
+        let name = validate_name(name)?;
+        let mut names = self.lock_names();
+        let id = match names.get(name) {
+            Some(&id) => id,
+            None => {
+                let id = names.len() as SequenceId;
+                if id as usize >= self.slots.len() {
+                    return Err(RegistryError::TooManySequences {
+                        limit: self.slots.len() as u32,
+                    });
+                }
+                names.insert(name.into(), id);
+                id
+            }
+        };
+        Ok(self.slot(id, name))
+    }
+
+    /// Every sequence that exists, in id order.
+    pub fn iter(&self) -> impl Iterator<Item = &Sequence> {
+        self.slots.iter().map_while(|slot| slot.get().map(|s| &**s))
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock_names().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn capacity(&self) -> u32 {
+        self.slots.len() as u32
+    }
+
+    fn insert(&self, id: SequenceId, name: &str) {
+        self.lock_names().insert(name.into(), id);
+        self.slot(id, name);
+    }
+
+    /// The sequence in slot `id`, created with `name` if the slot is empty.
+    fn slot(&self, id: SequenceId, name: &str) -> &Sequence {
+        let ceiling = if self.durable {
+            self.initial
+        } else {
+            END_OF_SPACE
+        };
+        self.slots[id as usize]
+            .get_or_init(|| Box::new(Sequence::new(id, name, self.initial, ceiling)))
+    }
+
+    fn lock_names(&self) -> std::sync::MutexGuard<'_, HashMap<Box<str>, SequenceId>> {
+        // A panic while holding this lock cannot leave the map half-updated (single insert),
+        // so a poisoned lock is still consistent.
+        self.names
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_sequence_exists() {
+        let r = Registry::new(4, 7);
+        let d = r.get(DEFAULT_SEQUENCE).unwrap();
+        assert_eq!(d.name(), DEFAULT_NAME);
+        assert_eq!(d.current(), 7);
+        assert_eq!(r.resolve(b"default").unwrap().id(), DEFAULT_SEQUENCE);
+    }
+
+    #[test]
+    fn names_create_once_and_resolve_to_the_same_id() {
+        let r = Registry::new(4, 1);
+        let a = r.resolve(b"orders").unwrap().id();
+        let b = r.resolve(b"events").unwrap().id();
+        assert_ne!(a, b);
+        assert_eq!(r.resolve(b"orders").unwrap().id(), a);
+        assert_eq!(r.get(a).unwrap().name(), "orders");
+        assert_eq!(r.len(), 3);
+        assert_eq!(r.iter().count(), 3);
+    }
+
+    #[test]
+    fn bound_is_enforced() {
+        let r = Registry::new(2, 1);
+        r.resolve(b"one").unwrap();
+        assert_eq!(
+            r.resolve(b"two").unwrap_err(),
+            RegistryError::TooManySequences { limit: 2 }
+        );
+        assert!(r.get(2).is_none());
+        // Existing names still resolve once the table is full.
+        assert!(r.resolve(b"one").is_ok());
+    }
+
+    #[test]
+    fn names_are_validated() {
+        let r = Registry::new(4, 1);
+        assert_eq!(r.resolve(b"").unwrap_err(), NameError::Empty.into());
+        assert_eq!(
+            r.resolve(&[b'a'; 65]).unwrap_err(),
+            NameError::TooLong.into()
+        );
+        assert_eq!(
+            r.resolve(b"a b").unwrap_err(),
+            NameError::BadCharacter.into()
+        );
+        assert_eq!(
+            r.resolve("é".as_bytes()).unwrap_err(),
+            NameError::BadCharacter.into()
+        );
+        assert!(r.resolve(b"tx.ids:eu-west_1").is_ok());
+    }
+}

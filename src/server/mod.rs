@@ -1,0 +1,260 @@
+//! The server: one pinned, single-threaded io_uring event loop per core, each with its own
+//! SO_REUSEPORT listener, sharing nothing but the sequence registry and a connection count.
+
+mod bufring;
+pub mod probe;
+mod uring;
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, mpsc};
+use std::thread::JoinHandle;
+
+use anyhow::Context;
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::sequence::Registry;
+use crate::session::Limits;
+
+/// How the server is to run.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub addr: SocketAddr,
+    pub threads: usize,
+    pub pin: bool,
+    pub max_connections: usize,
+    pub limits: Limits,
+}
+
+/// State every event loop sees.
+#[derive(Debug)]
+struct Shared {
+    registry: Arc<Registry>,
+    connections: AtomicUsize,
+    max_connections: usize,
+    shutdown: AtomicBool,
+}
+
+/// Something the process's main thread should know about.
+#[derive(Debug)]
+pub enum Event {
+    /// A signal arrived (SIGINT, SIGTERM).
+    Signal(i32),
+    /// An event loop stopped: with `Ok` after a requested shutdown, `Err` when it failed.
+    LoopExited {
+        index: usize,
+        result: Result<(), String>,
+    },
+}
+
+/// Wakes event loops from other threads (shutdown, a raised durable ceiling).
+#[derive(Debug, Clone)]
+pub struct Wakers(Arc<Vec<OwnedFd>>);
+
+impl Wakers {
+    pub fn wake_all(&self) {
+        for fd in self.0.iter() {
+            let one = 1u64.to_ne_bytes();
+            // SAFETY: writing 8 bytes from a live buffer to an eventfd we own. An eventfd write
+            // only fails if the counter would overflow, which leaves the loop awake anyway.
+            unsafe { libc::write(fd.as_raw_fd(), one.as_ptr().cast(), one.len()) };
+        }
+    }
+}
+
+pub struct Server {
+    local_addr: SocketAddr,
+    shared: Arc<Shared>,
+    wakers: Wakers,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Server {
+    /// Binds the listeners, starts the event loops and returns once all are serving.
+    /// Loop exits are reported on `events`.
+    pub fn start(
+        settings: &Settings,
+        registry: Arc<Registry>,
+        events: mpsc::Sender<Event>,
+    ) -> anyhow::Result<Server> {
+        let listeners = bind_listeners(settings.addr, settings.threads)?;
+        let local_addr = listeners[0]
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_socket())
+            .context("listener has no address")?;
+        let shared = Arc::new(Shared {
+            registry,
+            connections: AtomicUsize::new(0),
+            max_connections: settings.max_connections,
+            shutdown: AtomicBool::new(false),
+        });
+        let cores = if settings.pin {
+            core_affinity::get_core_ids().unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        if settings.pin && cores.is_empty() {
+            tracing::warn!(
+                "cannot read the CPUs this process may use; event loops will not be pinned"
+            );
+        } else if settings.pin && settings.threads > cores.len() {
+            tracing::warn!(
+                threads = settings.threads,
+                cpus = cores.len(),
+                "more event loops than CPUs: some loops share a CPU"
+            );
+        }
+
+        let mut eventfds = Vec::with_capacity(settings.threads);
+        for _ in 0..settings.threads {
+            // SAFETY: plain syscall; the returned descriptor is checked and then owned.
+            let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+            if fd < 0 {
+                return Err(io::Error::last_os_error()).context("cannot create an eventfd");
+            }
+            // SAFETY: `fd` is a fresh descriptor nobody else owns.
+            eventfds.push(unsafe { OwnedFd::from_raw_fd(fd) });
+        }
+        let wake_fds: Vec<i32> = eventfds.iter().map(|fd| fd.as_raw_fd()).collect();
+        let wakers = Wakers(Arc::new(eventfds));
+
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let mut threads = Vec::with_capacity(settings.threads);
+        for (index, listener) in listeners.into_iter().enumerate() {
+            let core = (!cores.is_empty()).then(|| cores[index % cores.len()]);
+            let loop_settings = uring::LoopSettings {
+                index,
+                listener: listener.into(),
+                wake_fd: wake_fds[index],
+                limits: settings.limits.clone(),
+            };
+            let shared = shared.clone();
+            let ready = ready_tx.clone();
+            let events = events.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("seqd-loop-{index}"))
+                .spawn(move || {
+                    if let Some(core) = core
+                        && !core_affinity::set_for_current(core)
+                    {
+                        tracing::warn!(
+                            loop_index = index,
+                            core = core.id,
+                            "could not pin event loop"
+                        );
+                    }
+                    let event_loop = match uring::EventLoop::new(loop_settings, shared) {
+                        Ok(event_loop) => event_loop,
+                        Err(e) => {
+                            let _ = ready.send(Err(e.to_string()));
+                            return;
+                        }
+                    };
+                    let _ = ready.send(Ok((index, event_loop.features(), core.map(|c| c.id))));
+                    let result = event_loop.run().map_err(|e| e.to_string());
+                    let _ = events.send(Event::LoopExited { index, result });
+                })
+                .context("cannot start an event loop thread")?;
+            threads.push(thread);
+        }
+        drop(ready_tx);
+
+        let server = Server {
+            local_addr,
+            shared,
+            wakers,
+            threads,
+        };
+        for _ in 0..settings.threads {
+            match ready_rx.recv() {
+                Ok(Ok((index, features, core))) => {
+                    let core = core.map_or_else(|| "unpinned".to_string(), |c| format!("cpu {c}"));
+                    tracing::debug!(loop_index = index, %core, "event loop ready: {features}");
+                    if index == 0 {
+                        tracing::info!("io_uring: {features} (kernel {})", probe::kernel_release());
+                    }
+                }
+                Ok(Err(e)) => {
+                    server.stop();
+                    return Err(anyhow::anyhow!(e));
+                }
+                Err(_) => {
+                    server.stop();
+                    anyhow::bail!("an event loop exited during start-up");
+                }
+            }
+        }
+        Ok(server)
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Wakes every event loop (they re-check shutdown and waiting requests).
+    pub fn wakers(&self) -> Wakers {
+        self.wakers.clone()
+    }
+
+    pub fn connections(&self) -> usize {
+        self.shared.connections.load(Ordering::Relaxed)
+    }
+
+    /// Asks every loop to stop accepting, answer what it has received, and close.
+    pub fn stop(&self) {
+        self.shared.shutdown.store(true, Ordering::Release);
+        self.wakers.wake_all();
+    }
+
+    /// Waits for every event loop thread to end.
+    pub fn join(self) {
+        for thread in self.threads {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Binds `count` SO_REUSEPORT listeners to `addr`. The port must not already be served by
+/// another process: SO_REUSEPORT would otherwise let two servers share it silently, and two
+/// sequencers on one port would hand out the same numbers.
+fn bind_listeners(addr: SocketAddr, count: usize) -> anyhow::Result<Vec<Socket>> {
+    let new_socket = |reuse_port: bool| -> io::Result<Socket> {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        socket.set_reuse_address(true)?;
+        socket.set_reuse_port(reuse_port)?;
+        // Accepted sockets inherit these.
+        socket.set_tcp_nodelay(true)?;
+        socket.set_keepalive(true)?;
+        Ok(socket)
+    };
+    let in_use = |e: io::Error, addr: SocketAddr| {
+        let hint = if e.kind() == io::ErrorKind::AddrInUse {
+            " (is another seqd or service on that port? choose another with --port)"
+        } else {
+            ""
+        };
+        anyhow::anyhow!("cannot listen on {addr}: {e}{hint}")
+    };
+
+    // Exclusive probe: fails if anything listens on the port, reuseport group or not.
+    let probe = new_socket(false).context("cannot create a socket")?;
+    probe.bind(&addr.into()).map_err(|e| in_use(e, addr))?;
+    let addr = probe
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_socket())
+        .context("bound socket has no address")?;
+    drop(probe);
+
+    let mut listeners = Vec::with_capacity(count);
+    for _ in 0..count {
+        let socket = new_socket(true).context("cannot create a socket")?;
+        socket.bind(&addr.into()).map_err(|e| in_use(e, addr))?;
+        socket.listen(4096).map_err(|e| in_use(e, addr))?;
+        listeners.push(socket);
+    }
+    Ok(listeners)
+}

@@ -1,0 +1,851 @@
+//! The io_uring event loop: one per core, single-threaded, sharing nothing but [`Shared`].
+//!
+//! Each turn: submit what is queued and wait for at least one completion → handle every
+//! completion (new connections, received bytes fed to their sessions, finished sends) → queue
+//! one send per connection holding replies → repeat. Receives are multishot into a provided
+//! buffer ring; accepts are multishot; nothing is allocated per request.
+//!
+//! Every operation's completion is routed by its user_data, a [`Token`]: the operation kind
+//! and the connection's slab key. A connection's slot is only freed once none of its
+//! operations can still complete, so a token never reaches a stranger.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use io_uring::{IoUring, cqueue, opcode, squeue, types};
+use slab::Slab;
+
+use super::Shared;
+use super::bufring::BufRing;
+use super::probe::{self, Features};
+use crate::protocol::{Problem, Reply, text};
+use crate::session::{LoopState, Pause, Session, Status};
+
+const SUBMISSION_ENTRIES: u32 = 4096;
+const COMPLETION_ENTRIES: u32 = 16384;
+const BUFFER_GROUP: u16 = 0;
+/// Receive buffers: enough that every busy connection of a turn finds one (a connection
+/// holds a buffer only while its completion is handled).
+const RECV_BUFFERS: u16 = 1024;
+const RECV_BUFFER_SIZE: u32 = 16 * 1024;
+/// A paused connection stops being read once this much of its input is held.
+const HELD_INPUT_LIMIT: usize = 1 << 20;
+/// Output buffers kept for reuse, and the largest one worth keeping.
+const SPARE_BUFFERS: usize = 256;
+const SPARE_BUFFER_MAX: usize = 1 << 20;
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+/// How long a closing connection waits for the peer to close after our FIN.
+const LINGER: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum Op {
+    Accept = 1,
+    Recv = 2,
+    Send = 3,
+    /// A cancellation request; its own completion carries nothing we need.
+    Cancel = 4,
+    Wake = 5,
+    /// The refusal sent to a connection over the limit; the key is its descriptor.
+    Refuse = 6,
+    Timer = 7,
+}
+
+/// user_data of an operation: `key << 8 | op`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Token(u64);
+
+impl Token {
+    fn new(op: Op, key: usize) -> Token {
+        Token((key as u64) << 8 | op as u64)
+    }
+
+    fn op(self) -> Option<Op> {
+        Some(match self.0 as u8 {
+            1 => Op::Accept,
+            2 => Op::Recv,
+            3 => Op::Send,
+            4 => Op::Cancel,
+            5 => Op::Wake,
+            6 => Op::Refuse,
+            7 => Op::Timer,
+            _ => return None,
+        })
+    }
+
+    fn key(self) -> usize {
+        (self.0 >> 8) as usize
+    }
+}
+
+const TIMER_SHUTDOWN: usize = 0;
+const TIMER_ACCEPT_RETRY: usize = 1;
+const TIMER_LINGER: usize = 2;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Closing {
+    No,
+    /// Send what is queued, then linger.
+    AfterFlush,
+    /// Everything is sent and our side shut down (FIN); reading and discarding until the peer
+    /// closes or [`LINGER`] passes. Closing a socket with unread input makes the kernel
+    /// reset the connection and throw away replies not yet delivered — often the very error
+    /// reply that explains the close.
+    Lingering,
+    /// Close as soon as no operation is in flight; queued output is dropped.
+    Now,
+}
+
+struct Connection {
+    fd: OwnedFd,
+    session: Session,
+    /// Replies not yet handed to the kernel.
+    pending: Vec<u8>,
+    /// Replies handed to the kernel: must not move or change until the send completes.
+    sending: Vec<u8>,
+    /// Bytes of `sending` the kernel has accepted.
+    sent: usize,
+    recv_armed: bool,
+    recv_cancelled: bool,
+    send_inflight: bool,
+    /// Reading stopped because the session holds too much input.
+    reading_stopped: bool,
+    /// The peer shut down its side (we received EOF).
+    peer_closed: bool,
+    /// When a lingering close gives up waiting for the peer.
+    linger_deadline: Option<std::time::Instant>,
+    paused: Option<Pause>,
+    closing: Closing,
+}
+
+impl Connection {
+    fn has_output(&self) -> bool {
+        !self.pending.is_empty() || self.send_inflight
+    }
+
+    /// Whether the multishot receive should be running.
+    fn wants_reading(&self) -> bool {
+        !self.peer_closed
+            && !self.recv_cancelled
+            && match self.closing {
+                Closing::No => !self.reading_stopped,
+                Closing::AfterFlush | Closing::Lingering => true,
+                Closing::Now => false,
+            }
+    }
+}
+
+pub(super) struct LoopSettings {
+    pub index: usize,
+    pub listener: std::net::TcpListener,
+    pub wake_fd: RawFd,
+    pub limits: crate::session::Limits,
+}
+
+pub(super) struct EventLoop {
+    // Field order is drop order: the ring goes first, so the kernel is done with every
+    // buffer below before they are freed.
+    ring: IoUring,
+    buffers: BufRing,
+    features: Features,
+    index: usize,
+    listener: Option<std::net::TcpListener>,
+    accept_armed: bool,
+    wake_fd: RawFd,
+    wake_buf: Box<[u8; 8]>,
+    wake_armed: bool,
+    timer: Box<types::Timespec>,
+    timers_armed: usize,
+    refusal: Box<[u8]>,
+    refusals_inflight: usize,
+    connections: Slab<Connection>,
+    state: LoopState,
+    shared: Arc<Shared>,
+    /// Connections lingering after close, with their deadlines.
+    lingering: Vec<(usize, std::time::Instant)>,
+    linger_timer_armed: bool,
+    /// Connections that may have replies to send this turn.
+    dirty: Vec<usize>,
+    /// Sessions waiting for a durable ceiling; retried when the loop is woken.
+    parked: Vec<usize>,
+    spare: Vec<Vec<u8>>,
+    draining: bool,
+}
+
+impl EventLoop {
+    pub fn new(settings: LoopSettings, shared: Arc<Shared>) -> io::Result<EventLoop> {
+        let (ring, features) = probe::create_ring(SUBMISSION_ENTRIES, COMPLETION_ENTRIES)?;
+        let buffers = BufRing::new(BUFFER_GROUP, RECV_BUFFERS, RECV_BUFFER_SIZE)?;
+        buffers.register(&ring.submitter()).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!(
+                    "cannot register a provided buffer ring ({e}); seqd needs Linux 6.0 or newer"
+                ),
+            )
+        })?;
+        let mut refusal = Vec::new();
+        let problem = Problem::TooManyConnections {
+            limit: shared.max_connections,
+        };
+        text::encode_reply(&mut refusal, &Reply::Error { opcode: 0, problem });
+        let state = LoopState::new(shared.registry.clone(), settings.limits);
+        Ok(EventLoop {
+            ring,
+            buffers,
+            features,
+            index: settings.index,
+            listener: Some(settings.listener),
+            accept_armed: false,
+            wake_fd: settings.wake_fd,
+            wake_buf: Box::new([0; 8]),
+            wake_armed: false,
+            timer: Box::new(types::Timespec::new()),
+            timers_armed: 0,
+            refusal: refusal.into_boxed_slice(),
+            refusals_inflight: 0,
+            connections: Slab::with_capacity(1024),
+            state,
+            shared,
+            lingering: Vec::new(),
+            linger_timer_armed: false,
+            dirty: Vec::with_capacity(1024),
+            parked: Vec::new(),
+            spare: Vec::new(),
+            draining: false,
+        })
+    }
+
+    pub fn features(&self) -> Features {
+        self.features
+    }
+
+    pub fn run(mut self) -> io::Result<()> {
+        self.arm_accept()?;
+        self.arm_wake()?;
+        // The shutdown may have been requested before the wake read was armed.
+        if self.shared.shutdown.load(Ordering::Acquire) {
+            self.begin_drain()?;
+        }
+        let mut completions: Vec<(u64, i32, u32)> = Vec::with_capacity(COMPLETION_ENTRIES as usize);
+        loop {
+            self.send_replies()?;
+            if self.finished() {
+                tracing::debug!(loop_index = self.index, "event loop stopped");
+                return Ok(());
+            }
+            match self.ring.submit_and_wait(1) {
+                Ok(_) => {}
+                // Interrupted, or completions must be reaped before more can be submitted.
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EINTR | libc::EBUSY | libc::EAGAIN)
+                    ) => {}
+                Err(e) => {
+                    return Err(io::Error::new(
+                        e.kind(),
+                        format!("io_uring_enter failed: {e}"),
+                    ));
+                }
+            }
+            completions.clear();
+            completions.extend(
+                self.ring
+                    .completion()
+                    .map(|c| (c.user_data(), c.result(), c.flags())),
+            );
+            for &(token, result, flags) in &completions {
+                self.complete(Token(token), result, flags)?;
+            }
+        }
+    }
+
+    fn finished(&self) -> bool {
+        self.draining
+            && self.connections.is_empty()
+            && !self.accept_armed
+            && !self.wake_armed
+            && self.refusals_inflight == 0
+            && self.timers_armed == 0
+    }
+
+    /// Queues a submission, flushing the queue to the kernel first if it is full.
+    fn push(&mut self, entry: squeue::Entry) -> io::Result<()> {
+        loop {
+            // SAFETY: every buffer a queued entry points to (wake_buf, refusal, a connection's
+            // `sending`, the timer) stays valid and unmoved until that entry's completion.
+            if unsafe { self.ring.submission().push(&entry) }.is_ok() {
+                return Ok(());
+            }
+            self.ring.submit()?;
+        }
+    }
+
+    fn complete(&mut self, token: Token, result: i32, flags: u32) -> io::Result<()> {
+        match token.op() {
+            Some(Op::Accept) => self.on_accept(result, flags),
+            Some(Op::Recv) => self.on_recv(token.key(), result, flags),
+            Some(Op::Send) => self.on_send(token.key(), result),
+            Some(Op::Cancel) => Ok(()),
+            Some(Op::Wake) => self.on_wake(result),
+            Some(Op::Refuse) => {
+                self.refusals_inflight -= 1;
+                // SAFETY: the key of a Refuse token is the descriptor we accepted and have not
+                // closed; closing it here is its only close.
+                drop(unsafe { OwnedFd::from_raw_fd(token.key() as RawFd) });
+                Ok(())
+            }
+            Some(Op::Timer) => self.on_timer(token.key()),
+            None => {
+                tracing::error!(
+                    user_data = token.0,
+                    "completion with an unknown token; ignored"
+                );
+                Ok(())
+            }
+        }
+    }
+
+    // ---- accepting ----
+
+    fn arm_accept(&mut self) -> io::Result<()> {
+        let Some(listener) = &self.listener else {
+            return Ok(());
+        };
+        let entry = opcode::AcceptMulti::new(types::Fd(listener.as_raw_fd()))
+            .flags(libc::SOCK_CLOEXEC)
+            .build()
+            .user_data(Token::new(Op::Accept, 0).0);
+        self.push(entry)?;
+        self.accept_armed = true;
+        Ok(())
+    }
+
+    fn on_accept(&mut self, result: i32, flags: u32) -> io::Result<()> {
+        if !cqueue::more(flags) {
+            self.accept_armed = false;
+        }
+        if result >= 0 {
+            // SAFETY: a successful accept returns a new descriptor that we now own.
+            let fd = unsafe { OwnedFd::from_raw_fd(result) };
+            self.admit(fd)?;
+        } else if -result != libc::ECANCELED {
+            let error = io::Error::from_raw_os_error(-result);
+            match -result {
+                libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM => {
+                    tracing::warn!(
+                        loop_index = self.index,
+                        "cannot accept connections: {error}; retrying in {ACCEPT_RETRY:?} \
+                         (raise `ulimit -n` or lower --max-connections)"
+                    );
+                    if !self.accept_armed {
+                        return self.arm_timer(TIMER_ACCEPT_RETRY, ACCEPT_RETRY);
+                    }
+                }
+                // The peer gave up while queued; nothing to do.
+                libc::ECONNABORTED | libc::EPERM | libc::EPROTO => {}
+                _ => tracing::warn!(loop_index = self.index, "accept failed: {error}"),
+            }
+        }
+        if !self.accept_armed && !self.draining {
+            self.arm_accept()?;
+        }
+        Ok(())
+    }
+
+    fn admit(&mut self, fd: OwnedFd) -> io::Result<()> {
+        if self.draining {
+            return Ok(()); // dropping the descriptor closes it
+        }
+        let count = self.shared.connections.fetch_add(1, Ordering::AcqRel);
+        if count >= self.shared.max_connections {
+            self.shared.connections.fetch_sub(1, Ordering::AcqRel);
+            tracing::warn!(
+                limit = self.shared.max_connections,
+                "connection refused: --max-connections reached"
+            );
+            let raw = fd.as_raw_fd();
+            let entry = opcode::Send::new(
+                types::Fd(raw),
+                self.refusal.as_ptr(),
+                self.refusal.len() as u32,
+            )
+            .flags(libc::MSG_NOSIGNAL)
+            .build()
+            .user_data(Token::new(Op::Refuse, raw as usize).0);
+            std::mem::forget(fd); // closed when the refusal completes
+            self.refusals_inflight += 1;
+            return self.push(entry);
+        }
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            let peer = socket2::SockRef::from(&fd)
+                .peer_addr()
+                .ok()
+                .and_then(|a| a.as_socket());
+            tracing::debug!(
+                loop_index = self.index,
+                ?peer,
+                fd = fd.as_raw_fd(),
+                "connection accepted"
+            );
+        }
+        let key = self.connections.insert(Connection {
+            fd,
+            session: Session::new(),
+            pending: Vec::new(),
+            sending: Vec::new(),
+            sent: 0,
+            recv_armed: false,
+            recv_cancelled: false,
+            send_inflight: false,
+            reading_stopped: false,
+            peer_closed: false,
+            linger_deadline: None,
+            paused: None,
+            closing: Closing::No,
+        });
+        self.arm_recv(key)
+    }
+
+    // ---- receiving ----
+
+    fn arm_recv(&mut self, key: usize) -> io::Result<()> {
+        let conn = &mut self.connections[key];
+        let entry = opcode::RecvMulti::new(types::Fd(conn.fd.as_raw_fd()), self.buffers.group())
+            .build()
+            .user_data(Token::new(Op::Recv, key).0);
+        conn.recv_armed = true;
+        conn.recv_cancelled = false;
+        self.push(entry)
+    }
+
+    /// Stops the connection's multishot receive (its final completion follows).
+    fn stop_reading(&mut self, key: usize) -> io::Result<()> {
+        let conn = &mut self.connections[key];
+        if !conn.recv_armed || conn.recv_cancelled {
+            return Ok(());
+        }
+        conn.recv_cancelled = true;
+        let entry = opcode::AsyncCancel::new(Token::new(Op::Recv, key).0)
+            .build()
+            .user_data(Token::new(Op::Cancel, key).0);
+        self.push(entry)
+    }
+
+    fn on_recv(&mut self, key: usize, result: i32, flags: u32) -> io::Result<()> {
+        let bid = cqueue::buffer_select(flags);
+        let Some(conn) = self.connections.get_mut(key) else {
+            // Cannot happen (slots outlive their operations); keep the buffer in circulation.
+            tracing::error!(key, "receive completion for a closed connection");
+            if let Some(bid) = bid {
+                self.buffers.recycle(bid);
+            }
+            return Ok(());
+        };
+        let more = cqueue::more(flags);
+        if !more {
+            conn.recv_armed = false;
+        }
+        if result > 0 {
+            let Some(bid) = bid else {
+                tracing::error!(
+                    key,
+                    "receive completed without a buffer; closing connection"
+                );
+                return self.close_now(key);
+            };
+            if conn.closing == Closing::No {
+                if conn.pending.capacity() == 0 {
+                    conn.pending = self.spare.pop().unwrap_or_else(|| Vec::with_capacity(4096));
+                }
+                // SAFETY: `bid` was just handed to us by the kernel and is recycled below,
+                // after its bytes have been decoded.
+                let data = unsafe { self.buffers.filled(bid, result as usize) };
+                let status = conn
+                    .session
+                    .receive(data, &mut self.state, &mut conn.pending);
+                self.buffers.recycle(bid);
+                self.after_session(key, status)?;
+            } else {
+                self.buffers.recycle(bid); // closing: input is discarded
+            }
+        } else if result == 0 {
+            conn.peer_closed = true;
+            if conn.closing == Closing::No {
+                tracing::debug!(key, "peer closed its side");
+                return self.close_after_flush(key);
+            }
+        } else {
+            match -result {
+                // Our cancellation, or the buffer ring ran dry for a moment (buffers are back
+                // by now): re-armed below if still wanted.
+                libc::ECANCELED | libc::ENOBUFS => {}
+                errno => {
+                    let error = io::Error::from_raw_os_error(errno);
+                    tracing::debug!(key, "receive failed: {error}; closing connection");
+                    conn.peer_closed = true;
+                    return self.close_now(key);
+                }
+            }
+        }
+        if let Some(conn) = self.connections.get(key)
+            && !conn.recv_armed
+            && conn.wants_reading()
+        {
+            self.arm_recv(key)?;
+        }
+        self.maybe_release(key)
+    }
+
+    /// Acts on what a session asked for after being fed.
+    fn after_session(&mut self, key: usize, status: Status) -> io::Result<()> {
+        let conn = &mut self.connections[key];
+        if !conn.pending.is_empty() {
+            self.dirty.push(key);
+        }
+        conn.paused = match status {
+            Status::Paused(pause) => Some(pause),
+            _ => None,
+        };
+        match status {
+            Status::Open => {
+                if conn.reading_stopped {
+                    conn.reading_stopped = false;
+                    if !conn.recv_armed {
+                        self.arm_recv(key)?;
+                    }
+                }
+                Ok(())
+            }
+            Status::Paused(pause) => {
+                if let Pause::AwaitingCeiling(_) = pause {
+                    self.parked.push(key);
+                }
+                if conn.session.buffered() > HELD_INPUT_LIMIT && !conn.reading_stopped {
+                    conn.reading_stopped = true;
+                    self.stop_reading(key)?;
+                }
+                Ok(())
+            }
+            Status::Closing => self.close_after_flush(key),
+        }
+    }
+
+    // ---- sending ----
+
+    /// Hands every connection's queued replies to the kernel: one send per connection.
+    fn send_replies(&mut self) -> io::Result<()> {
+        let mut dirty = std::mem::take(&mut self.dirty);
+        for &key in &dirty {
+            self.start_send(key)?;
+        }
+        dirty.clear();
+        if self.dirty.is_empty() {
+            self.dirty = dirty;
+        }
+        Ok(())
+    }
+
+    fn start_send(&mut self, key: usize) -> io::Result<()> {
+        let Some(conn) = self.connections.get_mut(key) else {
+            return Ok(());
+        };
+        if conn.send_inflight || conn.pending.is_empty() || conn.closing == Closing::Now {
+            return Ok(());
+        }
+        debug_assert!(conn.sending.is_empty());
+        std::mem::swap(&mut conn.pending, &mut conn.sending);
+        conn.sent = 0;
+        self.submit_send(key)
+    }
+
+    fn submit_send(&mut self, key: usize) -> io::Result<()> {
+        let conn = &mut self.connections[key];
+        let unsent = &conn.sending[conn.sent..];
+        let len = u32::try_from(unsent.len()).unwrap_or(u32::MAX);
+        let entry = opcode::Send::new(types::Fd(conn.fd.as_raw_fd()), unsent.as_ptr(), len)
+            .flags(libc::MSG_NOSIGNAL)
+            .build()
+            .user_data(Token::new(Op::Send, key).0);
+        conn.send_inflight = true;
+        self.push(entry)
+    }
+
+    fn on_send(&mut self, key: usize, result: i32) -> io::Result<()> {
+        let Some(conn) = self.connections.get_mut(key) else {
+            tracing::error!(key, "send completion for a closed connection");
+            return Ok(());
+        };
+        conn.send_inflight = false;
+        if result < 0 {
+            if -result != libc::ECANCELED {
+                let error = io::Error::from_raw_os_error(-result);
+                tracing::debug!(key, "send failed: {error}; closing connection");
+            }
+            return self.close_now(key);
+        }
+        conn.sent += result as usize;
+        if conn.sent < conn.sending.len() {
+            if conn.closing == Closing::Now {
+                return self.maybe_release(key);
+            }
+            return self.submit_send(key); // partial send: the rest, in order
+        }
+        conn.sending.clear();
+        conn.sent = 0;
+        if !conn.pending.is_empty() {
+            self.dirty.push(key);
+        } else if conn.paused == Some(Pause::Backpressure) && conn.closing == Closing::No {
+            let status = conn.session.resume(&mut self.state, &mut conn.pending);
+            self.after_session(key, status)?;
+        }
+        let Some(conn) = self.connections.get_mut(key) else {
+            return Ok(());
+        };
+        if !conn.has_output() {
+            // Idle: give the buffers back so an idle connection holds none.
+            let sending = std::mem::take(&mut conn.sending);
+            let pending = std::mem::take(&mut conn.pending);
+            self.keep_spare(sending);
+            self.keep_spare(pending);
+        }
+        self.maybe_release(key)
+    }
+
+    fn keep_spare(&mut self, buffer: Vec<u8>) {
+        if buffer.capacity() > 0
+            && buffer.capacity() <= SPARE_BUFFER_MAX
+            && self.spare.len() < SPARE_BUFFERS
+        {
+            self.spare.push(buffer);
+        }
+    }
+
+    // ---- closing ----
+
+    fn close_after_flush(&mut self, key: usize) -> io::Result<()> {
+        let conn = &mut self.connections[key];
+        if conn.closing == Closing::No {
+            conn.closing = Closing::AfterFlush;
+        }
+        if !conn.pending.is_empty() {
+            self.dirty.push(key);
+        }
+        self.maybe_release(key)
+    }
+
+    fn close_now(&mut self, key: usize) -> io::Result<()> {
+        let conn = &mut self.connections[key];
+        conn.closing = Closing::Now;
+        let send_inflight = conn.send_inflight;
+        self.stop_reading(key)?;
+        if send_inflight {
+            let entry = opcode::AsyncCancel::new(Token::new(Op::Send, key).0)
+                .build()
+                .user_data(Token::new(Op::Cancel, key).0);
+            self.push(entry)?;
+        }
+        self.maybe_release(key)
+    }
+
+    /// Moves a closing connection along: once its replies are sent it shuts down its side and
+    /// lingers; once nothing of it is in flight its slot is freed and the socket closed.
+    fn maybe_release(&mut self, key: usize) -> io::Result<()> {
+        let Some(conn) = self.connections.get_mut(key) else {
+            return Ok(());
+        };
+        if conn.closing == Closing::AfterFlush && !conn.has_output() {
+            if conn.peer_closed {
+                conn.closing = Closing::Now;
+            } else {
+                // FIN after the last reply; then wait for the peer's.
+                // SAFETY: shutting down a socket we own; failure only means it is already dead.
+                unsafe { libc::shutdown(conn.fd.as_raw_fd(), libc::SHUT_WR) };
+                conn.closing = Closing::Lingering;
+                let deadline = std::time::Instant::now() + LINGER;
+                conn.linger_deadline = Some(deadline);
+                let arm = !conn.recv_armed;
+                self.lingering.push((key, deadline));
+                if arm {
+                    self.arm_recv(key)?;
+                }
+                if !self.linger_timer_armed {
+                    self.linger_timer_armed = true;
+                    self.arm_timer(TIMER_LINGER, LINGER)?;
+                }
+                return Ok(());
+            }
+        }
+        let conn = &self.connections[key];
+        let done = match conn.closing {
+            Closing::No | Closing::AfterFlush => false,
+            Closing::Lingering | Closing::Now => !conn.send_inflight && !conn.recv_armed,
+        };
+        if done {
+            let conn = self.connections.remove(key);
+            tracing::debug!(key, fd = conn.fd.as_raw_fd(), "connection closed");
+            self.keep_spare(conn.pending);
+            self.keep_spare(conn.sending);
+            self.shared.connections.fetch_sub(1, Ordering::AcqRel);
+            // Dropping `conn.fd` closes the socket.
+        }
+        Ok(())
+    }
+
+    /// Closes lingering connections whose peers did not close in time.
+    fn expire_lingering(&mut self) -> io::Result<()> {
+        let now = std::time::Instant::now();
+        let lingering = std::mem::take(&mut self.lingering);
+        let mut next = None::<std::time::Instant>;
+        for (key, deadline) in lingering {
+            // The slot may have been freed and reused since: match the deadline too.
+            let still = self
+                .connections
+                .get(key)
+                .is_some_and(|c| c.linger_deadline == Some(deadline));
+            if !still {
+                continue;
+            }
+            if deadline <= now {
+                self.close_now(key)?;
+            } else {
+                next = Some(next.map_or(deadline, |n| n.min(deadline)));
+                self.lingering.push((key, deadline));
+            }
+        }
+        self.linger_timer_armed = false;
+        if let Some(next) = next {
+            self.linger_timer_armed = true;
+            self.arm_timer(TIMER_LINGER, next.saturating_duration_since(now))?;
+        }
+        Ok(())
+    }
+
+    // ---- waking, timers, shutdown ----
+
+    fn arm_wake(&mut self) -> io::Result<()> {
+        let entry = opcode::Read::new(types::Fd(self.wake_fd), self.wake_buf.as_mut_ptr(), 8)
+            .build()
+            .user_data(Token::new(Op::Wake, 0).0);
+        self.wake_armed = true;
+        self.push(entry)
+    }
+
+    fn on_wake(&mut self, result: i32) -> io::Result<()> {
+        self.wake_armed = false;
+        if result < 0 && -result != libc::ECANCELED {
+            let error = io::Error::from_raw_os_error(-result);
+            return Err(io::Error::new(
+                error.kind(),
+                format!("reading the wake-up eventfd failed: {error}"),
+            ));
+        }
+        // Requests waiting for a durable ceiling get another try.
+        let parked = std::mem::take(&mut self.parked);
+        for key in parked {
+            let Some(conn) = self.connections.get_mut(key) else {
+                continue;
+            };
+            if !matches!(conn.paused, Some(Pause::AwaitingCeiling(_)))
+                || conn.closing != Closing::No
+            {
+                continue;
+            }
+            if conn.pending.capacity() == 0 {
+                conn.pending = self.spare.pop().unwrap_or_default();
+            }
+            let status = conn.session.resume(&mut self.state, &mut conn.pending);
+            self.after_session(key, status)?;
+        }
+        if self.shared.shutdown.load(Ordering::Acquire) {
+            self.begin_drain()?;
+        }
+        if !self.draining {
+            self.arm_wake()?;
+        }
+        Ok(())
+    }
+
+    fn begin_drain(&mut self) -> io::Result<()> {
+        if self.draining {
+            return Ok(());
+        }
+        self.draining = true;
+        tracing::debug!(
+            loop_index = self.index,
+            connections = self.connections.len(),
+            "shutting down: no new connections; answering what was received"
+        );
+        if self.accept_armed {
+            let entry = opcode::AsyncCancel::new(Token::new(Op::Accept, 0).0)
+                .build()
+                .user_data(Token::new(Op::Cancel, 0).0);
+            self.push(entry)?;
+        }
+        if self.wake_armed {
+            let entry = opcode::AsyncCancel::new(Token::new(Op::Wake, 0).0)
+                .build()
+                .user_data(Token::new(Op::Cancel, 0).0);
+            self.push(entry)?;
+        }
+        let keys: Vec<usize> = self.connections.iter().map(|(key, _)| key).collect();
+        for key in keys {
+            self.close_after_flush(key)?;
+        }
+        if !self.connections.is_empty() {
+            self.arm_timer(TIMER_SHUTDOWN, SHUTDOWN_GRACE)?;
+        }
+        Ok(())
+    }
+
+    fn arm_timer(&mut self, which: usize, after: Duration) -> io::Result<()> {
+        *self.timer = types::Timespec::from(after);
+        // The kernel copies the timespec when it takes the submission.
+        let entry = opcode::Timeout::new(&*self.timer)
+            .build()
+            .user_data(Token::new(Op::Timer, which).0);
+        self.timers_armed += 1;
+        self.push(entry)?;
+        self.ring.submit()?;
+        Ok(())
+    }
+
+    fn on_timer(&mut self, which: usize) -> io::Result<()> {
+        self.timers_armed -= 1;
+        match which {
+            TIMER_SHUTDOWN => {
+                if !self.connections.is_empty() {
+                    tracing::warn!(
+                        loop_index = self.index,
+                        connections = self.connections.len(),
+                        "shutdown grace period over; closing connections that still have unsent replies"
+                    );
+                    let keys: Vec<usize> = self.connections.iter().map(|(key, _)| key).collect();
+                    for key in keys {
+                        self.close_now(key)?;
+                    }
+                }
+                Ok(())
+            }
+            TIMER_LINGER => self.expire_lingering(),
+            _ => {
+                if !self.accept_armed && !self.draining {
+                    self.arm_accept()?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl Drop for EventLoop {
+    fn drop(&mut self) {
+        // Closing the listener lets queued, unaccepted connections be reset promptly.
+        self.listener.take();
+    }
+}

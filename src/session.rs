@@ -1,0 +1,796 @@
+//! One connection's state machine: bytes in, replies out. It knows nothing of sockets or of
+//! the I/O backend that drives it.
+//!
+//! Frames are decoded in place from the buffer the kernel filled; only a frame that straddles
+//! two receives is copied (into `carry`). Consecutive number requests on the same sequence form
+//! a *run* that is served with one reservation — one atomic operation however many requests
+//! the run holds — and then answered in order.
+
+use std::collections::HashMap;
+
+use crate::protocol::{self, ParseError, ParseOk, Problem, Reply, Request, Target, binary, text};
+use crate::sequence::{DEFAULT_SEQUENCE, Refusal, Registry, Sequence, SequenceId};
+
+/// Stop decoding new requests once this many reply bytes wait to be sent: the client is not
+/// reading. Decoding resumes when the backlog has been sent.
+pub const OUTPUT_HIGH_WATER: usize = 1 << 20;
+
+/// Settings a session enforces.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest `GETSEQ_BATCH` count.
+    pub max_batch: u64,
+}
+
+/// State shared by all sessions of one event loop (never across threads).
+#[derive(Debug)]
+pub struct LoopState {
+    registry: std::sync::Arc<Registry>,
+    limits: Limits,
+    /// Name → id, so text requests that name a sequence take no lock.
+    names: HashMap<Box<[u8]>, SequenceId>,
+    /// Scratch for the run being coalesced (reused; holds no data between calls).
+    run: Vec<u64>,
+}
+
+impl LoopState {
+    pub fn new(registry: std::sync::Arc<Registry>, limits: Limits) -> LoopState {
+        LoopState {
+            registry,
+            limits,
+            names: HashMap::new(),
+            run: Vec::with_capacity(1024),
+        }
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    fn resolve<'r>(&'r mut self, target: Target<'_>) -> Result<&'r Sequence, Problem<'static>> {
+        let registry = &*self.registry;
+        match target {
+            Target::Default => registry
+                .get(DEFAULT_SEQUENCE)
+                .ok_or(Problem::UnknownSequence(0)),
+            Target::Id(id) => registry.get(id).ok_or(Problem::UnknownSequence(id)),
+            Target::Name(name) => {
+                if let Some(&id) = self.names.get(name) {
+                    return registry.get(id).ok_or(Problem::UnknownSequence(id));
+                }
+                let sequence = registry.resolve(name).map_err(|e| match e {
+                    crate::sequence::RegistryError::InvalidName(e) => Problem::InvalidName(e),
+                    crate::sequence::RegistryError::TooManySequences { limit } => {
+                        Problem::TooManySequences { limit }
+                    }
+                })?;
+                self.names.insert(name.into(), sequence.id());
+                Ok(sequence)
+            }
+        }
+    }
+}
+
+/// What the driver should do with the connection after a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// Keep receiving.
+    Open,
+    /// Input is held back; call [`Session::resume`] when the reason has cleared.
+    Paused(Pause),
+    /// Send what is in the output buffer, then close. Further input is ignored.
+    Closing,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pause {
+    /// The output backlog is over [`OUTPUT_HIGH_WATER`]: resume once it has been sent.
+    Backpressure,
+    /// A request needs numbers above this sequence's durable ceiling: resume once it rises.
+    AwaitingCeiling(SequenceId),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Codec {
+    Binary,
+    Text,
+}
+
+impl Codec {
+    /// Chooses the protocol from the first byte a client sends.
+    fn detect(first: u8) -> Option<Codec> {
+        match first {
+            binary::MAGIC => Some(Codec::Binary),
+            b'\t'..=b'\r' | b' '..=b'~' => Some(Codec::Text),
+            _ => None,
+        }
+    }
+
+    #[inline]
+    fn decode(self, buf: &[u8]) -> Result<ParseOk<Request<'_>>, ParseError<'_>> {
+        match self {
+            Codec::Binary => binary::decode_request(buf),
+            Codec::Text => text::decode_request(buf),
+        }
+    }
+
+    #[inline]
+    fn encode(self, out: &mut Vec<u8>, reply: &Reply<'_>) {
+        match self {
+            Codec::Binary => binary::encode_reply(out, reply),
+            Codec::Text => text::encode_reply(out, reply),
+        }
+    }
+}
+
+/// Requests coalesced into one reservation: entry 0 means a `GETSEQ` (one number, answered
+/// as a number); n ≥ 1 a `GETSEQ_BATCH n` (answered as a range).
+#[derive(Debug, Default)]
+struct Run {
+    sequence: Option<SequenceId>,
+    counts: Vec<u64>,
+}
+
+/// How handling a request went.
+enum Flow {
+    Continue,
+    /// Stop decoding; the request just decoded was *not* handled and must be decoded again.
+    Park(SequenceId),
+    Close,
+}
+
+#[derive(Debug, Default)]
+pub struct Session {
+    codec: Option<Codec>,
+    /// Received bytes not yet decoded: a frame split across receives, or input held back
+    /// while paused.
+    carry: Vec<u8>,
+    /// A run refused for want of durable numbers, answered first on resume.
+    parked: Option<Run>,
+    pause: Option<Pause>,
+    closing: bool,
+}
+
+/// Carry capacity kept between frames; larger buffers are released once empty.
+const CARRY_RETAINED: usize = 256;
+
+impl Session {
+    pub fn new() -> Session {
+        Session::default()
+    }
+
+    /// Bytes received but not yet decoded.
+    pub fn buffered(&self) -> usize {
+        self.carry.len()
+    }
+
+    /// Feeds bytes received from the client; replies are appended to `out`.
+    pub fn receive(&mut self, data: &[u8], state: &mut LoopState, out: &mut Vec<u8>) -> Status {
+        if self.closing {
+            return Status::Closing;
+        }
+        let codec = match self.codec {
+            Some(codec) => codec,
+            None => match data.first() {
+                None => return Status::Open,
+                Some(&first) => match Codec::detect(first) {
+                    Some(codec) => *self.codec.insert(codec),
+                    None => {
+                        // Unknown protocol: answer in text, the only thing a stranger may read.
+                        let problem = Problem::UnknownProtocol(first);
+                        text::encode_reply(out, &Reply::Error { opcode: 0, problem });
+                        self.closing = true;
+                        return Status::Closing;
+                    }
+                },
+            },
+        };
+        if let Some(pause) = self.pause {
+            self.carry.extend_from_slice(data);
+            return Status::Paused(pause);
+        }
+        if out.len() >= OUTPUT_HIGH_WATER {
+            self.carry.extend_from_slice(data);
+            return self.paused(Pause::Backpressure);
+        }
+        self.process(codec, data, state, out)
+    }
+
+    /// Continues after a pause: answers a parked run, then decodes held-back input.
+    pub fn resume(&mut self, state: &mut LoopState, out: &mut Vec<u8>) -> Status {
+        if self.closing {
+            return Status::Closing;
+        }
+        self.pause = None;
+        let Some(codec) = self.codec else {
+            return Status::Open;
+        };
+        if out.len() >= OUTPUT_HIGH_WATER {
+            return self.paused(Pause::Backpressure);
+        }
+        if let Some(run) = self.parked.take() {
+            let mut executor = Executor {
+                codec,
+                state,
+                out,
+                run,
+            };
+            if let Err(sequence) = executor.flush() {
+                self.parked = Some(executor.run);
+                return self.paused(Pause::AwaitingCeiling(sequence));
+            }
+        }
+        self.process(codec, &[], state, out)
+    }
+
+    fn paused(&mut self, pause: Pause) -> Status {
+        self.pause = Some(pause);
+        Status::Paused(pause)
+    }
+
+    fn process(
+        &mut self,
+        codec: Codec,
+        mut data: &[u8],
+        state: &mut LoopState,
+        out: &mut Vec<u8>,
+    ) -> Status {
+        let run = Run {
+            sequence: None,
+            counts: std::mem::take(&mut state.run),
+        };
+        let mut executor = Executor {
+            codec,
+            state,
+            out,
+            run,
+        };
+        let mut flow = Flow::Continue;
+
+        // 1. Frames that begin in the carry, completed with as few bytes of `data` as needed.
+        let mut start = 0;
+        while start < self.carry.len() && matches!(flow, Flow::Continue) {
+            match codec.decode(&self.carry[start..]) {
+                Ok(parsed) => {
+                    flow = executor.handle(parsed.message);
+                    if matches!(flow, Flow::Continue | Flow::Close) {
+                        start += parsed.consumed;
+                    }
+                }
+                Err(ParseError::Incomplete(need)) => {
+                    if data.is_empty() {
+                        break;
+                    }
+                    let take = match need {
+                        protocol::Need::Bytes(n) => n.min(data.len()),
+                        protocol::Need::Line => {
+                            memchr::memchr(b'\n', data).map_or(data.len(), |lf| lf + 1)
+                        }
+                    };
+                    self.carry.extend_from_slice(&data[..take]);
+                    data = &data[take..];
+                }
+                Err(ParseError::Fatal(problem)) => {
+                    flow = executor.fatal(problem);
+                }
+            }
+        }
+        self.carry.drain(..start);
+
+        // 2. Whole frames in the received buffer, decoded where they lie.
+        if self.carry.is_empty() {
+            let mut pos = 0;
+            while matches!(flow, Flow::Continue) {
+                match codec.decode(&data[pos..]) {
+                    Ok(parsed) => {
+                        flow = executor.handle(parsed.message);
+                        if matches!(flow, Flow::Continue | Flow::Close) {
+                            pos += parsed.consumed;
+                        }
+                    }
+                    Err(ParseError::Incomplete(_)) => break,
+                    Err(ParseError::Fatal(problem)) => flow = executor.fatal(problem),
+                }
+            }
+            data = &data[pos..];
+        }
+
+        // 3. Answer the run still open, then keep what was not decoded.
+        if matches!(flow, Flow::Continue)
+            && let Err(sequence) = executor.flush()
+        {
+            flow = Flow::Park(sequence);
+        }
+        let Executor { state, run, .. } = executor;
+        let status = match flow {
+            Flow::Close => {
+                self.closing = true;
+                self.carry = Vec::new();
+                Status::Closing
+            }
+            Flow::Park(sequence) => {
+                self.carry.extend_from_slice(data);
+                if !run.counts.is_empty() {
+                    // The run keeps its buffer; the loop gets a fresh one (a rare path).
+                    self.parked = Some(run);
+                    return self.paused(Pause::AwaitingCeiling(sequence));
+                }
+                self.pause = Some(Pause::AwaitingCeiling(sequence));
+                Status::Paused(Pause::AwaitingCeiling(sequence))
+            }
+            Flow::Continue => {
+                self.carry.extend_from_slice(data);
+                Status::Open
+            }
+        };
+        let mut counts = run.counts;
+        counts.clear();
+        state.run = counts;
+        if self.carry.is_empty() && self.carry.capacity() > CARRY_RETAINED {
+            self.carry = Vec::new();
+        }
+        status
+    }
+}
+
+/// Serves decoded requests in order, coalescing runs of number requests.
+struct Executor<'s, 'o> {
+    codec: Codec,
+    state: &'s mut LoopState,
+    out: &'o mut Vec<u8>,
+    run: Run,
+}
+
+impl Executor<'_, '_> {
+    #[inline]
+    fn handle(&mut self, request: Request<'_>) -> Flow {
+        let (target, count, opcode) = match request {
+            Request::Get { target } => (target, 0, binary::opcode::GETSEQ),
+            Request::GetBatch { target, count }
+                if count > 0 && count <= self.state.limits.max_batch =>
+            {
+                (target, count, binary::opcode::GETSEQ_BATCH)
+            }
+            Request::Nothing => return Flow::Continue,
+            other => {
+                // Everything else is answered alone, after the run before it.
+                if let Err(sequence) = self.flush() {
+                    return Flow::Park(sequence);
+                }
+                return self.handle_alone(other);
+            }
+        };
+        let sequence = match self.state.resolve(target) {
+            Ok(sequence) => sequence.id(),
+            Err(problem) => {
+                if let Err(parked) = self.flush() {
+                    return Flow::Park(parked);
+                }
+                self.codec
+                    .encode(self.out, &Reply::Error { opcode, problem });
+                return Flow::Continue;
+            }
+        };
+        if self.run.sequence != Some(sequence) {
+            if let Err(parked) = self.flush() {
+                return Flow::Park(parked);
+            }
+            self.run.sequence = Some(sequence);
+        }
+        self.run.counts.push(count);
+        Flow::Continue
+    }
+
+    /// Answers a request that does not join a run. The run before it has been flushed.
+    fn handle_alone(&mut self, request: Request<'_>) -> Flow {
+        let (opcode, reply) = match request {
+            Request::GetBatch { .. } => {
+                let max = self.state.limits.max_batch;
+                (
+                    binary::opcode::GETSEQ_BATCH,
+                    Err(Problem::BatchOutOfRange { max }),
+                )
+            }
+            Request::Current { target } => (
+                binary::opcode::CURRENT,
+                self.state
+                    .resolve(target)
+                    .map(|s| Reply::Current(s.current())),
+            ),
+            Request::Ping { echo } => (binary::opcode::PING, Ok(Reply::Pong { echo })),
+            Request::Open { name } => (
+                binary::opcode::OPEN,
+                self.state
+                    .resolve(Target::Name(name))
+                    .map(|s| Reply::Opened(s.id())),
+            ),
+            Request::Quit => {
+                self.codec.encode(self.out, &Reply::Ok);
+                return Flow::Close;
+            }
+            Request::RedisHandshake {
+                config_get: Some(parameter),
+            } => (0, Ok(Reply::UnsetConfig(parameter))),
+            Request::RedisHandshake { config_get: None } => (0, Ok(Reply::EmptyArray)),
+            Request::Invalid(problem) => (0, Err(problem)),
+            Request::Get { .. } | Request::Nothing => unreachable!("handled by handle()"),
+        };
+        let reply = reply.unwrap_or_else(|problem| Reply::Error { opcode, problem });
+        self.codec.encode(self.out, &reply);
+        Flow::Continue
+    }
+
+    fn fatal(&mut self, problem: Problem<'_>) -> Flow {
+        // Answer what came before the bad frame, then the error.
+        let _ = self.flush();
+        self.codec
+            .encode(self.out, &Reply::Error { opcode: 0, problem });
+        Flow::Close
+    }
+
+    /// Serves the run with one reservation and encodes its replies. On
+    /// `Err(sequence)` the unserved part of the run stays in `self.run`, waiting for that
+    /// sequence's ceiling to rise.
+    fn flush(&mut self) -> Result<(), SequenceId> {
+        let Executor {
+            codec,
+            state,
+            out,
+            run,
+        } = self;
+        let Some(id) = run.sequence else {
+            return Ok(());
+        };
+        // Sequences are never removed, and this id was resolved when the run began.
+        let Some(sequence) = state.registry.get(id) else {
+            unreachable!("sequence {id} vanished from the registry");
+        };
+        let total: u64 = run.counts.iter().map(|&c| c.max(1)).sum();
+        match sequence.reserve(total) {
+            Ok(first) => {
+                let mut next = first;
+                for &count in &run.counts {
+                    let reply = match count {
+                        0 => Reply::Number(next),
+                        n => Reply::Range {
+                            first: next,
+                            count: n,
+                        },
+                    };
+                    codec.encode(out, &reply);
+                    next += count.max(1);
+                }
+                run.counts.clear();
+            }
+            // Not enough for everyone: serve one by one, so each request gets its own answer.
+            Err(Refusal::Exhausted { .. }) => serve_one_by_one(sequence, *codec, out, run)?,
+            Err(Refusal::AwaitingCeiling) => return Err(id),
+        }
+        run.sequence = None;
+        Ok(())
+    }
+}
+
+/// Serves the run's requests with one reservation each, refusing those that no longer fit.
+/// Stops at the first that must wait for the ceiling, leaving it and the rest in `run`.
+fn serve_one_by_one(
+    sequence: &Sequence,
+    codec: Codec,
+    out: &mut Vec<u8>,
+    run: &mut Run,
+) -> Result<(), SequenceId> {
+    let mut served = 0;
+    let mut result = Ok(());
+    for &count in &run.counts {
+        let reply = match (count, sequence.reserve(count.max(1))) {
+            (0, Ok(n)) => Reply::Number(n),
+            (n, Ok(first)) => Reply::Range { first, count: n },
+            (_, Err(Refusal::AwaitingCeiling)) => {
+                result = Err(sequence.id());
+                break;
+            }
+            (c, Err(Refusal::Exhausted { remaining })) => {
+                let opcode = match c {
+                    0 => binary::opcode::GETSEQ,
+                    _ => binary::opcode::GETSEQ_BATCH,
+                };
+                Reply::Error {
+                    opcode,
+                    problem: Problem::Exhausted { remaining },
+                }
+            }
+        };
+        codec.encode(out, &reply);
+        served += 1;
+    }
+    run.counts.drain(..served);
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::binary::{decode_reply, encode_open, encode_request, opcode};
+    use std::sync::Arc;
+
+    fn state(initial: u64) -> LoopState {
+        LoopState::new(
+            Arc::new(Registry::new(8, initial)),
+            Limits {
+                max_batch: 1_000_000,
+            },
+        )
+    }
+
+    fn text_exchange(
+        session: &mut Session,
+        state: &mut LoopState,
+        input: &[u8],
+    ) -> (String, Status) {
+        let mut out = Vec::new();
+        let status = session.receive(input, state, &mut out);
+        (String::from_utf8(out).unwrap(), status)
+    }
+
+    fn binary_replies(out: &[u8]) -> Vec<(u8, u8, u32, u64)> {
+        let mut replies = Vec::new();
+        let mut pos = 0;
+        while pos < out.len() {
+            let ok = decode_reply(&out[pos..]).unwrap();
+            let r = ok.message;
+            replies.push((r.opcode, r.status, r.count, r.value));
+            pos += ok.consumed;
+        }
+        replies
+    }
+
+    #[test]
+    fn seed_001_transcript() {
+        let mut st = state(1);
+        let mut s = Session::new();
+        let input = b"GETSEQ\r\nGETSEQ\r\nGETSEQ\r\nCURRENT\r\nCURRENT\r\nGETSEQ\r\n";
+        let (out, status) = text_exchange(&mut s, &mut st, input);
+        assert_eq!(out, ":1\r\n:2\r\n:3\r\n:4\r\n:4\r\n:4\r\n");
+        assert_eq!(status, Status::Open);
+    }
+
+    #[test]
+    fn text_split_at_every_byte_gives_the_same_replies() {
+        let input = b"GETSEQ\r\n*1\r\n$6\r\nGETSEQ\r\nGETSEQ_BATCH 3 x\nCURRENT x\r\nPING\r\n*2\r\n$7\r\nCURRENT\r\n$1\r\nx\r\n";
+        let expected = ":1\r\n:2\r\n*2\r\n:1\r\n:3\r\n:4\r\n+PONG\r\n:4\r\n";
+        for cut in 0..input.len() {
+            let mut st = state(1);
+            let mut s = Session::new();
+            let mut out = Vec::new();
+            s.receive(&input[..cut], &mut st, &mut out);
+            s.receive(&input[cut..], &mut st, &mut out);
+            assert_eq!(String::from_utf8(out).unwrap(), expected, "split at {cut}");
+            assert_eq!(s.buffered(), 0);
+        }
+    }
+
+    #[test]
+    fn binary_split_at_every_byte_gives_the_same_replies() {
+        let mut input = Vec::new();
+        encode_request(&mut input, opcode::GETSEQ, 0, 0);
+        encode_open(&mut input, b"orders");
+        encode_request(&mut input, opcode::GETSEQ_BATCH, 1, 10);
+        encode_request(&mut input, opcode::GETSEQ, 0, 0);
+        encode_request(&mut input, opcode::CURRENT, 1, 0);
+        let expected = vec![
+            (opcode::GETSEQ, 0, 1, 5),
+            (opcode::OPEN, 0, 0, 1),
+            (opcode::GETSEQ_BATCH, 0, 10, 5),
+            (opcode::GETSEQ, 0, 1, 6),
+            (opcode::CURRENT, 0, 0, 15),
+        ];
+        for cut in 0..input.len() {
+            let mut st = state(5);
+            let mut s = Session::new();
+            let mut out = Vec::new();
+            s.receive(&input[..cut], &mut st, &mut out);
+            s.receive(&input[cut..], &mut st, &mut out);
+            assert_eq!(binary_replies(&out), expected, "split at {cut}");
+        }
+    }
+
+    #[test]
+    fn a_run_is_served_by_one_reservation_in_order() {
+        let mut st = state(1);
+        let mut s = Session::new();
+        let (out, _) = text_exchange(
+            &mut s,
+            &mut st,
+            b"GETSEQ\nGETSEQ_BATCH 5\nGETSEQ\nCURRENT\nGETSEQ\n",
+        );
+        assert_eq!(out, ":1\r\n*2\r\n:2\r\n:6\r\n:7\r\n:8\r\n:8\r\n");
+    }
+
+    #[test]
+    fn errors_do_not_close_and_consume_nothing() {
+        let mut st = state(1);
+        let mut s = Session::new();
+        let (out, status) = text_exchange(
+            &mut s,
+            &mut st,
+            b"FOOBAR\r\nGETSEQ_BATCH 0\r\nGETSEQ_BATCH 1000001\r\nGETSEQ\r\n",
+        );
+        let lines: Vec<&str> = out.split("\r\n").collect();
+        assert_eq!(
+            lines[0],
+            format!(
+                "-ERR Unknown command 'FOOBAR'. Supported: {}",
+                protocol::TEXT_COMMANDS
+            )
+        );
+        assert_eq!(
+            lines[1],
+            "-ERR batch size must be between 1 and 1000000 (--max-batch)"
+        );
+        assert_eq!(lines[2], lines[1]);
+        assert_eq!(lines[3], ":1");
+        assert_eq!(status, Status::Open);
+    }
+
+    #[test]
+    fn unknown_protocol_byte_is_refused_and_closed() {
+        let mut st = state(1);
+        let mut s = Session::new();
+        let (out, status) = text_exchange(&mut s, &mut st, b"\x16\x03\x01");
+        assert!(
+            out.starts_with("-ERR unknown protocol: first byte 0x16"),
+            "{out}"
+        );
+        assert_eq!(status, Status::Closing);
+        assert_eq!(
+            text_exchange(&mut s, &mut st, b"GETSEQ\r\n"),
+            (String::new(), Status::Closing)
+        );
+    }
+
+    #[test]
+    fn fatal_frame_answers_what_came_before_then_closes() {
+        let mut st = state(1);
+        let mut s = Session::new();
+        let mut input = Vec::new();
+        encode_request(&mut input, opcode::GETSEQ, 0, 0);
+        input.extend_from_slice(&[0x9e, 0x07, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        encode_request(&mut input, opcode::GETSEQ, 0, 0);
+        let mut out = Vec::new();
+        assert_eq!(s.receive(&input, &mut st, &mut out), Status::Closing);
+        let replies = binary_replies(&out);
+        assert_eq!(replies.len(), 2);
+        assert_eq!(replies[0], (opcode::GETSEQ, 0, 1, 1));
+        assert_eq!(replies[1].1, protocol::ErrorCode::Fatal as u8);
+        assert_eq!(
+            st.registry().get(0).unwrap().current(),
+            2,
+            "nothing after the bad frame ran"
+        );
+    }
+
+    #[test]
+    fn overlong_text_line_is_fatal() {
+        let mut st = state(1);
+        let mut s = Session::new();
+        let chunk = vec![b'a'; 16 * 1024];
+        let mut out = Vec::new();
+        let mut status = Status::Open;
+        for _ in 0..5 {
+            status = s.receive(&chunk, &mut st, &mut out);
+        }
+        assert_eq!(status, Status::Closing);
+        assert!(
+            String::from_utf8(out)
+                .unwrap()
+                .starts_with("-ERR request longer than 65536 bytes")
+        );
+    }
+
+    #[test]
+    fn quit_answers_ok_and_closes() {
+        let mut st = state(1);
+        let mut s = Session::new();
+        let (out, status) = text_exchange(&mut s, &mut st, b"GETSEQ\r\nQUIT\r\nGETSEQ\r\n");
+        assert_eq!(out, ":1\r\n+OK\r\n");
+        assert_eq!(status, Status::Closing);
+    }
+
+    #[test]
+    fn exhaustion_serves_what_is_left_then_refuses() {
+        let mut st = state(crate::sequence::MAX_VALUE - 1);
+        let mut s = Session::new();
+        let (out, _) = text_exchange(
+            &mut s,
+            &mut st,
+            b"GETSEQ\r\nGETSEQ_BATCH 5\r\nGETSEQ\r\nGETSEQ\r\nCURRENT\r\n",
+        );
+        let max = crate::sequence::MAX_VALUE;
+        let lines: Vec<&str> = out.split("\r\n").collect();
+        assert_eq!(lines[0], format!(":{}", max - 1));
+        assert!(
+            lines[1].starts_with("-EXHAUSTED sequence exhausted: only 1 numbers are left"),
+            "{}",
+            lines[1]
+        );
+        assert_eq!(lines[2], format!(":{max}"));
+        assert!(lines[3].starts_with("-EXHAUSTED"));
+        assert_eq!(lines[4], format!(":{}", max + 1));
+    }
+
+    #[test]
+    fn binary_unknown_sequence_id_is_an_error() {
+        let mut st = state(1);
+        let mut s = Session::new();
+        let mut input = Vec::new();
+        encode_request(&mut input, opcode::GETSEQ, 7, 0);
+        let mut out = Vec::new();
+        assert_eq!(s.receive(&input, &mut st, &mut out), Status::Open);
+        let replies = binary_replies(&out);
+        assert_eq!(
+            replies,
+            vec![(
+                opcode::GETSEQ,
+                protocol::ErrorCode::UnknownSequence as u8,
+                0,
+                7
+            )]
+        );
+    }
+
+    #[test]
+    fn ceiling_parks_the_run_and_later_input_until_resumed() {
+        let registry = Arc::new(Registry::durable(8, 1));
+        registry.get(0).unwrap().raise_ceiling(3); // 1 and 2 may be issued
+        let mut st = LoopState::new(registry.clone(), Limits { max_batch: 10 });
+        let mut s = Session::new();
+        let (out, status) = text_exchange(
+            &mut s,
+            &mut st,
+            b"GETSEQ\r\nGETSEQ\r\nGETSEQ\r\nCURRENT\r\nGET",
+        );
+        assert_eq!(out, "", "the whole run waits: replies stay in order");
+        assert_eq!(status, Status::Paused(Pause::AwaitingCeiling(0)));
+        assert_eq!(
+            registry.get(0).unwrap().demand(),
+            4,
+            "the server learns what is wanted"
+        );
+        // Input that arrives while paused is held, not decoded.
+        let (out, status) = text_exchange(&mut s, &mut st, b"SEQ\r\n");
+        assert_eq!(
+            (out.as_str(), status),
+            ("", Status::Paused(Pause::AwaitingCeiling(0)))
+        );
+        // Still not enough: stays parked.
+        let mut out = Vec::new();
+        assert_eq!(
+            s.resume(&mut st, &mut out),
+            Status::Paused(Pause::AwaitingCeiling(0))
+        );
+        assert!(out.is_empty());
+        registry.get(0).unwrap().raise_ceiling(100);
+        assert_eq!(s.resume(&mut st, &mut out), Status::Open);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            ":1\r\n:2\r\n:3\r\n:4\r\n:4\r\n"
+        );
+        assert_eq!(s.buffered(), 0);
+    }
+
+    #[test]
+    fn backpressure_holds_input_until_output_drains() {
+        let mut st = state(1);
+        let mut s = Session::new();
+        let mut out = vec![0u8; OUTPUT_HIGH_WATER];
+        assert_eq!(
+            s.receive(b"GETSEQ\r\n", &mut st, &mut out),
+            Status::Paused(Pause::Backpressure)
+        );
+        assert_eq!(out.len(), OUTPUT_HIGH_WATER);
+        assert_eq!(s.buffered(), 8);
+        out.clear();
+        assert_eq!(s.resume(&mut st, &mut out), Status::Open);
+        assert_eq!(out, b":1\r\n");
+    }
+}

@@ -1,0 +1,176 @@
+//! Test harness: starts the real `seqd` binary on an ephemeral port and talks to it.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long any single wait in a test may take before the test fails.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+pub struct SeqdProcess {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    log: Arc<Mutex<String>>,
+}
+
+impl SeqdProcess {
+    /// Starts seqd on 127.0.0.1 with a free port, two event loops and `args`.
+    pub fn start(args: &[&str]) -> SeqdProcess {
+        let mut all = vec!["--host=127.0.0.1", "--port=0", "--threads=2"];
+        all.extend_from_slice(args);
+        SeqdProcess::start_exact(&all)
+    }
+
+    /// Starts seqd with exactly `args`; they must make it listen on a free port.
+    pub fn start_exact(args: &[&str]) -> SeqdProcess {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_seqd"))
+            .args(args)
+            .env_remove("SEQD_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("cannot start seqd");
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let log = Arc::new(Mutex::new(String::new()));
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let log_writer = log.clone();
+        std::thread::spawn(move || {
+            let mut addr_tx = Some(addr_tx);
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Some(rest) = line.split("seqd listening on ").nth(1)
+                    && let Some(tx) = addr_tx.take()
+                {
+                    let addr = rest
+                        .split_whitespace()
+                        .next()
+                        .unwrap_or_default()
+                        .to_string();
+                    let _ = tx.send(addr);
+                }
+                let mut log = log_writer.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        let addr = match addr_rx.recv_timeout(PATIENCE) {
+            Ok(addr) => addr.parse().expect("listening address"),
+            Err(_) => {
+                let _ = child.kill();
+                let status = child.wait();
+                panic!(
+                    "seqd did not start ({status:?}); log:\n{}",
+                    log.lock().unwrap()
+                );
+            }
+        };
+        SeqdProcess {
+            child: Some(child),
+            addr,
+            log,
+        }
+    }
+
+    pub fn connect(&self) -> TcpStream {
+        let stream = TcpStream::connect(self.addr).expect("connect to seqd");
+        stream.set_read_timeout(Some(PATIENCE)).unwrap();
+        stream.set_write_timeout(Some(PATIENCE)).unwrap();
+        stream.set_nodelay(true).unwrap();
+        stream
+    }
+
+    pub fn client(&self) -> seqd::client::Client {
+        let mut client = seqd::client::Client::connect(self.addr).expect("connect to seqd");
+        client.set_timeout(Some(PATIENCE)).unwrap();
+        client
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: sending a signal to our own child process.
+        unsafe { libc::kill(self.pid() as i32, signal) };
+    }
+
+    /// Waits for the process to exit and returns its status.
+    pub fn wait(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("seqd did not exit in time; log:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for SeqdProcess {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Sends `request` and reads until `expected_len` bytes have arrived.
+pub fn exchange(stream: &mut TcpStream, request: &[u8], expected_len: usize) -> Vec<u8> {
+    stream.write_all(request).unwrap();
+    read_exactly(stream, expected_len)
+}
+
+pub fn read_exactly(stream: &mut TcpStream, len: usize) -> Vec<u8> {
+    let mut buf = vec![0; len];
+    stream
+        .read_exact(&mut buf)
+        .unwrap_or_else(|e| panic!("reading {len} bytes: {e}"));
+    buf
+}
+
+/// Reads until the server closes the connection.
+pub fn read_to_close(stream: &mut TcpStream) -> Vec<u8> {
+    let mut buf = Vec::new();
+    match stream.read_to_end(&mut buf) {
+        Ok(_) => {}
+        // A reset after the server's close still means closed.
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        Err(e) => panic!("waiting for the server to close: {e}"),
+    }
+    buf
+}
+
+/// Reads one CRLF-terminated text line (without the CRLF).
+pub fn read_line(stream: &mut TcpStream) -> String {
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while !line.ends_with(b"\r\n") {
+        stream.read_exact(&mut byte).expect("reading a reply line");
+        line.push(byte[0]);
+    }
+    line.truncate(line.len() - 2);
+    String::from_utf8(line).unwrap()
+}
+
+/// Path of an executable on PATH, if installed.
+pub fn which(program: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|dir| std::path::Path::new(dir).join(program))
+        .find(|p| p.is_file())
+}
