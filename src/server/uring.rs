@@ -447,9 +447,10 @@ impl EventLoop {
             }
             return Ok(());
         };
-        let more = cqueue::more(flags);
-        if !more {
+        if !cqueue::more(flags) {
+            // This receive is over, and with it any cancellation we asked for.
             conn.recv_armed = false;
+            conn.recv_cancelled = false;
         }
         if result > 0 {
             let Some(bid) = bid else {
@@ -515,6 +516,7 @@ impl EventLoop {
         match status {
             Status::Open => {
                 if conn.reading_stopped {
+                    tracing::debug!(key, "resuming reads");
                     conn.reading_stopped = false;
                     if !conn.recv_armed {
                         self.arm_recv(key)?;
@@ -527,6 +529,12 @@ impl EventLoop {
                     self.parked.push(key);
                 }
                 if conn.session.buffered() > HELD_INPUT_LIMIT && !conn.reading_stopped {
+                    tracing::debug!(
+                        key,
+                        ?pause,
+                        held = conn.session.buffered(),
+                        "pausing reads until the connection catches up"
+                    );
                     conn.reading_stopped = true;
                     self.stop_reading(key)?;
                 }
