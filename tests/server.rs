@@ -151,10 +151,8 @@ fn sigterm_answers_what_was_received_and_exits_cleanly() {
         text.is_empty() || text.ends_with("\r\n"),
         "a reply was cut in half"
     );
-    let mut expected = 3u64;
-    for line in text.split_terminator("\r\n") {
+    for (expected, line) in (3u64..).zip(text.split_terminator("\r\n")) {
         assert_eq!(line, format!(":{expected}"));
-        expected += 1;
     }
 }
 
