@@ -7,6 +7,7 @@
 //! the run holds — and then answered in order.
 
 use std::collections::HashMap;
+use std::marker::PhantomData;
 
 use crate::protocol::{self, ParseError, ParseOk, Problem, Reply, Request, Target, binary, text};
 use crate::sequence::{DEFAULT_SEQUENCE, Refusal, Registry, Sequence, SequenceId};
@@ -30,7 +31,7 @@ pub struct LoopState {
     /// Name → id, so text requests that name a sequence take no lock.
     names: HashMap<Box<[u8]>, SequenceId>,
     /// Scratch for the run being coalesced (reused; holds no data between calls).
-    run: Vec<u64>,
+    run: Vec<Segment>,
 }
 
 impl LoopState {
@@ -105,35 +106,95 @@ impl Codec {
             _ => None,
         }
     }
+}
 
-    #[inline]
-    fn decode(self, buf: &[u8]) -> Result<ParseOk<Request<'_>>, ParseError<'_>> {
-        match self {
-            Codec::Binary => binary::decode_request(buf),
-            Codec::Text => text::decode_request(buf),
-        }
+/// A protocol's codec. Sessions are generic over it so that each decoder inlines into its
+/// own decode loop (the protocol is chosen once per connection, not once per frame).
+trait Wire {
+    fn decode(buf: &[u8]) -> Result<ParseOk<Request<'_>>, ParseError<'_>>;
+    fn encode(out: &mut Vec<u8>, reply: &Reply<'_>);
+    /// Replies to `count` consecutive `GETSEQ`s: the numbers `first..first + count`.
+    fn encode_numbers(out: &mut Vec<u8>, first: u64, count: u64);
+}
+
+struct BinaryWire;
+struct TextWire;
+
+impl Wire for BinaryWire {
+    #[inline(always)]
+    fn decode(buf: &[u8]) -> Result<ParseOk<Request<'_>>, ParseError<'_>> {
+        binary::decode_request(buf)
     }
 
-    #[inline]
-    fn encode(self, out: &mut Vec<u8>, reply: &Reply<'_>) {
-        match self {
-            Codec::Binary => binary::encode_reply(out, reply),
-            Codec::Text => text::encode_reply(out, reply),
-        }
+    #[inline(always)]
+    fn encode(out: &mut Vec<u8>, reply: &Reply<'_>) {
+        binary::encode_reply(out, reply)
+    }
+
+    #[inline(always)]
+    fn encode_numbers(out: &mut Vec<u8>, first: u64, count: u64) {
+        binary::encode_numbers(out, first, count)
     }
 }
 
-/// Requests coalesced into one reservation: entry 0 means a `GETSEQ` (one number, answered
-/// as a number); n ≥ 1 a `GETSEQ_BATCH n` (answered as a range).
+impl Wire for TextWire {
+    #[inline(always)]
+    fn decode(buf: &[u8]) -> Result<ParseOk<Request<'_>>, ParseError<'_>> {
+        text::decode_request(buf)
+    }
+
+    #[inline(always)]
+    fn encode(out: &mut Vec<u8>, reply: &Reply<'_>) {
+        text::encode_reply(out, reply)
+    }
+
+    #[inline(always)]
+    fn encode_numbers(out: &mut Vec<u8>, first: u64, count: u64) {
+        text::encode_numbers(out, first, count)
+    }
+}
+
+/// The same request, `repeats` times in a row: `count` 0 is a `GETSEQ` (one number, answered
+/// as a number), n ≥ 1 a `GETSEQ_BATCH n` (answered as a range).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Segment {
+    count: u64,
+    repeats: u64,
+}
+
+impl Segment {
+    /// Numbers the segment takes.
+    fn numbers(&self) -> u64 {
+        self.count.max(1).saturating_mul(self.repeats)
+    }
+}
+
+/// Requests coalesced into one reservation, in arrival order.
 #[derive(Debug, Default)]
 struct Run {
     sequence: Option<SequenceId>,
-    counts: Vec<u64>,
+    segments: Vec<Segment>,
+}
+
+impl Run {
+    #[inline]
+    fn push(&mut self, count: u64, repeats: u64) {
+        match self.segments.last_mut() {
+            Some(last) if last.count == count => last.repeats += repeats,
+            _ => self.segments.push(Segment { count, repeats }),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.segments.is_empty()
+    }
 }
 
 /// How handling a request went.
 enum Flow {
     Continue,
+    /// Continue; the request joined the run as this count (see [`Segment`]).
+    Joined(u64),
     /// Stop decoding; the request just decoded was *not* handled and must be decoded again.
     Park(SequenceId),
     Close,
@@ -193,7 +254,10 @@ impl Session {
             self.carry.extend_from_slice(data);
             return self.paused(Pause::Backpressure);
         }
-        self.process(codec, data, state, out)
+        match codec {
+            Codec::Binary => self.process::<BinaryWire>(data, state, out),
+            Codec::Text => self.process::<TextWire>(data, state, out),
+        }
     }
 
     /// Continues after a pause: answers a parked run, then decodes held-back input.
@@ -208,19 +272,21 @@ impl Session {
         if out.len() >= OUTPUT_HIGH_WATER {
             return self.paused(Pause::Backpressure);
         }
+        match codec {
+            Codec::Binary => self.resume_with::<BinaryWire>(state, out),
+            Codec::Text => self.resume_with::<TextWire>(state, out),
+        }
+    }
+
+    fn resume_with<W: Wire>(&mut self, state: &mut LoopState, out: &mut Vec<u8>) -> Status {
         if let Some(run) = self.parked.take() {
-            let mut executor = Executor {
-                codec,
-                state,
-                out,
-                run,
-            };
+            let mut executor = Executor::<W>::new(state, out, run);
             if let Err(sequence) = executor.flush() {
                 self.parked = Some(executor.run);
                 return self.paused(Pause::AwaitingCeiling(sequence));
             }
         }
-        self.process(codec, &[], state, out)
+        self.process::<W>(&[], state, out)
     }
 
     fn paused(&mut self, pause: Pause) -> Status {
@@ -228,32 +294,26 @@ impl Session {
         Status::Paused(pause)
     }
 
-    fn process(
+    fn process<W: Wire>(
         &mut self,
-        codec: Codec,
         mut data: &[u8],
         state: &mut LoopState,
         out: &mut Vec<u8>,
     ) -> Status {
         let run = Run {
             sequence: None,
-            counts: std::mem::take(&mut state.run),
+            segments: std::mem::take(&mut state.run),
         };
-        let mut executor = Executor {
-            codec,
-            state,
-            out,
-            run,
-        };
+        let mut executor = Executor::<W>::new(state, out, run);
         let mut flow = Flow::Continue;
 
         // 1. Frames that begin in the carry, completed with as few bytes of `data` as needed.
         let mut start = 0;
-        while start < self.carry.len() && matches!(flow, Flow::Continue) {
-            match codec.decode(&self.carry[start..]) {
+        while start < self.carry.len() && flow.proceeds() {
+            match W::decode(&self.carry[start..]) {
                 Ok(parsed) => {
                     flow = executor.handle(parsed.message);
-                    if matches!(flow, Flow::Continue | Flow::Close) {
+                    if flow.consumed() {
                         start += parsed.consumed;
                     }
                 }
@@ -280,12 +340,21 @@ impl Session {
         // 2. Whole frames in the received buffer, decoded where they lie.
         if self.carry.is_empty() {
             let mut pos = 0;
-            while matches!(flow, Flow::Continue) {
-                match codec.decode(&data[pos..]) {
+            while flow.proceeds() {
+                match W::decode(&data[pos..]) {
                     Ok(parsed) => {
                         flow = executor.handle(parsed.message);
-                        if matches!(flow, Flow::Continue | Flow::Close) {
+                        if flow.consumed() {
                             pos += parsed.consumed;
+                        }
+                        if let Flow::Joined(count) = flow {
+                            // Byte-identical frames right after one that joined the run are
+                            // the same request: count them without decoding (pipelines
+                            // are mostly one request repeated).
+                            let frame = &data[pos - parsed.consumed..pos];
+                            let repeats = count_repeats(&data[pos..], frame);
+                            executor.run.push(count, repeats as u64);
+                            pos += repeats * frame.len();
                         }
                     }
                     Err(ParseError::Incomplete(_)) => break,
@@ -296,7 +365,7 @@ impl Session {
         }
 
         // 3. Answer the run still open, then keep what was not decoded.
-        if matches!(flow, Flow::Continue)
+        if flow.proceeds()
             && let Err(sequence) = executor.flush()
         {
             flow = Flow::Park(sequence);
@@ -310,7 +379,7 @@ impl Session {
             }
             Flow::Park(sequence) => {
                 self.carry.extend_from_slice(data);
-                if !run.counts.is_empty() {
+                if !run.is_empty() {
                     // The run keeps its buffer; the loop gets a fresh one (a rare path).
                     self.parked = Some(run);
                     return self.paused(Pause::AwaitingCeiling(sequence));
@@ -318,14 +387,14 @@ impl Session {
                 self.pause = Some(Pause::AwaitingCeiling(sequence));
                 Status::Paused(Pause::AwaitingCeiling(sequence))
             }
-            Flow::Continue => {
+            Flow::Continue | Flow::Joined(_) => {
                 self.carry.extend_from_slice(data);
                 Status::Open
             }
         };
-        let mut counts = run.counts;
-        counts.clear();
-        state.run = counts;
+        let mut segments = run.segments;
+        segments.clear();
+        state.run = segments;
         if self.carry.is_empty() && self.carry.capacity() > CARRY_RETAINED {
             self.carry = Vec::new();
         }
@@ -334,14 +403,23 @@ impl Session {
 }
 
 /// Serves decoded requests in order, coalescing runs of number requests.
-struct Executor<'s, 'o> {
-    codec: Codec,
+struct Executor<'s, 'o, W> {
     state: &'s mut LoopState,
     out: &'o mut Vec<u8>,
     run: Run,
+    wire: PhantomData<W>,
 }
 
-impl Executor<'_, '_> {
+impl<'s, 'o, W: Wire> Executor<'s, 'o, W> {
+    fn new(state: &'s mut LoopState, out: &'o mut Vec<u8>, run: Run) -> Self {
+        Executor {
+            state,
+            out,
+            run,
+            wire: PhantomData,
+        }
+    }
+
     #[inline]
     fn handle(&mut self, request: Request<'_>) -> Flow {
         let (target, count, opcode) = match request {
@@ -360,16 +438,21 @@ impl Executor<'_, '_> {
                 return self.handle_alone(other);
             }
         };
-        let sequence = match self.state.resolve(target) {
-            Ok(sequence) => sequence.id(),
-            Err(problem) => {
-                if let Err(parked) = self.flush() {
-                    return Flow::Park(parked);
+        let sequence = match target {
+            // Already resolved for the run in progress, or always present: no lookup.
+            Target::Id(id) if self.run.sequence == Some(id) => id,
+            Target::Default => DEFAULT_SEQUENCE,
+            Target::Name(name) if self.run_is_named(name) => self.run.sequence.unwrap_or_default(),
+            _ => match self.state.resolve(target) {
+                Ok(sequence) => sequence.id(),
+                Err(problem) => {
+                    if let Err(parked) = self.flush() {
+                        return Flow::Park(parked);
+                    }
+                    W::encode(self.out, &Reply::Error { opcode, problem });
+                    return Flow::Continue;
                 }
-                self.codec
-                    .encode(self.out, &Reply::Error { opcode, problem });
-                return Flow::Continue;
-            }
+            },
         };
         if self.run.sequence != Some(sequence) {
             if let Err(parked) = self.flush() {
@@ -377,8 +460,17 @@ impl Executor<'_, '_> {
             }
             self.run.sequence = Some(sequence);
         }
-        self.run.counts.push(count);
-        Flow::Continue
+        self.run.push(count, 1);
+        Flow::Joined(count)
+    }
+
+    /// Whether the run in progress is on the sequence called `name` (cheaper than a lookup).
+    #[inline]
+    fn run_is_named(&self, name: &[u8]) -> bool {
+        self.run
+            .sequence
+            .and_then(|id| self.state.registry.get(id))
+            .is_some_and(|sequence| sequence.name().as_bytes() == name)
     }
 
     /// Answers a request that does not join a run. The run before it has been flushed.
@@ -405,7 +497,7 @@ impl Executor<'_, '_> {
                     .map(|s| Reply::Opened(s.id())),
             ),
             Request::Quit => {
-                self.codec.encode(self.out, &Reply::Ok);
+                W::encode(self.out, &Reply::Ok);
                 return Flow::Close;
             }
             Request::RedisHandshake {
@@ -416,15 +508,14 @@ impl Executor<'_, '_> {
             Request::Get { .. } | Request::Nothing => unreachable!("handled by handle()"),
         };
         let reply = reply.unwrap_or_else(|problem| Reply::Error { opcode, problem });
-        self.codec.encode(self.out, &reply);
+        W::encode(self.out, &reply);
         Flow::Continue
     }
 
     fn fatal(&mut self, problem: Problem<'_>) -> Flow {
         // Answer what came before the bad frame, then the error.
         let _ = self.flush();
-        self.codec
-            .encode(self.out, &Reply::Error { opcode: 0, problem });
+        W::encode(self.out, &Reply::Error { opcode: 0, problem });
         Flow::Close
     }
 
@@ -433,10 +524,7 @@ impl Executor<'_, '_> {
     /// sequence's ceiling to rise.
     fn flush(&mut self) -> Result<(), SequenceId> {
         let Executor {
-            codec,
-            state,
-            out,
-            run,
+            state, out, run, ..
         } = self;
         let Some(id) = run.sequence else {
             return Ok(());
@@ -445,25 +533,34 @@ impl Executor<'_, '_> {
         let Some(sequence) = state.registry.get(id) else {
             unreachable!("sequence {id} vanished from the registry");
         };
-        let total: u64 = run.counts.iter().map(|&c| c.max(1)).sum();
+        let total = run
+            .segments
+            .iter()
+            .fold(0u64, |sum, s| sum.saturating_add(s.numbers()));
         match sequence.reserve(total) {
             Ok(first) => {
                 let mut next = first;
-                for &count in &run.counts {
-                    let reply = match count {
-                        0 => Reply::Number(next),
-                        n => Reply::Range {
-                            first: next,
-                            count: n,
-                        },
-                    };
-                    codec.encode(out, &reply);
-                    next += count.max(1);
+                for segment in &run.segments {
+                    if segment.count == 0 {
+                        W::encode_numbers(out, next, segment.repeats);
+                    } else {
+                        for i in 0..segment.repeats {
+                            let first = next + i * segment.count;
+                            W::encode(
+                                out,
+                                &Reply::Range {
+                                    first,
+                                    count: segment.count,
+                                },
+                            );
+                        }
+                    }
+                    next += segment.numbers();
                 }
-                run.counts.clear();
+                run.segments.clear();
             }
             // Not enough for everyone: serve one by one, so each request gets its own answer.
-            Err(Refusal::Exhausted { .. }) => serve_one_by_one(sequence, *codec, out, run)?,
+            Err(Refusal::Exhausted { .. }) => serve_one_by_one::<W>(sequence, out, run)?,
             Err(Refusal::AwaitingCeiling) => return Err(id),
         }
         run.sequence = None;
@@ -471,40 +568,85 @@ impl Executor<'_, '_> {
     }
 }
 
+impl Flow {
+    /// Whether decoding goes on after this.
+    fn proceeds(&self) -> bool {
+        matches!(self, Flow::Continue | Flow::Joined(_))
+    }
+
+    /// Whether the request was handled (its bytes are used up).
+    fn consumed(&self) -> bool {
+        !matches!(self, Flow::Park(_))
+    }
+}
+
+/// How many copies of `frame` start `rest`, back to back.
+#[inline]
+fn count_repeats(rest: &[u8], frame: &[u8]) -> usize {
+    rest.chunks_exact(frame.len())
+        .take_while(|chunk| same_bytes(chunk, frame))
+        .count()
+}
+
+/// `a == b` for two short slices of equal length, compared a word at a time: frames are a
+/// few words long, and a `memcmp` call per frame costs more than the comparison.
+#[inline(always)]
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    let (a_words, a_tail) = a.as_chunks::<8>();
+    let (b_words, b_tail) = b.as_chunks::<8>();
+    if a_words.len() != b_words.len() || a_tail.len() != b_tail.len() {
+        return false;
+    }
+    for i in 0..a_words.len() {
+        if a_words[i] != b_words[i] {
+            return false;
+        }
+    }
+    for i in 0..a_tail.len() {
+        if a_tail[i] != b_tail[i] {
+            return false;
+        }
+    }
+    true
+}
+
 /// Serves the run's requests with one reservation each, refusing those that no longer fit.
 /// Stops at the first that must wait for the ceiling, leaving it and the rest in `run`.
-fn serve_one_by_one(
+fn serve_one_by_one<W: Wire>(
     sequence: &Sequence,
-    codec: Codec,
     out: &mut Vec<u8>,
     run: &mut Run,
 ) -> Result<(), SequenceId> {
-    let mut served = 0;
-    let mut result = Ok(());
-    for &count in &run.counts {
-        let reply = match (count, sequence.reserve(count.max(1))) {
-            (0, Ok(n)) => Reply::Number(n),
-            (n, Ok(first)) => Reply::Range { first, count: n },
-            (_, Err(Refusal::AwaitingCeiling)) => {
-                result = Err(sequence.id());
-                break;
-            }
-            (c, Err(Refusal::Exhausted { remaining })) => {
-                let opcode = match c {
-                    0 => binary::opcode::GETSEQ,
-                    _ => binary::opcode::GETSEQ_BATCH,
-                };
-                Reply::Error {
-                    opcode,
-                    problem: Problem::Exhausted { remaining },
+    for index in 0..run.segments.len() {
+        let segment = &mut run.segments[index];
+        while segment.repeats > 0 {
+            let reply = match sequence.reserve(segment.count.max(1)) {
+                Ok(n) if segment.count == 0 => Reply::Number(n),
+                Ok(first) => Reply::Range {
+                    first,
+                    count: segment.count,
+                },
+                Err(Refusal::AwaitingCeiling) => {
+                    run.segments.drain(..index);
+                    return Err(sequence.id());
                 }
-            }
-        };
-        codec.encode(out, &reply);
-        served += 1;
+                Err(Refusal::Exhausted { remaining }) => {
+                    let opcode = match segment.count {
+                        0 => binary::opcode::GETSEQ,
+                        _ => binary::opcode::GETSEQ_BATCH,
+                    };
+                    Reply::Error {
+                        opcode,
+                        problem: Problem::Exhausted { remaining },
+                    }
+                }
+            };
+            W::encode(out, &reply);
+            segment.repeats -= 1;
+        }
     }
-    run.counts.drain(..served);
-    result
+    run.segments.clear();
+    Ok(())
 }
 
 #[cfg(test)]
@@ -591,6 +733,35 @@ mod tests {
             s.receive(&input[..cut], &mut st, &mut out);
             s.receive(&input[cut..], &mut st, &mut out);
             assert_eq!(binary_replies(&out), expected, "split at {cut}");
+        }
+    }
+
+    #[test]
+    fn repeated_frames_are_counted_without_changing_replies() {
+        // Runs of identical frames (the fast path), broken by different ones, split anywhere.
+        let mut input = b"GETSEQ\r\n".repeat(5);
+        input.extend_from_slice(&b"GETSEQ_BATCH 2\r\n".repeat(3));
+        input.extend_from_slice(&b"GETSEQ x\r\n".repeat(4));
+        input.extend_from_slice(b"CURRENT\r\n");
+        input.extend_from_slice(&b"GETSEQ\r\n".repeat(3));
+        let mut expected = String::new();
+        for n in 1..=5 {
+            expected += &format!(":{n}\r\n");
+        }
+        for first in [6, 8, 10] {
+            expected += &format!("*2\r\n:{first}\r\n:{}\r\n", first + 1);
+        }
+        for n in 1..=4 {
+            expected += &format!(":{n}\r\n");
+        }
+        expected += ":12\r\n:12\r\n:13\r\n:14\r\n";
+        for cut in 0..input.len() {
+            let mut st = state(1);
+            let mut s = Session::new();
+            let mut out = Vec::new();
+            s.receive(&input[..cut], &mut st, &mut out);
+            s.receive(&input[cut..], &mut st, &mut out);
+            assert_eq!(String::from_utf8(out).unwrap(), expected, "split at {cut}");
         }
     }
 

@@ -164,6 +164,23 @@ pub fn encode_reply(out: &mut Vec<u8>, reply: &Reply<'_>) {
     out.extend_from_slice(&header.encode());
 }
 
+/// Appends the replies to `count` consecutive `GETSEQ`s: the numbers `first..first + count`.
+#[inline]
+pub fn encode_numbers(out: &mut Vec<u8>, first: u64, count: u64) {
+    let mut frame = Header {
+        opcode: opcode::GETSEQ,
+        byte3: STATUS_OK,
+        word: 1,
+        value: 0,
+    }
+    .encode();
+    out.reserve(count as usize * FRAME_LEN);
+    for n in first..first + count {
+        frame[8..16].copy_from_slice(&n.to_be_bytes());
+        out.extend_from_slice(&frame);
+    }
+}
+
 fn encode_error(out: &mut Vec<u8>, opcode: u8, problem: &Problem<'_>) {
     use std::io::Write;
     let start = out.len();
@@ -363,6 +380,16 @@ mod tests {
         assert_eq!(reply.message.status, ErrorCode::OutOfRange as u8);
         assert_eq!(reply.message.value, 1_000_000);
         assert_eq!(reply.message.message, text.as_bytes());
+    }
+
+    #[test]
+    fn consecutive_numbers_encode_like_single_replies() {
+        let (mut batch, mut single) = (Vec::new(), Vec::new());
+        encode_numbers(&mut batch, 41, 3);
+        for n in 41..44 {
+            encode_reply(&mut single, &Reply::Number(n));
+        }
+        assert_eq!(batch, single);
     }
 
     #[test]

@@ -39,6 +39,19 @@ impl<'a> Args<'a> {
 /// Decodes one request (inline or RESP) from the front of `buf`.
 #[inline]
 pub fn decode_request(buf: &[u8]) -> Result<ParseOk<Request<'_>>, ParseError<'_>> {
+    // The request that dominates real traffic, as telnet/nc and redis-benchmark send it,
+    // recognised by one comparison before the general parser.
+    const GET: Request<'static> = Request::Get {
+        target: Target::Default,
+    };
+    for frame in [&b"GETSEQ\r\n"[..], b"*1\r\n$6\r\nGETSEQ\r\n"] {
+        if buf.starts_with(frame) {
+            return Ok(ParseOk {
+                message: GET,
+                consumed: frame.len(),
+            });
+        }
+    }
     match buf.first() {
         None => Err(ParseError::Incomplete(Need::Line)),
         Some(b'*') => decode_resp(buf),
@@ -55,11 +68,19 @@ fn decode_inline(buf: &[u8]) -> Result<ParseOk<Request<'_>>, ParseError<'_>> {
     }
     let line = buf[..end].strip_suffix(b"\r").unwrap_or(&buf[..end]);
     let mut args = Args::new();
-    for word in line
-        .split(|&b| b == b' ' || b == b'\t')
-        .filter(|w| !w.is_empty())
-    {
-        args.push(word);
+    let is_blank = |b: u8| b == b' ' || b == b'\t';
+    let mut i = 0;
+    while i < line.len() {
+        while i < line.len() && is_blank(line[i]) {
+            i += 1;
+        }
+        let start = i;
+        while i < line.len() && !is_blank(line[i]) {
+            i += 1;
+        }
+        if i > start {
+            args.push(&line[start..i]);
+        }
     }
     Ok(ParseOk {
         message: interpret(&args),
@@ -241,6 +262,45 @@ pub fn encode_reply(out: &mut Vec<u8>, reply: &Reply<'_>) {
             // Writing to a Vec cannot fail.
             let _ = write!(out, "-{} {problem}\r\n", problem.code().text_prefix());
         }
+    }
+}
+
+/// Appends the replies to `count` consecutive `GETSEQ`s: `:first\r\n` ... `:first+count-1\r\n`.
+#[inline]
+pub fn encode_numbers(out: &mut Vec<u8>, first: u64, count: u64) {
+    if count == 0 {
+        return;
+    }
+    // Consecutive numbers: format the first, then count upwards in the decimal text itself
+    // (one digit changes most of the time) instead of formatting each number anew.
+    const LEN: usize = 24; // ':' + up to 20 digits + CRLF
+    let mut reply = [0u8; LEN];
+    reply[LEN - 2..].copy_from_slice(b"\r\n");
+    let digits = itoa::Buffer::new().format(first).len();
+    let mut start = LEN - 2 - digits - 1;
+    reply[start] = b':';
+    reply[start + 1..LEN - 2].copy_from_slice(itoa::Buffer::new().format(first).as_bytes());
+    out.reserve(count as usize * (LEN - start));
+    out.extend_from_slice(&reply[start..]);
+    for _ in 1..count {
+        let mut i = LEN - 3;
+        loop {
+            if reply[i] == b'9' {
+                reply[i] = b'0';
+                i -= 1;
+                if i == start {
+                    // 99 → 100: one more digit, the ':' moves left.
+                    reply[i] = b'1';
+                    start -= 1;
+                    reply[start] = b':';
+                    break;
+                }
+            } else {
+                reply[i] += 1;
+                break;
+            }
+        }
+        out.extend_from_slice(&reply[start..]);
     }
 }
 
@@ -435,6 +495,27 @@ mod tests {
             decode_request(b"*1\r\n$99999999\r\n"),
             Err(ParseError::Fatal(_))
         ));
+    }
+
+    #[test]
+    fn consecutive_numbers_encode_like_single_replies() {
+        let mut batch = Vec::new();
+        encode_numbers(&mut batch, 99, 3);
+        assert_eq!(batch, b":99\r\n:100\r\n:101\r\n");
+        for (first, count) in [
+            (0, 1200),
+            (1, 0),
+            (8, 5),
+            (999_990, 20),
+            (u64::MAX - 10, 11),
+        ] {
+            let (mut batch, mut single) = (Vec::new(), Vec::new());
+            encode_numbers(&mut batch, first, count);
+            for n in 0..count {
+                encode_reply(&mut single, &Reply::Number(first + n));
+            }
+            assert_eq!(batch, single, "first {first}, count {count}");
+        }
     }
 
     #[test]
