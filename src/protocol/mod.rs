@@ -7,6 +7,7 @@
 //! stream cannot be resynchronised and the connection must be closed after the error reply.
 
 pub mod binary;
+pub mod stream;
 pub mod text;
 
 use std::fmt;
