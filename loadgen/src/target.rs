@@ -169,6 +169,15 @@ impl Protocol {
                 None => Parsed::Incomplete,
             };
         }
+        if buf.first().is_some_and(|&b| b != binary::MAGIC) {
+            // Not a frame: fail now rather than wait for 16 bytes that may never come.
+            return Parsed::Malformed(format!(
+                "binary reply starting with byte 0x{:02x}, not the frame magic 0x{:02x} \
+                 (is --target right for this server?)",
+                buf[0],
+                binary::MAGIC
+            ));
+        }
         match binary::decode_reply(buf) {
             Ok(ParseOk { message, consumed }) => {
                 let outcome = if message.status != binary::STATUS_OK {

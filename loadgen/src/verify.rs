@@ -16,7 +16,7 @@ use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 const MAGIC: &[u8; 8] = b"SEQDVFY1";
 const HEADER_LEN: usize = 16;
@@ -52,7 +52,7 @@ impl StreamLog {
 }
 
 /// The outcome of a verification.
-#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Report {
     /// Connections (streams) checked.
     pub streams: u64,
