@@ -187,6 +187,8 @@ pub struct DistributionLine {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct RunReport {
     pub schema: String,
+    /// Always "run" (capacity searches, ramps and in-process runs have their own kinds).
+    pub kind: String,
     pub tool: String,
     pub label: String,
     /// The command line, for reproducing the run.
@@ -288,6 +290,7 @@ impl RunReport {
         }
         RunReport {
             schema: SCHEMA.into(),
+            kind: "run".into(),
             tool: format!("seqd loadgen {}", env!("CARGO_PKG_VERSION")),
             label: label.to_string(),
             command: command.to_vec(),
@@ -531,4 +534,164 @@ pub fn write_files(prefix: &Path, report: &RunReport, m: &Measured) -> Result<Ou
     }
     write(&files.hlog, &m.hlog)?;
     Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::run::IntervalPoint;
+    use crate::target::{Kind, Protocol};
+    use crate::worker::new_histogram;
+    use std::time::Duration;
+
+    /// A run report with every optional part present (open loop, verification).
+    fn full_report() -> RunReport {
+        let spec = RunSpec {
+            addr: "127.0.0.1:10001".parse().unwrap(),
+            protocol: Protocol::new(Kind::Binary, 1, None, 0).unwrap(),
+            connections: 2,
+            pipeline: 4,
+            threads: 1,
+            cpus: vec![1],
+            rate: Some(1000.0),
+            duration: Some(Duration::from_secs(1)),
+            requests: None,
+            warmup: Duration::ZERO,
+            drain_timeout: Duration::from_secs(1),
+            reply_timeout: Duration::from_secs(1),
+            connect_timeout: Duration::from_secs(1),
+            verify: true,
+        };
+        let mut latency = new_histogram();
+        for v in [10_000, 20_000, 30_000] {
+            latency.record(v).unwrap();
+        }
+        let mut log = verify::StreamLog::default();
+        log.record(1, 3);
+        let streams = vec![log];
+        let m = Measured {
+            latency: latency.clone(),
+            service: latency.clone(),
+            send_lag: latency,
+            intervals: vec![IntervalPoint {
+                t_s: 0.0,
+                duration_s: 1.0,
+                requests: 3,
+                numbers: 3,
+                errors: 0,
+                throughput_rps: 3.0,
+                p50_us: 20.0,
+                p99_us: 30.0,
+                p99_9_us: 30.0,
+                max_us: 30.0,
+                client_cpu_percent: 1.0,
+            }],
+            errors: Errors::default(),
+            first_errors: vec![],
+            completed: 3,
+            numbers: 3,
+            sent: 3,
+            planned: Some(3),
+            unsent: 0,
+            held_by_pipeline: 0,
+            duration_s: 1.0,
+            threads: vec![ThreadUsage {
+                thread: 0,
+                cpu: Some(1),
+                busy_percent: 5.0,
+            }],
+            process_cpu_percent: 5.0,
+            verify: Some(verify::check(&streams)),
+            streams,
+            hlog: Vec::new(),
+            started_at: std::time::SystemTime::UNIX_EPOCH,
+        };
+        RunReport::build(&spec, &m, "test", &["loadgen".into()])
+    }
+
+    /// Every key path of a JSON value, arrays of objects written `name[].field`.
+    fn paths(value: &serde_json::Value, prefix: &str, out: &mut Vec<String>) {
+        match value {
+            serde_json::Value::Object(map) => {
+                for (key, v) in map {
+                    let path = if prefix.is_empty() {
+                        key.clone()
+                    } else {
+                        format!("{prefix}.{key}")
+                    };
+                    paths(v, &path, out);
+                }
+            }
+            serde_json::Value::Array(items) if items.first().is_some_and(|i| i.is_object()) => {
+                paths(&items[0], &format!("{prefix}[]"), out);
+            }
+            _ => out.push(prefix.to_string()),
+        }
+    }
+
+    #[test]
+    fn json_schema_is_the_documented_one() {
+        let report = full_report();
+        let value = serde_json::to_value(&report).unwrap();
+        assert_eq!(value["schema"], SCHEMA);
+        assert_eq!(value["kind"], "run");
+        let mut found = Vec::new();
+        paths(&value, "", &mut found);
+        let doc = include_str!("../SCHEMA.md");
+        for path in &found {
+            // Percentile groups are documented once as `name.*` plus each field of latency_us.
+            let field = path.rsplit('.').next().unwrap_or(path);
+            let grouped = ["service_time_us.", "send_lag_us."]
+                .iter()
+                .any(|g| path.starts_with(g) && doc.contains(&format!("`latency_us.{field}`")));
+            assert!(
+                grouped || doc.contains(&format!("`{path}`")),
+                "{path} is in the JSON but not documented in loadgen/SCHEMA.md"
+            );
+        }
+        // The paths scripts rely on, by name.
+        for path in [
+            "totals.throughput_rps",
+            "latency_us.p99",
+            "latency_us.p99_9",
+            "service_time_us.p99",
+            "send_lag_us.p99",
+            "errors.total",
+            "client_cpu.cpu_bound",
+            "verify.duplicates",
+            "time_series[].throughput_rps",
+            "distribution[].value_us",
+            "machine.cpu_model",
+            "config.mode",
+        ] {
+            assert!(found.iter().any(|p| p == path), "{path} missing");
+        }
+        // And the result reads back unchanged (what `loadgen plot` does).
+        let back: RunReport = serde_json::from_value(value).unwrap();
+        assert_eq!(back, report);
+    }
+
+    #[test]
+    fn summary_names_everything_a_reader_needs() {
+        let text = full_report().summary();
+        for part in [
+            "open loop at 1000 req/s",
+            "coordinated-omission corrected",
+            "service",
+            "send lag",
+            "p99.99",
+            "errors       0",
+            "client CPU",
+            "verify       OK",
+        ] {
+            assert!(text.contains(part), "{part:?} missing from:\n{text}");
+        }
+    }
+
+    #[test]
+    fn numbers_are_grouped_for_reading() {
+        assert_eq!(group(1234567.8), "1,234,568");
+        assert_eq!(group(999.0), "999");
+        assert_eq!(group(0.0), "0");
+    }
 }
