@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
-use loadgen::report::{Machine, RunReport, write_files};
+use loadgen::report::{Machine, RunReport, with_extension, write_files, write_json};
 use loadgen::run::{RunSpec, execute, parse_cpus, preflight};
 use loadgen::search::{self, Ramp, SearchReport, SearchSettings};
 use loadgen::slo::{Slo, parse_duration};
@@ -490,20 +490,10 @@ fn search_or_ramp(
         );
     }
     if let Some(prefix) = &args.output {
-        let mut path = prefix.as_os_str().to_owned();
-        path.push(".json");
-        let path = PathBuf::from(path);
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("cannot create {}", dir.display()))?;
-        }
-        std::fs::write(&path, serde_json::to_vec_pretty(&report)?)
-            .with_context(|| format!("cannot write {}", path.display()))?;
+        let path = write_json(prefix, &report)?;
         eprintln!("  wrote {}", path.display());
         if let (Some(run), Some(measured)) = (&report.confirmation, &confirmation_measured) {
-            let mut confirm_prefix = prefix.as_os_str().to_owned();
-            confirm_prefix.push(".confirm");
-            let files = write_files(&PathBuf::from(confirm_prefix), run, measured)?;
+            let files = write_files(&with_extension(prefix, ".confirm"), run, measured)?;
             eprintln!(
                 "  wrote {}, {}, {}",
                 files.json.display(),
@@ -532,15 +522,7 @@ fn in_process(args: InProcessArgs, command: &[String]) -> Result<u8> {
         print!("{}", report.summary());
     }
     if let Some(prefix) = &args.output {
-        let mut path = prefix.as_os_str().to_owned();
-        path.push(".json");
-        let path = PathBuf::from(path);
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("cannot create {}", dir.display()))?;
-        }
-        std::fs::write(&path, serde_json::to_vec_pretty(&report)?)
-            .with_context(|| format!("cannot write {}", path.display()))?;
+        let path = write_json(prefix, &report)?;
         eprintln!("  wrote {}", path.display());
     }
     Ok(if report.contiguous {

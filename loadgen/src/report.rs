@@ -148,13 +148,9 @@ pub struct Totals {
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ErrorReport {
-    pub connect_failed: u64,
-    pub closed_by_server: u64,
-    pub malformed_reply: u64,
-    pub server_error: u64,
-    /// Connections dropped after --reply-timeout without a reply.
-    pub timed_out: u64,
-    pub lost: u64,
+    /// The counters (see `worker::Errors`), flattened into this object.
+    #[serde(flatten)]
+    pub counts: Errors,
     pub total: u64,
     /// The first distinct error messages.
     pub first: Vec<String>,
@@ -415,19 +411,19 @@ impl RunReport {
                 line("send lag", lag);
             }
         }
-        let e = &self.errors;
+        let e = &self.errors.counts;
         let _ = writeln!(
             s,
             "  errors       {} (connect failed {}, closed by server {}, malformed reply {}, \
              server error {}, lost in flight {})",
-            e.total,
+            self.errors.total,
             e.connect_failed,
             e.closed_by_server,
             e.malformed_reply,
             e.server_error,
             e.lost
         );
-        for first in &e.first {
+        for first in &self.errors.first {
             let _ = writeln!(s, "    {first}");
         }
         let threads: Vec<String> = self
@@ -462,12 +458,7 @@ impl RunReport {
 
 fn error_report(e: &Errors, first: &[String]) -> ErrorReport {
     ErrorReport {
-        connect_failed: e.connect_failed,
-        closed_by_server: e.closed_by_server,
-        malformed_reply: e.malformed_reply,
-        server_error: e.server_error,
-        timed_out: e.timed_out,
-        lost: e.lost,
+        counts: *e,
         total: e.total(),
         first: first.to_vec(),
     }
@@ -502,37 +493,51 @@ pub struct OutputFiles {
     pub hlog: PathBuf,
 }
 
-/// Writes `PREFIX.json`, `PREFIX.hgrm` (latency, in milliseconds like wrk2's), `PREFIX.hlog`
-/// and, in an open loop, `PREFIX.service.hgrm` (service time).
-pub fn write_files(prefix: &Path, report: &RunReport, m: &Measured) -> Result<OutputFiles> {
-    if let Some(dir) = prefix.parent().filter(|d| !d.as_os_str().is_empty()) {
+/// `PREFIX` + `ext` (`results/seqd` + `.json`).
+pub fn with_extension(prefix: &Path, ext: &str) -> PathBuf {
+    let mut name = prefix.as_os_str().to_owned();
+    name.push(ext);
+    PathBuf::from(name)
+}
+
+/// Writes `bytes` to `path`, creating its directory.
+pub fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create the output directory {}", dir.display()))?;
     }
-    let with = |ext: &str| {
-        let mut name = prefix.as_os_str().to_owned();
-        name.push(ext);
-        PathBuf::from(name)
-    };
+    std::fs::write(path, bytes).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Writes `value` as pretty JSON to `PREFIX.json` and returns the path.
+pub fn write_json<T: Serialize>(prefix: &Path, value: &T) -> Result<PathBuf> {
+    let path = with_extension(prefix, ".json");
+    let json = serde_json::to_vec_pretty(value).context("cannot encode the JSON result")?;
+    write_file(&path, &json)?;
+    Ok(path)
+}
+
+/// Writes `PREFIX.json`, `PREFIX.hgrm` (latency, in milliseconds like wrk2's), `PREFIX.hlog`
+/// and, in an open loop, `PREFIX.service.hgrm` (service time).
+pub fn write_files(prefix: &Path, report: &RunReport, m: &Measured) -> Result<OutputFiles> {
     let files = OutputFiles {
-        json: with(".json"),
-        hgrm: with(".hgrm"),
-        service_hgrm: report.config.rate.is_some().then(|| with(".service.hgrm")),
-        hlog: with(".hlog"),
+        json: write_json(prefix, report)?,
+        hgrm: with_extension(prefix, ".hgrm"),
+        service_hgrm: report
+            .config
+            .rate
+            .is_some()
+            .then(|| with_extension(prefix, ".service.hgrm")),
+        hlog: with_extension(prefix, ".hlog"),
     };
-    let write = |path: &Path, bytes: &[u8]| {
-        std::fs::write(path, bytes).with_context(|| format!("cannot write {}", path.display()))
-    };
-    let json = serde_json::to_vec_pretty(report).context("cannot encode the JSON result")?;
-    write(&files.json, &json)?;
-    write(
+    write_file(
         &files.hgrm,
         hgrm::distribution_text(&m.latency, 1e6).as_bytes(),
     )?;
     if let Some(path) = &files.service_hgrm {
-        write(path, hgrm::distribution_text(&m.service, 1e6).as_bytes())?;
+        write_file(path, hgrm::distribution_text(&m.service, 1e6).as_bytes())?;
     }
-    write(&files.hlog, &m.hlog)?;
+    write_file(&files.hlog, &m.hlog)?;
     Ok(files)
 }
 

@@ -22,7 +22,7 @@ use hdrhistogram::Histogram;
 use mio::net::TcpStream;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::clock::{Timer, now_ns, thread_cpu_ns};
 use crate::schedule::{Schedule, quota_of_connection};
@@ -71,7 +71,7 @@ pub struct Plan {
 }
 
 /// Error counters. Everything here means some requests did not get a good reply.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Errors {
     /// Connections that could not be opened (refused, unreachable, timed out).
     pub connect_failed: u64,

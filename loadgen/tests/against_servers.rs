@@ -10,7 +10,9 @@ use std::net::TcpListener;
 
 use hdrhistogram::serialization::Deserializer;
 use hdrhistogram::serialization::interval_log::{IntervalLogIterator, LogEntry};
-use support::{Server, expect_exit, json, loadgen, stderr, stdout, temp_dir};
+use support::{
+    Server, expect_exit, first_error, json, loadgen, loadgen_json, stderr, stdout, temp_dir,
+};
 
 #[test]
 fn closed_loop_binary_writes_every_file_and_verifies() {
@@ -117,29 +119,30 @@ fn text_protocols_with_batches_and_named_sequences() {
     let seqd = Server::seqd(&[]);
     let addr = seqd.addr.to_string();
     for target in ["resp", "inline", "binary"] {
-        let out = loadgen(&[
-            "run",
-            "--addr",
-            &addr,
-            "--target",
-            target,
-            "--batch",
-            "10",
-            "--sequence",
-            "orders",
-            "-c",
-            "3",
-            "-P",
-            "4",
-            "-n",
-            "3000",
-            "--warmup",
-            "0s",
-            "--verify",
-            "--json",
-        ]);
-        expect_exit(&out, 0);
-        let result: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+        let result = loadgen_json(
+            &[
+                "run",
+                "--addr",
+                &addr,
+                "--target",
+                target,
+                "--batch",
+                "10",
+                "--sequence",
+                "orders",
+                "-c",
+                "3",
+                "-P",
+                "4",
+                "-n",
+                "3000",
+                "--warmup",
+                "0s",
+                "--verify",
+                "--json",
+            ],
+            0,
+        );
         assert_eq!(result["totals"]["requests"], 3000, "{target}");
         assert_eq!(result["totals"]["numbers"], 30000, "{target}");
         assert_eq!(result["verify"]["duplicates"], 0, "{target}");
@@ -156,12 +159,13 @@ fn open_loop_below_the_connection_count_still_sends() {
     let seqd = Server::seqd(&[]);
     let addr = seqd.addr.to_string();
     // 8 requests per second over 10 connections and 2 threads, for one second.
-    let out = loadgen(&[
-        "run", "--addr", &addr, "--rate", "8", "-c", "10", "-t", "2", "-d", "1s", "--warmup", "0s",
-        "--json",
-    ]);
-    expect_exit(&out, 0);
-    let result: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let result = loadgen_json(
+        &[
+            "run", "--addr", &addr, "--rate", "8", "-c", "10", "-t", "2", "-d", "1s", "--warmup",
+            "0s", "--json",
+        ],
+        0,
+    );
     assert_eq!(result["config"]["mode"], "open");
     assert_eq!(result["totals"]["planned"], 8);
     assert_eq!(result["totals"]["requests"], 8);
@@ -214,37 +218,39 @@ fn redis_incr_is_measured_and_verified_by_the_same_tool() {
         return;
     };
     let addr = redis.addr.to_string();
-    let out = loadgen(&[
-        "run", "--addr", &addr, "--target", "redis", "-c", "4", "-P", "8", "-n", "5000",
-        "--warmup", "0s", "--verify", "--json",
-    ]);
-    expect_exit(&out, 0);
-    let result: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let result = loadgen_json(
+        &[
+            "run", "--addr", &addr, "--target", "redis", "-c", "4", "-P", "8", "-n", "5000",
+            "--warmup", "0s", "--verify", "--json",
+        ],
+        0,
+    );
     assert_eq!(result["totals"]["requests"], 5000);
     assert_eq!(result["verify"]["duplicates"], 0);
     assert_eq!(result["verify"]["non_increasing"], 0);
     // INCRBY for batches: ranges end at the number Redis answers.
-    let out = loadgen(&[
-        "run",
-        "--addr",
-        &addr,
-        "--target",
-        "redis",
-        "--batch",
-        "5",
-        "--sequence",
-        "k2",
-        "-c",
-        "2",
-        "-n",
-        "100",
-        "--warmup",
-        "0s",
-        "--verify",
-        "--json",
-    ]);
-    expect_exit(&out, 0);
-    let result: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let result = loadgen_json(
+        &[
+            "run",
+            "--addr",
+            &addr,
+            "--target",
+            "redis",
+            "--batch",
+            "5",
+            "--sequence",
+            "k2",
+            "-c",
+            "2",
+            "-n",
+            "100",
+            "--warmup",
+            "0s",
+            "--verify",
+            "--json",
+        ],
+        0,
+    );
     assert_eq!(result["verify"]["numbers"], 500);
     assert_eq!(result["verify"]["lowest"], 1);
     assert_eq!(result["verify"]["highest"], 500);
@@ -324,10 +330,7 @@ fn server_closing_mid_run_is_counted_and_fails_the_run() {
     assert_eq!(result["errors"]["closed_by_server"], 4);
     assert_eq!(result["trustworthy"], false);
     assert!(
-        result["errors"]["first"][0]
-            .as_str()
-            .unwrap()
-            .contains("closed"),
+        first_error(&result).contains("closed"),
         "{}",
         result["errors"]
     );
@@ -351,17 +354,17 @@ fn malformed_replies_are_counted_and_fail_the_run() {
             });
         }
     });
-    let out = loadgen(&[
-        "run", "--addr", &addr, "-c", "1", "-n", "5", "--warmup", "0s", "--json",
-    ]);
-    expect_exit(&out, 3);
-    let result: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let result = loadgen_json(
+        &[
+            "run", "--addr", &addr, "-c", "1", "-n", "5", "--warmup", "0s", "--json",
+        ],
+        3,
+    );
     assert_eq!(result["errors"]["malformed_reply"], 1);
     assert!(
-        result["errors"]["first"][0]
-            .as_str()
-            .unwrap()
-            .contains("malformed reply")
+        first_error(&result).contains("malformed reply"),
+        "{}",
+        result["errors"]
     );
 }
 
@@ -369,18 +372,18 @@ fn malformed_replies_are_counted_and_fail_the_run() {
 fn server_error_replies_are_counted() {
     let seqd = Server::seqd(&["--max-batch=100"]);
     let addr = seqd.addr.to_string();
-    let out = loadgen(&[
-        "run", "--addr", &addr, "--batch", "1000", "-c", "1", "-n", "10", "--warmup", "0s",
-        "--json",
-    ]);
-    expect_exit(&out, 3);
-    let result: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let result = loadgen_json(
+        &[
+            "run", "--addr", &addr, "--batch", "1000", "-c", "1", "-n", "10", "--warmup", "0s",
+            "--json",
+        ],
+        3,
+    );
     assert_eq!(result["errors"]["server_error"], 10);
     assert!(
-        result["errors"]["first"][0]
-            .as_str()
-            .unwrap()
-            .contains("--max-batch")
+        first_error(&result).contains("--max-batch"),
+        "{}",
+        result["errors"]
     );
 }
 
@@ -431,20 +434,21 @@ fn capacity_search_finds_a_rate_and_says_how() {
 fn ramp_records_one_row_per_step() {
     let seqd = Server::seqd(&[]);
     let addr = seqd.addr.to_string();
-    let out = loadgen(&[
-        "run",
-        "--addr",
-        &addr,
-        "-c",
-        "2",
-        "--ramp",
-        "100:300:100:300ms",
-        "--warmup",
-        "0s",
-        "--json",
-    ]);
-    expect_exit(&out, 0);
-    let report: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let report = loadgen_json(
+        &[
+            "run",
+            "--addr",
+            &addr,
+            "-c",
+            "2",
+            "--ramp",
+            "100:300:100:300ms",
+            "--warmup",
+            "0s",
+            "--json",
+        ],
+        0,
+    );
     assert_eq!(report["kind"], "ramp");
     let rates: Vec<f64> = report["steps"]
         .as_array()
@@ -458,18 +462,19 @@ fn ramp_records_one_row_per_step() {
 #[test]
 fn in_process_mode_and_plot() {
     let dir = temp_dir("inproc");
-    let out = loadgen(&[
-        "in-process",
-        "-t",
-        "2",
-        "--batch",
-        "10",
-        "-d",
-        "200ms",
-        "--json",
-    ]);
-    expect_exit(&out, 0);
-    let report: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let report = loadgen_json(
+        &[
+            "in-process",
+            "-t",
+            "2",
+            "--batch",
+            "10",
+            "-d",
+            "200ms",
+            "--json",
+        ],
+        0,
+    );
     assert_eq!(report["kind"], "in-process");
     assert!(report["reservations"].as_u64().unwrap() > 0);
     assert_eq!(report["contiguous"], true);

@@ -224,3 +224,20 @@ pub fn json(path: &Path) -> serde_json::Value {
         .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()))
 }
+
+/// Runs `loadgen ARGS` (which must print JSON: `--json`), checks its exit status and parses
+/// its standard output.
+pub fn loadgen_json(args: &[&str], exit_code: i32) -> serde_json::Value {
+    let out = loadgen(args);
+    expect_exit(&out, exit_code);
+    serde_json::from_str(&stdout(&out))
+        .unwrap_or_else(|e| panic!("loadgen {args:?} printed no JSON ({e}):\n{}", stdout(&out)))
+}
+
+/// The first error message of a run result.
+pub fn first_error(result: &serde_json::Value) -> String {
+    result["errors"]["first"][0]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
