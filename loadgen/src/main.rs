@@ -157,18 +157,8 @@ struct RunArgs {
     #[arg(long, value_name = "PATH")]
     verify_file: Option<PathBuf>,
 
-    /// Write PREFIX.json, PREFIX.hgrm (latency percentile distribution, milliseconds),
-    /// PREFIX.hlog (per-second interval log) and, open loop, PREFIX.service.hgrm.
-    #[arg(long, short = 'o', value_name = "PREFIX")]
-    output: Option<PathBuf>,
-
-    /// Name of this run in summaries and plots [default: target, connections and pipeline].
-    #[arg(long)]
-    label: Option<String>,
-
-    /// Print the JSON result on standard output instead of the summary.
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    out: OutputArgs,
 
     /// How long to wait for replies still in flight once sending has stopped.
     #[arg(long, default_value = "2s", value_name = "DURATION", value_parser = parse_duration)]
@@ -196,11 +186,23 @@ struct InProcessArgs {
     /// CPUs to pin the threads to, round-robin [default: the CPUs this process may use].
     #[arg(long, value_name = "LIST")]
     cpus: Option<String>,
-    /// Write PREFIX.json.
+    #[command(flatten)]
+    out: OutputArgs,
+}
+
+/// Where results go; shared by `run` and `in-process`.
+#[derive(Debug, Args)]
+struct OutputArgs {
+    /// Write PREFIX.json and (`run`) PREFIX.hgrm (latency percentile distribution,
+    /// milliseconds), PREFIX.hlog (per-second interval log) and, open loop,
+    /// PREFIX.service.hgrm.
     #[arg(long, short = 'o', value_name = "PREFIX")]
     output: Option<PathBuf>,
+
+    /// Name of this run in summaries and plots [default: what was measured, and how].
     #[arg(long)]
     label: Option<String>,
+
     /// Print the JSON result on standard output instead of the summary.
     #[arg(long)]
     json: bool,
@@ -344,7 +346,7 @@ fn run(args: RunArgs, command: &[String]) -> Result<u8> {
     if let Some(rate) = spec.rate {
         loadgen::schedule::Schedule::new(rate, spec.connections)?;
     }
-    let label = args.label.clone().unwrap_or_else(|| {
+    let label = args.out.label.clone().unwrap_or_else(|| {
         let batch = if args.batch > 1 {
             format!(" batch {}", args.batch)
         } else {
@@ -375,7 +377,7 @@ fn run(args: RunArgs, command: &[String]) -> Result<u8> {
     let report = RunReport::build(&spec, &measured, &label, command);
     let mut report = report;
     report.config.sequence = args.sequence.clone();
-    if args.json {
+    if args.out.json {
         println!(
             "{}",
             serde_json::to_string_pretty(&report).context("cannot encode the JSON result")?
@@ -383,7 +385,7 @@ fn run(args: RunArgs, command: &[String]) -> Result<u8> {
     } else {
         print!("{}", report.summary());
     }
-    if let Some(prefix) = &args.output {
+    if let Some(prefix) = &args.out.output {
         let files = write_files(prefix, &report, &measured)?;
         eprintln!(
             "  wrote {}, {}, {}{}",
@@ -483,13 +485,13 @@ fn search_or_ramp(
             }
         }
     }
-    if args.json {
+    if args.out.json {
         println!(
             "{}",
             serde_json::to_string_pretty(&report).context("cannot encode the JSON result")?
         );
     }
-    if let Some(prefix) = &args.output {
+    if let Some(prefix) = &args.out.output {
         let path = write_json(prefix, &report)?;
         eprintln!("  wrote {}", path.display());
         if let (Some(run), Some(measured)) = (&report.confirmation, &confirmation_measured) {
@@ -512,16 +514,17 @@ fn in_process(args: InProcessArgs, command: &[String]) -> Result<u8> {
         duration: args.duration,
         cpus: cpus(args.cpus.as_deref(), false)?,
     };
-    let label = args
-        .label
-        .unwrap_or_else(|| format!("in-process {} thread(s) batch {}", args.threads, args.batch));
+    let label =
+        args.out.label.clone().unwrap_or_else(|| {
+            format!("in-process {} thread(s) batch {}", args.threads, args.batch)
+        });
     let report = inprocess::run(&settings, &label, command)?;
-    if args.json {
+    if args.out.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print!("{}", report.summary());
     }
-    if let Some(prefix) = &args.output {
+    if let Some(prefix) = &args.out.output {
         let path = write_json(prefix, &report)?;
         eprintln!("  wrote {}", path.display());
     }
