@@ -87,17 +87,9 @@ impl Timer {
         Ok(())
     }
 
-    /// Consumes an expiry so the next one is reported again.
-    pub fn acknowledge(&mut self) {
-        let mut expirations = [0u8; 8];
-        // SAFETY: reading 8 bytes into an 8-byte buffer; EAGAIN (no expiry) is fine.
-        let _ = unsafe {
-            libc::read(
-                self.fd.as_raw_fd(),
-                expirations.as_mut_ptr().cast(),
-                expirations.len(),
-            )
-        };
+    /// Notes that the timer fired. No read is needed: re-arming resets the expiry count, and
+    /// epoll reports the next expiry as a new edge.
+    pub fn expired(&mut self) {
         self.armed_at = 0;
     }
 

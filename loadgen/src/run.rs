@@ -147,7 +147,7 @@ pub fn preflight(addr: SocketAddr, timeout: Duration) -> Result<()> {
         .map_err(|e| {
             let hint = match e.kind() {
                 std::io::ErrorKind::ConnectionRefused => {
-                    "nothing is listening there: start the server, or fix --target-addr"
+                    "nothing is listening there: start the server, or fix --addr"
                 }
                 std::io::ErrorKind::TimedOut => "no answer: check the address and any firewall",
                 _ => "check the address",

@@ -11,7 +11,8 @@
 //! `pipeline` in flight), and latency is measured from the planned time (coordinated-omission
 //! correction, as wrk2 does) as well as from the actual send (the service time).
 
-use std::collections::VecDeque;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream as StdTcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -162,6 +163,10 @@ struct Conn {
     next_planned_ns: u64,
     /// Requests this connection may still send after the warm-up (`--requests`).
     quota: Option<u64>,
+    /// Closed loop: already on the list of connections to top up.
+    queued: bool,
+    /// Open loop: out of the schedule heap until a reply makes room under `pipeline`.
+    waiting_for_room: bool,
     log: StreamLog,
 }
 
@@ -203,6 +208,13 @@ struct Worker<'a> {
     start_ns: u64,
     measure_start_ns: u64,
     verify: bool,
+    /// Requests in flight on all connections.
+    in_flight: usize,
+    /// Closed loop: connections that got replies and may send again.
+    ready: Vec<usize>,
+    /// Open loop: (next planned send, connection) of every connection that may send, earliest
+    /// first, so a turn touches only the connections that are due.
+    due: BinaryHeap<Reverse<(u64, usize)>>,
 }
 
 const MAX_FIRST_ERRORS: usize = 5;
@@ -224,6 +236,7 @@ impl Worker<'_> {
         let lost = conn.in_flight.len() as u64;
         conn.in_flight.clear();
         let index = conn.index;
+        self.in_flight -= lost as usize;
         self.rec.errors.lost += lost;
         match why {
             Death::Closed => self.rec.errors.closed_by_server += 1,
@@ -291,6 +304,7 @@ impl Worker<'_> {
         let conn = &mut self.conns[i];
         let rec = &mut self.rec;
         let measure_start = self.measure_start_ns;
+        let before = conn.in_flight.len();
         let mut failure = None;
         while conn.in_start < conn.in_end {
             let buf = &conn.input[conn.in_start..conn.in_end];
@@ -338,6 +352,20 @@ impl Worker<'_> {
         if conn.in_start == conn.in_end {
             conn.in_start = 0;
             conn.in_end = 0;
+        }
+        let answered = before - conn.in_flight.len();
+        self.in_flight -= answered;
+        if answered > 0 && failure.is_none() {
+            // Room for more requests on this connection.
+            if self.plan.schedule.is_none() {
+                if !conn.queued {
+                    conn.queued = true;
+                    self.ready.push(i);
+                }
+            } else if conn.waiting_for_room {
+                conn.waiting_for_room = false;
+                self.due.push(Reverse((conn.next_planned_ns, i)));
+            }
         }
         match failure {
             Some(why) => {
@@ -418,10 +446,20 @@ impl Worker<'_> {
                     conn.next_planned_ns =
                         self.start_ns + schedule.connection_planned_ns(conn.index, conn.next_k);
                 }
+                // Back into the schedule, or wait for a reply to make room.
+                if conn.next_planned_ns < end_ns {
+                    if conn.in_flight.len() < pipeline {
+                        self.due.push(Reverse((conn.next_planned_ns, i)));
+                    } else {
+                        conn.waiting_for_room = true;
+                    }
+                }
             }
         }
+        let added = conn.in_flight.len() - before;
+        self.in_flight += added;
         if measuring {
-            self.sent += (conn.in_flight.len() - before) as u64;
+            self.sent += added as u64;
         }
         if conn.in_flight.len() > before || conn.out_pos < conn.out.len() {
             self.flush(i);
@@ -503,11 +541,19 @@ pub fn run(
     }
     worker.start_ns = start_ns;
     worker.measure_start_ns = start_ns + plan.warmup_ns;
-    for conn in &mut worker.conns {
-        if let Some(schedule) = &plan.schedule {
-            conn.next_planned_ns = start_ns + schedule.connection_planned_ns(conn.index, 0);
+    for (i, conn) in worker.conns.iter_mut().enumerate() {
+        match &plan.schedule {
+            Some(schedule) => {
+                conn.next_planned_ns = start_ns + schedule.connection_planned_ns(conn.index, 0);
+                worker.due.push(Reverse((conn.next_planned_ns, i)));
+            }
+            None => {
+                conn.queued = true;
+                worker.ready.push(i);
+            }
         }
     }
+    let mut ready = Vec::with_capacity(worker.conns.len());
     let measure_start = worker.measure_start_ns;
     let mut end_ns = plan
         .duration_ns
@@ -555,15 +601,28 @@ pub fn run(
         }
         let sending = now < end_ns;
         if sending {
-            for i in 0..worker.conns.len() {
-                worker.top_up(i, now, end_ns);
+            if plan.schedule.is_some() {
+                while let Some(&Reverse((due, i))) = worker.due.peek() {
+                    if due > now {
+                        break;
+                    }
+                    worker.due.pop();
+                    worker.top_up(i, now, end_ns);
+                }
+            } else {
+                std::mem::swap(&mut ready, &mut worker.ready);
+                for &i in &ready {
+                    worker.conns[i].queued = false;
+                    worker.top_up(i, now, end_ns);
+                }
+                ready.clear();
             }
         } else if drain_deadline == u64::MAX {
             drain_deadline = end_ns.saturating_add(plan.drain_ns);
         }
-        let in_flight: usize = worker.conns.iter().map(|c| c.in_flight.len()).sum();
-        let all_done = (0..worker.conns.len()).all(|i| worker.done(i));
-        if (!sending && in_flight == 0) || all_done {
+        // (Scanning every connection only when nothing is in flight keeps busy turns cheap.)
+        let all_done = worker.in_flight == 0 && (0..worker.conns.len()).all(|i| worker.done(i));
+        if (!sending && worker.in_flight == 0) || all_done {
             finished_ns = now;
             break;
         }
@@ -572,6 +631,7 @@ pub fn run(
                 let lost = worker.conns[i].in_flight.len() as u64;
                 if lost > 0 {
                     worker.rec.errors.lost += lost;
+                    worker.in_flight -= lost as usize;
                     worker.conns[i].in_flight.clear();
                     let index = worker.conns[i].index;
                     worker.note_error(format!(
@@ -590,12 +650,8 @@ pub fn run(
         let mut wake = next_boundary.min(drain_deadline);
         if sending {
             wake = wake.min(end_ns);
-            if plan.schedule.is_some() {
-                for conn in &worker.conns {
-                    if conn.alive() && conn.in_flight.len() < plan.pipeline {
-                        wake = wake.min(conn.next_planned_ns);
-                    }
-                }
+            if let Some(&Reverse((due, _))) = worker.due.peek() {
+                wake = wake.min(due);
             }
         }
         let timeout = if wake <= now {
@@ -614,7 +670,7 @@ pub fn run(
         for event in events.iter() {
             let token = event.token();
             if token == TIMER {
-                timer.acknowledge();
+                timer.expired();
                 continue;
             }
             let i = token.0;
@@ -695,6 +751,9 @@ fn setup<'a>(
         start_ns: 0,
         measure_start_ns: 0,
         verify: plan.verify,
+        in_flight: 0,
+        ready: Vec::with_capacity(connections.len()),
+        due: BinaryHeap::with_capacity(connections.len()),
     };
     for (slot, &index) in connections.iter().enumerate() {
         let stream = match StdTcpStream::connect_timeout(&plan.addr, plan.connect_timeout) {
@@ -733,6 +792,8 @@ fn setup<'a>(
             quota: plan
                 .requests
                 .map(|total| quota_of_connection(total, index, plan.connections)),
+            queued: false,
+            waiting_for_room: false,
             log: StreamLog::default(),
         });
     }
