@@ -132,7 +132,7 @@ pub fn run(s: &Settings, label: &str, command: &[String]) -> Result<InProcessRep
         machine: Machine::probe(started_at),
         threads,
         batch: s.batch,
-        cpus: s.cpus.clone(),
+        cpus: s.cpus.iter().take(threads).copied().collect(),
         duration_s: secs,
         reservations: total,
         numbers,

@@ -102,7 +102,8 @@ struct RunArgs {
     threads: usize,
 
     /// CPUs to pin the threads to, round-robin: `1`, `0,2`, `2-5` [default: the CPUs this
-    /// process may run on, in order; restrict them with taskset].
+    /// process may run on (see taskset), highest-numbered first, since seqd pins its event
+    /// loops from CPU 0 up].
     #[arg(long, value_name = "LIST")]
     cpus: Option<String>,
 
@@ -183,7 +184,8 @@ struct InProcessArgs {
     batch: u64,
     #[arg(long, short = 'd', default_value = "3s", value_parser = parse_duration)]
     duration: Duration,
-    /// CPUs to pin the threads to, round-robin [default: the CPUs this process may use].
+    /// CPUs to pin the threads to, round-robin [default: the CPUs this process may use,
+    /// highest-numbered first].
     #[arg(long, value_name = "LIST")]
     cpus: Option<String>,
     #[command(flatten)]
@@ -264,9 +266,12 @@ fn cpus(list: Option<&str>, no_pin: bool) -> Result<Vec<usize>> {
     }
     match list {
         Some(list) => parse_cpus(list),
+        // Highest-numbered first: seqd pins its event loops from the lowest CPU up, so on a
+        // small machine the two stay apart unless told otherwise.
         None => Ok(core_affinity::get_core_ids()
             .unwrap_or_default()
             .into_iter()
+            .rev()
             .map(|c| c.id)
             .collect()),
     }

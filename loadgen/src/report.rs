@@ -300,7 +300,13 @@ impl RunReport {
                 connections: spec.connections,
                 pipeline: spec.pipeline,
                 threads: spec.threads.clamp(1, spec.connections.max(1)),
-                cpus: spec.cpus.clone(),
+                // The CPUs actually used (thread t runs on cpus[t % len]).
+                cpus: spec
+                    .cpus
+                    .iter()
+                    .take(spec.threads.clamp(1, spec.connections.max(1)))
+                    .copied()
+                    .collect(),
                 rate: spec.rate,
                 duration_s: spec.duration.map(|d| d.as_secs_f64()),
                 requests: spec.requests,
