@@ -85,6 +85,15 @@ fn percentile_label(x: f64) -> String {
     format!("{text}%")
 }
 
+fn latency_label(us: f64) -> String {
+    if us >= 100.0 {
+        format!("{us:.0}")
+    } else {
+        let text = format!("{us:.2}");
+        text.trim_end_matches('0').trim_end_matches('.').to_string()
+    }
+}
+
 /// Draws the curves into an SVG file.
 pub fn draw(curves: &[Curve], title: &str, output: &Path, log_y: bool) -> Result<()> {
     if curves.iter().all(|c| c.points.is_empty()) {
@@ -116,6 +125,7 @@ pub fn draw(curves: &[Curve], title: &str, output: &Path, log_y: bool) -> Result
     builder
         .caption(title, ("sans-serif", 24))
         .margin(20)
+        .margin_right(50)
         .x_label_area_size(50)
         .y_label_area_size(80);
     let x_range = (1f64..right_edge).log_scale();
@@ -137,6 +147,7 @@ pub fn draw(curves: &[Curve], title: &str, output: &Path, log_y: bool) -> Result
                 .x_desc("Percentile")
                 .y_desc("Latency (microseconds)")
                 .x_label_formatter(&|x| percentile_label(*x))
+                .y_label_formatter(&|y| latency_label(*y))
                 .draw()
                 .map_err(plot_error)?;
             for (i, curve) in curves.iter().enumerate() {
