@@ -54,7 +54,7 @@ run() { # title, then the loadgen arguments
     echo "## $title"
     echo
     echo '```'
-    echo "\$ loadgen $*" | sed "s#$OUT/#\$OUT/#g"
+    { printf '$ loadgen'; printf ' %q' "$@"; echo; } | sed "s#$OUT/#\$OUT/#g"
     $LG "$@" 2>&1 | sed "s#$OUT/#\$OUT/#g" || echo "(exit status $?)"
     echo '```'
   } >> "$OUT/README.md"
@@ -67,6 +67,7 @@ run "Redis INCR, closed loop 50x16" run --target redis --addr "$REDIS" -c 50 -P 
 run "seqd binary, open loop at 100,000 req/s" run --target binary --addr "$SEQD" -c 50 -P 16 --rate 100000 -d 5s -o "$OUT/seqd-binary-open-100k" --label "seqd binary at 100k/s"
 run "Redis INCR, open loop at 100,000 req/s" run --target redis --addr "$REDIS" -c 50 -P 16 --rate 100000 -d 5s -o "$OUT/redis-incr-open-100k" --label "Redis INCR at 100k/s"
 run "seqd capacity search, p99 <= 1ms" run --target binary --addr "$SEQD" -c 50 -P 16 --slo 'p99<=1ms' --probe-duration 2s --max-probes 8 -d 5s -o "$OUT/seqd-capacity-p99-1ms"
+run "seqd capacity search, p50 <= 100us" run --target binary --addr "$SEQD" -c 50 -P 16 --slo 'p50<=100us' --probe-duration 2s --max-probes 8 -d 5s -o "$OUT/seqd-capacity-p50-100us"
 run "seqd verify, 20x8, 200,000 requests" run --target binary --addr "$SEQD" -c 20 -P 8 -n 200000 --verify-file "$OUT/seqd.vfy"
 run "verify file check" verify "$OUT/seqd.vfy"
 run "in-process allocator, 1 thread, GETSEQ" in-process --threads 1 --batch 1 -d 3s --cpus "$CLIENT_CPU" -o "$OUT/inprocess-1x1"
