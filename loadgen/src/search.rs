@@ -274,14 +274,25 @@ pub fn capacity(
         on_step(&s);
         steps.push(s);
         if ok {
+            let stopped = if !fail.is_finite() {
+                "the closed-loop maximum itself passed".to_string()
+            } else if (fail - pass) <= settings.precision * fail {
+                format!(
+                    "stopped when the bracket {pass:.0}..{fail:.0} req/s was within {:.0}%",
+                    settings.precision * 100.0
+                )
+            } else {
+                format!(
+                    "stopped at --max-probes {} with the bracket {pass:.0}..{fail:.0} req/s",
+                    settings.max_probes
+                )
+            };
             let method = format!(
-                "closed-loop maximum {max:.0} req/s as the upper bound; bisection with {} \
-                 probes of {} each until the bracket was within {:.0}%; confirmed by a {} run \
-                 at {candidate:.0} req/s meeting {slo}, with no errors and >= {:.0}% of the \
-                 planned rate",
-                probes,
+                "closed-loop maximum {max:.0} req/s as the upper bound; bisection with {probes} \
+                 open-loop probes of {} each ({stopped}); confirmed by a {} run at \
+                 {candidate:.0} req/s meeting {slo}, with no errors and >= {:.0}% of the \
+                 planned rate answered",
                 humantime::format_duration(settings.probe),
-                settings.precision * 100.0,
                 humantime::format_duration(settings.confirm),
                 MIN_ACHIEVED * 100.0
             );
