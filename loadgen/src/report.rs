@@ -239,7 +239,7 @@ impl RunReport {
         if cpu_bound {
             warnings.push(format!(
                 "a load-generator thread was busy {:.0}% of the time: the tool itself may have \
-                 been the bottleneck (add --threads on free CPUs, or fewer connections per thread)",
+                 been the bottleneck (spread the load over more --threads on free CPUs)",
                 threads.iter().map(|t| t.busy_percent).fold(0.0, f64::max)
             ));
         }
@@ -257,7 +257,8 @@ impl RunReport {
         if open && m.held_by_pipeline > 0 {
             warnings.push(format!(
                 "{} times a due request waited because --pipeline {} requests were already in \
-                 flight on its connection: the server fell behind (the wait is in the latency)",
+                 flight on its connection: replies came back slower than planned (the wait is \
+                 in the latency)",
                 m.held_by_pipeline, spec.pipeline
             ));
         }
