@@ -319,6 +319,74 @@ fn integer(out: &mut Vec<u8>, n: u64) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// A reply as a text-protocol client sees it (seqd's replies, and Redis's to `INCR`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientReply<'a> {
+    /// `:N\r\n`: a number (`GETSEQ`, `CURRENT`, Redis `INCR`).
+    Integer(i64),
+    /// `*2\r\n:first\r\n:last\r\n`: an inclusive range (`GETSEQ_BATCH`).
+    Pair(i64, i64),
+    /// `+OK\r\n`, `+PONG\r\n`: the text after the `+`.
+    Status(&'a [u8]),
+    /// `-ERR message\r\n`: the text after the `-` (code word and message).
+    Error(&'a [u8]),
+}
+
+/// Decodes one reply from the front of `buf` (client side). Anything that is not one of the
+/// [`ClientReply`] shapes is [`ParseError::Fatal`]: the client can no longer tell where the
+/// next reply starts.
+#[inline]
+pub fn decode_reply(buf: &[u8]) -> Result<ParseOk<ClientReply<'_>>, ParseError<'_>> {
+    let (line, mut consumed) = reply_line(buf, 0)?;
+    let message = match line.split_first() {
+        Some((b':', digits)) => ClientReply::Integer(reply_integer(digits)?),
+        Some((b'+', text)) => ClientReply::Status(text),
+        Some((b'-', text)) => ClientReply::Error(text),
+        Some((b'*', b"2")) => {
+            let mut pair = [0i64; 2];
+            for value in &mut pair {
+                let (line, end) = reply_line(buf, consumed)?;
+                consumed = end;
+                match line.split_first() {
+                    Some((b':', digits)) => *value = reply_integer(digits)?,
+                    _ => return Err(malformed_reply("array element is not an integer")),
+                }
+            }
+            ClientReply::Pair(pair[0], pair[1])
+        }
+        _ => return Err(malformed_reply("unexpected reply type")),
+    };
+    Ok(ParseOk { message, consumed })
+}
+
+/// The CRLF-terminated line starting at `start` (without the CRLF) and the offset after it.
+#[inline]
+fn reply_line<'a>(buf: &'a [u8], start: usize) -> Result<(&'a [u8], usize), ParseError<'a>> {
+    let rest = &buf[start.min(buf.len())..];
+    match memchr::memchr(b'\n', rest) {
+        Some(lf) if lf > 0 && rest[lf - 1] == b'\r' => Ok((&rest[..lf - 1], start + lf + 1)),
+        Some(_) => Err(malformed_reply("reply line not terminated by CRLF")),
+        None if rest.len() > MAX_REQUEST => Err(malformed_reply("reply line too long")),
+        None => Err(ParseError::Incomplete(Need::Line)),
+    }
+}
+
+#[inline]
+fn reply_integer<'a>(digits: &[u8]) -> Result<i64, ParseError<'a>> {
+    let (negative, digits) = match digits.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        _ => (false, digits),
+    };
+    let magnitude = parse_u64(digits)
+        .and_then(|n| i64::try_from(n).ok())
+        .ok_or_else(|| malformed_reply("bad integer"))?;
+    Ok(if negative { -magnitude } else { magnitude })
+}
+
+fn malformed_reply<'a>(what: &'static str) -> ParseError<'a> {
+    ParseError::Fatal(Problem::Malformed(what))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -557,5 +625,63 @@ mod tests {
                 crate::sequence::MAX_VALUE
             )
         );
+    }
+
+    #[test]
+    fn client_decodes_every_reply_it_can_get() {
+        let reply = |input: &'static [u8]| decode_reply(input).map(|ok| (ok.message, ok.consumed));
+        assert_eq!(reply(b":42\r\n:1"), Ok((ClientReply::Integer(42), 5)));
+        assert_eq!(reply(b":-3\r\n"), Ok((ClientReply::Integer(-3), 5)));
+        assert_eq!(
+            reply(b"*2\r\n:1001\r\n:1020\r\n"),
+            Ok((ClientReply::Pair(1001, 1020), 18))
+        );
+        assert_eq!(reply(b"+PONG\r\n"), Ok((ClientReply::Status(b"PONG"), 7)));
+        assert_eq!(
+            reply(b"-ERR no\r\n"),
+            Ok((ClientReply::Error(b"ERR no"), 9))
+        );
+        // Every reply our encoder writes decodes to what was encoded.
+        let mut out = Vec::new();
+        encode_reply(&mut out, &Reply::Range { first: 5, count: 3 });
+        assert_eq!(reply_of(&out), Ok(ClientReply::Pair(5, 7)));
+        out.clear();
+        encode_reply(&mut out, &Reply::Number(9));
+        assert_eq!(reply_of(&out), Ok(ClientReply::Integer(9)));
+    }
+
+    fn reply_of(input: &[u8]) -> Result<ClientReply<'_>, ParseError<'_>> {
+        decode_reply(input).map(|ok| ok.message)
+    }
+
+    #[test]
+    fn client_waits_for_whole_replies_and_rejects_garbage() {
+        for partial in [
+            &b""[..],
+            b":4",
+            b":42\r",
+            b"*2\r\n:1\r\n",
+            b"*2\r\n:1\r\n:2",
+        ] {
+            assert_eq!(
+                reply_of(partial),
+                Err(ParseError::Incomplete(Need::Line)),
+                "{partial:?}"
+            );
+        }
+        for garbage in [
+            &b":x\r\n"[..],
+            b":\r\n",
+            b"$3\r\nabc\r\n",
+            b"*3\r\n",
+            b"*2\r\n+OK\r\n",
+            b":1\n",
+            b":99999999999999999999\r\n",
+        ] {
+            assert!(
+                matches!(reply_of(garbage), Err(ParseError::Fatal(_))),
+                "{garbage:?}"
+            );
+        }
     }
 }

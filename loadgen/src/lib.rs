@@ -1,0 +1,14 @@
+//! seqd's load generator: see `loadgen --help` and the "Load generator" section of README.md.
+
+pub mod clock;
+pub mod hgrm;
+pub mod inprocess;
+pub mod plot;
+pub mod report;
+pub mod run;
+pub mod schedule;
+pub mod search;
+pub mod slo;
+pub mod target;
+pub mod verify;
+pub mod worker;

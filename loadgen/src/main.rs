@@ -1,0 +1,573 @@
+//! `loadgen`: seqd's load generator. See `loadgen --help` and README.md.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use loadgen::report::{Machine, RunReport, with_extension, write_files, write_json};
+use loadgen::run::{RunSpec, execute, parse_cpus, preflight};
+use loadgen::search::{self, Ramp, SearchReport, SearchSettings};
+use loadgen::slo::{Slo, parse_duration};
+use loadgen::target::{Kind, Protocol};
+use loadgen::{inprocess, plot, verify};
+
+/// Exit statuses, documented in `--help`.
+mod exit {
+    pub const FAILED: u8 = 1;
+    pub const UNTRUSTWORTHY: u8 = 3;
+    pub const VERIFY_FAILED: u8 = 4;
+    pub const SLO_NOT_MET: u8 = 5;
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "loadgen",
+    version,
+    about = "seqd's load generator: closed and open loop, coordinated-omission-corrected \
+             HDR latency, capacity search, verification.",
+    long_about = "seqd's load generator. Drives seqd (binary or text protocol) or Redis INCR over \
+many non-blocking connections from a few pinned threads, and reports throughput, latency \
+percentiles (HdrHistogram), errors and its own CPU use.
+
+  loadgen run --target binary --addr 127.0.0.1:10001 -c 50 -P 64 -d 10s
+  loadgen run --target redis --addr 127.0.0.1:6379 --rate 100000 -d 10s -o results/redis
+  loadgen run --target binary --slo 'p99<=1ms'
+  loadgen in-process --threads 1 --batch 1
+  loadgen plot -o latency.svg results/seqd.json results/redis.json",
+    after_help = "Exit status: 0 ok; 1 the run could not be made (bad arguments, nothing \
+listening, a file that cannot be written); 2 command-line usage error; 3 the run finished but \
+errors make its figures untrustworthy; 4 verification found repeated or out-of-order numbers; \
+5 the capacity search found no rate meeting the objective."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Measure a server: closed loop, open loop (--rate), capacity search (--slo) or ramp.
+    Run(Box<RunArgs>),
+    /// Measure seqd's sequence allocator in this process, without the network.
+    InProcess(InProcessArgs),
+    /// Check verify files written by `run --verify-file`: every number unique, each
+    /// connection increasing. Several files (e.g. before and after a restart) are checked
+    /// together.
+    Verify(VerifyArgs),
+    /// Plot latency by percentile from several results (JSON or .hgrm), overlaid, as SVG.
+    Plot(PlotArgs),
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// What to drive: seqd's binary protocol, seqd's text protocol as RESP arrays or inline
+    /// lines, or Redis INCR.
+    #[arg(long, value_enum, default_value = "binary")]
+    target: Kind,
+
+    /// Server address, host:port (IPv4, [IPv6] or a host name).
+    #[arg(
+        long,
+        short = 'a',
+        default_value = "127.0.0.1:10001",
+        value_name = "HOST:PORT"
+    )]
+    addr: String,
+
+    /// Sequence to draw from (seqd: opened by name; Redis: the key) [default: seqd's
+    /// default sequence; Redis key loadgen:seq].
+    #[arg(long, value_name = "NAME")]
+    sequence: Option<String>,
+
+    /// Numbers per request: GETSEQ_BATCH n (seqd) or INCRBY key n (Redis) when above 1.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    batch: u64,
+
+    /// Connections in all, spread over the threads.
+    #[arg(long, short = 'c', default_value_t = 50, value_name = "N")]
+    connections: usize,
+
+    /// Requests in flight per connection. Closed loop: kept topped up. Open loop: the most
+    /// allowed; a due request waits (and that wait counts in its latency).
+    #[arg(long, short = 'P', default_value_t = 1, value_name = "N")]
+    pipeline: usize,
+
+    /// Load-generating threads, each running its own epoll loop over its connections.
+    #[arg(long, short = 't', default_value_t = 1, value_name = "N")]
+    threads: usize,
+
+    /// CPUs to pin the threads to, round-robin: `1`, `0,2`, `2-5` [default: the CPUs this
+    /// process may run on (see taskset), highest-numbered first, since seqd pins its event
+    /// loops from CPU 0 up].
+    #[arg(long, value_name = "LIST")]
+    cpus: Option<String>,
+
+    /// Do not pin threads to CPUs.
+    #[arg(long, conflicts_with = "cpus")]
+    no_pin: bool,
+
+    /// How long to measure, after the warm-up: 10s, 500ms, 2m.
+    #[arg(long, short = 'd', value_name = "DURATION", value_parser = parse_duration,
+          conflicts_with = "requests")]
+    duration: Option<Duration>,
+
+    /// Measure exactly this many requests (after the warm-up), instead of a duration.
+    #[arg(long, short = 'n', value_name = "N")]
+    requests: Option<u64>,
+
+    /// Load applied before measuring, then discarded.
+    #[arg(long, default_value = "1s", value_name = "DURATION", value_parser = parse_duration)]
+    warmup: Duration,
+
+    /// Open loop: total requests per second over all connections, each request sent at its
+    /// planned time; latency is measured from that time (coordinated-omission corrected) and
+    /// the service time from the actual send is reported beside it.
+    #[arg(long, short = 'R', value_name = "REQ/S", conflicts_with = "requests")]
+    rate: Option<f64>,
+
+    /// Capacity search: find the highest open-loop rate meeting this objective with no
+    /// errors and >= 95% of the planned rate kept, e.g. 'p99<=1ms' or 'p99<=500us,p99.9<=2ms'.
+    #[arg(long, value_name = "OBJECTIVE", conflicts_with_all = ["rate", "requests"])]
+    slo: Option<String>,
+
+    /// Length of each probe of the capacity search (the confirmation run lasts --duration).
+    #[arg(long, default_value = "3s", value_name = "DURATION", value_parser = parse_duration)]
+    probe_duration: Duration,
+
+    /// Most probes of the capacity search before it confirms the best rate found.
+    #[arg(long, default_value_t = 10, value_name = "N")]
+    max_probes: usize,
+
+    /// Stepped ramp START:END:STEP:INTERVAL (rates in req/s), one open-loop run and one
+    /// result row per step, e.g. 10000:100000:10000:2s. With --slo, each row is judged.
+    #[arg(long, value_name = "SPEC", conflicts_with_all = ["rate", "requests"])]
+    ramp: Option<String>,
+
+    /// Check every number received: unique across connections, increasing per connection,
+    /// batch ranges never overlapping. Exit status 4 on any violation.
+    #[arg(long)]
+    verify: bool,
+
+    /// Also append the numbers received to this file (implies --verify), to check them
+    /// later, across runs and server restarts, with `loadgen verify FILE`.
+    #[arg(long, value_name = "PATH")]
+    verify_file: Option<PathBuf>,
+
+    #[command(flatten)]
+    out: OutputArgs,
+
+    /// How long to wait for replies still in flight once sending has stopped.
+    #[arg(long, default_value = "2s", value_name = "DURATION", value_parser = parse_duration)]
+    drain_timeout: Duration,
+
+    /// Drop a connection (and count an error) when a reply takes longer than this.
+    #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = parse_duration)]
+    reply_timeout: Duration,
+
+    /// How long to wait for each connection to open.
+    #[arg(long, default_value = "3s", value_name = "DURATION", value_parser = parse_duration)]
+    connect_timeout: Duration,
+}
+
+#[derive(Debug, Args)]
+struct InProcessArgs {
+    /// Threads reserving numbers from one shared sequence.
+    #[arg(long, short = 't', default_value_t = 1)]
+    threads: usize,
+    /// Numbers per reservation (1: GETSEQ; more: GETSEQ_BATCH).
+    #[arg(long, default_value_t = 1)]
+    batch: u64,
+    #[arg(long, short = 'd', default_value = "3s", value_parser = parse_duration)]
+    duration: Duration,
+    /// CPUs to pin the threads to, round-robin [default: the CPUs this process may use,
+    /// highest-numbered first].
+    #[arg(long, value_name = "LIST")]
+    cpus: Option<String>,
+    #[command(flatten)]
+    out: OutputArgs,
+}
+
+/// Where results go; shared by `run` and `in-process`.
+#[derive(Debug, Args)]
+struct OutputArgs {
+    /// Write PREFIX.json and (`run`) PREFIX.hgrm (latency percentile distribution,
+    /// milliseconds), PREFIX.hlog (per-second interval log) and, open loop,
+    /// PREFIX.service.hgrm.
+    #[arg(long, short = 'o', value_name = "PREFIX")]
+    output: Option<PathBuf>,
+
+    /// Name of this run in summaries and plots [default: what was measured, and how].
+    #[arg(long)]
+    label: Option<String>,
+
+    /// Print the JSON result on standard output instead of the summary.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct VerifyArgs {
+    /// Files written by `run --verify-file`.
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct PlotArgs {
+    /// Results to overlay: loadgen JSON results or .hgrm files (milliseconds, as loadgen and
+    /// wrk2 write them), each optionally PATH=LABEL.
+    #[arg(required = true, value_name = "INPUT")]
+    inputs: Vec<String>,
+    /// The SVG file to write.
+    #[arg(long, short = 'o', default_value = "latency.svg")]
+    output: PathBuf,
+    #[arg(long, default_value = "Latency by percentile")]
+    title: String,
+    /// Logarithmic latency axis (for curves of very different heights).
+    #[arg(long)]
+    log_y: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let command: Vec<String> = std::env::args().collect();
+    let result = match cli.command {
+        Command::Run(args) => run(*args, &command),
+        Command::InProcess(args) => in_process(args, &command),
+        Command::Verify(args) => verify_files(args),
+        Command::Plot(args) => plot_results(args),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("loadgen: error: {e:#}");
+            ExitCode::from(exit::FAILED)
+        }
+    }
+}
+
+fn resolve(addr: &str) -> Result<SocketAddr> {
+    addr.to_socket_addrs()
+        .with_context(|| {
+            format!("cannot resolve --addr {addr:?}: write HOST:PORT, e.g. 127.0.0.1:10001 or [::1]:6379")
+        })?
+        .next()
+        .with_context(|| format!("--addr {addr:?} resolves to no address"))
+}
+
+fn cpus(list: Option<&str>, no_pin: bool) -> Result<Vec<usize>> {
+    if no_pin {
+        return Ok(Vec::new());
+    }
+    match list {
+        Some(list) => parse_cpus(list),
+        // Highest-numbered first: seqd pins its event loops from the lowest CPU up, so on a
+        // small machine the two stay apart unless told otherwise.
+        None => Ok(core_affinity::get_core_ids()
+            .unwrap_or_default()
+            .into_iter()
+            .rev()
+            .map(|c| c.id)
+            .collect()),
+    }
+}
+
+/// Ctrl-C stops the run early; the results so far are still reported.
+fn stop_flag() -> Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone())
+        .context("cannot install the Ctrl-C handler")?;
+    Ok(stop)
+}
+
+fn run(args: RunArgs, command: &[String]) -> Result<u8> {
+    if args.connections == 0 {
+        bail!("--connections must be at least 1");
+    }
+    if args.pipeline == 0 {
+        bail!("--pipeline must be at least 1");
+    }
+    if args.threads == 0 {
+        bail!("--threads must be at least 1");
+    }
+    if args.threads > args.connections {
+        eprintln!(
+            "loadgen: note: {} threads for {} connections; using {} (a thread needs a connection)",
+            args.threads, args.connections, args.connections
+        );
+    }
+    // Parse everything the user typed before touching the network.
+    let slo = args.slo.as_deref().map(Slo::parse).transpose()?;
+    let ramp = args.ramp.as_deref().map(Ramp::parse).transpose()?;
+    let addr = resolve(&args.addr)?;
+    let connect_timeout = args.connect_timeout.max(Duration::from_millis(1));
+    preflight(addr, connect_timeout)?;
+    let sequence_id = match (&args.sequence, args.target) {
+        (Some(name), Kind::Binary) => {
+            let mut client = seqd::client::Client::connect(addr)
+                .with_context(|| format!("cannot connect to {addr} to OPEN {name:?}"))?;
+            client.set_timeout(Some(connect_timeout.max(Duration::from_secs(1))))?;
+            client
+                .open(name)
+                .with_context(|| format!("cannot OPEN sequence {name:?} on {addr}"))?
+        }
+        _ => 0,
+    };
+    let protocol = Protocol::new(
+        args.target,
+        args.batch,
+        args.sequence.as_deref(),
+        sequence_id,
+    )?;
+    let duration = match (args.duration, args.requests) {
+        (Some(d), _) => Some(d),
+        (None, Some(_)) => None,
+        (None, None) => Some(Duration::from_secs(10)),
+    };
+    if duration.is_some_and(|d| d.is_zero()) {
+        bail!("--duration must be longer than 0");
+    }
+    let spec = RunSpec {
+        addr,
+        protocol,
+        connections: args.connections,
+        pipeline: args.pipeline,
+        threads: args.threads,
+        cpus: cpus(args.cpus.as_deref(), args.no_pin)?,
+        rate: args.rate,
+        duration,
+        requests: args.requests,
+        warmup: args.warmup,
+        drain_timeout: args.drain_timeout,
+        reply_timeout: args.reply_timeout.max(Duration::from_millis(1)),
+        connect_timeout,
+        verify: args.verify || args.verify_file.is_some(),
+    };
+    if let Some(rate) = spec.rate {
+        loadgen::schedule::Schedule::new(rate, spec.connections)?;
+    }
+    let label = args.out.label.clone().unwrap_or_else(|| {
+        let batch = if args.batch > 1 {
+            format!(" batch {}", args.batch)
+        } else {
+            String::new()
+        };
+        match args.rate {
+            Some(rate) => format!(
+                "{} {}x{}{batch} at {rate} req/s",
+                args.target.describe(),
+                args.connections,
+                args.pipeline
+            ),
+            None => format!(
+                "{} {}x{}{batch}",
+                args.target.describe(),
+                args.connections,
+                args.pipeline
+            ),
+        }
+    });
+    let stop = stop_flag()?;
+
+    if slo.is_some() || ramp.is_some() {
+        return search_or_ramp(&args, slo, ramp, &spec, &label, command, &stop);
+    }
+
+    let measured = execute(&spec, stop)?;
+    let report = RunReport::build(&spec, &measured, &label, command);
+    let mut report = report;
+    report.config.sequence = args.sequence.clone();
+    if args.out.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).context("cannot encode the JSON result")?
+        );
+    } else {
+        print!("{}", report.summary());
+    }
+    if let Some(prefix) = &args.out.output {
+        let files = write_files(prefix, &report, &measured)?;
+        eprintln!(
+            "  wrote {}, {}, {}{}",
+            files.json.display(),
+            files.hgrm.display(),
+            files.hlog.display(),
+            files
+                .service_hgrm
+                .map(|p| format!(", {}", p.display()))
+                .unwrap_or_default()
+        );
+    }
+    if let Some(path) = &args.verify_file {
+        let run_id = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64 & 0xff_ffff_ffff)
+            .unwrap_or(0);
+        verify::append_to_file(path, run_id, &measured.streams)?;
+        eprintln!("  appended the numbers received to {}", path.display());
+    }
+    if report.verify.as_ref().is_some_and(|v| !v.ok()) {
+        return Ok(exit::VERIFY_FAILED);
+    }
+    if !report.trustworthy {
+        return Ok(exit::UNTRUSTWORTHY);
+    }
+    Ok(0)
+}
+
+fn search_or_ramp(
+    args: &RunArgs,
+    slo: Option<Slo>,
+    ramp: Option<Ramp>,
+    spec: &RunSpec,
+    label: &str,
+    command: &[String],
+    stop: &Arc<AtomicBool>,
+) -> Result<u8> {
+    let started = std::time::SystemTime::now();
+    search::print_header();
+    let mut report = SearchReport {
+        schema: loadgen::report::SCHEMA.into(),
+        kind: String::new(),
+        label: label.to_string(),
+        command: command.to_vec(),
+        machine: Machine::probe(started),
+        slo: slo.as_ref().map(|s| s.to_string()),
+        steps: Vec::new(),
+        capacity_rps: None,
+        method: String::new(),
+        confirmation: None,
+    };
+    let mut code = 0;
+    let mut confirmation_measured = None;
+    if let Some(ramp) = &ramp {
+        report.kind = "ramp".into();
+        report.method = format!(
+            "open-loop runs from {} to {} req/s in steps of {}, {} each",
+            ramp.start,
+            ramp.end,
+            ramp.step,
+            humantime::format_duration(ramp.interval)
+        );
+        report.steps = search::ramp(spec, ramp, slo.as_ref(), stop, search::print_step)?;
+    } else if let Some(slo) = &slo {
+        report.kind = "capacity-search".into();
+        let settings = SearchSettings {
+            probe: args.probe_duration,
+            confirm: spec.duration.unwrap_or(Duration::from_secs(10)),
+            precision: 0.05,
+            max_probes: args.max_probes.max(1),
+        };
+        let capacity = search::capacity(spec, slo, &settings, stop, search::print_step)?;
+        report.steps = capacity.steps;
+        report.method = capacity.method;
+        match capacity.found {
+            Some((rate, confirm_spec, measured)) => {
+                report.capacity_rps = Some(rate.round());
+                let mut run = RunReport::build(
+                    &confirm_spec,
+                    &measured,
+                    &format!("{label} at capacity"),
+                    command,
+                );
+                run.config.sequence = args.sequence.clone();
+                report.confirmation = Some(run);
+                confirmation_measured = Some(measured);
+                eprintln!(
+                    "capacity: {} req/s meets {slo}\n  how: {}",
+                    loadgen::report::group(rate),
+                    report.method
+                );
+            }
+            None => {
+                eprintln!("capacity: NOT FOUND: {}", report.method);
+                code = exit::SLO_NOT_MET;
+            }
+        }
+    }
+    if args.out.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).context("cannot encode the JSON result")?
+        );
+    }
+    if let Some(prefix) = &args.out.output {
+        let path = write_json(prefix, &report)?;
+        eprintln!("  wrote {}", path.display());
+        if let (Some(run), Some(measured)) = (&report.confirmation, &confirmation_measured) {
+            let files = write_files(&with_extension(prefix, ".confirm"), run, measured)?;
+            eprintln!(
+                "  wrote {}, {}, {}",
+                files.json.display(),
+                files.hgrm.display(),
+                files.hlog.display()
+            );
+        }
+    }
+    Ok(code)
+}
+
+fn in_process(args: InProcessArgs, command: &[String]) -> Result<u8> {
+    let settings = inprocess::Settings {
+        threads: args.threads,
+        batch: args.batch,
+        duration: args.duration,
+        cpus: cpus(args.cpus.as_deref(), false)?,
+    };
+    let label =
+        args.out.label.clone().unwrap_or_else(|| {
+            format!("in-process {} thread(s) batch {}", args.threads, args.batch)
+        });
+    let report = inprocess::run(&settings, &label, command)?;
+    if args.out.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.summary());
+    }
+    if let Some(prefix) = &args.out.output {
+        let path = write_json(prefix, &report)?;
+        eprintln!("  wrote {}", path.display());
+    }
+    Ok(if report.contiguous {
+        0
+    } else {
+        exit::VERIFY_FAILED
+    })
+}
+
+fn verify_files(args: VerifyArgs) -> Result<u8> {
+    let mut streams = Vec::new();
+    for path in &args.files {
+        streams.extend(verify::read_file(path)?);
+    }
+    let report = verify::check(&streams);
+    println!(
+        "verify {}: {} numbers in {} ranges on {} connections; {} duplicates, {} out of order; \
+         lowest {}, highest {}",
+        if report.ok() { "OK" } else { "FAILED" },
+        report.numbers,
+        report.ranges,
+        report.streams,
+        report.duplicates,
+        report.non_increasing,
+        report.lowest.map_or("-".into(), |v| v.to_string()),
+        report.highest.map_or("-".into(), |v| v.to_string()),
+    );
+    Ok(if report.ok() { 0 } else { exit::VERIFY_FAILED })
+}
+
+fn plot_results(args: PlotArgs) -> Result<u8> {
+    let curves = args
+        .inputs
+        .iter()
+        .map(|i| plot::load(i))
+        .collect::<Result<Vec<_>>>()?;
+    plot::draw(&curves, &args.title, &args.output, args.log_y)?;
+    eprintln!("wrote {}", args.output.display());
+    Ok(0)
+}
