@@ -56,6 +56,36 @@ fn excess_connection_is_refused_with_an_error_not_a_hang() {
 }
 
 #[test]
+fn open_file_limit_is_raised_to_fit_max_connections() {
+    // Started with a soft limit of 256 open files; 400 clients must still all be served.
+    let server = SeqdProcess::start_with_open_file_limit(256, &["--max-connections=500"]);
+    let mut held: Vec<TcpStream> = (0..400).map(|_| server.connect()).collect();
+    for (i, conn) in held.iter_mut().enumerate() {
+        assert_eq!(
+            exchange(conn, b"GETSEQ\r\n", read_len(i as u64 + 1)),
+            format!(":{}\r\n", i + 1).as_bytes()
+        );
+    }
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", server.pid())).unwrap();
+    let open_files = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let soft: u64 = open_files
+        .split_whitespace()
+        .nth(3)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(soft >= 500, "soft limit not raised: {open_files}");
+}
+
+/// Length of the text reply `:n\r\n`.
+fn read_len(n: u64) -> usize {
+    n.to_string().len() + 3
+}
+
+#[test]
 fn clients_that_send_and_vanish_leak_nothing() {
     let server = SeqdProcess::start(&["--max-connections=4"]);
     for i in 0..60 {

@@ -79,6 +79,7 @@ impl Server {
         registry: Arc<Registry>,
         events: mpsc::Sender<Event>,
     ) -> anyhow::Result<Server> {
+        ensure_fd_limit(settings.max_connections, settings.threads);
         let listeners = bind_listeners(settings.addr, settings.threads)?;
         let local_addr = listeners[0]
             .local_addr()
@@ -214,6 +215,64 @@ impl Server {
         for thread in self.threads {
             let _ = thread.join();
         }
+    }
+}
+
+/// Descriptors the process needs besides client connections: per loop a listener, an eventfd
+/// and an io_uring; the state directory; connections refused over the limit while their
+/// refusal is sent; standard streams and slack.
+const FDS_BESIDES_CONNECTIONS: u64 = 128;
+
+/// Raises the soft limit on open files so that `--max-connections` clients fit (the default
+/// soft limit is often 1024), and warns if the hard limit does not allow it.
+fn ensure_fd_limit(max_connections: usize, threads: usize) {
+    let needed = max_connections as u64 + 3 * threads as u64 + FDS_BESIDES_CONNECTIONS;
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        tracing::warn!(
+            "cannot read the open-file limit: {}",
+            io::Error::last_os_error()
+        );
+        return;
+    }
+    if limit.rlim_cur >= needed {
+        return;
+    }
+    let raised = libc::rlimit {
+        rlim_cur: needed.min(limit.rlim_max),
+        rlim_max: limit.rlim_max,
+    };
+    // SAFETY: setrlimit reads the struct we pass; raising the soft limit up to the hard
+    // limit needs no privilege.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+        tracing::warn!(
+            "cannot raise the open-file limit: {}",
+            io::Error::last_os_error()
+        );
+        return;
+    }
+    if raised.rlim_cur < needed {
+        tracing::warn!(
+            needed,
+            hard_limit = limit.rlim_max,
+            "--max-connections={max_connections} needs about {needed} open files but the hard \
+             limit is {}: connections beyond about {} will be refused by the kernel; raise the \
+             limit (`ulimit -Hn`, LimitNOFILE= in a systemd unit) or lower --max-connections",
+            limit.rlim_max,
+            limit
+                .rlim_max
+                .saturating_sub(needed - max_connections as u64),
+        );
+    } else {
+        tracing::debug!(
+            from = limit.rlim_cur,
+            to = raised.rlim_cur,
+            "raised the open-file limit"
+        );
     }
 }
 

@@ -26,8 +26,26 @@ impl SeqdProcess {
 
     /// Starts seqd with exactly `args`; they must make it listen on a free port.
     pub fn start_exact(args: &[&str]) -> SeqdProcess {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_seqd"))
-            .args(args)
+        let mut command = Command::new(env!("CARGO_BIN_EXE_seqd"));
+        command.args(args);
+        SeqdProcess::launch(command)
+    }
+
+    /// Starts seqd (on 127.0.0.1, a free port, two loops, plus `args`) with its soft limit
+    /// on open files lowered to `soft_limit`, as a default `ulimit -n` would.
+    pub fn start_with_open_file_limit(soft_limit: u32, args: &[&str]) -> SeqdProcess {
+        let mut command = Command::new("sh");
+        command
+            .arg("-c")
+            .arg(format!("ulimit -S -n {soft_limit} && exec \"$0\" \"$@\""))
+            .arg(env!("CARGO_BIN_EXE_seqd"))
+            .args(["--host=127.0.0.1", "--port=0", "--threads=2"])
+            .args(args);
+        SeqdProcess::launch(command)
+    }
+
+    fn launch(mut command: Command) -> SeqdProcess {
+        let mut child = command
             .env_remove("SEQD_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
