@@ -57,6 +57,23 @@ fn run(config: Config) -> anyhow::Result<()> {
         )
     });
 
+    // Handlers first: a signal during start-up is then a graceful stop, not a kill.
+    let (events_tx, events) = mpsc::channel();
+    let signal_events = events_tx.clone();
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
+        .context("cannot install signal handlers")?;
+    let signal_handle = signals.handle();
+    std::thread::Builder::new()
+        .name("seqd-signals".into())
+        .spawn(move || {
+            for signal in signals.forever() {
+                if signal_events.send(Event::Signal(signal)).is_err() {
+                    break;
+                }
+            }
+        })
+        .context("cannot start the signal thread")?;
+
     let (registry, persister) = open_sequences(&config)?;
 
     let settings = Settings {
@@ -68,8 +85,7 @@ fn run(config: Config) -> anyhow::Result<()> {
             max_batch: config.max_batch,
         },
     };
-    let (events_tx, events) = mpsc::channel();
-    let server = match Server::start(&settings, registry, events_tx.clone()) {
+    let server = match Server::start(&settings, registry, events_tx) {
         Ok(server) => server,
         Err(e) => {
             // Nothing was issued: record the exact next numbers so the retry skips none.
@@ -93,20 +109,6 @@ fn run(config: Config) -> anyhow::Result<()> {
         "seqd listening on {}",
         server.local_addr()
     );
-
-    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
-        .context("cannot install signal handlers")?;
-    let signal_handle = signals.handle();
-    std::thread::Builder::new()
-        .name("seqd-signals".into())
-        .spawn(move || {
-            for signal in signals.forever() {
-                if events_tx.send(Event::Signal(signal)).is_err() {
-                    break;
-                }
-            }
-        })
-        .context("cannot start the signal thread")?;
 
     let mut running = threads;
     let mut failure = None;

@@ -56,7 +56,7 @@ pub struct DataDir {
     /// Kept open to fsync the directory after each rename.
     dir: File,
     /// Holds the flock for as long as this process runs.
-    lock: File,
+    _lock: File,
     /// The lock file already named an owner when we took it: a seqd ran here and wrote a
     /// state before (the pid is recorded only after the first state is durable).
     had_owner: bool,
@@ -82,13 +82,16 @@ impl DataDir {
         let dir = File::open(path)
             .with_context(|| format!("cannot open data directory {}", path.display()))?;
         let lock_path = path.join(LOCK_FILE);
-        let mut lock = OpenOptions::new()
-            .read(true)
+        // Held open read-only: a file open for writing would keep the filesystem from being
+        // remounted read-only, and the pid is written through a short-lived descriptor.
+        OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(false)
             .mode(0o644)
             .open(&lock_path)
+            .with_context(|| format!("cannot create lock file {}", lock_path.display()))?;
+        let mut lock = File::open(&lock_path)
             .with_context(|| format!("cannot open lock file {}", lock_path.display()))?;
         // SAFETY: flock on a descriptor we own; no memory is involved.
         if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
@@ -112,7 +115,7 @@ impl DataDir {
         Ok(DataDir {
             path: path.to_path_buf(),
             dir,
-            lock,
+            _lock: lock,
             had_owner,
             owner_recorded: false,
             fsyncs: 0,
@@ -169,17 +172,20 @@ impl DataDir {
     /// after the first state is durable: a recorded owner tells later starts that a state
     /// must exist.
     fn record_owner(&mut self) -> Result<(), WriteError> {
+        let path = self.path.join(LOCK_FILE);
         let pid = format!("{}\n", std::process::id());
-        let write = |lock: &mut File| -> io::Result<()> {
-            lock.set_len(0)?;
-            lock.seek(io::SeekFrom::Start(0))?;
-            lock.write_all(pid.as_bytes())?;
-            lock.sync_all()
-        };
         self.fsyncs += 1;
-        write(&mut self.lock).map_err(|source| WriteError {
+        let written = OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(&path)
+            .and_then(|mut file| {
+                file.write_all(pid.as_bytes())?;
+                file.sync_all()
+            });
+        written.map_err(|source| WriteError {
             step: "record the pid in",
-            path: self.path.join(LOCK_FILE),
+            path,
             source,
         })?;
         self.owner_recorded = true;

@@ -59,6 +59,8 @@ pub struct SequenceRecord {
 /// which file.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FormatError {
+    #[error("empty (0 bytes)")]
+    Empty,
     #[error(
         "not a seqd state file: it does not begin with {:?}",
         String::from_utf8_lossy(&MAGIC)
@@ -128,6 +130,9 @@ pub fn encode(state: &State) -> Vec<u8> {
 /// Decodes a complete file. Checks, in order: magic, version, length, checksum, then each
 /// record; anything unexpected is an error, never a guess.
 pub fn decode(bytes: &[u8]) -> Result<State, FormatError> {
+    if bytes.is_empty() {
+        return Err(FormatError::Empty);
+    }
     if bytes.len() < MAGIC.len() || bytes[..MAGIC.len()] != MAGIC {
         return Err(FormatError::Foreign);
     }
@@ -374,7 +379,7 @@ mod tests {
             Err(FormatError::UnsupportedVersion { found: 2 })
         );
         assert_eq!(decode(b"{\"next\": 5}"), Err(FormatError::Foreign));
-        assert_eq!(decode(b""), Err(FormatError::Foreign));
+        assert_eq!(decode(b""), Err(FormatError::Empty));
     }
 
     /// Builds a file around hand-made records, with a correct checksum.
