@@ -133,7 +133,8 @@ pub fn decode(bytes: &[u8]) -> Result<State, FormatError> {
     if bytes.is_empty() {
         return Err(FormatError::Empty);
     }
-    if bytes.len() < MAGIC.len() || bytes[..MAGIC.len()] != MAGIC {
+    let magic_len = bytes.len().min(MAGIC.len());
+    if bytes[..magic_len] != MAGIC[..magic_len] {
         return Err(FormatError::Foreign);
     }
     if bytes.len() < HEADER_LEN + CHECKSUM_LEN {
@@ -347,8 +348,15 @@ mod tests {
     #[test]
     fn every_truncation_is_detected() {
         let encoded = encode(&example());
-        for len in 0..encoded.len() {
-            assert!(decode(&encoded[..len]).is_err(), "truncated to {len} bytes");
+        for len in 1..encoded.len() {
+            let err = decode(&encoded[..len]).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    FormatError::TooShort { .. } | FormatError::LengthMismatch { .. }
+                ),
+                "truncated to {len} bytes: {err}"
+            );
         }
         let mut longer = encoded.clone();
         longer.push(0);
