@@ -164,6 +164,76 @@ fn kill_9_under_load_never_reissues_a_number() {
     }
 }
 
+#[test]
+fn a_new_sequence_is_on_disk_before_its_first_number() {
+    let dir = temp_dir();
+    let data_dir = data_dir_arg(dir.path());
+    let mut server = SeqdProcess::start(&[&data_dir]);
+    let mut conn = server.connect();
+    assert_eq!(getseq(&mut conn, "brand.new"), Ok(1));
+    server.kill(); // at once: no time for a background write
+    let server = SeqdProcess::start(&[&data_dir]);
+    assert!(
+        server
+            .log()
+            .contains("sequence \"brand.new\" (id 1) resumes at")
+    );
+    let mut conn = server.connect();
+    let next = getseq(&mut conn, "brand.new").unwrap();
+    assert!(
+        next > 1,
+        "brand.new restarted at {next}: its first number was reissued"
+    );
+}
+
+#[test]
+fn requests_beyond_the_ceiling_wait_for_their_raise_and_are_all_answered() {
+    // A crash gap of 1: nearly every request outruns the durable ceiling and waits.
+    let server = SeqdProcess::start(&["--max-crash-gap=1"]);
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let mut client = server.client();
+            std::thread::spawn(move || {
+                let mut got = Vec::new();
+                for _ in 0..25 {
+                    let replies = client.pipeline(&[Request::Get(0); 8]).unwrap();
+                    for reply in replies {
+                        match reply.unwrap() {
+                            Response::Number(n) => got.push(n),
+                            other => panic!("{other:?}"),
+                        }
+                    }
+                }
+                got
+            })
+        })
+        .collect();
+    let mut all: Vec<u64> = clients
+        .into_iter()
+        .flat_map(|c| c.join().unwrap())
+        .collect();
+    all.sort_unstable();
+    assert_eq!(
+        all,
+        (1..=800).collect::<Vec<u64>>(),
+        "unique and without gaps"
+    );
+    // Meanwhile the disk was written for them (the count is in the shutdown report).
+    let mut server = server;
+    assert!(server.terminate().success());
+    let log = server.log();
+    let writes: u64 = log
+        .split(" writes=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no persister report:\n{log}"));
+    assert!(
+        writes > 2,
+        "numbers were issued without raises: {writes} writes"
+    );
+}
+
 // ---- clean restart ----
 
 #[test]

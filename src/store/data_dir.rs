@@ -69,10 +69,19 @@ impl DataDir {
     /// Opens the data directory (created if missing) and locks it against a second seqd.
     pub fn open(path: &Path) -> anyhow::Result<DataDir> {
         if !path.exists() {
+            let missing: Vec<&Path> = path
+                .ancestors()
+                .take_while(|p| !p.as_os_str().is_empty() && !p.exists())
+                .collect();
             std::fs::create_dir_all(path)
                 .with_context(|| format!("cannot create data directory {}", path.display()))?;
-            // The new directory's entry must survive a crash too.
-            if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            // Each new directory's entry must survive a crash too: fsync every parent that
+            // gained one, outermost first.
+            for created in missing.iter().rev() {
+                let parent = created
+                    .parent()
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .unwrap_or(Path::new("."));
                 fsync_dir(parent)
                     .with_context(|| format!("cannot fsync directory {}", parent.display()))?;
             }
