@@ -85,16 +85,9 @@ fn run(config: Config) -> anyhow::Result<()> {
             max_batch: config.max_batch,
         },
     };
-    let server = match Server::start(&settings, registry, events_tx) {
-        Ok(server) => server,
-        Err(e) => {
-            // Nothing was issued: record the exact next numbers so the retry skips none.
-            if let Some(persister) = persister {
-                let _ = persister.finish();
-            }
-            return Err(e);
-        }
-    };
+    // Should this fail, the first windows stay on disk unused: the next start skips them
+    // (the safe direction; an event loop that did start may have issued from them).
+    let server = Server::start(&settings, registry, events_tx)?;
     let persister = match persister {
         Some(persister) => {
             let wakers = server.wakers();

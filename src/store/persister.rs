@@ -142,11 +142,6 @@ impl Persister {
         })
     }
 
-    /// Records the exact next numbers without having run (the server failed to start).
-    pub fn finish(mut self) -> Result<(), WriteError> {
-        self.write_final()
-    }
-
     fn run(mut self, stop: &AtomicBool, wake: &dyn Fn()) -> (Persister, Result<(), WriteError>) {
         loop {
             let timeout = match &self.failure {
@@ -186,7 +181,7 @@ impl Persister {
                     let refused = self.registry.ceiling_signals().take_refusals();
                     tracing::info!(
                         "state written to {} again after {} failed attempts over {:.1?}; \
-                         issuing resumes ({refused} requests were refused meanwhile)",
+                         issuing resumes ({refused} requests refused since the last report)",
                         self.sink.location(),
                         failure.attempts,
                         now.saturating_duration_since(failure.since),
