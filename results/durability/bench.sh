@@ -111,8 +111,15 @@ w("| modes | \`--in-memory\` vs \`--data-dir DIR\` (fresh directory per run, def
 w("")
 w("## Result")
 w("")
+round_ratios = [r["durable"] / r["in-memory"] for r in by_round.values()]
 w(f"- **Throughput ratio, durable / in-memory (medians): {ratio:.3f}** "
-  f"({dur:,.0f} vs {mem:,.0f} GETSEQ/s).")
+  f"({dur:,.0f} vs {mem:,.0f} GETSEQ/s); median of the per-round ratios "
+  f"{statistics.median(round_ratios):.3f}, lowest {min(round_ratios):.3f}, "
+  f"highest {max(round_ratios):.3f}.")
+busy = float("$load_before".split()[0]) > 1.0 or float("$load_after".split()[0]) > 1.0
+if busy:
+    w("- **The machine was busy** (load average above 1 on a 2-CPU machine shared with other "
+      "builds): single runs vary widely, so compare medians and rerun when it is idle.")
 w(f"- fsyncs per second under this load (durable runs, median): {statistics.median(fsync_rates):.1f} "
   "(counted by seqd; the count includes the start-up write and the final write at shutdown; "
   "each state write is two fsyncs: the file and its directory).")
