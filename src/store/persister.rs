@@ -25,8 +25,11 @@ use super::format::{SequenceRecord, State};
 use super::window::{RateEstimate, SequenceView, WindowPolicy};
 use crate::sequence::Registry;
 
-/// How often the persister samples rates and headroom when nobody asks it to.
+/// How often the persister samples rates and headroom while numbers are being issued.
 pub const TICK: Duration = Duration::from_millis(10);
+/// How often it looks while nothing is issued (a request that outruns a ceiling wakes it at
+/// once anyway): an idle server should not wake a hundred times a second.
+pub const IDLE_TICK: Duration = Duration::from_millis(100);
 /// First retry after a failed write; doubled per failure up to [`RETRY_MAX`].
 pub const RETRY_MIN: Duration = Duration::from_millis(50);
 pub const RETRY_MAX: Duration = Duration::from_secs(1);
@@ -82,6 +85,8 @@ pub struct Persister {
     /// record on disk yet.
     durable: Vec<u64>,
     rates: Vec<RateEstimate>,
+    /// No sequence issued a number between the last two samples.
+    idle: bool,
     failure: Option<Failure>,
     started: Instant,
     writes: u64,
@@ -109,6 +114,7 @@ impl Persister {
             generation: previous.map_or(0, |state| state.generation),
             durable,
             rates: Vec::new(),
+            idle: false,
             failure: None,
             started: now,
             writes: 0,
@@ -146,6 +152,7 @@ impl Persister {
         loop {
             let timeout = match &self.failure {
                 Some(failure) => failure.retry_at.saturating_duration_since(Instant::now()),
+                None if self.idle => IDLE_TICK,
                 None => TICK,
             };
             self.registry
@@ -236,6 +243,7 @@ impl Persister {
     /// Every sequence's view, with its rate sampled now.
     fn views(&mut self, now: Instant) -> Vec<SequenceView> {
         let mut views = Vec::with_capacity(self.durable.len() + 1);
+        let mut issued = 0;
         for sequence in self.registry.iter() {
             let id = sequence.id() as usize;
             let next = sequence.current();
@@ -243,7 +251,7 @@ impl Persister {
                 self.rates.push(RateEstimate::new(next, now));
             }
             let rate = &mut self.rates[id];
-            rate.observe(next, now);
+            issued |= rate.observe(next, now);
             views.push(SequenceView {
                 next,
                 durable: self.durable.get(id).copied().unwrap_or(0),
@@ -252,6 +260,7 @@ impl Persister {
                 window: self.policy.window(rate.per_second()),
             });
         }
+        self.idle = issued == 0;
         views
     }
 

@@ -99,18 +99,21 @@ impl RateEstimate {
         }
     }
 
-    /// Takes a new sample of the sequence's `next`.
-    pub fn observe(&mut self, next: u64, now: Instant) {
+    /// Takes a new sample of the sequence's `next`; returns how many numbers were issued
+    /// since the previous sample.
+    pub fn observe(&mut self, next: u64, now: Instant) -> u64 {
         let elapsed = now.saturating_duration_since(self.last_at).as_secs_f64();
         if elapsed <= 0.0 {
-            return;
+            return 0;
         }
-        let issued = next.saturating_sub(self.last_next) as f64;
+        let issued_count = next.saturating_sub(self.last_next);
+        let issued = issued_count as f64;
         let recent = issued / elapsed;
         let decay = 0.5f64.powf(elapsed / RATE_HALF_LIFE.as_secs_f64());
         self.per_second = recent.max(self.per_second * decay);
         self.last_next = next;
         self.last_at = now;
+        issued_count
     }
 
     pub fn per_second(&self) -> f64 {
@@ -187,7 +190,7 @@ mod tests {
     fn rate_rises_at_once_and_decays_by_half_life() {
         let start = Instant::now();
         let mut rate = RateEstimate::new(0, start);
-        rate.observe(1000, start + Duration::from_millis(10));
+        assert_eq!(rate.observe(1000, start + Duration::from_millis(10)), 1000);
         assert!((rate.per_second() - 100_000.0).abs() < 1.0);
         rate.observe(1000, start + Duration::from_millis(10) + RATE_HALF_LIFE);
         assert!((rate.per_second() - 50_000.0).abs() < 1.0);
