@@ -138,11 +138,15 @@ w(f"- fsyncs per second under this load (durable runs, median): {statistics.medi
   "(counted by seqd; the count includes the start-up write and the final write at shutdown; "
   "each state write is two fsyncs: the file and its directory).")
 if cpu_shares:
-    w(f"- CPU the persister took on the server's core, as a share of the event loop's own CPU "
-      f"time (median over durable runs): {statistics.median(cpu_shares) * 100:.3f}% "
-      f"(highest {max(cpu_shares) * 100:.3f}%). This is the only extra work durability puts "
-      "on that core besides a few eventfd wake-ups per second, so unlike throughput it is "
-      "not blurred by other load on the machine.")
+    per_second = statistics.median(
+        r["persister_ms"] / r["seconds"] for r in by_round.values() if "persister_ms" in r)
+    w(f"- CPU the persister took on the server's core: {per_second:.2f} ms per second of load "
+      f"(median), i.e. {per_second / 10:.2f}% of the core, and "
+      f"{statistics.median(cpu_shares) * 100:.2f}% of the event loop's own CPU time "
+      f"(highest {max(cpu_shares) * 100:.2f}%). That is the only extra work durability puts "
+      "on that core besides a few eventfd wake-ups per second, so it bounds the cost even when "
+      "the core is saturated, and unlike throughput it is not blurred by other load on the "
+      "machine.")
 w(f"- Largest possible crash gap at this load: {max(windows):,} numbers "
   "(the widest window between the durable ceiling and the next number, reported by seqd; "
   "bounded by --max-crash-gap).")
