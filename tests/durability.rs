@@ -187,6 +187,19 @@ fn a_new_sequence_is_on_disk_before_its_first_number() {
 }
 
 #[test]
+fn a_waiting_request_is_answered_after_the_client_half_closes() {
+    // `echo "GETSEQ fresh" | nc -N host port`: the request waits for the new sequence's
+    // first durable ceiling while the client has already shut down its side.
+    use std::io::Write;
+    let server = SeqdProcess::start(&[]);
+    let mut conn = server.connect();
+    conn.write_all(b"GETSEQ fresh\nGETSEQ fresh\nCURRENT fresh\n")
+        .unwrap();
+    conn.shutdown(std::net::Shutdown::Write).unwrap();
+    assert_eq!(common::read_to_close(&mut conn), b":1\r\n:2\r\n:3\r\n");
+}
+
+#[test]
 fn requests_beyond_the_ceiling_wait_for_their_raise_and_are_all_answered() {
     // A crash gap of 1: nearly every request outruns the durable ceiling and waits.
     let server = SeqdProcess::start(&["--max-crash-gap=1"]);
