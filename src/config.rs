@@ -7,6 +7,10 @@ use anyhow::{Context, bail};
 use clap::Parser;
 
 use crate::sequence::MAX_VALUE;
+use crate::store::window::DEFAULT_MAX_CRASH_GAP;
+
+/// Where numbers are made durable unless `--data-dir` says otherwise.
+pub const DEFAULT_DATA_DIR: &str = "./seqd-data";
 
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -20,6 +24,10 @@ One port speaks two protocols, chosen from the first byte a client sends:
   text    GETSEQ, GETSEQ_BATCH n, CURRENT, PING, QUIT, each with an optional sequence name;
           inline lines (telnet, nc) or RESP arrays (redis-cli, redis-benchmark)
   binary  fixed 16-byte frames for the fast path (see docs/PROTOCOL.md, or seqd::client)
+
+Numbers are durable: each one is issued below a ceiling already on disk in --data-dir, so no
+number is ever issued twice, across kill -9 and power loss too. A clean shutdown (SIGINT,
+SIGTERM) continues with no gap; a crash skips at most --max-crash-gap numbers per sequence.
 
 Try it:
   seqd &
@@ -37,9 +45,24 @@ pub struct Config {
     #[arg(long, default_value_t = 10001, env = "SEQD_PORT")]
     pub port: u16,
 
-    /// First number a new sequence issues.
-    #[arg(long, default_value_t = 1, value_name = "NUMBER")]
-    pub initial: u64,
+    /// First number a new sequence issues [default: 1]. Sequences recovered from the data
+    /// directory continue where they were; a value below one of them is refused.
+    #[arg(long, value_name = "NUMBER")]
+    pub initial: Option<u64>,
+
+    /// Directory holding the durable state (created if missing; one seqd at a time).
+    #[arg(long, default_value = DEFAULT_DATA_DIR, env = "SEQD_DATA_DIR", value_name = "PATH")]
+    pub data_dir: std::path::PathBuf,
+
+    /// Keep sequences in memory only: nothing is written, a restart begins again at
+    /// --initial. For benchmarks and throwaway use.
+    #[arg(long, conflicts_with = "data_dir")]
+    pub in_memory: bool,
+
+    /// Most numbers a crash may skip, per sequence: the bound on how far the durable ceiling
+    /// runs ahead of the numbers issued. Smaller means more state writes.
+    #[arg(long, default_value_t = DEFAULT_MAX_CRASH_GAP, value_name = "N")]
+    pub max_crash_gap: u64,
 
     /// Most client connections served at once; the next one is refused with an error reply.
     #[arg(long, default_value_t = 1000, value_name = "N")]
@@ -73,11 +96,14 @@ pub struct Config {
 impl Config {
     /// Checks values clap cannot check alone.
     pub fn validate(&self) -> anyhow::Result<()> {
-        if self.initial > MAX_VALUE {
+        if self.initial() > MAX_VALUE {
             bail!(
                 "--initial={} is above the largest number seqd issues ({MAX_VALUE})",
-                self.initial
+                self.initial()
             );
+        }
+        if self.max_crash_gap == 0 {
+            bail!("--max-crash-gap must be at least 1");
         }
         if self.max_batch == 0 || self.max_batch > u64::from(u32::MAX) {
             bail!("--max-batch must be between 1 and {}", u32::MAX);
@@ -96,6 +122,11 @@ impl Config {
 
     pub fn pin(&self) -> bool {
         !self.no_pin
+    }
+
+    /// Where new sequences begin.
+    pub fn initial(&self) -> u64 {
+        self.initial.unwrap_or(1)
     }
 
     /// The address to listen on.
@@ -130,7 +161,7 @@ mod tests {
             "--max-connections=5",
         ]);
         assert_eq!(
-            (c.initial, c.port, c.host.as_str(), c.max_connections),
+            (c.initial(), c.port, c.host.as_str(), c.max_connections),
             (1_000_000, 10002, "0.0.0.0", 5)
         );
         c.validate().unwrap();
@@ -140,8 +171,12 @@ mod tests {
     fn defaults_follow_seed_001() {
         let c = parse(&[]);
         assert_eq!(
-            (c.initial, c.port, c.host.as_str(), c.max_connections),
+            (c.initial(), c.port, c.host.as_str(), c.max_connections),
             (1, 10001, "0.0.0.0", 1000)
+        );
+        assert_eq!(
+            c.initial, None,
+            "not given: not checked against recovered state"
         );
         assert!(c.pin());
         assert!(!parse(&["--no-pin"]).pin());
@@ -162,6 +197,23 @@ mod tests {
                 .contains("--max-batch")
         );
         assert!(Config::try_parse_from(["seqd", "--port=70000"]).is_err());
+    }
+
+    #[test]
+    fn durability_flags() {
+        let c = parse(&[]);
+        assert_eq!(c.data_dir, std::path::Path::new(DEFAULT_DATA_DIR));
+        assert!(!c.in_memory);
+        assert_eq!(c.max_crash_gap, DEFAULT_MAX_CRASH_GAP);
+        let c = parse(&["--data-dir=/var/lib/seqd", "--max-crash-gap=10"]);
+        assert_eq!(
+            (c.data_dir.to_str(), c.max_crash_gap),
+            (Some("/var/lib/seqd"), 10)
+        );
+        assert!(parse(&["--in-memory"]).in_memory);
+        assert!(Config::try_parse_from(["seqd", "--in-memory", "--data-dir=x"]).is_err());
+        let err = parse(&["--max-crash-gap=0"]).validate().unwrap_err();
+        assert!(err.to_string().contains("--max-crash-gap"));
     }
 
     #[test]

@@ -7,3 +7,4 @@ pub mod protocol;
 pub mod sequence;
 pub mod server;
 pub mod session;
+pub mod store;

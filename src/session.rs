@@ -560,8 +560,19 @@ impl<'s, 'o, W: Wire> Executor<'s, 'o, W> {
                 run.segments.clear();
             }
             // Not enough for everyone: serve one by one, so each request gets its own answer.
-            Err(Refusal::Exhausted { .. }) => serve_one_by_one::<W>(sequence, out, run)?,
-            Err(Refusal::AwaitingCeiling) => return Err(id),
+            Err(Refusal::Exhausted { .. }) => {
+                serve_one_by_one::<W>(sequence, &state.registry, out, run)?
+            }
+            Err(Refusal::AwaitingCeiling) => {
+                let signals = state.registry.ceiling_signals();
+                if !signals.unavailable() {
+                    signals.request_raise();
+                    return Err(id);
+                }
+                // Fail closed: what the durable ceiling still covers is served, the rest is
+                // refused rather than left waiting for a disk that fails.
+                serve_one_by_one::<W>(sequence, &state.registry, out, run)?;
+            }
         }
         run.sequence = None;
         Ok(())
@@ -611,14 +622,21 @@ fn same_bytes(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// Serves the run's requests with one reservation each, refusing those that no longer fit.
-/// Stops at the first that must wait for the ceiling, leaving it and the rest in `run`.
+/// A request beyond the durable ceiling is refused while ceilings are unavailable; otherwise
+/// serving stops there, leaving it and the rest in `run` to wait for a raise.
 fn serve_one_by_one<W: Wire>(
     sequence: &Sequence,
+    registry: &Registry,
     out: &mut Vec<u8>,
     run: &mut Run,
 ) -> Result<(), SequenceId> {
+    let signals = registry.ceiling_signals();
     for index in 0..run.segments.len() {
         let segment = &mut run.segments[index];
+        let opcode = match segment.count {
+            0 => binary::opcode::GETSEQ,
+            _ => binary::opcode::GETSEQ_BATCH,
+        };
         while segment.repeats > 0 {
             let reply = match sequence.reserve(segment.count.max(1)) {
                 Ok(n) if segment.count == 0 => Reply::Number(n),
@@ -626,20 +644,22 @@ fn serve_one_by_one<W: Wire>(
                     first,
                     count: segment.count,
                 },
+                Err(Refusal::AwaitingCeiling) if signals.unavailable() => {
+                    signals.count_refusal();
+                    Reply::Error {
+                        opcode,
+                        problem: Problem::Unavailable,
+                    }
+                }
                 Err(Refusal::AwaitingCeiling) => {
+                    signals.request_raise();
                     run.segments.drain(..index);
                     return Err(sequence.id());
                 }
-                Err(Refusal::Exhausted { remaining }) => {
-                    let opcode = match segment.count {
-                        0 => binary::opcode::GETSEQ,
-                        _ => binary::opcode::GETSEQ_BATCH,
-                    };
-                    Reply::Error {
-                        opcode,
-                        problem: Problem::Exhausted { remaining },
-                    }
-                }
+                Err(Refusal::Exhausted { remaining }) => Reply::Error {
+                    opcode,
+                    problem: Problem::Exhausted { remaining },
+                },
             };
             W::encode(out, &reply);
             segment.repeats -= 1;
@@ -947,6 +967,68 @@ mod tests {
             ":1\r\n:2\r\n:3\r\n:4\r\n:4\r\n"
         );
         assert_eq!(s.buffered(), 0);
+    }
+
+    #[test]
+    fn a_waiting_run_asks_for_a_raise() {
+        let registry = Arc::new(Registry::durable(8, 1));
+        let mut st = LoopState::new(registry.clone(), Limits { max_batch: 10 });
+        let mut s = Session::new();
+        let (_, status) = text_exchange(&mut s, &mut st, b"GETSEQ\r\n");
+        assert_eq!(status, Status::Paused(Pause::AwaitingCeiling(0)));
+        assert!(
+            registry
+                .ceiling_signals()
+                .wait_for_raise_request(std::time::Duration::ZERO),
+            "the persister was asked for a raise"
+        );
+    }
+
+    #[test]
+    fn unavailable_ceilings_refuse_what_they_do_not_cover_and_keep_serving() {
+        let registry = Arc::new(Registry::durable(8, 1));
+        registry.get(0).unwrap().raise_ceiling(3); // 1 and 2 are durable
+        registry.ceiling_signals().set_unavailable(true);
+        let mut st = LoopState::new(registry.clone(), Limits { max_batch: 10 });
+        let mut s = Session::new();
+        let (out, status) = text_exchange(
+            &mut s,
+            &mut st,
+            b"GETSEQ\r\nGETSEQ\r\nGETSEQ\r\nGETSEQ_BATCH 2\r\nCURRENT\r\nPING\r\n",
+        );
+        let refused = format!("-UNAVAILABLE {}", Problem::Unavailable);
+        assert_eq!(
+            out,
+            format!(":1\r\n:2\r\n{refused}\r\n{refused}\r\n:3\r\n+PONG\r\n")
+        );
+        assert_eq!(status, Status::Open);
+        assert_eq!(registry.ceiling_signals().take_refusals(), 2);
+        // The disk works again: the next request is served from the raised ceiling.
+        registry.get(0).unwrap().raise_ceiling(100);
+        registry.ceiling_signals().set_unavailable(false);
+        let (out, _) = text_exchange(&mut s, &mut st, b"GETSEQ\r\n");
+        assert_eq!(out, ":3\r\n");
+    }
+
+    #[test]
+    fn a_parked_run_is_refused_when_ceilings_become_unavailable() {
+        let registry = Arc::new(Registry::durable(8, 1));
+        let mut st = LoopState::new(registry.clone(), Limits { max_batch: 10 });
+        let mut s = Session::new();
+        let (out, status) = text_exchange(&mut s, &mut st, b"GETSEQ\r\nGETSEQ\r\nPING\r\n");
+        assert_eq!(
+            (out.as_str(), status),
+            ("", Status::Paused(Pause::AwaitingCeiling(0)))
+        );
+        registry.ceiling_signals().set_unavailable(true);
+        let mut out = Vec::new();
+        assert_eq!(s.resume(&mut st, &mut out), Status::Open);
+        let refused = format!("-UNAVAILABLE {}", Problem::Unavailable);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            format!("{refused}\r\n{refused}\r\n+PONG\r\n")
+        );
+        assert_eq!(registry.get(0).unwrap().current(), 1, "nothing consumed");
     }
 
     #[test]

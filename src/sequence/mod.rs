@@ -7,9 +7,14 @@
 //! a reservation that would cross it is refused with [`Refusal::AwaitingCeiling`] until the
 //! ceiling has been raised (so callers never need to know which mode they run in).
 
+mod ceiling;
 mod registry;
 
-pub use registry::{MAX_NAME_LEN, NameError, Registry, RegistryError, validate_name};
+pub use ceiling::CeilingSignals;
+pub use registry::{
+    MAX_NAME_LEN, NameError, RebuildError, RecoveredSequence, Registry, RegistryError,
+    validate_name,
+};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 

@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
 
-use super::{DEFAULT_NAME, DEFAULT_SEQUENCE, END_OF_SPACE, Sequence, SequenceId};
+use super::{CeilingSignals, DEFAULT_NAME, DEFAULT_SEQUENCE, END_OF_SPACE, Sequence, SequenceId};
 
 /// Longest accepted sequence name, in bytes.
 pub const MAX_NAME_LEN: usize = 64;
@@ -31,6 +31,40 @@ pub enum RegistryError {
     InvalidName(#[from] NameError),
     #[error("too many sequences: the limit is {limit} (raise it with --max-sequences)")]
     TooManySequences { limit: u32 },
+}
+
+/// A sequence as recovered from durable state: where it resumes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecoveredSequence {
+    pub id: SequenceId,
+    pub name: String,
+    /// The first number it may issue: nothing at or above it was issued before.
+    pub resume_at: u64,
+}
+
+/// Why recovered sequences cannot form a registry.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RebuildError {
+    #[error(
+        "the state holds {count} sequences but --max-sequences is {limit}: \
+         raise --max-sequences to at least {count}"
+    )]
+    TooManySequences { count: usize, limit: u32 },
+    #[error(
+        "sequence ids must be 0, 1, 2, ... in order; found id {found} where {expected} belongs"
+    )]
+    IdsNotDense {
+        expected: SequenceId,
+        found: SequenceId,
+    },
+    #[error("sequence 0 must be {DEFAULT_NAME:?}, found {found:?}")]
+    DefaultMissing { found: String },
+    #[error("sequence name {name:?} appears twice")]
+    DuplicateName { name: String },
+    #[error("sequence {name:?}: {error}")]
+    InvalidName { name: String, error: NameError },
+    #[error("sequence {name:?} resumes at {resume_at}, beyond the number space")]
+    BeyondNumberSpace { name: String, resume_at: u64 },
 }
 
 /// Checks a client-supplied sequence name and returns it as text.
@@ -60,6 +94,7 @@ pub struct Registry {
     /// Ceiling of a sequence created at run time: the end of the number space in memory-only
     /// mode; `initial` (nothing issuable) when a store must first make a ceiling durable.
     durable: bool,
+    signals: CeilingSignals,
 }
 
 impl Registry {
@@ -75,16 +110,93 @@ impl Registry {
         Registry::with_mode(max_sequences, initial, true)
     }
 
+    /// A durable registry holding the recovered sequences, each beginning at its resume
+    /// point with nothing issuable until its ceiling is raised. `recovered` must hold the
+    /// default sequence as id 0 and dense ids in order; when it is empty (a fresh data
+    /// directory) the default sequence begins at `initial`.
+    pub fn recovered(
+        max_sequences: u32,
+        initial: u64,
+        recovered: &[RecoveredSequence],
+    ) -> Result<Registry, RebuildError> {
+        if recovered.len() > max_sequences as usize {
+            return Err(RebuildError::TooManySequences {
+                count: recovered.len(),
+                limit: max_sequences,
+            });
+        }
+        if recovered.is_empty() {
+            return Ok(Registry::durable(max_sequences, initial));
+        }
+        if recovered[0].name != DEFAULT_NAME {
+            return Err(RebuildError::DefaultMissing {
+                found: recovered[0].name.clone(),
+            });
+        }
+        let registry = Registry::empty(max_sequences, initial, true);
+        {
+            let mut names = registry.lock_names();
+            for (index, sequence) in recovered.iter().enumerate() {
+                let expected = index as SequenceId;
+                if sequence.id != expected {
+                    return Err(RebuildError::IdsNotDense {
+                        expected,
+                        found: sequence.id,
+                    });
+                }
+                let name = &sequence.name;
+                validate_name(name.as_bytes()).map_err(|error| RebuildError::InvalidName {
+                    name: name.clone(),
+                    error,
+                })?;
+                if sequence.resume_at > END_OF_SPACE {
+                    return Err(RebuildError::BeyondNumberSpace {
+                        name: name.clone(),
+                        resume_at: sequence.resume_at,
+                    });
+                }
+                if names.insert(name.as_str().into(), expected).is_some() {
+                    return Err(RebuildError::DuplicateName { name: name.clone() });
+                }
+                let at = sequence.resume_at;
+                registry.slots[index]
+                    .get_or_init(|| Box::new(Sequence::new(expected, name, at, at)));
+            }
+        }
+        Ok(registry)
+    }
+
     fn with_mode(max_sequences: u32, initial: u64, durable: bool) -> Registry {
+        let registry = Registry::empty(max_sequences, initial, durable);
+        registry.insert(DEFAULT_SEQUENCE, DEFAULT_NAME);
+        registry
+    }
+
+    fn empty(max_sequences: u32, initial: u64, durable: bool) -> Registry {
         assert!(max_sequences >= 1, "the default sequence needs a slot");
-        let registry = Registry {
+        Registry {
             slots: (0..max_sequences).map(|_| OnceLock::new()).collect(),
             names: Mutex::new(HashMap::new()),
             initial,
             durable,
-        };
-        registry.insert(DEFAULT_SEQUENCE, DEFAULT_NAME);
-        registry
+            signals: CeilingSignals::default(),
+        }
+    }
+
+    /// Whether numbers need a durable ceiling (false: memory only, every number issuable).
+    pub fn is_durable(&self) -> bool {
+        self.durable
+    }
+
+    /// Where a sequence created from now on begins.
+    pub fn initial(&self) -> u64 {
+        self.initial
+    }
+
+    /// The link between the loops and whoever raises ceilings.
+    #[inline]
+    pub fn ceiling_signals(&self) -> &CeilingSignals {
+        &self.signals
     }
 
     /// The sequence with this id, if it exists. Lock-free.
@@ -191,6 +303,67 @@ mod tests {
         assert!(r.get(2).is_none());
         // Existing names still resolve once the table is full.
         assert!(r.resolve(b"one").is_ok());
+    }
+
+    fn rec(id: SequenceId, name: &str, resume_at: u64) -> RecoveredSequence {
+        RecoveredSequence {
+            id,
+            name: name.into(),
+            resume_at,
+        }
+    }
+
+    #[test]
+    fn recovered_sequences_resume_with_nothing_issuable() {
+        let r = Registry::recovered(4, 1, &[rec(0, "default", 500), rec(1, "orders", 70)]).unwrap();
+        assert!(r.is_durable());
+        let orders = r.resolve(b"orders").unwrap();
+        assert_eq!(
+            (orders.id(), orders.current(), orders.ceiling()),
+            (1, 70, 70)
+        );
+        assert_eq!(
+            orders.reserve(1),
+            Err(crate::sequence::Refusal::AwaitingCeiling)
+        );
+        assert_eq!(r.get(0).unwrap().current(), 500);
+        // A new name takes the next id and begins at `initial`, nothing issuable.
+        let events = r.resolve(b"events").unwrap();
+        assert_eq!((events.id(), events.current(), events.ceiling()), (2, 1, 1));
+    }
+
+    #[test]
+    fn empty_recovery_is_a_fresh_durable_registry() {
+        let r = Registry::recovered(4, 9, &[]).unwrap();
+        let d = r.get(DEFAULT_SEQUENCE).unwrap();
+        assert_eq!((d.name(), d.current(), d.ceiling()), (DEFAULT_NAME, 9, 9));
+    }
+
+    #[test]
+    fn inconsistent_recoveries_are_refused() {
+        let cases = [
+            (vec![rec(0, "orders", 1)], "must be \"default\""),
+            (vec![rec(0, "default", 1), rec(2, "x", 1)], "ids must be"),
+            (vec![rec(0, "default", 1), rec(1, "default", 1)], "twice"),
+            (
+                vec![rec(0, "default", 1), rec(1, "a b", 1)],
+                "may contain only",
+            ),
+            (vec![rec(0, "default", u64::MAX)], "beyond the number space"),
+            (
+                vec![rec(0, "default", 1), rec(1, "a", 1), rec(2, "b", 1)],
+                "--max-sequences",
+            ),
+        ];
+        for (recovered, expected) in cases {
+            let err = Registry::recovered(2, 1, &recovered)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(expected),
+                "{err:?} should mention {expected:?}"
+            );
+        }
     }
 
     #[test]

@@ -479,7 +479,12 @@ impl EventLoop {
             conn.peer_closed = true;
             if conn.closing == Closing::No {
                 tracing::debug!(key, "peer closed its side");
-                return self.close_after_flush(key);
+                // A paused session still holds requests (`echo GETSEQ new | nc -N` waits for
+                // the new sequence's first durable ceiling): answer them first; the close
+                // follows when the session is done (see `after_session`).
+                if conn.paused.is_none() {
+                    return self.close_after_flush(key);
+                }
             }
         } else {
             match -result {
@@ -514,6 +519,7 @@ impl EventLoop {
             _ => None,
         };
         match status {
+            Status::Open if conn.peer_closed => self.close_after_flush(key),
             Status::Open => {
                 if conn.reading_stopped {
                     tracing::debug!(key, "resuming reads");

@@ -14,14 +14,68 @@ pub struct SeqdProcess {
     child: Option<Child>,
     pub addr: SocketAddr,
     log: Arc<Mutex<String>>,
+    /// The data directory made for this process, removed with it.
+    _data_dir: Option<tempfile::TempDir>,
+}
+
+/// A fresh, empty directory for a test, removed when dropped.
+pub fn temp_dir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("seqd-test-")
+        .tempdir()
+        .expect("cannot create a temporary directory")
 }
 
 impl SeqdProcess {
-    /// Starts seqd on 127.0.0.1 with a free port, two event loops and `args`.
+    /// Starts seqd on 127.0.0.1 with a free port, two event loops and `args`; with a data
+    /// directory of its own unless `args` name one (or `--in-memory`).
     pub fn start(args: &[&str]) -> SeqdProcess {
-        let mut all = vec!["--host=127.0.0.1", "--port=0", "--threads=2"];
-        all.extend_from_slice(args);
-        SeqdProcess::start_exact(&all)
+        let mut all: Vec<String> = ["--host=127.0.0.1", "--port=0", "--threads=2"]
+            .map(String::from)
+            .to_vec();
+        let data_dir = own_data_dir(args, &mut all);
+        all.extend(args.iter().map(|a| a.to_string()));
+        let all: Vec<&str> = all.iter().map(String::as_str).collect();
+        let mut process = SeqdProcess::start_exact(&all);
+        process._data_dir = data_dir;
+        process
+    }
+
+    /// Runs seqd with `args` (plus a free port and, unless named, a data directory of its
+    /// own) expecting it to refuse to start; returns its exit status and log.
+    pub fn start_failure(args: &[&str]) -> (ExitStatus, String) {
+        let mut all: Vec<String> = ["--host=127.0.0.1", "--port=0", "--threads=1"]
+            .map(String::from)
+            .to_vec();
+        let _data_dir = own_data_dir(args, &mut all);
+        all.extend(args.iter().map(|a| a.to_string()));
+        let mut child = Command::new(env!("CARGO_BIN_EXE_seqd"))
+            .args(&all)
+            .env_remove("SEQD_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("cannot start seqd");
+        let mut stderr = child.stderr.take().expect("stderr is piped");
+        let reader = std::thread::spawn(move || {
+            let mut log = String::new();
+            let _ = stderr.read_to_string(&mut log);
+            log
+        });
+        let deadline = Instant::now() + PATIENCE;
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("seqd did not exit although it was expected to refuse to start");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        (status, reader.join().unwrap())
     }
 
     /// Starts seqd with exactly `args`; they must make it listen on a free port.
@@ -31,17 +85,23 @@ impl SeqdProcess {
         SeqdProcess::launch(command)
     }
 
-    /// Starts seqd (on 127.0.0.1, a free port, two loops, plus `args`) with its soft limit
-    /// on open files lowered to `soft_limit`, as a default `ulimit -n` would.
+    /// Like [`SeqdProcess::start`], with the soft limit on open files lowered to
+    /// `soft_limit` first, as a default `ulimit -n` would.
     pub fn start_with_open_file_limit(soft_limit: u32, args: &[&str]) -> SeqdProcess {
+        let mut all: Vec<String> = ["--host=127.0.0.1", "--port=0", "--threads=2"]
+            .map(String::from)
+            .to_vec();
+        let data_dir = own_data_dir(args, &mut all);
+        all.extend(args.iter().map(|a| a.to_string()));
         let mut command = Command::new("sh");
         command
             .arg("-c")
             .arg(format!("ulimit -S -n {soft_limit} && exec \"$0\" \"$@\""))
             .arg(env!("CARGO_BIN_EXE_seqd"))
-            .args(["--host=127.0.0.1", "--port=0", "--threads=2"])
-            .args(args);
-        SeqdProcess::launch(command)
+            .args(&all);
+        let mut process = SeqdProcess::launch(command);
+        process._data_dir = data_dir;
+        process
     }
 
     fn launch(mut command: Command) -> SeqdProcess {
@@ -90,6 +150,7 @@ impl SeqdProcess {
             child: Some(child),
             addr,
             log,
+            _data_dir: None,
         }
     }
 
@@ -118,6 +179,29 @@ impl SeqdProcess {
     pub fn signal(&self, signal: i32) {
         // SAFETY: sending a signal to our own child process.
         unsafe { libc::kill(self.pid() as i32, signal) };
+    }
+
+    /// SIGKILL: the crash case. Returns once the process is gone.
+    pub fn kill(&mut self) {
+        self.signal(libc::SIGKILL);
+        self.wait();
+    }
+
+    /// SIGTERM, then waits for the graceful exit; returns its status.
+    pub fn terminate(&mut self) -> ExitStatus {
+        self.signal(libc::SIGTERM);
+        self.wait()
+    }
+
+    /// Waits until the log contains `text` (or fails the test).
+    pub fn wait_for_log(&self, text: &str) {
+        let deadline = Instant::now() + PATIENCE;
+        while !self.log().contains(text) {
+            if Instant::now() > deadline {
+                panic!("seqd never logged {text:?}; log:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// Waits for the process to exit and returns its status.
@@ -191,4 +275,17 @@ pub fn which(program: &str) -> Option<std::path::PathBuf> {
         .split(':')
         .map(|dir| std::path::Path::new(dir).join(program))
         .find(|p| p.is_file())
+}
+
+/// Adds a fresh data directory to `all` unless `args` choose one or `--in-memory`.
+fn own_data_dir(args: &[&str], all: &mut Vec<String>) -> Option<tempfile::TempDir> {
+    let chosen = args
+        .iter()
+        .any(|a| a.starts_with("--data-dir") || *a == "--in-memory");
+    if chosen {
+        return None;
+    }
+    let dir = temp_dir();
+    all.push(format!("--data-dir={}", dir.path().display()));
+    Some(dir)
 }

@@ -50,10 +50,17 @@ pub struct Server {
 }
 
 impl Server {
-    /// seqd on 127.0.0.1, a free port, one event loop, plus `args`.
+    /// seqd on 127.0.0.1, a free port, one event loop, memory only (tests run in parallel
+    /// and must not share a data directory), plus `args`.
     pub fn seqd(args: &[&str]) -> Server {
         let mut child = Command::new(seqd_binary())
-            .args(["--host=127.0.0.1", "--port=0", "--threads=1", "--no-pin"])
+            .args([
+                "--host=127.0.0.1",
+                "--port=0",
+                "--threads=1",
+                "--no-pin",
+                "--in-memory",
+            ])
             .args(args)
             .env_remove("SEQD_LOG")
             .stdin(Stdio::null())

@@ -1,0 +1,352 @@
+//! The data directory: its lock, and reading and atomically replacing its state file.
+//!
+//! Every write goes to `state.tmp`, is fsync'd, renamed over `state`, and the directory is
+//! fsync'd. The rename is atomic, so `state` only ever holds a complete file that was on disk
+//! before it got its name: a crash mid-write leaves the previous `state` in force and an
+//! unfinished `state.tmp`, which recovery removes. Any damage found in `state` itself can
+//! therefore not be a torn write; it is corruption and stops the start (see docs/STATE.md for
+//! why falling back to an older state would risk reissuing numbers).
+//!
+//! Writing a fresh file each time also sidesteps fsync's error semantics on Linux (after a
+//! failed fsync the page cache may mark unwritten pages clean, so retrying fsync on the same
+//! file can report success for data that never reached the disk): a retry writes new pages.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Seek, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+
+use super::format::{self, State};
+
+/// The state file, relative to the data directory.
+pub const STATE_FILE: &str = "state";
+/// Where a new state is written before it is renamed over [`STATE_FILE`].
+pub const TEMP_FILE: &str = "state.tmp";
+/// Held (flock) by the seqd using the directory; holds its pid.
+pub const LOCK_FILE: &str = "seqd.lock";
+
+/// A failed state write: which step, on which path, and the OS error.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot {step} {}: {source}", path.display())]
+pub struct WriteError {
+    pub step: &'static str,
+    pub path: PathBuf,
+    #[source]
+    pub source: io::Error,
+}
+
+/// Where the persister writes states: the data directory, or a stand-in in tests.
+pub trait StateSink: Send {
+    /// Makes `state` the durable state: when this returns `Ok`, it survives a crash or
+    /// power loss.
+    fn write_state(&mut self, state: &State) -> Result<(), WriteError>;
+    /// fsync calls made so far (for the persister's report).
+    fn fsyncs(&self) -> u64;
+    /// Where states go, for log messages.
+    fn location(&self) -> String;
+}
+
+/// An open, locked data directory.
+#[derive(Debug)]
+pub struct DataDir {
+    path: PathBuf,
+    /// Kept open to fsync the directory after each rename.
+    dir: File,
+    /// Holds the flock for as long as this process runs.
+    _lock: File,
+    /// The lock file already named an owner when we took it: a seqd ran here and wrote a
+    /// state before (the pid is recorded only after the first state is durable).
+    had_owner: bool,
+    /// Our pid is in the lock file (written after our first durable state).
+    owner_recorded: bool,
+    fsyncs: u64,
+}
+
+impl DataDir {
+    /// Opens the data directory (created if missing) and locks it against a second seqd.
+    pub fn open(path: &Path) -> anyhow::Result<DataDir> {
+        if !path.exists() {
+            let missing: Vec<&Path> = path
+                .ancestors()
+                .take_while(|p| !p.as_os_str().is_empty() && !p.exists())
+                .collect();
+            std::fs::create_dir_all(path)
+                .with_context(|| format!("cannot create data directory {}", path.display()))?;
+            // Each new directory's entry must survive a crash too: fsync every parent that
+            // gained one, outermost first.
+            for created in missing.iter().rev() {
+                let parent = created
+                    .parent()
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .unwrap_or(Path::new("."));
+                fsync_dir(parent)
+                    .with_context(|| format!("cannot fsync directory {}", parent.display()))?;
+            }
+        } else if !path.is_dir() {
+            bail!("data directory {} is not a directory", path.display());
+        }
+        let dir = File::open(path)
+            .with_context(|| format!("cannot open data directory {}", path.display()))?;
+        let lock_path = path.join(LOCK_FILE);
+        // Held open read-only: a file open for writing would keep the filesystem from being
+        // remounted read-only, and the pid is written through a short-lived descriptor.
+        OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o644)
+            .open(&lock_path)
+            .with_context(|| format!("cannot create lock file {}", lock_path.display()))?;
+        let mut lock = File::open(&lock_path)
+            .with_context(|| format!("cannot open lock file {}", lock_path.display()))?;
+        // SAFETY: flock on a descriptor we own; no memory is involved.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let error = io::Error::last_os_error();
+            if error.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                let holder = match read_owner(&mut lock) {
+                    Some(pid) => format!("pid {pid}"),
+                    None => "a process that has not recorded its pid yet".to_string(),
+                };
+                bail!(
+                    "data directory {} is in use by another seqd ({holder}, per {}): \
+                     two servers on one directory would issue the same numbers; stop the \
+                     other one or choose another --data-dir",
+                    path.display(),
+                    lock_path.display()
+                );
+            }
+            return Err(error).with_context(|| format!("cannot lock {}", lock_path.display()));
+        }
+        let had_owner = read_owner(&mut lock).is_some();
+        Ok(DataDir {
+            path: path.to_path_buf(),
+            dir,
+            _lock: lock,
+            had_owner,
+            owner_recorded: false,
+            fsyncs: 0,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn state_path(&self) -> PathBuf {
+        self.path.join(STATE_FILE)
+    }
+
+    /// Whether a seqd that had written a state here held the lock before.
+    pub fn had_owner(&self) -> bool {
+        self.had_owner
+    }
+
+    /// Reads the state, if there is one. An unfinished write (`state.tmp`) is removed: it
+    /// never took effect. A state file that cannot be read or decoded is an error naming it.
+    pub fn read_state(&self) -> anyhow::Result<Option<State>> {
+        let temp = self.path.join(TEMP_FILE);
+        match std::fs::remove_file(&temp) {
+            Ok(()) => tracing::warn!(
+                "removed {}: a state write that a crash interrupted (it never took effect)",
+                temp.display()
+            ),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(e).with_context(|| format!("cannot remove {}", temp.display()));
+            }
+        }
+        let path = self.state_path();
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("cannot read state file {}", path.display()));
+            }
+        };
+        let state = format::decode(&bytes).with_context(|| {
+            format!(
+                "state file {} is unusable; seqd will not guess where its sequences stand \
+                 (see docs/STATE.md, \"Recovery\")",
+                path.display()
+            )
+        })?;
+        Ok(Some(state))
+    }
+
+    /// Records this process's pid in the lock file, for a second seqd's error message. Done
+    /// after the first state is durable: a recorded owner tells later starts that a state
+    /// must exist.
+    fn record_owner(&mut self) -> Result<(), WriteError> {
+        let path = self.path.join(LOCK_FILE);
+        let pid = format!("{}\n", std::process::id());
+        self.fsyncs += 1;
+        let written = OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(&path)
+            .and_then(|mut file| {
+                file.write_all(pid.as_bytes())?;
+                file.sync_all()
+            });
+        written.map_err(|source| WriteError {
+            step: "record the pid in",
+            path,
+            source,
+        })?;
+        self.owner_recorded = true;
+        Ok(())
+    }
+}
+
+impl StateSink for DataDir {
+    fn write_state(&mut self, state: &State) -> Result<(), WriteError> {
+        let temp = self.path.join(TEMP_FILE);
+        let target = self.state_path();
+        let bytes = format::encode(state);
+        let fail = |step, path: &Path, source| WriteError {
+            step,
+            path: path.to_path_buf(),
+            source,
+        };
+        let written = (|| {
+            let mut file = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o644)
+                .open(&temp)
+                .map_err(|e| fail("create", &temp, e))?;
+            file.write_all(&bytes)
+                .map_err(|e| fail("write", &temp, e))?;
+            self.fsyncs += 1;
+            file.sync_all().map_err(|e| fail("fsync", &temp, e))?;
+            std::fs::rename(&temp, &target).map_err(|e| fail("rename over", &target, e))
+        })();
+        if let Err(e) = written {
+            // Best effort: a partial file should not hold on to space on a full disk.
+            let _ = std::fs::remove_file(&temp);
+            return Err(e);
+        }
+        self.fsyncs += 1;
+        self.dir
+            .sync_all()
+            .map_err(|e| fail("fsync directory", &self.path, e))?;
+        if !self.owner_recorded {
+            self.record_owner()?;
+        }
+        Ok(())
+    }
+
+    fn fsyncs(&self) -> u64 {
+        self.fsyncs
+    }
+
+    fn location(&self) -> String {
+        self.state_path().display().to_string()
+    }
+}
+
+/// The pid recorded in a lock file, if any.
+fn read_owner(lock: &mut File) -> Option<u32> {
+    let mut text = String::new();
+    lock.seek(io::SeekFrom::Start(0)).ok()?;
+    lock.take(64).read_to_string(&mut text).ok()?;
+    text.trim().parse().ok()
+}
+
+fn fsync_dir(path: &Path) -> io::Result<()> {
+    File::open(path)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::format::SequenceRecord;
+
+    fn state(generation: u64, ceiling: u64) -> State {
+        State {
+            generation,
+            clean_shutdown: false,
+            written_at_ms: 0,
+            sequences: vec![SequenceRecord {
+                id: 0,
+                name: "default".into(),
+                next: 1,
+                ceiling,
+            }],
+        }
+    }
+
+    #[test]
+    fn a_new_directory_is_created_empty_and_written_atomically() {
+        let parent = tempfile::tempdir().unwrap();
+        let path = parent.path().join("nested/data");
+        let mut dir = DataDir::open(&path).unwrap();
+        assert!(!dir.had_owner());
+        assert_eq!(dir.read_state().unwrap(), None);
+        dir.write_state(&state(1, 100)).unwrap();
+        assert_eq!(dir.fsyncs(), 3, "file, directory and the lock file's pid");
+        dir.write_state(&state(2, 200)).unwrap();
+        assert_eq!(dir.fsyncs(), 5, "file and directory, per write");
+        assert_eq!(dir.read_state().unwrap(), Some(state(2, 200)));
+        assert!(!path.join(TEMP_FILE).exists());
+    }
+
+    #[test]
+    fn a_second_opener_is_refused_with_the_holders_pid() {
+        let parent = tempfile::tempdir().unwrap();
+        let mut first = DataDir::open(parent.path()).unwrap();
+        let err = DataDir::open(parent.path()).unwrap_err().to_string();
+        assert!(err.contains("has not recorded its pid yet"), "{err}");
+        first.write_state(&state(1, 100)).unwrap();
+        let err = DataDir::open(parent.path()).unwrap_err().to_string();
+        assert!(
+            err.contains(&format!(
+                "in use by another seqd (pid {}",
+                std::process::id()
+            )),
+            "{err}"
+        );
+        drop(first);
+        let again = DataDir::open(parent.path()).unwrap();
+        assert!(again.had_owner(), "the pid stays behind as a marker");
+    }
+
+    #[test]
+    fn an_unfinished_write_is_removed_and_the_previous_state_kept() {
+        let parent = tempfile::tempdir().unwrap();
+        let mut dir = DataDir::open(parent.path()).unwrap();
+        dir.write_state(&state(1, 100)).unwrap();
+        let torn = format::encode(&state(2, 200));
+        std::fs::write(parent.path().join(TEMP_FILE), &torn[..torn.len() / 2]).unwrap();
+        assert_eq!(dir.read_state().unwrap(), Some(state(1, 100)));
+        assert!(!parent.path().join(TEMP_FILE).exists());
+    }
+
+    #[test]
+    fn a_damaged_state_is_an_error_naming_the_file() {
+        let parent = tempfile::tempdir().unwrap();
+        let mut dir = DataDir::open(parent.path()).unwrap();
+        dir.write_state(&state(1, 100)).unwrap();
+        let path = parent.path().join(STATE_FILE);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[40] ^= 0x20;
+        std::fs::write(&path, &bytes).unwrap();
+        let err = format!("{:#}", dir.read_state().unwrap_err());
+        assert!(err.contains(&path.display().to_string()), "{err}");
+        assert!(err.contains("checksum mismatch"), "{err}");
+    }
+
+    #[test]
+    fn a_file_in_place_of_the_directory_is_refused() {
+        let parent = tempfile::tempdir().unwrap();
+        let path = parent.path().join("file");
+        std::fs::write(&path, b"x").unwrap();
+        let err = DataDir::open(&path).unwrap_err().to_string();
+        assert!(err.contains("is not a directory"), "{err}");
+    }
+}

@@ -1,0 +1,301 @@
+//! Start-up with durable state: open and lock the data directory, load the state, decide
+//! where every sequence resumes, and make the first windows durable before serving.
+//!
+//! Rules (docs/STATE.md, "Recovery"):
+//! - every recovered sequence resumes at its ceiling: nothing at or above it was issued; after
+//!   a clean shutdown the ceiling is the exact next number, so nothing is skipped;
+//! - `--initial` only sets where *new* sequences begin; an explicit value below a recovered
+//!   sequence's resume point is refused (it reads like seed 001's "restart at N" and would
+//!   reissue numbers if it were honoured);
+//! - no state in a fresh directory is a fresh start; no state where a previous seqd recorded
+//!   itself as owner (so a state existed) is refused, never a silent restart at `--initial`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+
+use super::data_dir::DataDir;
+use super::format::State;
+use super::persister::Persister;
+use super::window::WindowPolicy;
+use crate::sequence::{RecoveredSequence, Registry};
+
+/// How many recovered sequences are logged one by one at info level (the rest at debug).
+const LOGGED_SEQUENCES: usize = 16;
+
+/// What the command line says about sequences.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub max_sequences: u32,
+    /// Where new sequences begin.
+    pub initial: u64,
+    /// Whether `--initial` was given explicitly (only then is it checked against the state).
+    pub initial_explicit: bool,
+    pub policy: WindowPolicy,
+}
+
+/// A recovered, durable server state, ready to serve.
+pub struct Durable {
+    pub registry: Arc<Registry>,
+    /// Already wrote the first windows; spawn it once the event loops can be woken.
+    pub persister: Persister,
+}
+
+/// Why the recovered state does not allow a start.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RecoveryError {
+    #[error(
+        "state file {} is missing, but a seqd that had written it used this data directory \
+         before (its pid is in {}): starting again at --initial could reissue numbers. Restore \
+         the state file; or, only if no number from this directory is in use anywhere, remove \
+         the directory to start afresh",
+        path.display(),
+        lock.display()
+    )]
+    MissingState { path: PathBuf, lock: PathBuf },
+    #[error(
+        "--initial={initial} is below where sequence {name:?} resumes ({resume_at}): numbers \
+         below that may already have been issued, and --initial never moves an existing \
+         sequence back (it only sets where new sequences begin). Omit --initial to continue, \
+         or give at least {highest}"
+    )]
+    InitialBelowRecovered {
+        initial: u64,
+        name: String,
+        resume_at: u64,
+        highest: u64,
+    },
+}
+
+/// Decides where each recovered sequence resumes. `had_owner`: a seqd that had written a
+/// state held the directory before.
+pub fn plan(
+    previous: Option<&State>,
+    had_owner: bool,
+    options: &Options,
+    dir: &Path,
+) -> Result<Vec<RecoveredSequence>, RecoveryError> {
+    let Some(state) = previous else {
+        if had_owner {
+            return Err(RecoveryError::MissingState {
+                path: dir.join(super::data_dir::STATE_FILE),
+                lock: dir.join(super::data_dir::LOCK_FILE),
+            });
+        }
+        return Ok(Vec::new());
+    };
+    if options.initial_explicit {
+        let highest = state.sequences.iter().map(|s| s.ceiling).max().unwrap_or(0);
+        if let Some(above) = state.sequences.iter().find(|s| s.ceiling > options.initial) {
+            return Err(RecoveryError::InitialBelowRecovered {
+                initial: options.initial,
+                name: above.name.clone(),
+                resume_at: above.ceiling,
+                highest,
+            });
+        }
+    }
+    Ok(state
+        .sequences
+        .iter()
+        .map(|s| RecoveredSequence {
+            id: s.id,
+            name: s.name.clone(),
+            resume_at: s.ceiling,
+        })
+        .collect())
+}
+
+/// Opens `dir`, recovers its state and writes the first windows. Every failure is a start-up
+/// error that names the file concerned.
+pub fn open(dir: &Path, options: &Options) -> anyhow::Result<Durable> {
+    let data_dir = DataDir::open(dir)?;
+    let previous = data_dir.read_state()?;
+    let state_path = data_dir.state_path();
+    let recovered = plan(previous.as_ref(), data_dir.had_owner(), options, dir)?;
+    let registry = Registry::recovered(options.max_sequences, options.initial, &recovered)
+        .with_context(|| format!("state file {} is inconsistent", state_path.display()))?;
+    let registry = Arc::new(registry);
+    log_recovery(previous.as_ref(), &state_path, options);
+
+    let mut persister = Persister::new(
+        Box::new(data_dir),
+        registry.clone(),
+        options.policy,
+        previous.as_ref(),
+    );
+    persister
+        .raise_now()
+        .with_context(|| format!("cannot write the state file {}", state_path.display()))?;
+    Ok(Durable {
+        registry,
+        persister,
+    })
+}
+
+fn log_recovery(previous: Option<&State>, path: &Path, options: &Options) {
+    let Some(state) = previous else {
+        tracing::info!(
+            "new data directory: state file {} created; sequences begin at {}",
+            path.display(),
+            options.initial
+        );
+        return;
+    };
+    let age = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .ok()
+        .and_then(|now| now.checked_sub(Duration::from_millis(state.written_at_ms)))
+        .map_or_else(
+            || "at an unknown time".to_string(),
+            |d| format!("{}s ago", d.as_secs()),
+        );
+    if state.clean_shutdown {
+        tracing::info!(
+            "recovered {} sequences from {} (generation {}, written {age} by a clean \
+             shutdown): every sequence continues exactly where it stopped",
+            state.sequences.len(),
+            path.display(),
+            state.generation,
+        );
+    } else {
+        tracing::warn!(
+            "recovered {} sequences from {} (generation {}, written {age}); the previous run \
+             did not shut down cleanly (crash, kill or power loss): every sequence resumes at \
+             its durable ceiling, above every number it could have issued",
+            state.sequences.len(),
+            path.display(),
+            state.generation,
+        );
+    }
+    for (index, sequence) in state.sequences.iter().enumerate() {
+        let skipped = sequence.ceiling - sequence.next;
+        if index < LOGGED_SEQUENCES {
+            tracing::info!(
+                "sequence {:?} (id {}) resumes at {}{}",
+                sequence.name,
+                sequence.id,
+                sequence.ceiling,
+                if state.clean_shutdown {
+                    String::new()
+                } else {
+                    format!(" (skipping at most {skipped} numbers)")
+                }
+            );
+        } else {
+            tracing::debug!(
+                "sequence {:?} (id {}) resumes at {} (skipping at most {skipped})",
+                sequence.name,
+                sequence.id,
+                sequence.ceiling
+            );
+        }
+    }
+    if state.sequences.len() > LOGGED_SEQUENCES {
+        tracing::info!(
+            "... and {} more sequences (listed at debug level)",
+            state.sequences.len() - LOGGED_SEQUENCES
+        );
+    }
+    if options.initial_explicit {
+        tracing::info!(
+            "--initial={} applies to sequences created from now on; recovered ones continue \
+             where they were",
+            options.initial
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::format::SequenceRecord;
+
+    fn options(initial: u64, explicit: bool) -> Options {
+        Options {
+            max_sequences: 8,
+            initial,
+            initial_explicit: explicit,
+            policy: WindowPolicy { max_crash_gap: 100 },
+        }
+    }
+
+    fn state() -> State {
+        let record = |id, name: &str, next, ceiling| SequenceRecord {
+            id,
+            name: name.into(),
+            next,
+            ceiling,
+        };
+        State {
+            generation: 3,
+            clean_shutdown: false,
+            written_at_ms: 0,
+            sequences: vec![record(0, "default", 90, 120), record(1, "orders", 7, 50)],
+        }
+    }
+
+    #[test]
+    fn every_sequence_resumes_at_its_ceiling() {
+        let plan = plan(Some(&state()), true, &options(1, false), Path::new("/d")).unwrap();
+        let resume: Vec<(&str, u64)> = plan
+            .iter()
+            .map(|s| (s.name.as_str(), s.resume_at))
+            .collect();
+        assert_eq!(resume, [("default", 120), ("orders", 50)]);
+    }
+
+    #[test]
+    fn an_explicit_initial_below_a_recovered_sequence_is_refused() {
+        let err = plan(Some(&state()), true, &options(100, true), Path::new("/d")).unwrap_err();
+        assert_eq!(
+            err,
+            RecoveryError::InitialBelowRecovered {
+                initial: 100,
+                name: "default".into(),
+                resume_at: 120,
+                highest: 120
+            }
+        );
+        assert!(
+            err.to_string()
+                .contains("never moves an existing sequence back")
+        );
+        // At or above every resume point it is accepted (for new sequences).
+        assert!(plan(Some(&state()), true, &options(120, true), Path::new("/d")).is_ok());
+        // The default --initial is never checked.
+        assert!(plan(Some(&state()), true, &options(1, false), Path::new("/d")).is_ok());
+    }
+
+    #[test]
+    fn no_state_is_a_fresh_start_only_where_none_was_written() {
+        assert_eq!(
+            plan(None, false, &options(5, true), Path::new("/d")).unwrap(),
+            vec![]
+        );
+        let err = plan(None, true, &options(5, true), Path::new("/d")).unwrap_err();
+        assert!(matches!(err, RecoveryError::MissingState { .. }));
+        assert!(err.to_string().contains("/d/state is missing"), "{err}");
+    }
+
+    #[test]
+    fn open_recovers_what_a_previous_run_wrote() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = open(dir.path(), &options(10, true)).unwrap();
+        let default = first.registry.get(0).unwrap();
+        assert_eq!(default.reserve(5), Ok(10));
+        let ceiling = default.ceiling();
+        assert_eq!(ceiling, 110, "max crash gap 100");
+        drop(first); // a crash: no final write
+        let second = open(dir.path(), &options(1, false)).unwrap();
+        assert_eq!(second.registry.get(0).unwrap().reserve(1), Ok(ceiling));
+        drop(second);
+        let mut refused = std::fs::read(dir.path().join("state")).unwrap();
+        refused.truncate(10);
+        std::fs::write(dir.path().join("state"), refused).unwrap();
+        let err = format!("{:#}", open(dir.path(), &options(1, false)).err().unwrap());
+        assert!(err.contains("state is unusable"), "{err}");
+    }
+}
