@@ -6,6 +6,9 @@
 //! let range = client.get_batch(100)?;         // 100 consecutive numbers
 //! let orders = client.open("orders")?;        // a named sequence
 //! let order_id = client.get_from(orders)?;
+//! // A range lease (seed 000): a retry with the same ids gets the same range.
+//! let lease = client.lease(orders, 20, Some(("scanner-7", "42")))?;
+//! client.ack(orders, lease)?;
 //! # Ok::<(), seqd::client::ClientError>(())
 //! ```
 
@@ -135,6 +138,37 @@ impl Client {
             Response::Current(n) => Ok(n),
             other => Err(unexpected(&other)),
         }
+    }
+
+    /// Leases `count` consecutive numbers of `sequence` until they are acknowledged with
+    /// [`Client::ack`]. With `ids` (client id, request id), a retry after a lost reply or a
+    /// lost connection returns the same range — also after a server restart.
+    pub fn lease(
+        &mut self,
+        sequence: SequenceId,
+        count: u64,
+        ids: Option<(&str, &str)>,
+    ) -> Result<Range<u64>, ClientError> {
+        self.out.clear();
+        let ids = ids.map(|(client, request)| crate::protocol::LeaseIds {
+            client: client.as_bytes(),
+            request: request.as_bytes(),
+        });
+        binary::encode_lease(&mut self.out, sequence, count, ids);
+        self.stream.write_all(&self.out)?;
+        let (count, first) = self.read_reply(opcode::LEASE)?;
+        Ok(first..first + u64::from(count))
+    }
+
+    /// Acknowledges the lease of exactly `range`. Answered once the acknowledgement is
+    /// durable; an expired lease is [`ErrorCode::Expired`], an unknown or mismatched range
+    /// [`ErrorCode::NoLease`].
+    pub fn ack(&mut self, sequence: SequenceId, range: Range<u64>) -> Result<(), ClientError> {
+        self.out.clear();
+        let count = range.end.saturating_sub(range.start);
+        binary::encode_ack(&mut self.out, sequence, range.start, count);
+        self.stream.write_all(&self.out)?;
+        self.read_reply(opcode::ACK).map(drop)
     }
 
     pub fn ping(&mut self) -> Result<(), ClientError> {

@@ -2,6 +2,7 @@
 //! (`--initial=1000 --port=10002 --host=0.0.0.0 --max-connections=500`).
 
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Parser;
@@ -76,6 +77,33 @@ pub struct Config {
     #[arg(long, default_value_t = 1_000_000, value_name = "N")]
     pub max_batch: u64,
 
+    /// How long a range lease (GET_SEQUENCE_RANGE) may stay unacknowledged before it
+    /// expires; also how long a finished lease is remembered for retries and repeated ACKs.
+    /// An expired lease is retired: its numbers are never issued again (see --lease-reuse).
+    #[arg(
+        long,
+        default_value = "30s",
+        value_parser = humantime::parse_duration,
+        value_name = "DURATION"
+    )]
+    pub lease_timeout: Duration,
+
+    /// Return the numbers of leases that expired unacknowledged to a pool, and hand them out
+    /// again, instead of retiring them: fewer gaps, but UNSAFE when a client may use numbers
+    /// before its ACK is answered (the seed's client stores them first): two clients may then
+    /// hold the same number. Leases from the pool are also lower than numbers issued before.
+    #[arg(long)]
+    pub lease_reuse: bool,
+
+    /// Most unacknowledged leases one client id may hold.
+    #[arg(long, default_value_t = crate::lease::DEFAULT_MAX_PER_CLIENT, value_name = "N")]
+    pub max_leases_per_client: u32,
+
+    /// Most leases the server remembers at once (unacknowledged ones, and finished ones kept
+    /// for retries); every lease change rewrites the state file, which grows with this.
+    #[arg(long, default_value_t = crate::lease::DEFAULT_MAX_TRACKED, value_name = "N")]
+    pub max_leases: usize,
+
     /// Event loops to run [default: one per CPU this process may use; see `taskset`].
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
@@ -114,6 +142,17 @@ impl Config {
         if self.max_connections == 0 {
             bail!("--max-connections must be at least 1");
         }
+        if self.lease_timeout < Duration::from_millis(1)
+            || self.lease_timeout > Duration::from_secs(30 * 24 * 3600)
+        {
+            bail!("--lease-timeout must be between 1ms and 30 days");
+        }
+        if self.max_leases_per_client == 0 || self.max_leases == 0 {
+            bail!("--max-leases-per-client and --max-leases must be at least 1");
+        }
+        if self.max_leases > 10_000_000 {
+            bail!("--max-leases must be at most 10000000");
+        }
         if self.threads == Some(0) {
             bail!("--threads must be at least 1");
         }
@@ -122,6 +161,17 @@ impl Config {
 
     pub fn pin(&self) -> bool {
         !self.no_pin
+    }
+
+    /// What the lease table enforces.
+    pub fn lease_settings(&self) -> crate::lease::LeaseSettings {
+        crate::lease::LeaseSettings {
+            timeout: self.lease_timeout,
+            max_size: self.max_batch,
+            max_per_client: self.max_leases_per_client,
+            max_tracked: self.max_leases,
+            reuse: self.lease_reuse,
+        }
     }
 
     /// Where new sequences begin.
@@ -214,6 +264,25 @@ mod tests {
         assert!(Config::try_parse_from(["seqd", "--in-memory", "--data-dir=x"]).is_err());
         let err = parse(&["--max-crash-gap=0"]).validate().unwrap_err();
         assert!(err.to_string().contains("--max-crash-gap"));
+    }
+
+    #[test]
+    fn lease_flags() {
+        let c = parse(&[]);
+        assert_eq!(c.lease_timeout, crate::lease::DEFAULT_TIMEOUT);
+        assert!(!c.lease_reuse);
+        let c = parse(&["--lease-timeout=250ms", "--lease-reuse", "--max-leases=5"]);
+        let settings = c.lease_settings();
+        assert_eq!(settings.timeout, Duration::from_millis(250));
+        assert!(settings.reuse);
+        assert_eq!(settings.max_tracked, 5);
+        assert_eq!(
+            settings.max_size, 1_000_000,
+            "leases are capped like batches"
+        );
+        assert!(Config::try_parse_from(["seqd", "--lease-timeout=soon"]).is_err());
+        let err = parse(&["--lease-timeout=0s"]).validate().unwrap_err();
+        assert!(err.to_string().contains("--lease-timeout"));
     }
 
     #[test]

@@ -3,8 +3,10 @@
 
 pub mod client;
 pub mod config;
+pub mod lease;
 pub mod protocol;
 pub mod sequence;
 pub mod server;
 pub mod session;
 pub mod store;
+pub mod stream;

@@ -8,10 +8,13 @@ use std::sync::{Arc, mpsc};
 use anyhow::Context;
 use clap::Parser;
 use seqd::config::Config;
+use seqd::lease::Keeper;
 use seqd::sequence::Registry;
 use seqd::server::{Event, Server, Settings};
 use seqd::session::Limits;
+use seqd::store::commits::Commits;
 use seqd::store::persister::{Persister, Report};
+use seqd::store::records::Records;
 use seqd::store::recovery;
 use seqd::store::window::WindowPolicy;
 use signal_hook::consts::{SIGINT, SIGTERM};
@@ -74,7 +77,14 @@ fn run(config: Config) -> anyhow::Result<()> {
         })
         .context("cannot start the signal thread")?;
 
-    let (registry, persister) = open_sequences(&config)?;
+    let (registry, records, persister) = open_sequences(&config)?;
+    if config.lease_reuse {
+        tracing::warn!(
+            "--lease-reuse: numbers of leases that expire unacknowledged are handed out again; \
+             unsafe if a client uses numbers before its ACK is answered (two clients could hold \
+             the same number)"
+        );
+    }
 
     let settings = Settings {
         addr,
@@ -87,7 +97,8 @@ fn run(config: Config) -> anyhow::Result<()> {
     };
     // Should this fail, the first windows stay on disk unused: the next start skips them
     // (the safe direction; an event loop that did start may have issued from them).
-    let server = Server::start(&settings, registry, events_tx)?;
+    let server = Server::start(&settings, registry.clone(), records.clone(), events_tx)?;
+    let keeper = Keeper::spawn(records, registry)?;
     let persister = match persister {
         Some(persister) => {
             let wakers = server.wakers();
@@ -136,6 +147,7 @@ fn run(config: Config) -> anyhow::Result<()> {
     }
     signal_handle.close();
     server.join();
+    keeper.stop();
     // The loops have stopped, so the next numbers are final: record them.
     if let Some(persister) = persister {
         log_report(&persister.shutdown()?);
@@ -149,9 +161,11 @@ fn run(config: Config) -> anyhow::Result<()> {
     }
 }
 
-/// The sequences to serve: recovered from the data directory (with the persister that keeps
-/// them durable, its first windows already written), or fresh in memory.
-fn open_sequences(config: &Config) -> anyhow::Result<(Arc<Registry>, Option<Persister>)> {
+/// The sequences, leases and streams to serve: recovered from the data directory (with the
+/// persister that keeps them durable, its first windows already written), or fresh in memory.
+fn open_sequences(
+    config: &Config,
+) -> anyhow::Result<(Arc<Registry>, Arc<Records>, Option<Persister>)> {
     if config.in_memory {
         tracing::info!(
             initial = config.initial(),
@@ -159,7 +173,8 @@ fn open_sequences(config: &Config) -> anyhow::Result<(Arc<Registry>, Option<Pers
              --initial"
         );
         let registry = Registry::new(config.max_sequences, config.initial());
-        return Ok((Arc::new(registry), None));
+        let records = Records::empty(Commits::memory_only(), config.lease_settings());
+        return Ok((Arc::new(registry), Arc::new(records), None));
     }
     let options = recovery::Options {
         max_sequences: config.max_sequences,
@@ -168,6 +183,7 @@ fn open_sequences(config: &Config) -> anyhow::Result<(Arc<Registry>, Option<Pers
         policy: WindowPolicy {
             max_crash_gap: config.max_crash_gap,
         },
+        leases: config.lease_settings(),
     };
     let durable = recovery::open(&config.data_dir, &options)?;
     tracing::info!(
@@ -175,7 +191,7 @@ fn open_sequences(config: &Config) -> anyhow::Result<(Arc<Registry>, Option<Pers
         "durable state in {}: every number is issued below a ceiling already on disk",
         config.data_dir.display()
     );
-    Ok((durable.registry, Some(durable.persister)))
+    Ok((durable.registry, durable.records, Some(durable.persister)))
 }
 
 fn log_report(report: &Report) {

@@ -5,12 +5,20 @@
 //! two receives is copied (into `carry`). Consecutive number requests on the same sequence form
 //! a *run* that is served with one reservation — one atomic operation however many requests
 //! the run holds — and then answered in order.
+//!
+//! A lease request (seed 000) changes durable records: its reply waits, with everything the
+//! client sent after it, until the change is on disk (the session pauses; the loop resumes it
+//! when the persister wakes it).
 
 use std::collections::HashMap;
 use std::marker::PhantomData;
 
-use crate::protocol::{self, ParseError, ParseOk, Problem, Reply, Request, Target, binary, text};
+use crate::lease::GrantError;
+use crate::protocol::{
+    self, LeaseIds, ParseError, ParseOk, Problem, Reply, Request, Target, binary, text,
+};
 use crate::sequence::{DEFAULT_SEQUENCE, Refusal, Registry, Sequence, SequenceId};
+use crate::store::records::Records;
 
 /// Stop decoding new requests once this many reply bytes wait to be sent: the client is not
 /// reading. Decoding resumes when the backlog has been sent.
@@ -27,6 +35,7 @@ pub struct Limits {
 #[derive(Debug)]
 pub struct LoopState {
     registry: std::sync::Arc<Registry>,
+    records: std::sync::Arc<Records>,
     limits: Limits,
     /// Name → id, so text requests that name a sequence take no lock.
     names: HashMap<Box<[u8]>, SequenceId>,
@@ -35,9 +44,25 @@ pub struct LoopState {
 }
 
 impl LoopState {
+    /// A loop state whose leases live in memory only (benchmarks, tests).
     pub fn new(registry: std::sync::Arc<Registry>, limits: Limits) -> LoopState {
+        let settings = crate::lease::LeaseSettings {
+            max_size: limits.max_batch,
+            ..Default::default()
+        };
+        let commits = crate::store::commits::Commits::memory_only();
+        let records = std::sync::Arc::new(Records::empty(commits, settings));
+        LoopState::with_records(registry, records, limits)
+    }
+
+    pub fn with_records(
+        registry: std::sync::Arc<Registry>,
+        records: std::sync::Arc<Records>,
+        limits: Limits,
+    ) -> LoopState {
         LoopState {
             registry,
+            records,
             limits,
             names: HashMap::new(),
             run: Vec::with_capacity(1024),
@@ -89,6 +114,16 @@ pub enum Pause {
     Backpressure,
     /// A request needs numbers above this sequence's durable ceiling: resume once it rises.
     AwaitingCeiling(SequenceId),
+    /// A reply waits for this change to lease records to be durable (see
+    /// [`Commits`](crate::store::commits::Commits)).
+    AwaitingDurable(u64),
+}
+
+impl Pause {
+    /// Whether the pause ends with a write of the persister (which wakes the loops).
+    pub fn waits_for_persister(self) -> bool {
+        matches!(self, Pause::AwaitingCeiling(_) | Pause::AwaitingDurable(_))
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -197,7 +232,17 @@ enum Flow {
     Joined(u64),
     /// Stop decoding; the request just decoded was *not* handled and must be decoded again.
     Park(SequenceId),
+    /// Stop decoding; the request was handled, its reply waits until a change is durable.
+    Wait(Awaiting),
     Close,
+}
+
+/// A reply held until the change it reports is on disk.
+#[derive(Debug, Clone, Copy)]
+struct Awaiting {
+    reply: Reply<'static>,
+    change: u64,
+    opcode: u8,
 }
 
 #[derive(Debug, Default)]
@@ -208,8 +253,12 @@ pub struct Session {
     carry: Vec<u8>,
     /// A run refused for want of durable numbers, answered first on resume.
     parked: Option<Run>,
+    /// A reply waiting for its change to be durable, sent first on resume.
+    awaiting: Option<Awaiting>,
     pause: Option<Pause>,
     closing: bool,
+    /// The client sent its last byte: a final text line needs no line ending.
+    input_ended: bool,
 }
 
 /// Carry capacity kept between frames; larger buffers are released once empty.
@@ -260,6 +309,25 @@ impl Session {
         }
     }
 
+    /// The client will send nothing more. A last text line without a line ending is taken as
+    /// complete (`printf 'GET_SEQUENCE_RANGE 20' | nc -N`, or seed 000's client, which sends
+    /// `ACK start,end` without one and closes).
+    pub fn end_of_input(&mut self, state: &mut LoopState, out: &mut Vec<u8>) -> Status {
+        self.input_ended = true;
+        if self.closing {
+            return Status::Closing;
+        }
+        if let Some(pause) = self.pause {
+            return Status::Paused(pause);
+        }
+        match self.codec {
+            Some(Codec::Text) if !self.carry.is_empty() => {
+                self.process::<TextWire>(&[], state, out)
+            }
+            _ => Status::Open,
+        }
+    }
+
     /// Continues after a pause: answers a parked run, then decodes held-back input.
     pub fn resume(&mut self, state: &mut LoopState, out: &mut Vec<u8>) -> Status {
         if self.closing {
@@ -279,6 +347,14 @@ impl Session {
     }
 
     fn resume_with<W: Wire>(&mut self, state: &mut LoopState, out: &mut Vec<u8>) -> Status {
+        if let Some(awaiting) = self.awaiting {
+            match answer_when_durable::<W>(awaiting, state, out) {
+                Some(Flow::Wait(awaiting)) => {
+                    return self.paused(Pause::AwaitingDurable(awaiting.change));
+                }
+                _ => self.awaiting = None,
+            }
+        }
         if let Some(run) = self.parked.take() {
             let mut executor = Executor::<W>::new(state, out, run);
             if let Err(sequence) = executor.flush() {
@@ -319,6 +395,14 @@ impl Session {
                 }
                 Err(ParseError::Incomplete(need)) => {
                     if data.is_empty() {
+                        if self.input_ended
+                            && self.codec == Some(Codec::Text)
+                            && !self.carry.ends_with(b"\n")
+                        {
+                            // Nothing more will come: the last line is complete as it is.
+                            self.carry.push(b'\n');
+                            continue;
+                        }
                         break;
                     }
                     let take = match need {
@@ -376,6 +460,12 @@ impl Session {
                 self.closing = true;
                 self.carry = Vec::new();
                 Status::Closing
+            }
+            Flow::Wait(awaiting) => {
+                self.carry.extend_from_slice(data);
+                self.awaiting = Some(awaiting);
+                self.pause = Some(Pause::AwaitingDurable(awaiting.change));
+                Status::Paused(Pause::AwaitingDurable(awaiting.change))
             }
             Flow::Park(sequence) => {
                 self.carry.extend_from_slice(data);
@@ -500,6 +590,18 @@ impl<'s, 'o, W: Wire> Executor<'s, 'o, W> {
                 W::encode(self.out, &Reply::Ok);
                 return Flow::Close;
             }
+            Request::Lease {
+                target,
+                count,
+                ids,
+                framing,
+            } => return self.lease(target, count, ids, framing),
+            Request::Ack {
+                target,
+                first,
+                last,
+            } => return self.acknowledge(target, first, last),
+            Request::LeaseStats => (0, Ok(Reply::LeaseStats(self.state.records.leases.stats()))),
             Request::RedisHandshake {
                 config_get: Some(parameter),
             } => (0, Ok(Reply::UnsetConfig(parameter))),
@@ -507,6 +609,81 @@ impl<'s, 'o, W: Wire> Executor<'s, 'o, W> {
             Request::Invalid(problem) => (0, Err(problem)),
             Request::Get { .. } | Request::Nothing => unreachable!("handled by handle()"),
         };
+        let reply = reply.unwrap_or_else(|problem| Reply::Error { opcode, problem });
+        W::encode(self.out, &reply);
+        Flow::Continue
+    }
+
+    /// `GET_SEQUENCE_RANGE`: grants (or finds again) a lease; the reply waits until the lease
+    /// is durable.
+    fn lease(
+        &mut self,
+        target: Target<'_>,
+        count: u64,
+        ids: Option<LeaseIds<'_>>,
+        framing: protocol::Framing,
+    ) -> Flow {
+        let opcode = binary::opcode::LEASE;
+        let id = match self.state.resolve(target) {
+            Ok(sequence) => sequence.id(),
+            Err(problem) => return self.reply(opcode, Err(problem)),
+        };
+        let state = &*self.state;
+        // Resolved just above; sequences are never removed.
+        let Some(sequence) = state.registry.get(id) else {
+            return self.reply(opcode, Err(Problem::UnknownSequence(id)));
+        };
+        let records = &state.records;
+        match records.leases.grant(sequence, count, ids, &records.commits) {
+            Ok(granted) => self.after_change(Awaiting {
+                reply: Reply::Leased {
+                    first: granted.first,
+                    count: granted.count,
+                    framing,
+                },
+                change: granted.change,
+                opcode,
+            }),
+            Err(GrantError::Refused(problem)) => self.reply(opcode, Err(problem)),
+            Err(GrantError::AwaitingCeiling) => {
+                let signals = state.registry.ceiling_signals();
+                if signals.unavailable() {
+                    signals.count_refusal();
+                    return self.reply(opcode, Err(Problem::Unavailable));
+                }
+                signals.request_raise();
+                Flow::Park(id)
+            }
+        }
+    }
+
+    /// `ACK start,end`: the reply waits until the acknowledgement is durable.
+    fn acknowledge(&mut self, target: Target<'_>, first: u64, last: u64) -> Flow {
+        let opcode = binary::opcode::ACK;
+        let sequence = match self.state.resolve(target) {
+            Ok(sequence) => sequence.id(),
+            Err(problem) => return self.reply(opcode, Err(problem)),
+        };
+        let records = &self.state.records;
+        match records
+            .leases
+            .acknowledge(sequence, first, last, &records.commits)
+        {
+            Ok(change) => self.after_change(Awaiting {
+                reply: Reply::Acked { first },
+                change,
+                opcode,
+            }),
+            Err(problem) => self.reply(opcode, Err(problem)),
+        }
+    }
+
+    /// Answers now if the change is already durable (or cannot become so), else waits.
+    fn after_change(&mut self, awaiting: Awaiting) -> Flow {
+        answer_when_durable::<W>(awaiting, self.state, self.out).unwrap_or(Flow::Continue)
+    }
+
+    fn reply(&mut self, opcode: u8, reply: Result<Reply<'_>, Problem<'_>>) -> Flow {
         let reply = reply.unwrap_or_else(|problem| Reply::Error { opcode, problem });
         W::encode(self.out, &reply);
         Flow::Continue
@@ -586,9 +763,37 @@ impl Flow {
     }
 
     /// Whether the request was handled (its bytes are used up).
+    // (A `Wait`'s request was handled: only its reply is held.)
     fn consumed(&self) -> bool {
         !matches!(self, Flow::Park(_))
     }
+}
+
+/// Encodes `awaiting`'s reply if its change is durable, or refuses it if the durable state
+/// cannot be written now (the change stays in memory: a retry with the same ids finds it);
+/// otherwise returns it as a [`Flow::Wait`].
+fn answer_when_durable<W: Wire>(
+    awaiting: Awaiting,
+    state: &LoopState,
+    out: &mut Vec<u8>,
+) -> Option<Flow> {
+    if state.records.commits.is_durable(awaiting.change) {
+        W::encode(out, &awaiting.reply);
+        return None;
+    }
+    if state.registry.ceiling_signals().unavailable() {
+        let problem = Problem::LeaseNotDurable;
+        W::encode(
+            out,
+            &Reply::Error {
+                opcode: awaiting.opcode,
+                problem,
+            },
+        );
+        return None;
+    }
+    state.registry.ceiling_signals().request_raise();
+    Some(Flow::Wait(awaiting))
 }
 
 /// How many copies of `frame` start `rest`, back to back.
@@ -675,13 +880,29 @@ mod tests {
     use crate::protocol::binary::{decode_reply, encode_open, encode_request, opcode};
     use std::sync::Arc;
 
-    fn state(initial: u64) -> LoopState {
-        LoopState::new(
-            Arc::new(Registry::new(8, initial)),
-            Limits {
-                max_batch: 1_000_000,
+    fn records(commits: crate::store::commits::Commits) -> Arc<Records> {
+        Arc::new(Records::empty(
+            commits,
+            crate::lease::LeaseSettings {
+                timeout: std::time::Duration::from_secs(30),
+                max_size: 1000,
+                max_per_client: 4,
+                max_tracked: 100,
+                reuse: false,
             },
-        )
+        ))
+    }
+
+    fn loop_state(registry: Arc<Registry>, max_batch: u64) -> LoopState {
+        let commits = match registry.is_durable() {
+            true => crate::store::commits::Commits::persisted(),
+            false => crate::store::commits::Commits::memory_only(),
+        };
+        LoopState::with_records(registry, records(commits), Limits { max_batch })
+    }
+
+    fn state(initial: u64) -> LoopState {
+        loop_state(Arc::new(Registry::new(8, initial)), 1_000_000)
     }
 
     fn text_exchange(
@@ -933,7 +1154,7 @@ mod tests {
     fn ceiling_parks_the_run_and_later_input_until_resumed() {
         let registry = Arc::new(Registry::durable(8, 1));
         registry.get(0).unwrap().raise_ceiling(3); // 1 and 2 may be issued
-        let mut st = LoopState::new(registry.clone(), Limits { max_batch: 10 });
+        let mut st = loop_state(registry.clone(), 10);
         let mut s = Session::new();
         let (out, status) = text_exchange(
             &mut s,
@@ -972,7 +1193,7 @@ mod tests {
     #[test]
     fn a_waiting_run_asks_for_a_raise() {
         let registry = Arc::new(Registry::durable(8, 1));
-        let mut st = LoopState::new(registry.clone(), Limits { max_batch: 10 });
+        let mut st = loop_state(registry.clone(), 10);
         let mut s = Session::new();
         let (_, status) = text_exchange(&mut s, &mut st, b"GETSEQ\r\n");
         assert_eq!(status, Status::Paused(Pause::AwaitingCeiling(0)));
@@ -989,7 +1210,7 @@ mod tests {
         let registry = Arc::new(Registry::durable(8, 1));
         registry.get(0).unwrap().raise_ceiling(3); // 1 and 2 are durable
         registry.ceiling_signals().set_unavailable(true);
-        let mut st = LoopState::new(registry.clone(), Limits { max_batch: 10 });
+        let mut st = loop_state(registry.clone(), 10);
         let mut s = Session::new();
         let (out, status) = text_exchange(
             &mut s,
@@ -1013,7 +1234,7 @@ mod tests {
     #[test]
     fn a_parked_run_is_refused_when_ceilings_become_unavailable() {
         let registry = Arc::new(Registry::durable(8, 1));
-        let mut st = LoopState::new(registry.clone(), Limits { max_batch: 10 });
+        let mut st = loop_state(registry.clone(), 10);
         let mut s = Session::new();
         let (out, status) = text_exchange(&mut s, &mut st, b"GETSEQ\r\nGETSEQ\r\nPING\r\n");
         assert_eq!(
@@ -1029,6 +1250,90 @@ mod tests {
             format!("{refused}\r\n{refused}\r\n+PONG\r\n")
         );
         assert_eq!(registry.get(0).unwrap().current(), 1, "nothing consumed");
+    }
+
+    #[test]
+    fn seed_000_lease_and_ack() {
+        let mut st = state(1001);
+        let mut s = Session::new();
+        let (out, status) = text_exchange(
+            &mut s,
+            &mut st,
+            b"GET_SEQUENCE_RANGE 20\r\nACK 1001,1020\r\nGETSEQ\r\nLEASES\r\n",
+        );
+        assert_eq!(
+            out,
+            "1001,1020\r\n+OK\r\n:1021\r\n+outstanding=0 granted=1 acknowledged=1 \
+             retired=0 returned=0 reused=0\r\n"
+        );
+        assert_eq!(status, Status::Open);
+        let (out, _) = text_exchange(&mut s, &mut st, b"ACK 1001,1019\r\nACK 5,6\r\n");
+        assert!(
+            out.starts_with("-NOLEASE no lease has the range 1001,1019"),
+            "{out}"
+        );
+        assert!(
+            out.contains("\r\n-NOLEASE no lease has the range 5,6"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn a_lease_reply_and_later_requests_wait_until_the_lease_is_durable() {
+        let registry = Arc::new(Registry::durable(8, 1));
+        registry.get(0).unwrap().raise_ceiling(1000);
+        let mut st = loop_state(registry.clone(), 100);
+        let mut s = Session::new();
+        let (out, status) = text_exchange(
+            &mut s,
+            &mut st,
+            b"GETSEQ\r\nGET_SEQUENCE_RANGE 5 c r\r\nGETSEQ\r\n",
+        );
+        assert_eq!(out, ":1\r\n", "the reply before the lease goes out at once");
+        let Status::Paused(Pause::AwaitingDurable(change)) = status else {
+            panic!("{status:?}");
+        };
+        assert!(
+            registry
+                .ceiling_signals()
+                .wait_for_raise_request(std::time::Duration::ZERO),
+            "the persister was asked for a write"
+        );
+        let mut out = Vec::new();
+        assert_eq!(s.resume(&mut st, &mut out), status, "not durable yet");
+        assert!(out.is_empty());
+        st.records.commits.mark_durable(change);
+        assert_eq!(s.resume(&mut st, &mut out), Status::Open);
+        assert_eq!(String::from_utf8(out).unwrap(), "2,6\r\n:7\r\n");
+        // A retry is answered with the same range, at once now that it is durable.
+        let (out, _) = text_exchange(&mut s, &mut st, b"GET_SEQUENCE_RANGE 5 c r\r\n");
+        assert_eq!(out, "2,6\r\n");
+        // The disk fails: the acknowledgement is refused rather than left waiting.
+        registry.ceiling_signals().set_unavailable(true);
+        let (out, status) = text_exchange(&mut s, &mut st, b"ACK 2,6\r\nPING\r\n");
+        assert!(
+            out.starts_with("-UNAVAILABLE the lease could not be recorded"),
+            "{out}"
+        );
+        assert!(out.ends_with("+PONG\r\n"));
+        assert_eq!(status, Status::Open);
+    }
+
+    #[test]
+    fn a_last_line_without_line_ending_is_served_at_end_of_input() {
+        let mut st = state(1001);
+        let mut s = Session::new();
+        let (out, status) = text_exchange(&mut s, &mut st, b"GET_SEQUENCE_RANGE 20");
+        assert_eq!((out.as_str(), status), ("", Status::Open));
+        let mut out = Vec::new();
+        assert_eq!(s.end_of_input(&mut st, &mut out), Status::Open);
+        assert_eq!(out, b"1001,1020\r\n");
+        // A binary session's partial frame is just dropped.
+        let mut s = Session::new();
+        let mut out = Vec::new();
+        s.receive(&[binary::MAGIC, 1, 1], &mut st, &mut out);
+        assert_eq!(s.end_of_input(&mut st, &mut out), Status::Open);
+        assert!(out.is_empty());
     }
 
     #[test]

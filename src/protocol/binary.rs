@@ -9,10 +9,11 @@
 //! 4  u32  sequence id (0 = default)        4  u32  ok: count of numbers; error: message length
 //! 8  u64  argument                         8  u64  ok: value; error: detail
 //! ```
-//! `OPEN` is followed by `argument` bytes of sequence name; an error reply is followed by its
-//! UTF-8 message. Everything is specified, with hex examples, in docs/PROTOCOL.md.
+//! `OPEN` is followed by `argument` bytes of sequence name; `LEASE` by the lengths of a client
+//! id and a request id (one byte each) and their bytes; `ACK` by the count of the range
+//! (u64). An error reply is followed by its UTF-8 message. Everything is specified, with hex examples, in docs/PROTOCOL.md.
 
-use super::{Need, ParseError, ParseOk, Problem, Reply, Request, Target};
+use super::{Framing, LeaseIds, Need, ParseError, ParseOk, Problem, Reply, Request, Target};
 use crate::sequence::{MAX_NAME_LEN, SequenceId};
 
 /// First byte of every frame. A UTF-8 continuation byte, so it can never start a text command.
@@ -27,7 +28,14 @@ pub mod opcode {
     pub const CURRENT: u8 = 0x03;
     pub const PING: u8 = 0x04;
     pub const OPEN: u8 = 0x05;
+    pub const LEASE: u8 = 0x06;
+    pub const ACK: u8 = 0x07;
 }
+
+/// Bytes after a `LEASE` header before the ids: client id length, request id length.
+pub const LEASE_TRAILER_LEN: usize = 2;
+/// Bytes after an `ACK` header: the count of the range acknowledged.
+pub const ACK_TRAILER_LEN: usize = 8;
 
 /// Status byte of a successful reply.
 pub const STATUS_OK: u8 = 0;
@@ -127,11 +135,69 @@ pub fn decode_request(buf: &[u8]) -> Result<ParseOk<Request<'_>>, ParseError<'_>
                 consumed: len,
             })
         }
+        opcode::LEASE => decode_lease(buf, target, header.value),
+        opcode::ACK => {
+            let len = FRAME_LEN + ACK_TRAILER_LEN;
+            if buf.len() < len {
+                return Err(ParseError::Incomplete(Need::Bytes(len - buf.len())));
+            }
+            let count = u64::from_be_bytes([
+                buf[16], buf[17], buf[18], buf[19], buf[20], buf[21], buf[22], buf[23],
+            ]);
+            let first = header.value;
+            let message = match count.checked_sub(1).and_then(|n| first.checked_add(n)) {
+                Some(last) => Request::Ack {
+                    target,
+                    first,
+                    last,
+                },
+                None => Request::Invalid(Problem::ReservedFieldSet),
+            };
+            Ok(ParseOk {
+                message,
+                consumed: len,
+            })
+        }
         opcode::GETSEQ | opcode::CURRENT | opcode::PING | opcode::OPEN => {
             fixed(Request::Invalid(Problem::ReservedFieldSet))
         }
         other => fixed(Request::Invalid(Problem::UnknownOpcode(other))),
     }
+}
+
+/// `LEASE`: the header, two length bytes, then the client id and the request id. Both
+/// lengths 0: a lease without ids. Ids are validated by the lease table, so a bad one is an
+/// answered error, not a lost stream.
+fn decode_lease<'a>(
+    buf: &'a [u8],
+    target: Target<'a>,
+    count: u64,
+) -> Result<ParseOk<Request<'a>>, ParseError<'a>> {
+    let ids_at = FRAME_LEN + LEASE_TRAILER_LEN;
+    if buf.len() < ids_at {
+        return Err(ParseError::Incomplete(Need::Bytes(ids_at - buf.len())));
+    }
+    let (client_len, request_len) = (usize::from(buf[16]), usize::from(buf[17]));
+    let len = ids_at + client_len + request_len;
+    if buf.len() < len {
+        return Err(ParseError::Incomplete(Need::Bytes(len - buf.len())));
+    }
+    let ids = match (client_len, request_len) {
+        (0, 0) => None,
+        _ => Some(LeaseIds {
+            client: &buf[ids_at..ids_at + client_len],
+            request: &buf[ids_at + client_len..len],
+        }),
+    };
+    Ok(ParseOk {
+        message: Request::Lease {
+            target,
+            count,
+            ids,
+            framing: Framing::Inline,
+        },
+        consumed: len,
+    })
 }
 
 /// Appends the binary encoding of `reply` to `out`.
@@ -156,7 +222,14 @@ pub fn encode_reply(out: &mut Vec<u8>, reply: &Reply<'_>) {
         Reply::Current(n) => ok(opcode::CURRENT, 0, n),
         Reply::Pong { .. } => ok(opcode::PING, 0, 0),
         Reply::Opened(id) => ok(opcode::OPEN, 0, u64::from(id)),
-        Reply::Ok | Reply::EmptyArray | Reply::UnsetConfig(_) => ok(0, 0, 0),
+        // Lease sizes are capped like batches (at most u32::MAX).
+        Reply::Leased { first, count, .. } => ok(
+            opcode::LEASE,
+            u32::try_from(count).unwrap_or(u32::MAX),
+            first,
+        ),
+        Reply::Acked { first } => ok(opcode::ACK, 0, first),
+        Reply::Ok | Reply::EmptyArray | Reply::UnsetConfig(_) | Reply::LeaseStats(_) => ok(0, 0, 0),
         Reply::Error { opcode, problem } => {
             return encode_error(out, opcode, &problem);
         }
@@ -214,6 +287,31 @@ pub fn encode_request(out: &mut Vec<u8>, opcode: u8, sequence: SequenceId, argum
 pub fn encode_open(out: &mut Vec<u8>, name: &[u8]) {
     encode_request(out, opcode::OPEN, 0, name.len() as u64);
     out.extend_from_slice(name);
+}
+
+/// Appends a `LEASE` request for `count` numbers of `sequence` (client side), with the
+/// client's ids when a retry must return the same range. Ids longer than 255 bytes are cut
+/// (the server refuses ids over 64 bytes anyway).
+pub fn encode_lease(
+    out: &mut Vec<u8>,
+    sequence: SequenceId,
+    count: u64,
+    ids: Option<LeaseIds<'_>>,
+) {
+    encode_request(out, opcode::LEASE, sequence, count);
+    let (client, request) = ids.map_or((&[][..], &[][..]), |ids| (ids.client, ids.request));
+    let client = &client[..client.len().min(255)];
+    let request = &request[..request.len().min(255)];
+    out.push(client.len() as u8);
+    out.push(request.len() as u8);
+    out.extend_from_slice(client);
+    out.extend_from_slice(request);
+}
+
+/// Appends an `ACK` of the lease `first..first + count` of `sequence` (client side).
+pub fn encode_ack(out: &mut Vec<u8>, sequence: SequenceId, first: u64, count: u64) {
+    encode_request(out, opcode::ACK, sequence, first);
+    out.extend_from_slice(&count.to_be_bytes());
 }
 
 /// A reply as the client sees it.
@@ -357,6 +455,124 @@ mod tests {
         assert_eq!(
             &out[16..],
             b"batch size must be between 1 and 1000000 (--max-batch)"
+        );
+    }
+
+    // docs/PROTOCOL.md's lease examples.
+    #[test]
+    fn documented_lease_examples() {
+        let lease = hex("9e 01 06 00 00 00 00 00 00 00 00 00 00 00 00 14 02 02 63 31 72 31");
+        let request = Request::Lease {
+            target: Target::Default,
+            count: 20,
+            ids: Some(LeaseIds {
+                client: b"c1",
+                request: b"r1",
+            }),
+            framing: Framing::Inline,
+        };
+        assert_eq!(
+            decode_request(&lease),
+            Ok(ParseOk {
+                message: request,
+                consumed: 22
+            })
+        );
+        let mut out = Vec::new();
+        encode_lease(
+            &mut out,
+            0,
+            20,
+            Some(LeaseIds {
+                client: b"c1",
+                request: b"r1",
+            }),
+        );
+        assert_eq!(out, lease);
+        let anonymous = hex("9e 01 06 00 00 00 00 03 00 00 00 00 00 00 00 14 00 00");
+        out.clear();
+        encode_lease(&mut out, 3, 20, None);
+        assert_eq!(out, anonymous);
+        assert_eq!(
+            decode_request(&anonymous).unwrap().message,
+            Request::Lease {
+                target: Target::Id(3),
+                count: 20,
+                ids: None,
+                framing: Framing::Inline
+            }
+        );
+        let ack = hex("9e 01 07 00 00 00 00 00 00 00 00 00 00 00 03 e9 00 00 00 00 00 00 00 14");
+        assert_eq!(
+            decode_request(&ack),
+            Ok(ParseOk {
+                message: Request::Ack {
+                    target: Target::Default,
+                    first: 1001,
+                    last: 1020
+                },
+                consumed: 24
+            })
+        );
+        out.clear();
+        encode_ack(&mut out, 0, 1001, 20);
+        assert_eq!(out, ack);
+
+        out.clear();
+        encode_reply(
+            &mut out,
+            &Reply::Leased {
+                first: 1001,
+                count: 20,
+                framing: Framing::Inline,
+            },
+        );
+        assert_eq!(out, hex("9e 01 06 00 00 00 00 14 00 00 00 00 00 00 03 e9"));
+        out.clear();
+        encode_reply(&mut out, &Reply::Acked { first: 1001 });
+        assert_eq!(out, hex("9e 01 07 00 00 00 00 00 00 00 00 00 00 00 03 e9"));
+        out.clear();
+        let problem = Problem::UnknownLease { first: 5, last: 6 };
+        encode_reply(
+            &mut out,
+            &Reply::Error {
+                opcode: opcode::ACK,
+                problem,
+            },
+        );
+        let text = problem.to_string();
+        assert_eq!(
+            &out[..16],
+            hex(&format!(
+                "9e 01 07 08 00 00 00 {:02x} 00 00 00 00 00 00 00 05",
+                text.len()
+            ))
+        );
+    }
+
+    #[test]
+    fn lease_frames_wait_for_their_ids_and_bad_ones_are_answered() {
+        let lease = hex("9e 01 06 00 00 00 00 00 00 00 00 00 00 00 00 14 02 02 63 31 72 31");
+        for cut in 0..lease.len() {
+            let missing = match cut {
+                0..16 => 16 - cut,
+                16..18 => 18 - cut,
+                _ => lease.len() - cut,
+            };
+            assert_eq!(
+                decode_request(&lease[..cut]),
+                Err(ParseError::Incomplete(Need::Bytes(missing)))
+            );
+        }
+        // An ACK of zero numbers is refused, and the frame is still consumed.
+        let empty_ack =
+            hex("9e 01 07 00 00 00 00 00 00 00 00 00 00 00 03 e9 00 00 00 00 00 00 00 00");
+        assert_eq!(
+            decode_request(&empty_ack),
+            Ok(ParseOk {
+                message: Request::Invalid(Problem::ReservedFieldSet),
+                consumed: 24
+            })
         );
     }
 

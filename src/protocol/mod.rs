@@ -14,6 +14,32 @@ use std::fmt;
 
 use crate::sequence::{NameError, SequenceId};
 
+/// How a text request was framed, so a reply that has no RESP type of its own (seed 000's
+/// `start,end` line) is written the way that client can read it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// An inline line (telnet, nc, seed 000's client), or a binary frame.
+    Inline,
+    /// A RESP array (redis-cli).
+    Resp,
+}
+
+/// The names a client gives a lease request so that a retry is recognised as the same
+/// request: its own id and an id for this request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseIds<'a> {
+    pub client: &'a [u8],
+    pub request: &'a [u8],
+}
+
+/// The lease table's state, for the `LEASES` command.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LeaseStats {
+    /// Leases granted and not yet acknowledged or expired.
+    pub outstanding: u64,
+    pub totals: crate::lease::LeaseCounters,
+}
+
 /// A decoded message and the number of bytes it occupied.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParseOk<T> {
@@ -63,6 +89,22 @@ pub enum Request<'a> {
     Ping { echo: Option<&'a [u8]> },
     /// Resolve (creating if needed) a sequence name to the id binary requests carry.
     Open { name: &'a [u8] },
+    /// Seed 000's `GET_SEQUENCE_RANGE n`: `count` consecutive numbers held as a lease until
+    /// acknowledged; with `ids`, a retry returns the same range.
+    Lease {
+        target: Target<'a>,
+        count: u64,
+        ids: Option<LeaseIds<'a>>,
+        framing: Framing,
+    },
+    /// Seed 000's `ACK start,end`: the lease of exactly this inclusive range arrived.
+    Ack {
+        target: Target<'a>,
+        first: u64,
+        last: u64,
+    },
+    /// The lease table's counters.
+    LeaseStats,
     /// Close the connection after replying.
     Quit,
     /// A Redis tool's handshake: `CONFIG GET parameter` (answered with the parameter and an
@@ -92,6 +134,17 @@ pub enum Reply<'a> {
         echo: Option<&'a [u8]>,
     },
     Opened(SequenceId),
+    /// A lease of `count` numbers from `first`: `first,last` in text (seed 000).
+    Leased {
+        first: u64,
+        count: u64,
+        framing: Framing,
+    },
+    /// The lease starting at `first` is acknowledged: `+OK` in text.
+    Acked {
+        first: u64,
+    },
+    LeaseStats(LeaseStats),
     Ok,
     EmptyArray,
     /// `CONFIG GET` of a parameter seqd does not have: `[parameter, ""]`.
@@ -122,6 +175,10 @@ pub enum ErrorCode {
     Unavailable = 6,
     /// The stream is unusable: the connection is closed after this reply.
     Fatal = 7,
+    /// No lease has this range (unknown, or a lease starts there but ends elsewhere).
+    NoLease = 8,
+    /// The lease expired before it was acknowledged.
+    Expired = 9,
 }
 
 impl ErrorCode {
@@ -133,6 +190,8 @@ impl ErrorCode {
             ErrorCode::UnknownSequence => "NOSEQUENCE",
             ErrorCode::Limit => "LIMIT",
             ErrorCode::Unavailable => "UNAVAILABLE",
+            ErrorCode::NoLease => "NOLEASE",
+            ErrorCode::Expired => "EXPIRED",
         }
     }
 
@@ -145,6 +204,8 @@ impl ErrorCode {
             5 => ErrorCode::Limit,
             6 => ErrorCode::Unavailable,
             7 => ErrorCode::Fatal,
+            8 => ErrorCode::NoLease,
+            9 => ErrorCode::Expired,
             _ => return None,
         })
     }
@@ -159,22 +220,71 @@ pub enum Problem<'a> {
     NotAnInteger(&'a [u8]),
     UnknownOpcode(u8),
     ReservedFieldSet,
-    BatchOutOfRange { max: u64 },
-    Exhausted { remaining: u64 },
+    BatchOutOfRange {
+        max: u64,
+    },
+    Exhausted {
+        remaining: u64,
+    },
     InvalidName(NameError),
-    TooManySequences { limit: u32 },
+    TooManySequences {
+        limit: u32,
+    },
     UnknownSequence(SequenceId),
     Unavailable,
+    LeaseSizeOutOfRange {
+        max: u64,
+    },
+    /// `which` is "client id" or "request id".
+    BadLeaseId {
+        which: &'static str,
+        error: NameError,
+    },
+    BadRange(&'a [u8]),
+    /// The client used this request id before for a lease of another size or sequence.
+    RequestIdReused {
+        count: u64,
+    },
+    TooManyClientLeases {
+        limit: u32,
+    },
+    TooManyLeases {
+        limit: usize,
+    },
+    UnknownLease {
+        first: u64,
+        last: u64,
+    },
+    /// The range asked about is inside the lease `lease_first..=lease_last`, but is not it.
+    LeaseMismatch {
+        first: u64,
+        last: u64,
+        lease_first: u64,
+        lease_last: u64,
+    },
+    /// `returned`: to the reuse pool (unsafe to use) rather than retired (never reissued).
+    LeaseExpired {
+        first: u64,
+        last: u64,
+        returned: bool,
+    },
+    /// The lease (or its acknowledgement) is in memory but could not be made durable.
+    LeaseNotDurable,
     // Fatal ones: the connection closes after the reply.
-    LineTooLong { limit: usize },
+    LineTooLong {
+        limit: usize,
+    },
     Malformed(&'static str),
     UnsupportedVersion(u8),
     UnknownProtocol(u8),
-    TooManyConnections { limit: usize },
+    TooManyConnections {
+        limit: usize,
+    },
 }
 
 /// Commands the text protocol understands, for the unknown-command reply.
-pub const TEXT_COMMANDS: &str = "GETSEQ, GETSEQ_BATCH, CURRENT, PING, QUIT";
+pub const TEXT_COMMANDS: &str =
+    "GETSEQ, GETSEQ_BATCH, CURRENT, GET_SEQUENCE_RANGE, ACK, LEASES, PING, QUIT";
 
 impl Problem<'_> {
     pub fn code(&self) -> ErrorCode {
@@ -184,14 +294,22 @@ impl Problem<'_> {
             | Problem::NotAnInteger(_)
             | Problem::UnknownOpcode(_)
             | Problem::ReservedFieldSet
-            | Problem::InvalidName(_) => ErrorCode::BadRequest,
-            Problem::BatchOutOfRange { .. } => ErrorCode::OutOfRange,
+            | Problem::InvalidName(_)
+            | Problem::BadLeaseId { .. }
+            | Problem::BadRange(_)
+            | Problem::RequestIdReused { .. } => ErrorCode::BadRequest,
+            Problem::BatchOutOfRange { .. } | Problem::LeaseSizeOutOfRange { .. } => {
+                ErrorCode::OutOfRange
+            }
             Problem::Exhausted { .. } => ErrorCode::Exhausted,
             Problem::UnknownSequence(_) => ErrorCode::UnknownSequence,
-            Problem::TooManySequences { .. } | Problem::TooManyConnections { .. } => {
-                ErrorCode::Limit
-            }
-            Problem::Unavailable => ErrorCode::Unavailable,
+            Problem::TooManySequences { .. }
+            | Problem::TooManyConnections { .. }
+            | Problem::TooManyClientLeases { .. }
+            | Problem::TooManyLeases { .. } => ErrorCode::Limit,
+            Problem::Unavailable | Problem::LeaseNotDurable => ErrorCode::Unavailable,
+            Problem::UnknownLease { .. } | Problem::LeaseMismatch { .. } => ErrorCode::NoLease,
+            Problem::LeaseExpired { .. } => ErrorCode::Expired,
             Problem::LineTooLong { .. }
             | Problem::Malformed(_)
             | Problem::UnsupportedVersion(_)
@@ -202,7 +320,12 @@ impl Problem<'_> {
     /// A machine-readable number that goes with the code (a limit, a count), or 0.
     pub fn detail(&self) -> u64 {
         match *self {
-            Problem::BatchOutOfRange { max } => max,
+            Problem::BatchOutOfRange { max } | Problem::LeaseSizeOutOfRange { max } => max,
+            Problem::TooManyClientLeases { limit } => u64::from(limit),
+            Problem::TooManyLeases { limit } => limit as u64,
+            Problem::RequestIdReused { count } => count,
+            Problem::LeaseMismatch { lease_first, .. } => lease_first,
+            Problem::UnknownLease { first, .. } | Problem::LeaseExpired { first, .. } => first,
             Problem::Exhausted { remaining } => remaining,
             Problem::TooManySequences { limit } => u64::from(limit),
             Problem::UnknownSequence(id) => u64::from(id),
@@ -259,6 +382,70 @@ impl fmt::Display for Problem<'_> {
                 "cannot issue numbers: the durable state could not be written (see server log); \
                  retry later"
             ),
+            Problem::LeaseSizeOutOfRange { max } => {
+                write!(f, "lease size must be between 1 and {max} (--max-batch)")
+            }
+            Problem::BadLeaseId { which, error } => {
+                write!(f, "bad {which}: {}", LeaseIdError(error))
+            }
+            Problem::BadRange(arg) => write!(
+                f,
+                "'{}' is not a range: expected start,end (inclusive, start <= end)",
+                Printable(arg)
+            ),
+            Problem::RequestIdReused { count } => write!(
+                f,
+                "this client already used this request id for a different lease ({count} \
+                 numbers, or another sequence); use a new request id for a new request"
+            ),
+            Problem::TooManyClientLeases { limit } => write!(
+                f,
+                "this client already holds {limit} unacknowledged leases \
+                 (--max-leases-per-client); acknowledge some first"
+            ),
+            Problem::TooManyLeases { limit } => write!(
+                f,
+                "too many unacknowledged leases: the server tracks at most {limit} \
+                 (--max-leases); retry later"
+            ),
+            Problem::UnknownLease { first, last } => write!(
+                f,
+                "no lease has the range {first},{last} (never granted, already forgotten, or \
+                 of another sequence)"
+            ),
+            Problem::LeaseMismatch {
+                first,
+                last,
+                lease_first,
+                lease_last,
+            } => write!(
+                f,
+                "no lease has the range {first},{last}: the lease holding {first} is \
+                 {lease_first},{lease_last}"
+            ),
+            Problem::LeaseExpired {
+                first,
+                last,
+                returned: false,
+            } => write!(
+                f,
+                "lease {first},{last} expired before it was acknowledged (--lease-timeout); it \
+                 was retired: its numbers will never be issued again"
+            ),
+            Problem::LeaseExpired {
+                first,
+                last,
+                returned: true,
+            } => write!(
+                f,
+                "lease {first},{last} expired before it was acknowledged (--lease-timeout) and \
+                 was returned to the reuse pool (--lease-reuse): do not use its numbers"
+            ),
+            Problem::LeaseNotDurable => write!(
+                f,
+                "the lease could not be recorded durably (see server log); retry later with \
+                 the same client and request id"
+            ),
             Problem::LineTooLong { limit } => {
                 write!(f, "request longer than {limit} bytes; closing connection")
             }
@@ -280,6 +467,22 @@ impl fmt::Display for Problem<'_> {
                 "max number of connections ({limit}) reached (--max-connections); \
                  closing connection"
             ),
+        }
+    }
+}
+
+/// A [`NameError`] worded for a lease id rather than a sequence name.
+struct LeaseIdError(NameError);
+
+impl fmt::Display for LeaseIdError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let max = crate::sequence::MAX_NAME_LEN;
+        match self.0 {
+            NameError::Empty => write!(f, "it is empty"),
+            NameError::TooLong => write!(f, "it is longer than {max} bytes"),
+            NameError::BadCharacter => {
+                write!(f, "it may contain only letters, digits and _ . : -")
+            }
         }
     }
 }
@@ -329,10 +532,10 @@ mod tests {
 
     #[test]
     fn codes_round_trip() {
-        for code in 1..=7 {
+        for code in 1..=9 {
             assert_eq!(ErrorCode::from_u8(code).unwrap() as u8, code);
         }
         assert_eq!(ErrorCode::from_u8(0), None);
-        assert_eq!(ErrorCode::from_u8(8), None);
+        assert_eq!(ErrorCode::from_u8(10), None);
     }
 }

@@ -5,14 +5,15 @@
 //! names are case-insensitive. A line starting with `*` is a RESP array of bulk strings.
 //! Requests longer than [`MAX_REQUEST`] bytes are refused and the connection closed.
 
-use super::{Need, ParseError, ParseOk, Problem, Reply, Request, Target};
+use super::{Framing, LeaseIds, Need, ParseError, ParseOk, Problem, Reply, Request, Target};
 
 /// Longest accepted request line or RESP array, in bytes.
 pub const MAX_REQUEST: usize = 64 * 1024;
 /// Most arguments a RESP array may carry.
 pub const MAX_ARGS: usize = 1024;
-/// Arguments kept for interpretation; any beyond are only counted (no command takes more).
-const KEPT_ARGS: usize = 4;
+/// Words kept for interpretation; any beyond are only counted (no command takes more:
+/// `GET_SEQUENCE_RANGE n client request sequence` is the longest).
+const KEPT_ARGS: usize = 5;
 
 /// The words of one command, borrowed from the input.
 struct Args<'a> {
@@ -83,7 +84,7 @@ fn decode_inline(buf: &[u8]) -> Result<ParseOk<Request<'_>>, ParseError<'_>> {
         }
     }
     Ok(ParseOk {
-        message: interpret(&args),
+        message: interpret(&args, Framing::Inline),
         consumed: end + 1,
     })
 }
@@ -118,7 +119,7 @@ fn decode_resp(buf: &[u8]) -> Result<ParseOk<Request<'_>>, ParseError<'_>> {
         }
     }
     Ok(ParseOk {
-        message: interpret(&args),
+        message: interpret(&args, Framing::Resp),
         consumed: pos,
     })
 }
@@ -181,9 +182,51 @@ const USAGE_BATCH: &str = "GETSEQ_BATCH count [sequence]";
 const USAGE_CURRENT: &str = "CURRENT [sequence]";
 const USAGE_PING: &str = "PING [message]";
 const USAGE_QUIT: &str = "QUIT";
+const USAGE_LEASE: &str = "GET_SEQUENCE_RANGE count [client-id request-id] [sequence]";
+const USAGE_ACK: &str = "ACK start,end [sequence]";
+const USAGE_LEASES: &str = "LEASES";
+
+/// A count, also written RESP-style (`:100`) as seed 001 does.
+fn count_argument(arg: &[u8]) -> Result<u64, Problem<'_>> {
+    parse_u64(arg.strip_prefix(b":").unwrap_or(arg)).ok_or(Problem::NotAnInteger(arg))
+}
+
+/// Seed 000's `start,end` (inclusive).
+fn range_argument(arg: &[u8]) -> Result<(u64, u64), Problem<'_>> {
+    let comma = memchr::memchr(b',', arg).ok_or(Problem::BadRange(arg))?;
+    match (parse_u64(&arg[..comma]), parse_u64(&arg[comma + 1..])) {
+        (Some(first), Some(last)) if first <= last => Ok((first, last)),
+        _ => Err(Problem::BadRange(arg)),
+    }
+}
+
+/// `GET_SEQUENCE_RANGE count [client-id request-id] [sequence]`: the number of words tells
+/// which optional parts are there (the sequence is always last, as in `GETSEQ_BATCH`).
+fn interpret_lease<'a>(args: &Args<'a>, framing: Framing) -> Request<'a> {
+    let count = match count_argument(args.kept[1]) {
+        Ok(count) => count,
+        Err(problem) => return Request::Invalid(problem),
+    };
+    let words = &args.kept[..args.count.min(KEPT_ARGS)];
+    let (ids, target) = match words {
+        [_, _] => (None, Target::Default),
+        [_, _, sequence] => (None, Target::Name(sequence)),
+        [_, _, client, request] => (Some(LeaseIds { client, request }), Target::Default),
+        [_, _, client, request, sequence] => {
+            (Some(LeaseIds { client, request }), Target::Name(sequence))
+        }
+        _ => return Request::Invalid(Problem::WrongArity(USAGE_LEASE)),
+    };
+    Request::Lease {
+        target,
+        count,
+        ids,
+        framing,
+    }
+}
 
 /// Turns the words of a command into a request.
-fn interpret<'a>(args: &Args<'a>) -> Request<'a> {
+fn interpret<'a>(args: &Args<'a>, framing: Framing) -> Request<'a> {
     if args.count == 0 {
         return Request::Nothing;
     }
@@ -206,20 +249,34 @@ fn interpret<'a>(args: &Args<'a>) -> Request<'a> {
         if let Some(wrong) = arity(2, 3, USAGE_BATCH) {
             return wrong;
         }
-        // Seed 001 writes the count RESP-style (`GETSEQ_BATCH :100`); accept both.
-        let count = args.kept[1].strip_prefix(b":").unwrap_or(args.kept[1]);
-        match parse_u64(count) {
-            Some(count) => Request::GetBatch {
+        match count_argument(args.kept[1]) {
+            Ok(count) => Request::GetBatch {
                 target: target(2),
                 count,
             },
-            None => Request::Invalid(Problem::NotAnInteger(args.kept[1])),
+            Err(problem) => Request::Invalid(problem),
         }
     } else if is("CURRENT") {
         arity(1, 2, USAGE_CURRENT).unwrap_or(Request::Current { target: target(1) })
     } else if is("PING") {
         let echo = (args.count == 2).then_some(args.kept[1]);
         arity(1, 2, USAGE_PING).unwrap_or(Request::Ping { echo })
+    } else if is("GET_SEQUENCE_RANGE") {
+        arity(2, 5, USAGE_LEASE).unwrap_or_else(|| interpret_lease(args, framing))
+    } else if is("ACK") {
+        if let Some(wrong) = arity(2, 3, USAGE_ACK) {
+            return wrong;
+        }
+        match range_argument(args.kept[1]) {
+            Ok((first, last)) => Request::Ack {
+                target: target(2),
+                first,
+                last,
+            },
+            Err(problem) => Request::Invalid(problem),
+        }
+    } else if is("LEASES") {
+        arity(1, 1, USAGE_LEASES).unwrap_or(Request::LeaseStats)
     } else if is("QUIT") {
         arity(1, 1, USAGE_QUIT).unwrap_or(Request::Quit)
     } else if is("CONFIG") {
@@ -255,7 +312,31 @@ pub fn encode_reply(out: &mut Vec<u8>, reply: &Reply<'_>) {
             bulk(out, b"");
         }
         Reply::Opened(id) => integer(out, u64::from(id)),
-        Reply::Ok => out.extend_from_slice(b"+OK\r\n"),
+        Reply::Leased {
+            first,
+            count,
+            framing,
+        } => {
+            // Seed 000's reply is a bare `start,end` line; a RESP client gets it as a status.
+            if framing == Framing::Resp {
+                out.push(b'+');
+            }
+            out.extend_from_slice(itoa::Buffer::new().format(first).as_bytes());
+            out.push(b',');
+            out.extend_from_slice(itoa::Buffer::new().format(first + count - 1).as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        Reply::Acked { .. } | Reply::Ok => out.extend_from_slice(b"+OK\r\n"),
+        Reply::LeaseStats(stats) => {
+            use std::io::Write;
+            let t = stats.totals;
+            // Writing to a Vec cannot fail.
+            let _ = write!(
+                out,
+                "+outstanding={} granted={} acknowledged={} retired={} returned={} reused={}\r\n",
+                stats.outstanding, t.granted, t.acknowledged, t.retired, t.returned, t.reused
+            );
+        }
         Reply::EmptyArray => out.extend_from_slice(b"*0\r\n"),
         Reply::Error { problem, .. } => {
             use std::io::Write;
@@ -493,6 +574,111 @@ mod tests {
             }
         );
         assert_eq!(request(b"*0\r\n"), (Request::Nothing, 4));
+    }
+
+    #[test]
+    fn seed_000_lease_commands() {
+        let lease = |target, count, ids, framing| Request::Lease {
+            target,
+            count,
+            ids,
+            framing,
+        };
+        let ids = Some(LeaseIds {
+            client: b"scanner-7",
+            request: b"42",
+        });
+        let cases: [(&[u8], Request<'_>); 6] = [
+            (
+                b"GET_SEQUENCE_RANGE 20\r\n",
+                lease(Target::Default, 20, None, Framing::Inline),
+            ),
+            (
+                b"get_sequence_range 20 orders\n",
+                lease(Target::Name(b"orders"), 20, None, Framing::Inline),
+            ),
+            (
+                b"GET_SEQUENCE_RANGE 20 scanner-7 42\r\n",
+                lease(Target::Default, 20, ids, Framing::Inline),
+            ),
+            (
+                b"GET_SEQUENCE_RANGE :20 scanner-7 42 orders\r\n",
+                lease(Target::Name(b"orders"), 20, ids, Framing::Inline),
+            ),
+            (
+                b"*2\r\n$18\r\nGET_SEQUENCE_RANGE\r\n$2\r\n20\r\n",
+                lease(Target::Default, 20, None, Framing::Resp),
+            ),
+            (
+                b"ACK 1001,1020\r\n",
+                Request::Ack {
+                    target: Target::Default,
+                    first: 1001,
+                    last: 1020,
+                },
+            ),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(
+                request(input).0,
+                expected,
+                "{:?}",
+                String::from_utf8_lossy(input)
+            );
+        }
+        assert_eq!(
+            request(b"ack 7,7 orders\n").0,
+            Request::Ack {
+                target: Target::Name(b"orders"),
+                first: 7,
+                last: 7
+            }
+        );
+        assert_eq!(request(b"LEASES\r\n").0, Request::LeaseStats);
+        for bad in [
+            &b"ACK 1001\r\n"[..],
+            b"ACK 1020,1001\r\n",
+            b"ACK a,b\r\n",
+            b"ACK 1,\r\n",
+        ] {
+            assert!(
+                matches!(request(bad).0, Request::Invalid(Problem::BadRange(_))),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(
+            request(b"GET_SEQUENCE_RANGE\r\n").0,
+            Request::Invalid(Problem::WrongArity(USAGE_LEASE))
+        );
+        assert_eq!(
+            request(b"GET_SEQUENCE_RANGE 1 a b c d\r\n").0,
+            Request::Invalid(Problem::WrongArity(USAGE_LEASE))
+        );
+        assert_eq!(
+            request(b"GET_SEQUENCE_RANGE x\r\n").0,
+            Request::Invalid(Problem::NotAnInteger(b"x"))
+        );
+    }
+
+    #[test]
+    fn seed_000_lease_replies() {
+        let leased = |framing| Reply::Leased {
+            first: 1001,
+            count: 20,
+            framing,
+        };
+        assert_eq!(encoded(leased(Framing::Inline)), "1001,1020\r\n");
+        assert_eq!(encoded(leased(Framing::Resp)), "+1001,1020\r\n");
+        assert_eq!(encoded(Reply::Acked { first: 1001 }), "+OK\r\n");
+        let problem = Problem::LeaseExpired {
+            first: 1,
+            last: 2,
+            returned: false,
+        };
+        assert!(
+            encoded(Reply::Error { opcode: 0, problem })
+                .starts_with("-EXPIRED lease 1,2 expired before it was acknowledged")
+        );
     }
 
     #[test]

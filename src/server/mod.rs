@@ -17,6 +17,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::sequence::Registry;
 use crate::session::Limits;
+use crate::store::records::Records;
 
 /// How the server is to run.
 #[derive(Debug, Clone)]
@@ -32,6 +33,7 @@ pub struct Settings {
 #[derive(Debug)]
 struct Shared {
     registry: Arc<Registry>,
+    records: Arc<Records>,
     connections: AtomicUsize,
     max_connections: usize,
     shutdown: AtomicBool,
@@ -77,6 +79,7 @@ impl Server {
     pub fn start(
         settings: &Settings,
         registry: Arc<Registry>,
+        records: Arc<Records>,
         events: mpsc::Sender<Event>,
     ) -> anyhow::Result<Server> {
         ensure_fd_limit(settings.max_connections, settings.threads);
@@ -88,6 +91,7 @@ impl Server {
             .context("listener has no address")?;
         let shared = Arc::new(Shared {
             registry,
+            records,
             connections: AtomicUsize::new(0),
             max_connections: settings.max_connections,
             shutdown: AtomicBool::new(false),

@@ -193,7 +193,11 @@ impl EventLoop {
             limit: shared.max_connections,
         };
         text::encode_reply(&mut refusal, &Reply::Error { opcode: 0, problem });
-        let state = LoopState::new(shared.registry.clone(), settings.limits);
+        let state = LoopState::with_records(
+            shared.registry.clone(),
+            shared.records.clone(),
+            settings.limits,
+        );
         Ok(EventLoop {
             ring,
             buffers,
@@ -479,11 +483,15 @@ impl EventLoop {
             conn.peer_closed = true;
             if conn.closing == Closing::No {
                 tracing::debug!(key, "peer closed its side");
-                // A paused session still holds requests (`echo GETSEQ new | nc -N` waits for
-                // the new sequence's first durable ceiling): answer them first; the close
-                // follows when the session is done (see `after_session`).
+                // A last line without a line ending is complete now. A paused session still
+                // holds requests (`echo GETSEQ new | nc -N` waits for the new sequence's first
+                // durable ceiling): it answers them first; the close follows when the session
+                // is done (see `after_session`).
+                let status = conn
+                    .session
+                    .end_of_input(&mut self.state, &mut conn.pending);
                 if conn.paused.is_none() {
-                    return self.close_after_flush(key);
+                    return self.after_session(key, status);
                 }
             }
         } else {
@@ -531,7 +539,7 @@ impl EventLoop {
                 Ok(())
             }
             Status::Paused(pause) => {
-                if let Pause::AwaitingCeiling(_) = pause {
+                if pause.waits_for_persister() {
                     self.parked.push(key);
                 }
                 if conn.session.buffered() > HELD_INPUT_LIMIT && !conn.reading_stopped {
@@ -759,15 +767,13 @@ impl EventLoop {
                 format!("reading the wake-up eventfd failed: {error}"),
             ));
         }
-        // Requests waiting for a durable ceiling get another try.
+        // Requests waiting for a durable ceiling or a durable lease get another try.
         let parked = std::mem::take(&mut self.parked);
         for key in parked {
             let Some(conn) = self.connections.get_mut(key) else {
                 continue;
             };
-            if !matches!(conn.paused, Some(Pause::AwaitingCeiling(_)))
-                || conn.closing != Closing::No
-            {
+            if !conn.paused.is_some_and(Pause::waits_for_persister) || conn.closing != Closing::No {
                 continue;
             }
             if conn.pending.capacity() == 0 {

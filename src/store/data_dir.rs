@@ -278,6 +278,7 @@ mod tests {
                 next: 1,
                 ceiling,
             }],
+            ledger: Default::default(),
         }
     }
 

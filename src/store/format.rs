@@ -6,6 +6,7 @@
 //! changing how the file is framed. A reader refuses a kind it does not know rather than drop
 //! state it cannot interpret (a lease it forgot could be handed out twice).
 
+pub use crate::lease::LeaseCounters;
 use crate::sequence::END_OF_SPACE;
 
 /// First bytes of every state file.
@@ -24,10 +25,29 @@ const FLAG_CLEAN_SHUTDOWN: u16 = 1;
 pub mod kind {
     /// One sequence: id, next, ceiling, name.
     pub const SEQUENCE: u16 = 1;
+    /// One range lease (seed 000): its range, state, time, client and request ids.
+    pub const LEASE: u16 = 2;
+    /// A range in the lease reuse pool (`--lease-reuse`).
+    pub const POOLED_RANGE: u16 = 3;
+    /// The lease counters (at most one record).
+    pub const LEASE_COUNTERS: u16 = 4;
+    /// One resumable stream (seed 003): its client id, numbers and progress.
+    pub const STREAM: u16 = 5;
 }
 
 /// Fixed part of a sequence record's payload: id (4), next (8), ceiling (8), name length (1).
 const SEQUENCE_FIXED_LEN: usize = 21;
+/// Fixed part of a lease record: sequence (4), first (8), count (8), state (1), time (8).
+const LEASE_FIXED_LEN: usize = 29;
+const POOLED_RANGE_LEN: usize = 20;
+const LEASE_COUNTERS_LEN: usize = 40;
+/// Fixed part of a stream record: sequence (4), first (8), count (4), acked (4), last active
+/// (8), client id length (2).
+const STREAM_FIXED_LEN: usize = 30;
+/// Longest lease client or request id.
+pub const MAX_LEASE_ID: usize = 64;
+/// Longest stream client id (the stream protocol's own bound).
+pub const MAX_STREAM_CLIENT_ID: usize = crate::protocol::stream::MAX_CLIENT_ID;
 
 /// The durable state of a data directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,6 +60,64 @@ pub struct State {
     pub written_at_ms: u64,
     /// Every sequence, in id order.
     pub sequences: Vec<SequenceRecord>,
+    /// Leases and streams.
+    pub ledger: Ledger,
+}
+
+/// The state besides sequences: range leases (seed 000) and resumable streams (seed 003).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Ledger {
+    pub leases: Vec<LeaseRecord>,
+    pub pool: Vec<PooledRange>,
+    pub lease_counters: LeaseCounters,
+    pub streams: Vec<StreamRecord>,
+}
+
+/// Where a lease stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseStatus {
+    /// Granted, not acknowledged; `time_ms` is when it expires.
+    Outstanding = 1,
+    /// Acknowledged at `time_ms`.
+    Acknowledged = 2,
+    /// Expired unacknowledged at `time_ms`.
+    Expired = 3,
+}
+
+/// One range lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseRecord {
+    pub sequence: u32,
+    pub first: u64,
+    pub count: u64,
+    pub status: LeaseStatus,
+    /// Milliseconds since the Unix epoch: the deadline while outstanding, else when it
+    /// finished.
+    pub time_ms: u64,
+    /// Empty for a lease requested without ids; otherwise both are set.
+    pub client: String,
+    pub request: String,
+}
+
+/// A range of numbers returned to the reuse pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PooledRange {
+    pub sequence: u32,
+    pub first: u64,
+    pub count: u64,
+}
+
+/// One stream: position `i` carries the number `first + i`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamRecord {
+    pub client_id: Vec<u8>,
+    pub sequence: u32,
+    pub first: u64,
+    pub count: u32,
+    /// Every position below this was acknowledged.
+    pub acked: u32,
+    /// When the client was last heard from (milliseconds since the Unix epoch).
+    pub last_active_ms: u64,
 }
 
 /// One sequence's durable state.
@@ -108,6 +186,7 @@ pub fn encode(state: &State) -> Vec<u8> {
         records.push(name_len);
         records.extend_from_slice(name);
     }
+    let count = state.sequences.len() + encode_ledger(&state.ledger, &mut records);
     let flags = if state.clean_shutdown {
         FLAG_CLEAN_SHUTDOWN
     } else {
@@ -119,12 +198,74 @@ pub fn encode(state: &State) -> Vec<u8> {
     out.extend_from_slice(&flags.to_be_bytes());
     out.extend_from_slice(&state.generation.to_be_bytes());
     out.extend_from_slice(&state.written_at_ms.to_be_bytes());
-    out.extend_from_slice(&(state.sequences.len() as u32).to_be_bytes());
+    out.extend_from_slice(&(count as u32).to_be_bytes());
     out.extend_from_slice(&(records.len() as u32).to_be_bytes());
     out.extend_from_slice(&records);
     let checksum = crc32fast::hash(&out);
     out.extend_from_slice(&checksum.to_be_bytes());
     out
+}
+
+/// Appends the ledger's records; returns how many.
+fn encode_ledger(ledger: &Ledger, records: &mut Vec<u8>) -> usize {
+    let mut count = 0;
+    let mut record = |kind: u16, payload: &[u8]| {
+        records.extend_from_slice(&kind.to_be_bytes());
+        records.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+        records.extend_from_slice(payload);
+        count += 1;
+    };
+    let mut payload = Vec::with_capacity(LEASE_FIXED_LEN + 2 + 2 * MAX_LEASE_ID);
+    for lease in &ledger.leases {
+        payload.clear();
+        payload.extend_from_slice(&lease.sequence.to_be_bytes());
+        payload.extend_from_slice(&lease.first.to_be_bytes());
+        payload.extend_from_slice(&lease.count.to_be_bytes());
+        payload.push(lease.status as u8);
+        payload.extend_from_slice(&lease.time_ms.to_be_bytes());
+        for id in [&lease.client, &lease.request] {
+            // Ids are validated to at most 64 bytes before they reach a record.
+            let id = &id.as_bytes()[..id.len().min(MAX_LEASE_ID)];
+            payload.push(id.len() as u8);
+            payload.extend_from_slice(id);
+        }
+        record(kind::LEASE, &payload);
+    }
+    for range in &ledger.pool {
+        payload.clear();
+        payload.extend_from_slice(&range.sequence.to_be_bytes());
+        payload.extend_from_slice(&range.first.to_be_bytes());
+        payload.extend_from_slice(&range.count.to_be_bytes());
+        record(kind::POOLED_RANGE, &payload);
+    }
+    let counters = ledger.lease_counters;
+    if counters != LeaseCounters::default() {
+        payload.clear();
+        for value in [
+            counters.granted,
+            counters.acknowledged,
+            counters.retired,
+            counters.returned,
+            counters.reused,
+        ] {
+            payload.extend_from_slice(&value.to_be_bytes());
+        }
+        record(kind::LEASE_COUNTERS, &payload);
+    }
+    for stream in &ledger.streams {
+        payload.clear();
+        payload.extend_from_slice(&stream.sequence.to_be_bytes());
+        payload.extend_from_slice(&stream.first.to_be_bytes());
+        payload.extend_from_slice(&stream.count.to_be_bytes());
+        payload.extend_from_slice(&stream.acked.to_be_bytes());
+        payload.extend_from_slice(&stream.last_active_ms.to_be_bytes());
+        // The stream protocol bounds client ids to 256 bytes.
+        let id = &stream.client_id[..stream.client_id.len().min(MAX_STREAM_CLIENT_ID)];
+        payload.extend_from_slice(&(id.len() as u16).to_be_bytes());
+        payload.extend_from_slice(id);
+        record(kind::STREAM, &payload);
+    }
+    count
 }
 
 /// Decodes a complete file. Checks, in order: magic, version, length, checksum, then each
@@ -169,6 +310,8 @@ pub fn decode(bytes: &[u8]) -> Result<State, FormatError> {
 
     let mut records = Reader::new(&body[HEADER_LEN..]);
     let mut sequences = Vec::new();
+    let mut ledger = Ledger::default();
+    let mut counters_seen = false;
     let mut index = 0u32;
     while !records.is_empty() {
         let bad = |what| FormatError::BadRecord { index, what };
@@ -208,6 +351,35 @@ pub fn decode(bytes: &[u8]) -> Result<State, FormatError> {
                     ceiling,
                 });
             }
+            kind::LEASE => ledger.leases.push(decode_lease(&mut payload).map_err(bad)?),
+            kind::POOLED_RANGE => {
+                if len != POOLED_RANGE_LEN {
+                    return Err(bad("a pooled range record has the wrong length"));
+                }
+                let range = PooledRange {
+                    sequence: payload.u32(),
+                    first: payload.u64(),
+                    count: payload.u64(),
+                };
+                check_range(range.first, range.count).map_err(bad)?;
+                ledger.pool.push(range);
+            }
+            kind::LEASE_COUNTERS => {
+                if len != LEASE_COUNTERS_LEN || counters_seen {
+                    return Err(bad("a second or malformed lease counters record"));
+                }
+                counters_seen = true;
+                ledger.lease_counters = LeaseCounters {
+                    granted: payload.u64(),
+                    acknowledged: payload.u64(),
+                    retired: payload.u64(),
+                    returned: payload.u64(),
+                    reused: payload.u64(),
+                };
+            }
+            kind::STREAM => ledger
+                .streams
+                .push(decode_stream(&mut payload).map_err(bad)?),
             kind => return Err(FormatError::UnknownRecordKind { index, kind }),
         }
         index += 1;
@@ -223,6 +395,100 @@ pub fn decode(bytes: &[u8]) -> Result<State, FormatError> {
         clean_shutdown: flags & FLAG_CLEAN_SHUTDOWN != 0,
         written_at_ms,
         sequences,
+        ledger,
+    })
+}
+
+/// A lease's or pooled range's numbers: at least one, all inside the number space.
+fn check_range(first: u64, count: u64) -> Result<(), &'static str> {
+    match first.checked_add(count) {
+        _ if count == 0 => Err("an empty range"),
+        Some(end) if end <= END_OF_SPACE => Ok(()),
+        _ => Err("a range beyond the number space"),
+    }
+}
+
+fn decode_lease(payload: &mut Reader<'_>) -> Result<LeaseRecord, &'static str> {
+    if payload.remaining() < LEASE_FIXED_LEN + 2 {
+        return Err("a lease record is shorter than its fixed fields");
+    }
+    let sequence = payload.u32();
+    let first = payload.u64();
+    let count = payload.u64();
+    check_range(first, count)?;
+    let status = match payload.u8() {
+        1 => LeaseStatus::Outstanding,
+        2 => LeaseStatus::Acknowledged,
+        3 => LeaseStatus::Expired,
+        _ => return Err("a lease record has an unknown status"),
+    };
+    let time_ms = payload.u64();
+    let mut id = || -> Result<String, &'static str> {
+        if payload.remaining() < 1 {
+            return Err("a lease id is cut short");
+        }
+        let len = usize::from(payload.u8());
+        if len > MAX_LEASE_ID || payload.remaining() < len {
+            return Err("a lease id is too long or cut short");
+        }
+        let bytes = payload.take(len);
+        match len {
+            0 => Ok(String::new()),
+            _ => crate::sequence::validate_name(bytes)
+                .map(str::to_owned)
+                .map_err(|_| "a lease id has characters ids may not have"),
+        }
+    };
+    let client = id()?;
+    let request = id()?;
+    if payload.remaining() != 0 {
+        return Err("a lease record is longer than its fields");
+    }
+    if client.is_empty() != request.is_empty() {
+        return Err("a lease has a client id without a request id, or the reverse");
+    }
+    Ok(LeaseRecord {
+        sequence,
+        first,
+        count,
+        status,
+        time_ms,
+        client,
+        request,
+    })
+}
+
+fn decode_stream(payload: &mut Reader<'_>) -> Result<StreamRecord, &'static str> {
+    if payload.remaining() < STREAM_FIXED_LEN {
+        return Err("a stream record is shorter than its fixed fields");
+    }
+    let sequence = payload.u32();
+    let first = payload.u64();
+    let count = payload.u32();
+    let acked = payload.u32();
+    let last_active_ms = payload.u64();
+    let id_len = usize::from(payload.u16());
+    if payload.remaining() != id_len {
+        return Err("the client id length does not match the record length");
+    }
+    if id_len == 0 || id_len > MAX_STREAM_CLIENT_ID {
+        return Err("a stream client id is empty or longer than 256 bytes");
+    }
+    let client_id = payload.take(id_len).to_vec();
+    if count == 0 || acked > count {
+        return Err("a stream has no numbers, or more acknowledged than it has");
+    }
+    let last = first.checked_add(u64::from(count) - 1);
+    if last.is_none_or(|last| last > u64::from(u32::MAX)) {
+        return Err("a stream's numbers do not fit 32 bits");
+    }
+    Ok(StreamRecord {
+        client_id,
+        sequence,
+        first,
+        count,
+        acked,
+        last_active_ms,
     })
 }
 
@@ -294,6 +560,42 @@ mod tests {
                     ceiling: 1029,
                 },
             ],
+            ledger: Ledger::default(),
+        }
+    }
+
+    /// One of each ledger record, as in docs/STATE.md's second example.
+    fn ledger_example() -> Ledger {
+        Ledger {
+            leases: vec![LeaseRecord {
+                sequence: 0,
+                first: 1001,
+                count: 20,
+                status: LeaseStatus::Outstanding,
+                time_ms: 1_700_000_030_000,
+                client: "scanner-7".into(),
+                request: "42".into(),
+            }],
+            pool: vec![PooledRange {
+                sequence: 0,
+                first: 900,
+                count: 10,
+            }],
+            lease_counters: LeaseCounters {
+                granted: 3,
+                acknowledged: 1,
+                retired: 1,
+                returned: 0,
+                reused: 0,
+            },
+            streams: vec![StreamRecord {
+                client_id: b"abc".to_vec(),
+                sequence: 1,
+                first: 5,
+                count: 10,
+                acked: 4,
+                last_active_ms: 1_700_000_000_000,
+            }],
         }
     }
 
@@ -343,6 +645,89 @@ mod tests {
         let (body, crc) = encoded.split_at(encoded.len() - 4);
         assert_eq!(hex(body), expected);
         assert_eq!(hex(crc), "e8bed58d", "CRC-32 of the bytes above");
+    }
+
+    /// The ledger example in docs/STATE.md, byte for byte (records after the header).
+    #[test]
+    fn ledger_records_match_the_documented_example() {
+        let mut records = Vec::new();
+        assert_eq!(encode_ledger(&ledger_example(), &mut records), 4);
+        let expected = concat!(
+            "0002",               // kind 2: lease
+            "0000002a",           // 42-byte payload
+            "00000000",           // sequence 0
+            "00000000000003e9",   // first 1001
+            "0000000000000014",   // count 20
+            "01",                 // outstanding
+            "0000018bcfe5dd30",   // expires at 1700000030000 ms
+            "09",                 // client id: 9 bytes
+            "7363616e6e65722d37", // "scanner-7"
+            "02",                 // request id: 2 bytes
+            "3432",               // "42"
+            "0003",               // kind 3: pooled range
+            "00000014",           // 20-byte payload
+            "00000000",           // sequence 0
+            "0000000000000384",   // first 900
+            "000000000000000a",   // count 10
+            "0004",               // kind 4: lease counters
+            "00000028",           // 40-byte payload
+            "0000000000000003",   // granted 3
+            "0000000000000001",   // acknowledged 1
+            "0000000000000001",   // retired 1
+            "0000000000000000",   // returned 0
+            "0000000000000000",   // reused 0
+            "0005",               // kind 5: stream
+            "00000021",           // 33-byte payload
+            "00000001",           // sequence 1
+            "0000000000000005",   // first 5
+            "0000000a",           // count 10
+            "00000004",           // acknowledged below position 4
+            "0000018bcfe56800",   // last active at 1700000000000 ms
+            "0003",               // client id: 3 bytes
+            "616263",             // "abc"
+        );
+        assert_eq!(hex(&records), expected);
+        let state = State {
+            ledger: ledger_example(),
+            ..example()
+        };
+        assert_eq!(decode(&encode(&state)), Ok(state));
+    }
+
+    #[test]
+    fn ledger_records_are_checked() {
+        let with = |edit: &dyn Fn(&mut Ledger)| {
+            let mut ledger = ledger_example();
+            edit(&mut ledger);
+            let state = State {
+                ledger,
+                ..example()
+            };
+            decode(&encode(&state)).map(drop)
+        };
+        assert_eq!(with(&|_| {}), Ok(()));
+        type Edit = dyn Fn(&mut Ledger);
+        let cases: [(&Edit, &str); 6] = [
+            (&|l| l.leases[0].count = 0, "empty range"),
+            (
+                &|l| l.leases[0].first = END_OF_SPACE,
+                "beyond the number space",
+            ),
+            (
+                &|l| l.leases[0].request.clear(),
+                "client id without a request id",
+            ),
+            (&|l| l.leases[0].client = "a b".into(), "characters"),
+            (&|l| l.streams[0].acked = 11, "more acknowledged"),
+            (&|l| l.streams[0].first = u64::from(u32::MAX), "fit 32 bits"),
+        ];
+        for (edit, expected) in cases {
+            let err = with(edit).unwrap_err().to_string();
+            assert!(
+                err.contains(expected),
+                "{err:?} should mention {expected:?}"
+            );
+        }
     }
 
     #[test]

@@ -8,6 +8,10 @@
 //! A new sequence begins with its ceiling at its first number, so nothing is issued from it
 //! before its record is on disk.
 //!
+//! The same writes carry the lease and stream records ([`Records`]): a change to them asks
+//! for a write (a lease is answered only once it is on disk), and every change made before
+//! a write began is marked durable when it ends, so one write serves every waiting change.
+//!
 //! When a write fails the persister fails closed: it marks ceilings unavailable (requests
 //! beyond them are refused instead of left waiting), logs once and then at most every
 //! [`FAILURE_LOG_INTERVAL`], retries with backoff, and clears the mark after the first write
@@ -21,7 +25,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 
 use super::data_dir::{StateSink, WriteError};
-use super::format::{SequenceRecord, State};
+use super::format::{Ledger, SequenceRecord, State};
+use super::records::Records;
 use super::window::{RateEstimate, SequenceView, WindowPolicy};
 use crate::sequence::Registry;
 
@@ -78,6 +83,7 @@ struct Failure {
 pub struct Persister {
     sink: Box<dyn StateSink>,
     registry: Arc<Registry>,
+    records: Arc<Records>,
     policy: WindowPolicy,
     /// Generation of the last state on disk (0: none yet).
     generation: u64,
@@ -100,6 +106,7 @@ impl Persister {
     pub fn new(
         sink: Box<dyn StateSink>,
         registry: Arc<Registry>,
+        records: Arc<Records>,
         policy: WindowPolicy,
         previous: Option<&State>,
     ) -> Persister {
@@ -110,6 +117,7 @@ impl Persister {
         Persister {
             sink,
             registry,
+            records,
             policy,
             generation: previous.map_or(0, |state| state.generation),
             durable,
@@ -179,7 +187,10 @@ impl Persister {
         let views = self.views(now);
         // After a failure every retry writes, needed or not: only a write that succeeds
         // shows the disk works again.
-        if self.failure.is_none() && !views.iter().any(SequenceView::needs_write) {
+        if self.failure.is_none()
+            && !views.iter().any(SequenceView::needs_write)
+            && !self.records.commits.pending()
+        {
             return Tick::Idle;
         }
         match self.write(&views) {
@@ -279,7 +290,9 @@ impl Persister {
                 ceiling,
             })
             .collect();
-        self.write_state(records, false)?;
+        let (change, ledger) = self.records.snapshot();
+        self.write_state(records, ledger, false)?;
+        self.records.commits.mark_durable(change);
         // Durable now: only from here on may numbers below the new ceilings be issued.
         self.durable = targets.clone();
         for (sequence, (view, &ceiling)) in self.registry.iter().zip(views.iter().zip(&targets)) {
@@ -298,8 +311,8 @@ impl Persister {
     }
 
     /// Records the exact next number of every sequence, so a restart continues without a
-    /// gap. Only correct once nothing issues numbers any more: the event loops must have
-    /// stopped.
+    /// gap, and the last state of every lease and stream. Only correct once nothing issues
+    /// numbers any more: the event loops must have stopped.
     fn write_final(&mut self) -> Result<(), WriteError> {
         let records = self
             .registry
@@ -314,12 +327,16 @@ impl Persister {
                 }
             })
             .collect();
-        self.write_state(records, true)
+        let (change, ledger) = self.records.snapshot();
+        self.write_state(records, ledger, true)?;
+        self.records.commits.mark_durable(change);
+        Ok(())
     }
 
     fn write_state(
         &mut self,
         sequences: Vec<SequenceRecord>,
+        ledger: Ledger,
         clean_shutdown: bool,
     ) -> Result<(), WriteError> {
         let state = State {
@@ -329,6 +346,7 @@ impl Persister {
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64),
             sequences,
+            ledger,
         };
         self.sink.write_state(&state)?;
         self.generation = state.generation;
@@ -434,12 +452,63 @@ mod tests {
         max_crash_gap: 1_000_000,
     };
 
+    fn records() -> Arc<Records> {
+        Arc::new(Records::empty(
+            crate::store::commits::Commits::persisted(),
+            crate::lease::LeaseSettings {
+                timeout: Duration::from_secs(30),
+                max_size: 100,
+                max_per_client: 4,
+                max_tracked: 100,
+                reuse: false,
+            },
+        ))
+    }
+
     fn fresh(initial: u64) -> (Persister, Arc<Registry>, FakeSink) {
+        let (persister, registry, sink, _) = fresh_with_records(initial);
+        (persister, registry, sink)
+    }
+
+    fn fresh_with_records(initial: u64) -> (Persister, Arc<Registry>, FakeSink, Arc<Records>) {
         let registry = Arc::new(Registry::durable(8, initial));
         let sink = FakeSink::default();
         *sink.registry.lock().unwrap() = Some(registry.clone());
-        let persister = Persister::new(Box::new(sink.clone()), registry.clone(), POLICY, None);
-        (persister, registry, sink)
+        let records = records();
+        let persister = Persister::new(
+            Box::new(sink.clone()),
+            registry.clone(),
+            records.clone(),
+            POLICY,
+            None,
+        );
+        (persister, registry, sink, records)
+    }
+
+    #[test]
+    fn a_lease_is_written_at_once_and_marked_durable_after_the_write() {
+        let (mut persister, registry, sink, records) = fresh_with_records(1);
+        persister.raise_now().unwrap();
+        let start = Instant::now();
+        assert_eq!(persister.tick(start), Tick::Idle);
+        let granted = records
+            .leases
+            .grant(registry.get(0).unwrap(), 20, None, &records.commits)
+            .unwrap();
+        assert!(!records.commits.is_durable(granted.change));
+        sink.failing.store(true, Ordering::Release);
+        assert_eq!(persister.tick(start), Tick::Failed);
+        assert!(!records.commits.is_durable(granted.change), "not on disk");
+        sink.failing.store(false, Ordering::Release);
+        assert_eq!(persister.tick(start + RETRY_MAX), Tick::Raised);
+        assert!(records.commits.is_durable(granted.change));
+        let lease = &sink.last().ledger.leases[0];
+        assert_eq!((lease.first, lease.count), (granted.first, 20));
+        assert_eq!(
+            persister.tick(start + RETRY_MAX),
+            Tick::Idle,
+            "nothing left to write"
+        );
     }
 
     #[test]
@@ -573,6 +642,7 @@ mod tests {
                 next: 500,
                 ceiling: 500,
             }],
+            ledger: Ledger::default(),
         };
         let registry = Arc::new(
             Registry::recovered(
@@ -590,6 +660,7 @@ mod tests {
         let mut persister = Persister::new(
             Box::new(sink.clone()),
             registry.clone(),
+            records(),
             POLICY,
             Some(&previous),
         );

@@ -16,11 +16,15 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 
+use super::commits::Commits;
 use super::data_dir::DataDir;
 use super::format::State;
 use super::persister::Persister;
+use super::records::Records;
 use super::window::WindowPolicy;
-use crate::sequence::{RecoveredSequence, Registry};
+use crate::lease::{LeaseSettings, LeaseTable, Leases};
+use crate::sequence::{RecoveredSequence, Registry, SequenceId};
+use crate::stream::book::StreamBook;
 
 /// How many recovered sequences are logged one by one at info level (the rest at debug).
 const LOGGED_SEQUENCES: usize = 16;
@@ -34,11 +38,14 @@ pub struct Options {
     /// Whether `--initial` was given explicitly (only then is it checked against the state).
     pub initial_explicit: bool,
     pub policy: WindowPolicy,
+    pub leases: LeaseSettings,
 }
 
 /// A recovered, durable server state, ready to serve.
 pub struct Durable {
     pub registry: Arc<Registry>,
+    /// Leases and streams, as recovered.
+    pub records: Arc<Records>,
     /// Already wrote the first windows; spawn it once the event loops can be woken.
     pub persister: Persister,
 }
@@ -67,6 +74,93 @@ pub enum RecoveryError {
         resume_at: u64,
         highest: u64,
     },
+}
+
+/// Why recovered lease or stream records do not fit the recovered sequences.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LedgerError {
+    #[error(
+        "{what} {first}+{count} belongs to sequence id {sequence}, which the state does not hold"
+    )]
+    UnknownSequence {
+        what: &'static str,
+        sequence: SequenceId,
+        first: u64,
+        count: u64,
+    },
+    #[error(
+        "{what} {first}+{count} of sequence {name:?} reaches above where the sequence resumes \
+         ({resume_at}): it holds numbers that were never issued"
+    )]
+    AboveResumePoint {
+        what: &'static str,
+        name: String,
+        first: u64,
+        count: u64,
+        resume_at: u64,
+    },
+    #[error(transparent)]
+    Leases(#[from] crate::lease::RestoreError),
+}
+
+/// Rebuilds the lease table and the stream book from `previous`, checking that every range
+/// they hold was issued from a sequence the registry has (below its resume point).
+pub fn restore_records(
+    previous: Option<&State>,
+    registry: &Registry,
+    settings: LeaseSettings,
+    commits: Commits,
+) -> Result<Records, LedgerError> {
+    let Some(state) = previous else {
+        return Ok(Records::empty(commits, settings));
+    };
+    let ledger = &state.ledger;
+    let ranges = ledger
+        .leases
+        .iter()
+        .map(|l| ("lease", l.sequence, l.first, l.count))
+        .chain(
+            ledger
+                .pool
+                .iter()
+                .map(|r| ("pooled range", r.sequence, r.first, r.count)),
+        )
+        .chain(
+            ledger
+                .streams
+                .iter()
+                .map(|s| ("stream", s.sequence, s.first, u64::from(s.count))),
+        );
+    for (what, sequence, first, count) in ranges {
+        let Some(holder) = registry.get(sequence) else {
+            return Err(LedgerError::UnknownSequence {
+                what,
+                sequence,
+                first,
+                count,
+            });
+        };
+        if first.saturating_add(count) > holder.current() {
+            return Err(LedgerError::AboveResumePoint {
+                what,
+                name: holder.name().to_owned(),
+                first,
+                count,
+                resume_at: holder.current(),
+            });
+        }
+    }
+    let table = LeaseTable::restore(
+        settings,
+        &ledger.leases,
+        &ledger.pool,
+        ledger.lease_counters,
+    )?;
+    Ok(Records {
+        commits,
+        leases: Leases::new(table),
+        streams: StreamBook::new(ledger.streams.clone()),
+    })
 }
 
 /// Decides where each recovered sequence resumes. `had_owner`: a seqd that had written a
@@ -118,11 +212,20 @@ pub fn open(dir: &Path, options: &Options) -> anyhow::Result<Durable> {
     let registry = Registry::recovered(options.max_sequences, options.initial, &recovered)
         .with_context(|| format!("state file {} is inconsistent", state_path.display()))?;
     let registry = Arc::new(registry);
+    let records = restore_records(
+        previous.as_ref(),
+        &registry,
+        options.leases.clone(),
+        Commits::persisted(),
+    )
+    .with_context(|| format!("state file {} is inconsistent", state_path.display()))?;
+    let records = Arc::new(records);
     log_recovery(previous.as_ref(), &state_path, options);
 
     let mut persister = Persister::new(
         Box::new(data_dir),
         registry.clone(),
+        records.clone(),
         options.policy,
         previous.as_ref(),
     );
@@ -131,6 +234,7 @@ pub fn open(dir: &Path, options: &Options) -> anyhow::Result<Durable> {
         .with_context(|| format!("cannot write the state file {}", state_path.display()))?;
     Ok(Durable {
         registry,
+        records,
         persister,
     })
 }
@@ -199,6 +303,21 @@ fn log_recovery(previous: Option<&State>, path: &Path, options: &Options) {
             state.sequences.len() - LOGGED_SEQUENCES
         );
     }
+    let ledger = &state.ledger;
+    if !ledger.leases.is_empty() || !ledger.streams.is_empty() {
+        let outstanding = ledger
+            .leases
+            .iter()
+            .filter(|l| l.status == super::format::LeaseStatus::Outstanding)
+            .count();
+        tracing::info!(
+            "recovered {} leases ({outstanding} unacknowledged), {} pooled ranges and {} \
+             streams",
+            ledger.leases.len(),
+            ledger.pool.len(),
+            ledger.streams.len()
+        );
+    }
     if options.initial_explicit {
         tracing::info!(
             "--initial={} applies to sequences created from now on; recovered ones continue \
@@ -219,6 +338,13 @@ mod tests {
             initial,
             initial_explicit: explicit,
             policy: WindowPolicy { max_crash_gap: 100 },
+            leases: LeaseSettings {
+                timeout: Duration::from_secs(30),
+                max_size: 100,
+                max_per_client: 4,
+                max_tracked: 100,
+                reuse: false,
+            },
         }
     }
 
@@ -234,6 +360,7 @@ mod tests {
             clean_shutdown: false,
             written_at_ms: 0,
             sequences: vec![record(0, "default", 90, 120), record(1, "orders", 7, 50)],
+            ledger: Default::default(),
         }
     }
 

@@ -1,0 +1,858 @@
+//! The lease table: seed 000's range leases as pure state. No I/O and no clock: callers pass
+//! the time (milliseconds since the Unix epoch, so deadlines survive a restart) and the
+//! [`Commits`] that number each change for durability.
+//!
+//! A lease is `count` consecutive numbers of one sequence, granted to a client until it
+//! acknowledges them or `--lease-timeout` passes. Its life:
+//!
+//! ```text
+//! granted ──ACK──▶ acknowledged ──retention──▶ forgotten
+//!    │
+//!    └─timeout──▶ expired ──retention──▶ forgotten (retired; or, with --lease-reuse, its
+//!                                        numbers go to the reuse pool)
+//! ```
+//!
+//! A lease requested with a client id and a request id is found again by those ids: a retry
+//! gets the same range, for as long as the lease is remembered (while outstanding, and for
+//! one `--lease-timeout` after it finished — the *retention*).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
+
+use super::LeaseCounters;
+use crate::protocol::{LeaseIds, LeaseStats, Problem};
+use crate::sequence::{Refusal, Sequence, SequenceId, validate_name};
+use crate::store::commits::Commits;
+use crate::store::format::{LeaseRecord, LeaseStatus, PooledRange};
+
+/// What the command line says about leases.
+#[derive(Debug, Clone)]
+pub struct LeaseSettings {
+    /// How long a lease may stay unacknowledged; also how long a finished lease is
+    /// remembered for retries and repeated acknowledgements.
+    pub timeout: Duration,
+    /// Largest lease (`--max-batch`).
+    pub max_size: u64,
+    /// Most unacknowledged leases one client id may hold.
+    pub max_per_client: u32,
+    /// Most leases remembered at once (outstanding and finished), and most pooled ranges.
+    pub max_tracked: usize,
+    /// Expired ranges go to a reuse pool instead of being retired.
+    pub reuse: bool,
+}
+
+/// The command line's defaults.
+impl Default for LeaseSettings {
+    fn default() -> LeaseSettings {
+        LeaseSettings {
+            timeout: DEFAULT_TIMEOUT,
+            max_size: 1_000_000,
+            max_per_client: DEFAULT_MAX_PER_CLIENT,
+            max_tracked: DEFAULT_MAX_TRACKED,
+            reuse: false,
+        }
+    }
+}
+
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_MAX_PER_CLIENT: u32 = 16;
+pub const DEFAULT_MAX_TRACKED: usize = 10_000;
+
+impl LeaseSettings {
+    fn retention_ms(&self) -> u64 {
+        u64::try_from(self.timeout.as_millis()).unwrap_or(u64::MAX)
+    }
+}
+
+/// A sequence and the first number of a range: how leases and pooled ranges are keyed.
+type Key = (SequenceId, u64);
+
+/// The ids a client gave its lease request.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Owner {
+    client: Box<str>,
+    request: Box<str>,
+}
+
+impl Owner {
+    fn parse(ids: LeaseIds<'_>) -> Result<Owner, Problem<'static>> {
+        let check =
+            |which, id| validate_name(id).map_err(|error| Problem::BadLeaseId { which, error });
+        Ok(Owner {
+            client: check("client id", ids.client)?.into(),
+            request: check("request id", ids.request)?.into(),
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Lease {
+    count: u64,
+    owner: Option<Owner>,
+    status: LeaseStatus,
+    /// Outstanding: the deadline. Otherwise: when it was acknowledged or expired.
+    time_ms: u64,
+    /// The change that put the lease in its current status: replies about it wait for it.
+    change: u64,
+}
+
+/// A lease granted (or found again by its ids).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Granted {
+    pub first: u64,
+    pub count: u64,
+    /// Reply only once this change is durable.
+    pub change: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GrantError {
+    Refused(Problem<'static>),
+    /// The numbers are not yet below the sequence's durable ceiling; nothing changed.
+    AwaitingCeiling,
+}
+
+impl From<Problem<'static>> for GrantError {
+    fn from(problem: Problem<'static>) -> GrantError {
+        GrantError::Refused(problem)
+    }
+}
+
+/// Why recovered lease records cannot form a table.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RestoreError {
+    #[error("lease or pooled range {first}+{count} of sequence {sequence} overlaps another")]
+    Overlap {
+        sequence: SequenceId,
+        first: u64,
+        count: u64,
+    },
+    #[error("client {client:?} has two leases with request id {request:?}")]
+    DuplicateRequest { client: String, request: String },
+}
+
+#[derive(Debug)]
+pub struct LeaseTable {
+    settings: LeaseSettings,
+    leases: BTreeMap<Key, Lease>,
+    requests: HashMap<Owner, Key>,
+    outstanding_by_client: HashMap<Box<str>, u32>,
+    /// Outstanding leases by deadline.
+    deadlines: BTreeSet<(u64, Key)>,
+    /// Finished leases by when they are forgotten.
+    finished: BTreeSet<(u64, Key)>,
+    /// Ranges free for reuse (`--lease-reuse`): first → count.
+    pool: BTreeMap<Key, u64>,
+    counters: LeaseCounters,
+}
+
+impl LeaseTable {
+    pub fn new(settings: LeaseSettings) -> LeaseTable {
+        LeaseTable {
+            settings,
+            leases: BTreeMap::new(),
+            requests: HashMap::new(),
+            outstanding_by_client: HashMap::new(),
+            deadlines: BTreeSet::new(),
+            finished: BTreeSet::new(),
+            pool: BTreeMap::new(),
+            counters: LeaseCounters::default(),
+        }
+    }
+
+    /// Rebuilds the table from durable records. Pooled ranges are dropped (retired) when
+    /// `--lease-reuse` is now off: returning them was the previous run's choice.
+    pub fn restore(
+        settings: LeaseSettings,
+        leases: &[LeaseRecord],
+        pool: &[PooledRange],
+        counters: LeaseCounters,
+    ) -> Result<LeaseTable, RestoreError> {
+        let mut table = LeaseTable::new(settings);
+        table.counters = counters;
+        let mut ranges: Vec<(SequenceId, u64, u64)> = leases
+            .iter()
+            .map(|l| (l.sequence, l.first, l.count))
+            .chain(pool.iter().map(|r| (r.sequence, r.first, r.count)))
+            .collect();
+        ranges.sort_unstable();
+        for pair in ranges.windows(2) {
+            let ((seq_a, first_a, count_a), (seq_b, first_b, count_b)) = (pair[0], pair[1]);
+            if seq_a == seq_b && first_a + count_a > first_b {
+                return Err(RestoreError::Overlap {
+                    sequence: seq_b,
+                    first: first_b,
+                    count: count_b,
+                });
+            }
+        }
+        let retention = table.settings.retention_ms();
+        for record in leases {
+            let key = (record.sequence, record.first);
+            let owner = (!record.client.is_empty()).then(|| Owner {
+                client: record.client.as_str().into(),
+                request: record.request.as_str().into(),
+            });
+            if let Some(owner) = &owner {
+                if table.requests.insert(owner.clone(), key).is_some() {
+                    return Err(RestoreError::DuplicateRequest {
+                        client: record.client.clone(),
+                        request: record.request.clone(),
+                    });
+                }
+                if record.status == LeaseStatus::Outstanding {
+                    *table
+                        .outstanding_by_client
+                        .entry(owner.client.clone())
+                        .or_default() += 1;
+                }
+            }
+            match record.status {
+                LeaseStatus::Outstanding => table.deadlines.insert((record.time_ms, key)),
+                _ => table
+                    .finished
+                    .insert((record.time_ms.saturating_add(retention), key)),
+            };
+            table.leases.insert(
+                key,
+                Lease {
+                    count: record.count,
+                    owner,
+                    status: record.status,
+                    time_ms: record.time_ms,
+                    change: 0,
+                },
+            );
+        }
+        if table.settings.reuse {
+            table
+                .pool
+                .extend(pool.iter().map(|r| ((r.sequence, r.first), r.count)));
+        } else if !pool.is_empty() {
+            let numbers: u64 = pool.iter().map(|r| r.count).sum();
+            tracing::warn!(
+                ranges = pool.len(),
+                numbers,
+                "--lease-reuse is off: the reuse pool of the previous run is retired (its \
+                 numbers will never be issued)"
+            );
+        }
+        Ok(table)
+    }
+
+    /// Grants `count` numbers of `sequence`, or finds the lease granted before to the same
+    /// ids.
+    pub fn grant(
+        &mut self,
+        sequence: &Sequence,
+        count: u64,
+        ids: Option<LeaseIds<'_>>,
+        now_ms: u64,
+        commits: &Commits,
+    ) -> Result<Granted, GrantError> {
+        let owner = ids.map(Owner::parse).transpose()?;
+        if let Some(owner) = &owner
+            && let Some(&key) = self.requests.get(owner)
+            && let Some(lease) = self.leases.get(&key)
+        {
+            return self.retried(key, lease, sequence.id(), count);
+        }
+        if count == 0 || count > self.settings.max_size {
+            return Err(Problem::LeaseSizeOutOfRange {
+                max: self.settings.max_size,
+            }
+            .into());
+        }
+        if let Some(owner) = &owner {
+            let held = self
+                .outstanding_by_client
+                .get(&owner.client)
+                .copied()
+                .unwrap_or(0);
+            if held >= self.settings.max_per_client {
+                return Err(Problem::TooManyClientLeases {
+                    limit: self.settings.max_per_client,
+                }
+                .into());
+            }
+        }
+        if self.leases.len() >= self.settings.max_tracked && !self.forget_oldest(commits) {
+            return Err(Problem::TooManyLeases {
+                limit: self.settings.max_tracked,
+            }
+            .into());
+        }
+        let first = match self.take_from_pool(sequence.id(), count) {
+            Some(first) => {
+                self.counters.reused += 1;
+                first
+            }
+            None => match sequence.reserve(count) {
+                Ok(first) => first,
+                Err(Refusal::AwaitingCeiling) => return Err(GrantError::AwaitingCeiling),
+                Err(Refusal::Exhausted { remaining }) => {
+                    return Err(Problem::Exhausted { remaining }.into());
+                }
+            },
+        };
+        let key = (sequence.id(), first);
+        let deadline = now_ms.saturating_add(self.settings.retention_ms());
+        let change = commits.next();
+        if let Some(owner) = &owner {
+            *self
+                .outstanding_by_client
+                .entry(owner.client.clone())
+                .or_default() += 1;
+            self.requests.insert(owner.clone(), key);
+        }
+        self.deadlines.insert((deadline, key));
+        self.leases.insert(
+            key,
+            Lease {
+                count,
+                owner,
+                status: LeaseStatus::Outstanding,
+                time_ms: deadline,
+                change,
+            },
+        );
+        self.counters.granted += 1;
+        Ok(Granted {
+            first,
+            count,
+            change,
+        })
+    }
+
+    /// The answer to a retry: the same range, unless the ids now mean something else.
+    fn retried(
+        &self,
+        key: Key,
+        lease: &Lease,
+        sequence: SequenceId,
+        count: u64,
+    ) -> Result<Granted, GrantError> {
+        if key.0 != sequence || lease.count != count {
+            return Err(Problem::RequestIdReused { count: lease.count }.into());
+        }
+        let (first, last) = (key.1, key.1 + lease.count - 1);
+        match lease.status {
+            LeaseStatus::Expired => Err(Problem::LeaseExpired {
+                first,
+                last,
+                returned: self.settings.reuse,
+            }
+            .into()),
+            LeaseStatus::Outstanding | LeaseStatus::Acknowledged => Ok(Granted {
+                first,
+                count,
+                change: lease.change,
+            }),
+        }
+    }
+
+    /// Acknowledges the lease of exactly `first..=last`. Returns the change to wait for
+    /// before answering (an acknowledgement must be durable: with `--lease-reuse` a lost one
+    /// would let the range be handed out again).
+    pub fn acknowledge(
+        &mut self,
+        sequence: SequenceId,
+        first: u64,
+        last: u64,
+        now_ms: u64,
+        commits: &Commits,
+    ) -> Result<u64, Problem<'static>> {
+        // The lease holding `first`, if any: the one starting at or before it.
+        let holder = self
+            .leases
+            .range((sequence, 0)..=(sequence, first))
+            .next_back()
+            .map(|(&key, lease)| (key, key.1 + lease.count - 1))
+            .filter(|&(_, lease_last)| lease_last >= first);
+        let Some((key, lease_last)) = holder else {
+            return Err(Problem::UnknownLease { first, last });
+        };
+        if key.1 != first || lease_last != last {
+            return Err(Problem::LeaseMismatch {
+                first,
+                last,
+                lease_first: key.1,
+                lease_last,
+            });
+        }
+        let retention = self.settings.retention_ms();
+        let Some(lease) = self.leases.get_mut(&key) else {
+            return Err(Problem::UnknownLease { first, last });
+        };
+        match lease.status {
+            LeaseStatus::Acknowledged => Ok(lease.change),
+            LeaseStatus::Expired => Err(Problem::LeaseExpired {
+                first,
+                last,
+                returned: self.settings.reuse,
+            }),
+            LeaseStatus::Outstanding => {
+                self.deadlines.remove(&(lease.time_ms, key));
+                lease.status = LeaseStatus::Acknowledged;
+                lease.time_ms = now_ms;
+                lease.change = commits.next();
+                let change = lease.change;
+                let owner = lease.owner.clone();
+                self.finished
+                    .insert((now_ms.saturating_add(retention), key));
+                self.release(owner.as_ref());
+                self.counters.acknowledged += 1;
+                Ok(change)
+            }
+        }
+    }
+
+    /// Expires leases whose deadline has passed and forgets finished ones whose retention
+    /// is over. Returns when to call again (None: nothing is waiting).
+    pub fn expire(&mut self, now_ms: u64, commits: &Commits) -> Option<u64> {
+        let retention = self.settings.retention_ms();
+        while let Some(&(deadline, key)) = self.deadlines.first()
+            && deadline <= now_ms
+        {
+            self.deadlines.pop_first();
+            let Some(lease) = self.leases.get_mut(&key) else {
+                continue;
+            };
+            lease.status = LeaseStatus::Expired;
+            lease.change = commits.next();
+            let owner = lease.owner.clone();
+            let count = lease.count;
+            self.finished
+                .insert((deadline.saturating_add(retention), key));
+            self.release(owner.as_ref());
+            let (first, last) = (key.1, key.1 + count - 1);
+            let who = owner.as_ref().map_or_else(String::new, |o| {
+                format!(" (client {}, request {})", o.client, o.request)
+            });
+            if self.settings.reuse {
+                self.counters.returned += 1;
+                tracing::warn!(
+                    sequence = key.0,
+                    "lease {first},{last}{who} expired unacknowledged after {:?}: its numbers \
+                     go to the reuse pool once it is forgotten (--lease-reuse; {} returned so \
+                     far)",
+                    self.settings.timeout,
+                    self.counters.returned
+                );
+            } else {
+                self.counters.retired += 1;
+                tracing::info!(
+                    sequence = key.0,
+                    "lease {first},{last}{who} expired unacknowledged after {:?}: retired, its \
+                     {count} numbers will never be issued ({} leases retired so far)",
+                    self.settings.timeout,
+                    self.counters.retired
+                );
+            }
+        }
+        while let Some(&(forget_at, _)) = self.finished.first()
+            && forget_at <= now_ms
+        {
+            self.forget_oldest(commits);
+        }
+        let next_deadline = self.deadlines.first().map(|&(at, _)| at);
+        let next_forget = self.finished.first().map(|&(at, _)| at);
+        next_deadline.into_iter().chain(next_forget).min()
+    }
+
+    /// Forgets the finished lease due first (early, when the table is full). Returns false
+    /// when no lease is finished.
+    fn forget_oldest(&mut self, commits: &Commits) -> bool {
+        let Some((_, key)) = self.finished.pop_first() else {
+            return false;
+        };
+        commits.next();
+        if let Some(lease) = self.leases.remove(&key) {
+            if let Some(owner) = &lease.owner {
+                self.requests.remove(owner);
+            }
+            if lease.status == LeaseStatus::Expired && self.settings.reuse {
+                self.return_to_pool(key, lease.count);
+            }
+        }
+        true
+    }
+
+    fn release(&mut self, owner: Option<&Owner>) {
+        if let Some(owner) = owner
+            && let Some(held) = self.outstanding_by_client.get_mut(&owner.client)
+        {
+            *held -= 1;
+            if *held == 0 {
+                self.outstanding_by_client.remove(&owner.client);
+            }
+        }
+    }
+
+    /// Adds a range to the pool, merged with its neighbours. A full pool retires it instead.
+    fn return_to_pool(&mut self, key: Key, count: u64) {
+        let (sequence, mut first) = key;
+        let mut count = count;
+        if let Some((&(seq, before), &before_count)) = self.pool.range(..key).next_back()
+            && seq == sequence
+            && before + before_count == first
+        {
+            self.pool.remove(&(seq, before));
+            first = before;
+            count += before_count;
+        }
+        if let Some(&after_count) = self.pool.get(&(sequence, first + count)) {
+            self.pool.remove(&(sequence, first + count));
+            count += after_count;
+        }
+        if self.pool.len() >= self.settings.max_tracked {
+            tracing::warn!(
+                sequence,
+                "reuse pool full ({} ranges, --max-leases): range {first}+{count} retired instead",
+                self.pool.len()
+            );
+            return;
+        }
+        self.pool.insert((sequence, first), count);
+    }
+
+    /// Takes `count` numbers from the first pooled range of `sequence` that has enough.
+    fn take_from_pool(&mut self, sequence: SequenceId, count: u64) -> Option<u64> {
+        let (&key, &available) = self
+            .pool
+            .range((sequence, 0)..=(sequence, u64::MAX))
+            .find(|&(_, &available)| available >= count)?;
+        self.pool.remove(&key);
+        if available > count {
+            self.pool
+                .insert((sequence, key.1 + count), available - count);
+        }
+        Some(key.1)
+    }
+
+    pub fn stats(&self) -> LeaseStats {
+        LeaseStats {
+            outstanding: self.deadlines.len() as u64,
+            totals: self.counters,
+        }
+    }
+
+    /// Everything to persist.
+    pub fn records(&self) -> (Vec<LeaseRecord>, Vec<PooledRange>, LeaseCounters) {
+        let leases = self
+            .leases
+            .iter()
+            .map(|(&(sequence, first), lease)| {
+                let (client, request) = lease.owner.as_ref().map_or_else(
+                    || (String::new(), String::new()),
+                    |o| (o.client.to_string(), o.request.to_string()),
+                );
+                LeaseRecord {
+                    sequence,
+                    first,
+                    count: lease.count,
+                    status: lease.status,
+                    time_ms: lease.time_ms,
+                    client,
+                    request,
+                }
+            })
+            .collect();
+        let pool = self
+            .pool
+            .iter()
+            .map(|(&(sequence, first), &count)| PooledRange {
+                sequence,
+                first,
+                count,
+            })
+            .collect();
+        (leases, pool, self.counters)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sequence::END_OF_SPACE;
+
+    const T: u64 = 1_000; // the timeout, in ms
+
+    fn settings(reuse: bool) -> LeaseSettings {
+        LeaseSettings {
+            timeout: Duration::from_millis(T),
+            max_size: 100,
+            max_per_client: 2,
+            max_tracked: 4,
+            reuse,
+        }
+    }
+
+    struct Fixture {
+        table: LeaseTable,
+        sequence: Sequence,
+        commits: Commits,
+    }
+
+    fn fixture(reuse: bool) -> Fixture {
+        Fixture {
+            table: LeaseTable::new(settings(reuse)),
+            sequence: Sequence::new(0, "default", 1001, END_OF_SPACE),
+            commits: Commits::persisted(),
+        }
+    }
+
+    fn ids<'a>(client: &'a str, request: &'a str) -> Option<LeaseIds<'a>> {
+        Some(LeaseIds {
+            client: client.as_bytes(),
+            request: request.as_bytes(),
+        })
+    }
+
+    impl Fixture {
+        fn grant(
+            &mut self,
+            count: u64,
+            ids: Option<LeaseIds<'_>>,
+            now: u64,
+        ) -> Result<(u64, u64), GrantError> {
+            self.table
+                .grant(&self.sequence, count, ids, now, &self.commits)
+                .map(|g| (g.first, g.first + g.count - 1))
+        }
+
+        fn ack(&mut self, first: u64, last: u64, now: u64) -> Result<u64, Problem<'static>> {
+            self.table.acknowledge(0, first, last, now, &self.commits)
+        }
+    }
+
+    #[test]
+    fn seed_000_exchange() {
+        let mut f = fixture(false);
+        assert_eq!(f.grant(20, None, 0), Ok((1001, 1020)));
+        assert!(f.commits.pending(), "the grant waits for a write");
+        assert!(f.ack(1001, 1020, 10).is_ok());
+        assert_eq!(f.grant(5, None, 20), Ok((1021, 1025)));
+        let stats = f.table.stats();
+        assert_eq!(
+            (
+                stats.outstanding,
+                stats.totals.granted,
+                stats.totals.acknowledged
+            ),
+            (1, 2, 1)
+        );
+    }
+
+    #[test]
+    fn a_retry_with_the_same_ids_gets_the_same_range() {
+        let mut f = fixture(false);
+        let first = f
+            .table
+            .grant(&f.sequence, 20, ids("c", "r1"), 0, &f.commits)
+            .unwrap();
+        let again = f
+            .table
+            .grant(&f.sequence, 20, ids("c", "r1"), 5, &f.commits)
+            .unwrap();
+        assert_eq!(first, again, "same range, waiting for the same change");
+        assert_eq!(f.grant(20, ids("c", "r2"), 5), Ok((1021, 1040)));
+        assert_eq!(
+            f.grant(20, ids("other", "r1"), 5),
+            Ok((1041, 1060)),
+            "ids are per client"
+        );
+        // After the acknowledgement, a late retry still gets the range (and a second ACK is
+        // fine), until the retention is over.
+        let change = f.ack(1001, 1020, 10).unwrap();
+        assert_eq!(f.ack(1001, 1020, 11), Ok(change));
+        assert_eq!(f.grant(20, ids("c", "r1"), 12), Ok((1001, 1020)));
+        assert_eq!(
+            f.grant(21, ids("c", "r1"), 12),
+            Err(GrantError::Refused(Problem::RequestIdReused { count: 20 }))
+        );
+        f.table.expire(10 + T, &f.commits);
+        assert_eq!(
+            f.grant(20, ids("c", "r1"), 10 + T),
+            Ok((1061, 1080)),
+            "forgotten: new"
+        );
+    }
+
+    #[test]
+    fn unknown_and_mismatched_acks_are_told_apart() {
+        let mut f = fixture(false);
+        f.grant(20, None, 0).unwrap();
+        assert_eq!(
+            f.ack(1, 5, 1),
+            Err(Problem::UnknownLease { first: 1, last: 5 })
+        );
+        assert_eq!(
+            f.ack(1021, 1030, 1),
+            Err(Problem::UnknownLease {
+                first: 1021,
+                last: 1030
+            })
+        );
+        for (first, last) in [(1001, 1019), (1005, 1020)] {
+            assert_eq!(
+                f.ack(first, last, 1),
+                Err(Problem::LeaseMismatch {
+                    first,
+                    last,
+                    lease_first: 1001,
+                    lease_last: 1020
+                })
+            );
+        }
+        assert_eq!(
+            f.table.acknowledge(1, 1001, 1020, 1, &f.commits),
+            Err(Problem::UnknownLease {
+                first: 1001,
+                last: 1020
+            }),
+            "another sequence"
+        );
+    }
+
+    #[test]
+    fn unacknowledged_leases_expire_and_are_retired() {
+        let mut f = fixture(false);
+        f.grant(20, ids("c", "r"), 0).unwrap();
+        assert_eq!(f.table.expire(T - 1, &f.commits), Some(T));
+        let before = f.commits.last();
+        assert_eq!(
+            f.table.expire(T, &f.commits),
+            Some(2 * T),
+            "forgotten later"
+        );
+        assert!(f.commits.last() > before, "expiry is a change to persist");
+        let expired = Problem::LeaseExpired {
+            first: 1001,
+            last: 1020,
+            returned: false,
+        };
+        assert_eq!(f.ack(1001, 1020, T + 1), Err(expired));
+        assert_eq!(
+            f.grant(20, ids("c", "r"), T + 1),
+            Err(GrantError::Refused(expired))
+        );
+        let stats = f.table.stats();
+        assert_eq!((stats.outstanding, stats.totals.retired), (0, 1));
+        // Never reissued: the next lease starts after it.
+        assert_eq!(f.grant(20, None, T + 2), Ok((1021, 1040)));
+        f.table.expire(3 * T, &f.commits);
+        assert_eq!(f.grant(20, None, 3 * T), Ok((1041, 1060)));
+    }
+
+    #[test]
+    fn with_reuse_an_expired_range_is_reissued_once_forgotten() {
+        let mut f = fixture(true);
+        f.grant(20, None, 0).unwrap();
+        f.table.expire(T, &f.commits);
+        assert_eq!(
+            f.ack(1001, 1020, T),
+            Err(Problem::LeaseExpired {
+                first: 1001,
+                last: 1020,
+                returned: true
+            })
+        );
+        assert_eq!(
+            f.grant(5, None, T),
+            Ok((1021, 1025)),
+            "still remembered: not pooled yet"
+        );
+        f.ack(1021, 1025, T).unwrap();
+        f.table.expire(2 * T, &f.commits);
+        assert_eq!(f.grant(5, None, 2 * T), Ok((1001, 1005)), "from the pool");
+        assert_eq!(f.grant(15, None, 2 * T), Ok((1006, 1020)), "the rest of it");
+        assert_eq!(f.grant(1, None, 2 * T), Ok((1026, 1026)), "pool empty");
+        let totals = f.table.stats().totals;
+        assert_eq!((totals.returned, totals.reused), (1, 2));
+    }
+
+    #[test]
+    fn limits() {
+        let mut f = fixture(false);
+        for count in [0, 101] {
+            assert_eq!(
+                f.grant(count, None, 0),
+                Err(GrantError::Refused(Problem::LeaseSizeOutOfRange {
+                    max: 100
+                }))
+            );
+        }
+        f.grant(1, ids("c", "1"), 0).unwrap();
+        f.grant(1, ids("c", "2"), 0).unwrap();
+        assert_eq!(
+            f.grant(1, ids("c", "3"), 0),
+            Err(GrantError::Refused(Problem::TooManyClientLeases {
+                limit: 2
+            }))
+        );
+        f.grant(1, None, 0).unwrap();
+        f.grant(1, None, 0).unwrap();
+        assert_eq!(
+            f.grant(1, None, 0),
+            Err(GrantError::Refused(Problem::TooManyLeases { limit: 4 }))
+        );
+        // A finished lease is forgotten early to make room; outstanding ones never are.
+        f.ack(1001, 1001, 1).unwrap();
+        assert_eq!(f.grant(1, ids("c", "3"), 1), Ok((1005, 1005)));
+        assert!(matches!(
+            f.grant(1, ids("bad id", "1"), 1),
+            Err(GrantError::Refused(Problem::BadLeaseId {
+                which: "client id",
+                ..
+            }))
+        ));
+    }
+
+    #[test]
+    fn a_refusal_for_want_of_a_ceiling_changes_nothing() {
+        let mut f = fixture(false);
+        f.sequence = Sequence::new(0, "default", 1001, 1010);
+        assert_eq!(
+            f.grant(20, ids("c", "r"), 0),
+            Err(GrantError::AwaitingCeiling)
+        );
+        assert_eq!(f.commits.last(), 0);
+        assert_eq!(f.table.stats(), LeaseStats::default());
+        f.sequence.raise_ceiling(2000);
+        assert_eq!(f.grant(20, ids("c", "r"), 0), Ok((1001, 1020)));
+    }
+
+    #[test]
+    fn records_restore_the_same_table() {
+        let mut f = fixture(true);
+        f.grant(20, ids("c", "r"), 0).unwrap();
+        f.grant(5, None, 0).unwrap();
+        f.ack(1021, 1025, 1).unwrap();
+        f.grant(3, ids("c", "s"), 500).unwrap();
+        f.table.expire(T, &f.commits); // the first expires
+        f.table.expire(2 * T + 1, &f.commits); // forgotten: pooled; the ack forgotten too
+        let (leases, pool, counters) = f.table.records();
+        assert_eq!(
+            pool,
+            vec![PooledRange {
+                sequence: 0,
+                first: 1001,
+                count: 20
+            }]
+        );
+        let restored = LeaseTable::restore(settings(true), &leases, &pool, counters).unwrap();
+        assert_eq!(restored.records(), f.table.records());
+        assert_eq!(restored.stats(), f.table.stats());
+        // Without --lease-reuse the pool is retired.
+        let strict = LeaseTable::restore(settings(false), &leases, &pool, counters).unwrap();
+        assert!(strict.records().1.is_empty());
+        // Overlaps are corruption.
+        let mut overlapping = leases.clone();
+        overlapping[0].first = 1010;
+        assert!(matches!(
+            LeaseTable::restore(settings(true), &overlapping, &pool, counters),
+            Err(RestoreError::Overlap { .. })
+        ));
+    }
+}

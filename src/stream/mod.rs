@@ -1,0 +1,3 @@
+//! Resumable streams (seed 003), served by one event loop.
+
+pub mod book;
