@@ -104,6 +104,47 @@ pub struct Config {
     #[arg(long, default_value_t = crate::lease::DEFAULT_MAX_TRACKED, value_name = "N")]
     pub max_leases: usize,
 
+    /// Serve the stream protocol of seed 003 (CON/NUM/ACK/CHK, resumable by client id) on
+    /// this TCP port, on --host; 0 picks a free port (it is logged). Off unless given.
+    #[arg(long, value_name = "PORT")]
+    pub stream_port: Option<u16>,
+
+    /// Time between two sends of a stream (the seed's "server tick" was one second).
+    #[arg(
+        long,
+        default_value = "1ms",
+        value_parser = humantime::parse_duration,
+        value_name = "DURATION"
+    )]
+    pub stream_interval: Duration,
+
+    /// Messages a stream sends at each --stream-interval.
+    #[arg(long, default_value_t = 64, value_name = "N")]
+    pub stream_burst: u32,
+
+    /// A stream whose client is not heard from (no CON, no ACK) for this long is forgotten;
+    /// its numbers are never issued again.
+    #[arg(
+        long,
+        default_value = "10m",
+        value_parser = humantime::parse_duration,
+        value_name = "DURATION"
+    )]
+    pub stream_ttl: Duration,
+
+    /// Most streams at once (finished streams do not count).
+    #[arg(long, default_value_t = 1024, value_name = "N")]
+    pub max_streams: usize,
+
+    /// Largest n a stream's CON may ask for.
+    #[arg(long, default_value_t = 100_000, value_name = "N")]
+    pub max_stream_numbers: u32,
+
+    /// The sequence stream numbers come from (created if missing). Its numbers must fit 32
+    /// bits, the protocol's size: a CON whose numbers would not is refused.
+    #[arg(long, default_value = "stream", value_name = "NAME")]
+    pub stream_sequence: String,
+
     /// Event loops to run [default: one per CPU this process may use; see `taskset`].
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
@@ -153,6 +194,25 @@ impl Config {
         if self.max_leases > 10_000_000 {
             bail!("--max-leases must be at most 10000000");
         }
+        if self.stream_interval < Duration::from_micros(100)
+            || self.stream_interval > Duration::from_secs(3600)
+        {
+            bail!("--stream-interval must be between 100us and 1h");
+        }
+        if self.stream_burst == 0 || self.stream_burst > 65_536 {
+            bail!("--stream-burst must be between 1 and 65536");
+        }
+        if self.stream_ttl < Duration::from_millis(100) {
+            bail!("--stream-ttl must be at least 100ms");
+        }
+        if self.max_streams == 0 || self.max_streams > 1_000_000 {
+            bail!("--max-streams must be between 1 and 1000000");
+        }
+        if self.max_stream_numbers == 0 || self.max_stream_numbers > 100_000_000 {
+            bail!("--max-stream-numbers must be between 1 and 100000000");
+        }
+        crate::sequence::validate_name(self.stream_sequence.as_bytes())
+            .map_err(|e| anyhow::anyhow!("--stream-sequence: {e}"))?;
         if self.threads == Some(0) {
             bail!("--threads must be at least 1");
         }
@@ -171,6 +231,18 @@ impl Config {
             max_per_client: self.max_leases_per_client,
             max_tracked: self.max_leases,
             reuse: self.lease_reuse,
+        }
+    }
+
+    /// How the stream protocol is served.
+    pub fn stream_settings(&self) -> crate::stream::hub::StreamSettings {
+        crate::stream::hub::StreamSettings {
+            interval: self.stream_interval,
+            burst: self.stream_burst,
+            ttl: self.stream_ttl,
+            max_streams: self.max_streams,
+            max_count: self.max_stream_numbers,
+            sequence: self.stream_sequence.clone(),
         }
     }
 
@@ -283,6 +355,41 @@ mod tests {
         assert!(Config::try_parse_from(["seqd", "--lease-timeout=soon"]).is_err());
         let err = parse(&["--lease-timeout=0s"]).validate().unwrap_err();
         assert!(err.to_string().contains("--lease-timeout"));
+    }
+
+    #[test]
+    fn stream_flags() {
+        let c = parse(&[]);
+        assert_eq!(c.stream_port, None, "off unless asked for");
+        let s = c.stream_settings();
+        assert_eq!(
+            (
+                s.interval,
+                s.burst,
+                s.ttl,
+                s.max_streams,
+                s.max_count,
+                s.sequence.as_str()
+            ),
+            (
+                Duration::from_millis(1),
+                64,
+                Duration::from_secs(600),
+                1024,
+                100_000,
+                "stream"
+            )
+        );
+        let c = parse(&[
+            "--stream-port=9000",
+            "--stream-interval=1s",
+            "--stream-burst=1",
+        ]);
+        assert_eq!(c.stream_port, Some(9000));
+        c.validate().unwrap();
+        assert!(parse(&["--stream-burst=0"]).validate().is_err());
+        let err = parse(&["--stream-sequence=a b"]).validate().unwrap_err();
+        assert!(err.to_string().contains("--stream-sequence"));
     }
 
     #[test]

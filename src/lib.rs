@@ -10,3 +10,4 @@ pub mod server;
 pub mod session;
 pub mod store;
 pub mod stream;
+pub mod stream_client;

@@ -94,6 +94,12 @@ fn run(config: Config) -> anyhow::Result<()> {
         limits: Limits {
             max_batch: config.max_batch,
         },
+        stream: config.stream_port.map(|port| {
+            (
+                std::net::SocketAddr::new(addr.ip(), port),
+                config.stream_settings(),
+            )
+        }),
     };
     // Should this fail, the first windows stay on disk unused: the next start skips them
     // (the safe direction; an event loop that did start may have issued from them).
@@ -113,6 +119,13 @@ fn run(config: Config) -> anyhow::Result<()> {
         "seqd listening on {}",
         server.local_addr()
     );
+    if let Some(stream_addr) = server.stream_addr() {
+        tracing::info!(
+            interval = ?config.stream_interval,
+            burst = config.stream_burst,
+            "stream protocol (seed 003) listening on {stream_addr}"
+        );
+    }
 
     let mut running = threads;
     let mut failure = None;

@@ -1,5 +1,7 @@
 //! The server: one pinned, single-threaded io_uring event loop per core, each with its own
-//! SO_REUSEPORT listener, sharing nothing but the sequence registry and a connection count.
+//! SO_REUSEPORT listener, sharing nothing but the sequence registry, the lease and stream
+//! records and a connection count. The stream protocol's listener (seed 003), if any, is
+//! served by loop 0 alone.
 
 mod bufring;
 pub mod probe;
@@ -18,6 +20,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use crate::sequence::Registry;
 use crate::session::Limits;
 use crate::store::records::Records;
+use crate::stream::hub::StreamSettings;
 
 /// How the server is to run.
 #[derive(Debug, Clone)]
@@ -27,6 +30,8 @@ pub struct Settings {
     pub pin: bool,
     pub max_connections: usize,
     pub limits: Limits,
+    /// Where to serve the stream protocol, and how.
+    pub stream: Option<(SocketAddr, StreamSettings)>,
 }
 
 /// State every event loop sees.
@@ -68,6 +73,7 @@ impl Wakers {
 
 pub struct Server {
     local_addr: SocketAddr,
+    stream_addr: Option<SocketAddr>,
     shared: Arc<Shared>,
     wakers: Wakers,
     threads: Vec<JoinHandle<()>>,
@@ -89,6 +95,23 @@ impl Server {
             .ok()
             .and_then(|a| a.as_socket())
             .context("listener has no address")?;
+        let mut stream = match &settings.stream {
+            Some((addr, stream_settings)) => {
+                let listener = bind_stream_listener(*addr)?;
+                let bound = listener
+                    .local_addr()
+                    .ok()
+                    .and_then(|a| a.as_socket())
+                    .context("stream listener has no address")?;
+                Some((
+                    std::net::TcpListener::from(listener),
+                    stream_settings.clone(),
+                    bound,
+                ))
+            }
+            None => None,
+        };
+        let stream_addr = stream.as_ref().map(|(_, _, bound)| *bound);
         let shared = Arc::new(Shared {
             registry,
             records,
@@ -135,6 +158,10 @@ impl Server {
                 listener: listener.into(),
                 wake_fd: wake_fds[index],
                 limits: settings.limits.clone(),
+                stream: match index {
+                    0 => stream.take().map(|(listener, s, _)| (listener, s)),
+                    _ => None,
+                },
             };
             let shared = shared.clone();
             let ready = ready_tx.clone();
@@ -169,6 +196,7 @@ impl Server {
 
         let server = Server {
             local_addr,
+            stream_addr,
             shared,
             wakers,
             threads,
@@ -197,6 +225,11 @@ impl Server {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Where the stream protocol is served, if it is.
+    pub fn stream_addr(&self) -> Option<SocketAddr> {
+        self.stream_addr
     }
 
     /// Wakes every event loop (they re-check shutdown and waiting requests).
@@ -284,23 +317,8 @@ fn ensure_fd_limit(max_connections: usize, threads: usize) {
 /// another process: SO_REUSEPORT would otherwise let two servers share it silently, and two
 /// sequencers on one port would hand out the same numbers.
 fn bind_listeners(addr: SocketAddr, count: usize) -> anyhow::Result<Vec<Socket>> {
-    let new_socket = |reuse_port: bool| -> io::Result<Socket> {
-        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-        socket.set_reuse_address(true)?;
-        socket.set_reuse_port(reuse_port)?;
-        // Accepted sockets inherit these.
-        socket.set_tcp_nodelay(true)?;
-        socket.set_keepalive(true)?;
-        Ok(socket)
-    };
-    let in_use = |e: io::Error, addr: SocketAddr| {
-        let hint = if e.kind() == io::ErrorKind::AddrInUse {
-            " (is another seqd or service on that port? choose another with --port)"
-        } else {
-            ""
-        };
-        anyhow::anyhow!("cannot listen on {addr}: {e}{hint}")
-    };
+    let new_socket = |reuse_port| new_socket(addr, reuse_port);
+    let in_use = |e, addr| in_use(e, addr, "--port");
 
     // Exclusive probe: fails if anything listens on the port, reuseport group or not.
     let probe = new_socket(false).context("cannot create a socket")?;
@@ -320,4 +338,36 @@ fn bind_listeners(addr: SocketAddr, count: usize) -> anyhow::Result<Vec<Socket>>
         listeners.push(socket);
     }
     Ok(listeners)
+}
+
+/// Binds the stream protocol's listener: one socket, no SO_REUSEPORT group, because one
+/// event loop serves every stream (so one client id never has two writers).
+fn bind_stream_listener(addr: SocketAddr) -> anyhow::Result<Socket> {
+    let socket = new_socket(addr, false).context("cannot create a socket")?;
+    socket
+        .bind(&addr.into())
+        .map_err(|e| in_use(e, addr, "--stream-port"))?;
+    socket
+        .listen(1024)
+        .map_err(|e| in_use(e, addr, "--stream-port"))?;
+    Ok(socket)
+}
+
+fn new_socket(addr: SocketAddr, reuse_port: bool) -> io::Result<Socket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(reuse_port)?;
+    // Accepted sockets inherit these.
+    socket.set_tcp_nodelay(true)?;
+    socket.set_keepalive(true)?;
+    Ok(socket)
+}
+
+fn in_use(e: io::Error, addr: SocketAddr, flag: &str) -> anyhow::Error {
+    let hint = if e.kind() == io::ErrorKind::AddrInUse {
+        format!(" (is another seqd or service on that port? choose another with {flag})")
+    } else {
+        String::new()
+    };
+    anyhow::anyhow!("cannot listen on {addr}: {e}{hint}")
 }

@@ -8,6 +8,11 @@
 //! Every operation's completion is routed by its user_data, a [`Token`]: the operation kind
 //! and the connection's slab key. A connection's slot is only freed once none of its
 //! operations can still complete, so a token never reaches a stranger.
+//!
+//! Loop 0 may also serve the stream protocol (seed 003) on its own listener: those
+//! connections are fed to a [`StreamHub`] instead of a session, and a timer paces what the
+//! hub sends. All streams live in this one thread, so "one writer per client id" needs no
+//! coordination; ordinary connections pay one flag test per receive.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -23,6 +28,7 @@ use super::bufring::BufRing;
 use super::probe::{self, Features};
 use crate::protocol::{Problem, Reply, text};
 use crate::session::{LoopState, Pause, Session, Status};
+use crate::stream::hub::{Now, StreamHub, StreamSettings, Verdict};
 
 const SUBMISSION_ENTRIES: u32 = 4096;
 const COMPLETION_ENTRIES: u32 = 16384;
@@ -40,6 +46,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 /// How long a closing connection waits for the peer to close after our FIN.
 const LINGER: Duration = Duration::from_secs(2);
+/// A stream connection gets more to send only while less than this waits to be sent.
+const STREAM_BACKLOG: usize = 64 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
@@ -85,6 +93,11 @@ impl Token {
 const TIMER_SHUTDOWN: usize = 0;
 const TIMER_ACCEPT_RETRY: usize = 1;
 const TIMER_LINGER: usize = 2;
+const TIMER_STREAM: usize = 3;
+
+/// Accept tokens: which listener.
+const LISTENER_MAIN: usize = 0;
+const LISTENER_STREAM: usize = 1;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Closing {
@@ -120,6 +133,8 @@ struct Connection {
     linger_deadline: Option<std::time::Instant>,
     paused: Option<Pause>,
     closing: Closing,
+    /// A connection of the stream listener: its bytes go to the stream hub.
+    stream: bool,
 }
 
 impl Connection {
@@ -144,6 +159,17 @@ pub(super) struct LoopSettings {
     pub listener: std::net::TcpListener,
     pub wake_fd: RawFd,
     pub limits: crate::session::Limits,
+    /// The stream listener and its settings: loop 0 only.
+    pub stream: Option<(std::net::TcpListener, StreamSettings)>,
+}
+
+/// The stream protocol's side of loop 0.
+struct StreamService {
+    listener: std::net::TcpListener,
+    accept_armed: bool,
+    hub: StreamHub,
+    /// When the stream timer fires, if it is armed.
+    timer_due: Option<std::time::Instant>,
 }
 
 pub(super) struct EventLoop {
@@ -174,6 +200,7 @@ pub(super) struct EventLoop {
     parked: Vec<usize>,
     spare: Vec<Vec<u8>>,
     draining: bool,
+    streams: Option<StreamService>,
 }
 
 impl EventLoop {
@@ -198,6 +225,19 @@ impl EventLoop {
             shared.records.clone(),
             settings.limits,
         );
+        let streams = settings
+            .stream
+            .map(|(listener, stream_settings)| StreamService {
+                listener,
+                accept_armed: false,
+                hub: StreamHub::new(
+                    stream_settings,
+                    shared.registry.clone(),
+                    shared.records.clone(),
+                    Now::current(),
+                ),
+                timer_due: None,
+            });
         Ok(EventLoop {
             ring,
             buffers,
@@ -221,6 +261,7 @@ impl EventLoop {
             parked: Vec::new(),
             spare: Vec::new(),
             draining: false,
+            streams,
         })
     }
 
@@ -230,6 +271,8 @@ impl EventLoop {
 
     pub fn run(mut self) -> io::Result<()> {
         self.arm_accept()?;
+        self.arm_stream_accept()?;
+        self.schedule_stream_tick()?;
         self.arm_wake()?;
         // The shutdown may have been requested before the wake read was armed.
         if self.shared.shutdown.load(Ordering::Acquire) {
@@ -273,6 +316,7 @@ impl EventLoop {
         self.draining
             && self.connections.is_empty()
             && !self.accept_armed
+            && !self.streams.as_ref().is_some_and(|s| s.accept_armed)
             && !self.wake_armed
             && self.refusals_inflight == 0
             && self.timers_armed == 0
@@ -292,7 +336,7 @@ impl EventLoop {
 
     fn complete(&mut self, token: Token, result: i32, flags: u32) -> io::Result<()> {
         match token.op() {
-            Some(Op::Accept) => self.on_accept(result, flags),
+            Some(Op::Accept) => self.on_accept(token.key(), result, flags),
             Some(Op::Recv) => self.on_recv(token.key(), result, flags),
             Some(Op::Send) => self.on_send(token.key(), result),
             Some(Op::Cancel) => Ok(()),
@@ -324,20 +368,23 @@ impl EventLoop {
         let entry = opcode::AcceptMulti::new(types::Fd(listener.as_raw_fd()))
             .flags(libc::SOCK_CLOEXEC)
             .build()
-            .user_data(Token::new(Op::Accept, 0).0);
+            .user_data(Token::new(Op::Accept, LISTENER_MAIN).0);
         self.push(entry)?;
         self.accept_armed = true;
         Ok(())
     }
 
-    fn on_accept(&mut self, result: i32, flags: u32) -> io::Result<()> {
+    fn on_accept(&mut self, listener: usize, result: i32, flags: u32) -> io::Result<()> {
+        if listener == LISTENER_STREAM {
+            return self.on_stream_accept(result, flags);
+        }
         if !cqueue::more(flags) {
             self.accept_armed = false;
         }
         if result >= 0 {
             // SAFETY: a successful accept returns a new descriptor that we now own.
             let fd = unsafe { OwnedFd::from_raw_fd(result) };
-            self.admit(fd)?;
+            self.admit(fd, false)?;
         } else if -result != libc::ECANCELED {
             let error = io::Error::from_raw_os_error(-result);
             match -result {
@@ -362,7 +409,7 @@ impl EventLoop {
         Ok(())
     }
 
-    fn admit(&mut self, fd: OwnedFd) -> io::Result<()> {
+    fn admit(&mut self, fd: OwnedFd, stream: bool) -> io::Result<()> {
         if self.draining {
             return Ok(()); // dropping the descriptor closes it
         }
@@ -371,8 +418,13 @@ impl EventLoop {
             self.shared.connections.fetch_sub(1, Ordering::AcqRel);
             tracing::warn!(
                 limit = self.shared.max_connections,
+                stream,
                 "connection refused: --max-connections reached"
             );
+            if stream {
+                // The stream protocol has no error message: closing says it all.
+                return Ok(());
+            }
             let raw = fd.as_raw_fd();
             let entry = opcode::Send::new(
                 types::Fd(raw),
@@ -412,7 +464,11 @@ impl EventLoop {
             linger_deadline: None,
             paused: None,
             closing: Closing::No,
+            stream,
         });
+        if stream && let Some(streams) = &mut self.streams {
+            streams.hub.open(key);
+        }
         self.arm_recv(key)
     }
 
@@ -471,16 +527,28 @@ impl EventLoop {
                 // SAFETY: `bid` was just handed to us by the kernel and is recycled below,
                 // after its bytes have been decoded.
                 let data = unsafe { self.buffers.filled(bid, result as usize) };
-                let status = conn
-                    .session
-                    .receive(data, &mut self.state, &mut conn.pending);
-                self.buffers.recycle(bid);
-                self.after_session(key, status)?;
+                if conn.stream {
+                    let verdict = match &mut self.streams {
+                        Some(streams) => streams.hub.receive(key, data, Now::current()),
+                        None => Verdict::Close,
+                    };
+                    self.buffers.recycle(bid);
+                    self.after_stream_input(key, verdict)?;
+                } else {
+                    let status = conn
+                        .session
+                        .receive(data, &mut self.state, &mut conn.pending);
+                    self.buffers.recycle(bid);
+                    self.after_session(key, status)?;
+                }
             } else {
                 self.buffers.recycle(bid); // closing: input is discarded
             }
         } else if result == 0 {
             conn.peer_closed = true;
+            if conn.closing == Closing::No && conn.stream {
+                return self.close_after_flush(key);
+            }
             if conn.closing == Closing::No {
                 tracing::debug!(key, "peer closed its side");
                 // A last line without a line ending is complete now. A paused session still
@@ -711,6 +779,11 @@ impl EventLoop {
         if done {
             let conn = self.connections.remove(key);
             tracing::debug!(key, fd = conn.fd.as_raw_fd(), "connection closed");
+            if conn.stream
+                && let Some(streams) = &mut self.streams
+            {
+                streams.hub.close(key, Now::current());
+            }
             self.keep_spare(conn.pending);
             self.keep_spare(conn.sending);
             self.shared.connections.fetch_sub(1, Ordering::AcqRel);
@@ -802,7 +875,23 @@ impl EventLoop {
             "shutting down: no new connections; answering what was received"
         );
         if self.accept_armed {
-            let entry = opcode::AsyncCancel::new(Token::new(Op::Accept, 0).0)
+            let entry = opcode::AsyncCancel::new(Token::new(Op::Accept, LISTENER_MAIN).0)
+                .build()
+                .user_data(Token::new(Op::Cancel, 0).0);
+            self.push(entry)?;
+        }
+        let (stream_accept, stream_timer) = self
+            .streams
+            .as_ref()
+            .map_or((false, false), |s| (s.accept_armed, s.timer_due.is_some()));
+        if stream_accept {
+            let entry = opcode::AsyncCancel::new(Token::new(Op::Accept, LISTENER_STREAM).0)
+                .build()
+                .user_data(Token::new(Op::Cancel, 0).0);
+            self.push(entry)?;
+        }
+        if stream_timer {
+            let entry = opcode::TimeoutRemove::new(Token::new(Op::Timer, TIMER_STREAM).0)
                 .build()
                 .user_data(Token::new(Op::Cancel, 0).0);
             self.push(entry)?;
@@ -853,11 +942,154 @@ impl EventLoop {
                 Ok(())
             }
             TIMER_LINGER => self.expire_lingering(),
+            TIMER_STREAM => {
+                if let Some(streams) = &mut self.streams {
+                    streams.timer_due = None;
+                }
+                self.stream_tick()
+            }
             _ => {
                 if !self.accept_armed && !self.draining {
                     self.arm_accept()?;
                 }
                 Ok(())
+            }
+        }
+    }
+}
+
+// ---- the stream protocol (loop 0) ----
+
+impl EventLoop {
+    fn arm_stream_accept(&mut self) -> io::Result<()> {
+        let Some(streams) = &mut self.streams else {
+            return Ok(());
+        };
+        let entry = opcode::AcceptMulti::new(types::Fd(streams.listener.as_raw_fd()))
+            .flags(libc::SOCK_CLOEXEC)
+            .build()
+            .user_data(Token::new(Op::Accept, LISTENER_STREAM).0);
+        streams.accept_armed = true;
+        self.push(entry)
+    }
+
+    fn on_stream_accept(&mut self, result: i32, flags: u32) -> io::Result<()> {
+        let Some(streams) = &mut self.streams else {
+            return Ok(());
+        };
+        if !cqueue::more(flags) {
+            streams.accept_armed = false;
+        }
+        if result >= 0 {
+            // SAFETY: a successful accept returns a new descriptor that we now own.
+            let fd = unsafe { OwnedFd::from_raw_fd(result) };
+            self.admit(fd, true)?;
+        } else if -result != libc::ECANCELED {
+            let error = io::Error::from_raw_os_error(-result);
+            tracing::warn!("accepting a stream connection failed: {error}");
+            if matches!(
+                -result,
+                libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM
+            ) {
+                // Re-armed by the next stream tick rather than spinning on the error now.
+                return self.schedule_stream_tick();
+            }
+        }
+        if self.streams.as_ref().is_some_and(|s| !s.accept_armed) && !self.draining {
+            self.arm_stream_accept()?;
+        }
+        Ok(())
+    }
+
+    /// After a stream connection's bytes were fed to the hub: close it if the hub says so,
+    /// close connections the hub let go, and make sure a tick comes. What a stream sends is
+    /// paced by the timer alone: an acknowledgement never triggers the next send.
+    fn after_stream_input(&mut self, key: usize, verdict: Verdict) -> io::Result<()> {
+        if verdict == Verdict::Close {
+            self.close_after_flush(key)?;
+        }
+        self.close_released_streams()?;
+        self.schedule_stream_tick()
+    }
+
+    /// Appends what the hub has due for connection `key`, if it can take more.
+    fn fill_stream(&mut self, key: usize, now: Now) {
+        let (Some(streams), Some(conn)) = (&mut self.streams, self.connections.get_mut(key)) else {
+            return;
+        };
+        if conn.closing != Closing::No || conn.pending.len() >= STREAM_BACKLOG {
+            return;
+        }
+        let before = conn.pending.len();
+        streams.hub.fill(key, &mut conn.pending, now);
+        if conn.pending.len() > before {
+            self.dirty.push(key);
+        }
+    }
+
+    /// Closes the connections the hub no longer serves (taken over by a newer `CON` for
+    /// their stream, or expired).
+    fn close_released_streams(&mut self) -> io::Result<()> {
+        let Some(streams) = &mut self.streams else {
+            return Ok(());
+        };
+        for key in streams.hub.take_to_close() {
+            if self.connections.contains(key) {
+                tracing::debug!(key, "stream connection released by the hub; closing it");
+                self.close_now(key)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The stream timer: numbers for streams waiting for them, expiry, and the next sends.
+    fn stream_tick(&mut self) -> io::Result<()> {
+        let now = Now::current();
+        let due = match &mut self.streams {
+            Some(streams) if !self.draining => streams.hub.tick(now),
+            _ => return Ok(()),
+        };
+        for key in due {
+            self.fill_stream(key, now);
+        }
+        self.close_released_streams()?;
+        if self.streams.as_ref().is_some_and(|s| !s.accept_armed) && !self.draining {
+            self.arm_stream_accept()?;
+        }
+        self.schedule_stream_tick()
+    }
+
+    /// Arms the stream timer for when the hub next has something due, or brings an armed
+    /// one forward.
+    fn schedule_stream_tick(&mut self) -> io::Result<()> {
+        let Some(streams) = &mut self.streams else {
+            return Ok(());
+        };
+        if self.draining {
+            return Ok(());
+        }
+        let now = Now::current();
+        let Some(after) = streams.hub.next_tick(now) else {
+            return Ok(());
+        };
+        let due = now.at + after;
+        match streams.timer_due {
+            Some(armed) if armed <= due => Ok(()),
+            Some(_) => {
+                streams.timer_due = Some(due);
+                *self.timer = types::Timespec::from(after);
+                let entry =
+                    opcode::TimeoutUpdate::new(Token::new(Op::Timer, TIMER_STREAM).0, &*self.timer)
+                        .build()
+                        .user_data(Token::new(Op::Cancel, 0).0);
+                self.push(entry)?;
+                // The kernel reads the timespec when it takes the submission.
+                self.ring.submit()?;
+                Ok(())
+            }
+            None => {
+                streams.timer_due = Some(due);
+                self.arm_timer(TIMER_STREAM, after)
             }
         }
     }

@@ -168,6 +168,18 @@ impl SeqdProcess {
         client
     }
 
+    /// Where the stream protocol listens (started with `--stream-port`).
+    pub fn stream_addr(&self) -> SocketAddr {
+        const LINE: &str = "stream protocol (seed 003) listening on ";
+        self.wait_for_log(LINE);
+        let log = self.log();
+        let rest = log.split(LINE).nth(1).unwrap_or_default();
+        rest.split_whitespace()
+            .next()
+            .and_then(|addr| addr.parse().ok())
+            .unwrap_or_else(|| panic!("no stream address in the log:\n{log}"))
+    }
+
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()
     }
@@ -266,6 +278,15 @@ pub fn read_line(stream: &mut TcpStream) -> String {
     }
     line.truncate(line.len() - 2);
     String::from_utf8(line).unwrap()
+}
+
+/// A TCP port that was free a moment ago (for a server that must come back on the same
+/// port after a restart).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
 }
 
 /// Path of an executable on PATH, if installed.
