@@ -23,8 +23,12 @@ TCP, one at a time or in contiguous ranges, from one pinned io_uring event loop 
 
 One port speaks two protocols, chosen from the first byte a client sends:
   text    GETSEQ, GETSEQ_BATCH n, CURRENT, PING, QUIT, each with an optional sequence name;
-          inline lines (telnet, nc) or RESP arrays (redis-cli, redis-benchmark)
+          inline lines (telnet, nc) or RESP arrays (redis-cli, redis-benchmark); and seed
+          000's range leases: GET_SEQUENCE_RANGE n [client-id request-id] -> start,end, then
+          ACK start,end
   binary  fixed 16-byte frames for the fast path (see docs/PROTOCOL.md, or seqd::client)
+With --stream-port, seed 003's stream protocol (CON/NUM/ACK/CHK, resumable by client id) is
+served on a port of its own; the seqd-stream command is its client.
 
 Numbers are durable: each one is issued below a ceiling already on disk in --data-dir, so no
 number is ever issued twice, across kill -9 and power loss too. A clean shutdown (SIGINT,

@@ -253,8 +253,9 @@ pub struct Session {
     carry: Vec<u8>,
     /// A run refused for want of durable numbers, answered first on resume.
     parked: Option<Run>,
-    /// A reply waiting for its change to be durable, sent first on resume.
-    awaiting: Option<Awaiting>,
+    /// A reply waiting for its change to be durable, sent first on resume (boxed: rare, and
+    /// every connection carries the field).
+    awaiting: Option<Box<Awaiting>>,
     pause: Option<Pause>,
     closing: bool,
     /// The client sent its last byte: a final text line needs no line ending.
@@ -347,7 +348,7 @@ impl Session {
     }
 
     fn resume_with<W: Wire>(&mut self, state: &mut LoopState, out: &mut Vec<u8>) -> Status {
-        if let Some(awaiting) = self.awaiting {
+        if let Some(awaiting) = self.awaiting.as_deref().copied() {
             match answer_when_durable::<W>(awaiting, state, out) {
                 Some(Flow::Wait(awaiting)) => {
                     return self.paused(Pause::AwaitingDurable(awaiting.change));
@@ -463,7 +464,7 @@ impl Session {
             }
             Flow::Wait(awaiting) => {
                 self.carry.extend_from_slice(data);
-                self.awaiting = Some(awaiting);
+                self.awaiting = Some(Box::new(awaiting));
                 self.pause = Some(Pause::AwaitingDurable(awaiting.change));
                 Status::Paused(Pause::AwaitingDurable(awaiting.change))
             }

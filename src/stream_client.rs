@@ -442,6 +442,8 @@ fn session(
         let n = match socket.read(&mut buf) {
             Ok(0) => return Err(StreamError::Closed),
             Ok(n) => n,
+            // A signal (Ctrl-C) interrupts the read: the stop flag is looked at above.
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e)
                 if matches!(
                     e.kind(),

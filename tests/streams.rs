@@ -327,6 +327,10 @@ fn the_cli_resumes_after_ctrl_c() {
     assert_eq!(output.status.code(), Some(130), "{stdout}");
     assert!(stdout.contains("[0] number: 1\n"), "{stdout}");
     assert!(stdout.contains("exiting; resume with"), "{stdout}");
+    assert!(
+        !stdout.contains("connection lost"),
+        "Ctrl-C is not a lost connection: {stdout}"
+    );
     let output = cli(&["--quiet"]).output().unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
