@@ -232,9 +232,14 @@ impl StreamState {
         };
         match *slot {
             Some(known) if known == number => Ok(Recorded::Again),
-            Some(known) => Err(StreamError::Protocol(format!(
-                "position {position} was {known} and is now {number}"
-            ))),
+            Some(known) => Err(StreamError::State {
+                path: self.path.clone(),
+                what: format!(
+                    "position {position} was {known} and the server now sends {number}: it no \
+                     longer knows this stream (expired after --stream-ttl, or another data \
+                     directory); remove the file or use another client id"
+                ),
+            }),
             None => {
                 *slot = Some(number);
                 self.received += 1;
