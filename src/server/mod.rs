@@ -26,6 +26,8 @@ pub struct Settings {
     pub pin: bool,
     pub max_connections: usize,
     pub limits: Limits,
+    /// How long an idle event loop spins before it sleeps (zero: it sleeps at once).
+    pub busy_poll: std::time::Duration,
 }
 
 /// State every event loop sees.
@@ -131,6 +133,7 @@ impl Server {
                 listener: listener.into(),
                 wake_fd: wake_fds[index],
                 limits: settings.limits.clone(),
+                busy_poll: settings.busy_poll,
             };
             let shared = shared.clone();
             let ready = ready_tx.clone();
