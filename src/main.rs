@@ -91,6 +91,7 @@ fn run(config: Config) -> anyhow::Result<()> {
         threads,
         pin: config.pin(),
         max_connections: config.max_connections,
+        busy_poll: std::time::Duration::from_micros(config.busy_poll),
         limits: Limits {
             max_batch: config.max_batch,
         },

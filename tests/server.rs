@@ -278,3 +278,22 @@ fn text_error_lines_are_well_formed_under_pipelining() {
         assert_eq!(read_line(&mut conn), format!(":{i}"));
     }
 }
+
+#[test]
+fn busy_polling_loops_serve_bursts_and_idle_gaps_alike() {
+    let server = SeqdProcess::start(&["--busy-poll=200"]);
+    let mut conn = server.connect();
+    let mut expected = 1u64;
+    for gap_ms in [0u64, 1, 0, 20, 0, 5] {
+        // A burst, then a gap longer or shorter than the spin.
+        let burst = b"GETSEQ\r\n".repeat(100);
+        conn.write_all(&burst).unwrap();
+        for _ in 0..100 {
+            assert_eq!(read_line(&mut conn), format!(":{expected}"));
+            expected += 1;
+        }
+        thread::sleep(Duration::from_millis(gap_ms));
+    }
+    let mut client = server.client();
+    assert_eq!(client.get().unwrap(), expected);
+}

@@ -32,6 +32,8 @@ pub struct Settings {
     pub limits: Limits,
     /// Where to serve the stream protocol, and how.
     pub stream: Option<(SocketAddr, StreamSettings)>,
+    /// How long an idle event loop spins before it sleeps (zero: it sleeps at once).
+    pub busy_poll: std::time::Duration,
 }
 
 /// State every event loop sees.
@@ -162,6 +164,7 @@ impl Server {
                     0 => stream.take().map(|(listener, s, _)| (listener, s)),
                     _ => None,
                 },
+                busy_poll: settings.busy_poll,
             };
             let shared = shared.clone();
             let ready = ready_tx.clone();

@@ -12,6 +12,9 @@ pub struct Features {
     pub task_run: TaskRun,
     /// Completions are never dropped when the completion queue is full (5.5+).
     pub no_drop: bool,
+    /// The kernel flags pending deferred work in shared memory (TASKRUN_FLAG, 5.19+), which
+    /// busy polling watches.
+    pub work_pending_flag: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,10 +56,13 @@ pub fn create_ring(entries: u32, cq_entries: u32) -> io::Result<(IoUring, Featur
         builder.setup_cqsize(cq_entries).setup_submit_all();
         match task_run {
             TaskRun::Deferred => {
-                builder.setup_single_issuer().setup_defer_taskrun();
+                builder
+                    .setup_single_issuer()
+                    .setup_defer_taskrun()
+                    .setup_taskrun_flag();
             }
             TaskRun::Cooperative => {
-                builder.setup_coop_taskrun();
+                builder.setup_coop_taskrun().setup_taskrun_flag();
             }
             TaskRun::Default => {}
         }
@@ -64,7 +70,15 @@ pub fn create_ring(entries: u32, cq_entries: u32) -> io::Result<(IoUring, Featur
             Ok(ring) => {
                 let no_drop = ring.params().is_feature_nodrop();
                 check_opcodes(&ring)?;
-                return Ok((ring, Features { task_run, no_drop }));
+                let work_pending_flag = task_run != TaskRun::Default;
+                return Ok((
+                    ring,
+                    Features {
+                        task_run,
+                        no_drop,
+                        work_pending_flag,
+                    },
+                ));
             }
             // EINVAL: a flag this kernel does not know; try the next, plainer set.
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => last_error = Some(e),

@@ -161,6 +161,7 @@ pub(super) struct LoopSettings {
     pub limits: crate::session::Limits,
     /// The stream listener and its settings: loop 0 only.
     pub stream: Option<(std::net::TcpListener, StreamSettings)>,
+    pub busy_poll: Duration,
 }
 
 /// The stream protocol's side of loop 0.
@@ -178,6 +179,7 @@ pub(super) struct EventLoop {
     ring: IoUring,
     buffers: BufRing,
     features: Features,
+    busy_poll: Duration,
     index: usize,
     listener: Option<std::net::TcpListener>,
     accept_armed: bool,
@@ -242,6 +244,7 @@ impl EventLoop {
             ring,
             buffers,
             features,
+            busy_poll: settings.busy_poll,
             index: settings.index,
             listener: Some(settings.listener),
             accept_armed: false,
@@ -285,21 +288,7 @@ impl EventLoop {
                 tracing::debug!(loop_index = self.index, "event loop stopped");
                 return Ok(());
             }
-            match self.ring.submit_and_wait(1) {
-                Ok(_) => {}
-                // Interrupted, or completions must be reaped before more can be submitted.
-                Err(e)
-                    if matches!(
-                        e.raw_os_error(),
-                        Some(libc::EINTR | libc::EBUSY | libc::EAGAIN)
-                    ) => {}
-                Err(e) => {
-                    return Err(io::Error::new(
-                        e.kind(),
-                        format!("io_uring_enter failed: {e}"),
-                    ));
-                }
-            }
+            self.wait_for_completions()?;
             completions.clear();
             completions.extend(
                 self.ring
@@ -309,6 +298,52 @@ impl EventLoop {
             for &(token, result, flags) in &completions {
                 self.complete(Token(token), result, flags)?;
             }
+        }
+    }
+
+    /// Submits what is queued and returns once completions are ready. With `--busy-poll`, it
+    /// first watches the kernel's "work pending" flag in shared memory for a while (no system
+    /// calls, no sleep), so a request arriving soon after the last one is picked up without
+    /// the wake-up a sleeping thread needs; then it blocks.
+    fn wait_for_completions(&mut self) -> io::Result<()> {
+        if self.busy_poll.is_zero() || !self.features.work_pending_flag || self.draining {
+            return self.enter(1);
+        }
+        // Submit; this also runs work that is already pending.
+        self.enter(0)?;
+        if !self.ring.completion().is_empty() {
+            return Ok(());
+        }
+        let deadline = std::time::Instant::now() + self.busy_poll;
+        loop {
+            if self.ring.submission().taskrun() {
+                return self.enter(0);
+            }
+            if std::time::Instant::now() >= deadline {
+                return self.enter(1);
+            }
+            std::hint::spin_loop();
+        }
+    }
+
+    /// One io_uring_enter: submits queued entries and waits for `want` completions (running
+    /// deferred work when there is some, even with `want` 0).
+    fn enter(&mut self, want: usize) -> io::Result<()> {
+        match self.ring.submit_and_wait(want) {
+            Ok(_) => Ok(()),
+            // Interrupted, or completions must be reaped before more can be submitted.
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EINTR | libc::EBUSY | libc::EAGAIN)
+                ) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(io::Error::new(
+                e.kind(),
+                format!("io_uring_enter failed: {e}"),
+            )),
         }
     }
 
