@@ -325,7 +325,7 @@ fn bind_listeners(addr: SocketAddr, count: usize) -> anyhow::Result<Vec<Socket>>
 
     // Exclusive probe: fails if anything listens on the port, reuseport group or not.
     let probe = new_socket(false).context("cannot create a socket")?;
-    probe.bind(&addr.into()).map_err(|e| in_use(e, addr))?;
+    bind_retrying(&probe, addr).map_err(|e| in_use(e, addr))?;
     let addr = probe
         .local_addr()
         .ok()
@@ -347,13 +347,30 @@ fn bind_listeners(addr: SocketAddr, count: usize) -> anyhow::Result<Vec<Socket>>
 /// event loop serves every stream (so one client id never has two writers).
 fn bind_stream_listener(addr: SocketAddr) -> anyhow::Result<Socket> {
     let socket = new_socket(addr, false).context("cannot create a socket")?;
-    socket
-        .bind(&addr.into())
-        .map_err(|e| in_use(e, addr, "--stream-port"))?;
+    bind_retrying(&socket, addr).map_err(|e| in_use(e, addr, "--stream-port"))?;
     socket
         .listen(1024)
         .map_err(|e| in_use(e, addr, "--stream-port"))?;
     Ok(socket)
+}
+
+/// How long a port that is in use is retried before giving up: a seqd killed a moment ago
+/// may still hold its listeners, because the kernel tears an io_uring (and the sockets its
+/// pending accepts hold) down asynchronously after the process is gone.
+const BIND_PATIENCE: std::time::Duration = std::time::Duration::from_secs(1);
+
+fn bind_retrying(socket: &Socket, addr: SocketAddr) -> io::Result<()> {
+    let deadline = std::time::Instant::now() + BIND_PATIENCE;
+    loop {
+        match socket.bind(&addr.into()) {
+            Err(e)
+                if e.kind() == io::ErrorKind::AddrInUse && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            result => return result,
+        }
+    }
 }
 
 fn new_socket(addr: SocketAddr, reuse_port: bool) -> io::Result<Socket> {
