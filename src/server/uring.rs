@@ -187,7 +187,6 @@ pub(super) struct EventLoop {
     wake_buf: Box<[u8; 8]>,
     wake_armed: bool,
     timer: Box<types::Timespec>,
-    timers_armed: usize,
     refusal: Box<[u8]>,
     refusals_inflight: usize,
     connections: Slab<Connection>,
@@ -252,7 +251,6 @@ impl EventLoop {
             wake_buf: Box::new([0; 8]),
             wake_armed: false,
             timer: Box::new(types::Timespec::new()),
-            timers_armed: 0,
             refusal: refusal.into_boxed_slice(),
             refusals_inflight: 0,
             connections: Slab::with_capacity(1024),
@@ -347,6 +345,8 @@ impl EventLoop {
         }
     }
 
+    /// Whether the loop may stop. Pending timers do not hold it: the kernel copied their
+    /// timespecs, and dropping the ring cancels them.
     fn finished(&self) -> bool {
         self.draining
             && self.connections.is_empty()
@@ -354,7 +354,6 @@ impl EventLoop {
             && !self.streams.as_ref().is_some_and(|s| s.accept_armed)
             && !self.wake_armed
             && self.refusals_inflight == 0
-            && self.timers_armed == 0
     }
 
     /// Queues a submission, flushing the queue to the kernel first if it is full.
@@ -787,6 +786,12 @@ impl EventLoop {
         if conn.closing == Closing::AfterFlush && !conn.has_output() {
             if conn.peer_closed {
                 conn.closing = Closing::Now;
+            } else if socket_is_quiet(conn.fd.as_raw_fd()) {
+                // Every reply delivered and acknowledged, no unread input: a close now cannot
+                // make the kernel throw a reply away, so there is nothing to linger for (an
+                // idle client at shutdown is closed at once).
+                conn.closing = Closing::Now;
+                self.stop_reading(key)?;
             } else {
                 // FIN after the last reply; then wait for the peer's.
                 // SAFETY: shutting down a socket we own; failure only means it is already dead.
@@ -953,14 +958,12 @@ impl EventLoop {
         let entry = opcode::Timeout::new(&*self.timer)
             .build()
             .user_data(Token::new(Op::Timer, which).0);
-        self.timers_armed += 1;
         self.push(entry)?;
         self.ring.submit()?;
         Ok(())
     }
 
     fn on_timer(&mut self, which: usize) -> io::Result<()> {
-        self.timers_armed -= 1;
         match which {
             TIMER_SHUTDOWN => {
                 if !self.connections.is_empty() {
@@ -1135,4 +1138,16 @@ impl Drop for EventLoop {
         // Closing the listener lets queued, unaccepted connections be reset promptly.
         self.listener.take();
     }
+}
+
+/// Whether a TCP socket has nothing in flight: every byte sent has been acknowledged and
+/// nothing received waits to be read.
+fn socket_is_quiet(fd: RawFd) -> bool {
+    let (mut unacknowledged, mut unread): (libc::c_int, libc::c_int) = (0, 0);
+    // SAFETY: both ioctls write one int into the variable we pass.
+    let ok = unsafe {
+        libc::ioctl(fd, libc::TIOCOUTQ, &mut unacknowledged) == 0
+            && libc::ioctl(fd, libc::FIONREAD, &mut unread) == 0
+    };
+    ok && unacknowledged == 0 && unread == 0
 }
