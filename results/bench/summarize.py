@@ -52,6 +52,11 @@ class Row:
         self.client_runnable = median([r.get("client_runnable_percent") for r in rounds])
         self.server_cpu = median([r.get("server_cpu_percent") for r in rounds])
         self.server_runnable = median([r.get("server_runnable_percent") for r in rounds])
+        # Server CPU time per request: what throughput would cost a server that had its core
+        # to itself. Robust to other work on a shared machine, unlike throughput.
+        self.server_ns = median([r["server_cpu_percent"] / 100 * 1e9 / r["throughput_rps"]
+                                 for r in rounds
+                                 if r.get("server_cpu_percent") and r.get("throughput_rps")])
 
     @property
     def bound(self):
@@ -66,7 +71,7 @@ class Row:
         return {"server": self.server, "throughput_rps": self.rps,
                 "client_cpu_percent": self.client_cpu, "client_runnable_percent": self.client_runnable,
                 "server_cpu_percent": self.server_cpu, "server_runnable_percent": self.server_runnable,
-                "bound": self.bound, "rounds": self.rounds, **self.extra}
+                "server_ns_per_request": self.server_ns, "bound": self.bound, "rounds": self.rounds, **self.extra}
 
 
 def judge_ratio(seqd, rival, threshold):
@@ -293,7 +298,8 @@ def evaluate(run):
         result = judge_ratio(seqd, rival, threshold)
         result.update(goal=name, threshold=f">= {threshold:g}x", kind="ratio",
                       figure=(f"{fmt_ratio(result['ratio'])} ({fmt_rps(seqd.rps)} vs {rival_name} "
-                              f"{fmt_rps(rival.rps)}; bound: seqd {seqd.bound}, {rival_name} {rival.bound})"
+                              f"{fmt_rps(rival.rps)}; bound: seqd {seqd.bound}, {rival_name} {rival.bound}; "
+                              f"server CPU per request {fmt_ns(seqd.server_ns)} vs {fmt_ns(rival.server_ns)})"
                               if result["ratio"] is not None else "-"))
         goals.append(result)
 
@@ -401,6 +407,12 @@ def fmt_rps(v):
     if v >= 1e3:
         return f"{v / 1e3:,.1f} k/s"
     return f"{v:,.0f}/s"
+
+
+def fmt_ns(v):
+    if v is None:
+        return "-"
+    return f"{v / 1000:.2f} us" if v >= 1000 else f"{v:.0f} ns"
 
 
 def fmt_ratio(v):
@@ -527,17 +539,30 @@ def readme(run, result):
                 cells.append("-")
         w("| " + " | ".join(cells) + " |")
     w("")
+    w("Server CPU time per request (on-CPU time over the measured part / requests; lower is better). "
+      "Unlike throughput it hardly depends on what else the machine runs, so its inverse ratio estimates "
+      "how the servers would compare with a core each to themselves, where the server is what saturates:")
+    w("")
+    w("| connections x pipeline | seqd | naive baseline | Redis INCR | baseline / seqd | Redis / seqd |")
+    w("|---|---|---|---|---|---|")
+    for c in CONFIGS:
+        s_, b, r = closed[("seqd", c)], closed[("baseline", c)], closed[("redis", c)]
+        ns = lambda row: row.server_ns if row else None  # noqa: E731
+        per = lambda row: fmt_ratio(ns(row) / ns(s_)) if ns(row) and ns(s_) else "-"  # noqa: E731
+        w(f"| {c} | {fmt_ns(ns(s_))} | {fmt_ns(ns(b))} | {fmt_ns(ns(r))} | {per(b)} | {per(r)} |")
+    w("")
     w("Plots (latency by percentile, last round): " + ", ".join(
         f"[{c}](closed-{c}.svg)" for c in CONFIGS if (run.folder / f"closed-{c}.svg").exists()) + ".")
     w("")
     w("## RESP via redis-benchmark (seqd GETSEQ vs Redis INCR)")
     w("")
-    w("| redis-benchmark | seqd GETSEQ | CPU c/s | bound | Redis INCR | CPU c/s | bound | ratio |")
-    w("|---|---|---|---|---|---|---|---|")
+    w("| redis-benchmark | seqd GETSEQ | CPU c/s | bound | Redis INCR | CPU c/s | bound | ratio | server CPU per request, seqd / Redis |")
+    w("|---|---|---|---|---|---|---|---|---|")
     for c, p in RESP:
         s, r = resp[("seqd", c, p)], resp[("redis", c, p)]
         cells = [f"-c {c[1:]} -P {p[1:]}"] + row_cells(s) + row_cells(r)
         cells.append(fmt_ratio(s.rps / r.rps) if s and r and r.rps else "-")
+        cells.append(f"{fmt_ns(s.server_ns)} / {fmt_ns(r.server_ns)}" if s and r else "-")
         w("| " + " | ".join(cells) + " |")
     w("")
     w("## PostgreSQL nextval (pgbench -M prepared, one-line script)")
