@@ -23,12 +23,16 @@ ROOT=$PWD
 
 usage() {
   cat <<'EOF'
-usage: results/bench.sh [--quick] [--rounds N] [--out DIR] [--no-install] [--skip-build]
+usage: results/bench.sh [--quick] [--rounds N] [--out DIR] [--realtime] [--no-install] [--skip-build]
 
   --quick        short runs (CI): same matrix, about 1.5 minutes; output results/<date>-<host>-quick/
   --rounds N     rounds of the closed-loop, RESP and durability rows (median reported);
                  default 3, or 1 with --quick
   --out DIR      write the results here instead
+  --realtime     run servers and clients under SCHED_FIFO (chrt --fifo 10; root): on a machine
+                 shared with other work they then get their CPUs when they need them, so the
+                 figures describe the servers rather than the neighbours. Other work on the two
+                 CPUs nearly stops meanwhile (the kernel keeps 5% for it): not for CI.
   --no-install   never run apt-get; fail naming what is missing
   --skip-build   use target/release/{seqd,loadgen} as they are
 
@@ -41,6 +45,7 @@ ROUNDS=""
 OUT=""
 INSTALL=1
 BUILD=1
+REALTIME=0
 while (($#)); do
   case $1 in
     --quick) QUICK=1 ;;
@@ -48,6 +53,7 @@ while (($#)); do
     --out) OUT=${2:?--out needs a directory}; shift ;;
     --no-install) INSTALL=0 ;;
     --skip-build) BUILD=0 ;;
+    --realtime) REALTIME=1 ;;
     -h | --help) usage; exit 0 ;;
     *) echo "bench.sh: unknown argument '$1'" >&2; usage >&2; exit 2 ;;
   esac
@@ -56,6 +62,16 @@ done
 [[ -z $ROUNDS ]] && ROUNDS=$((QUICK ? 1 : 3))
 [[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || { echo "bench.sh: --rounds must be a positive number" >&2; exit 2; }
 
+# Scheduling of every server and client (and, above them, the CPU sampler). chrt goes before
+# taskset: a process pinned first would wait behind a busy real-time one for its turn to chrt.
+PRIO=()
+SAMPLER_PRIO=()
+if ((REALTIME)); then
+  command -v chrt >/dev/null || { echo "bench.sh: --realtime needs chrt (apt-get install util-linux)" >&2; exit 1; }
+  chrt --fifo 10 true 2>/dev/null || { echo "bench.sh: --realtime: cannot use SCHED_FIFO here (run as root)" >&2; exit 1; }
+  PRIO=(chrt --fifo 10)
+  SAMPLER_PRIO=(chrt --fifo 20)
+fi
 SERVER_CPU=${SERVER_CPU:-0}
 CLIENT_CPU=${CLIENT_CPU:-1}
 if ((QUICK)); then
@@ -148,7 +164,8 @@ LOADGEN=$ROOT/target/release/loadgen
 HOST=$(hostname -s 2>/dev/null || hostname)
 DATE=$(date -u +%Y-%m-%d)
 if [[ -z $OUT ]]; then
-  OUT=results/$DATE-$HOST$( ((QUICK)) && echo -quick)
+  OUT=results/$DATE-$HOST
+  ((QUICK)) && OUT+=-quick
 fi
 rm -rf "$OUT"
 mkdir -p "$OUT"/{closed,resp,pgbench,open,capacity,idle,durability,inprocess,logs}
@@ -227,11 +244,11 @@ start_seqd() {
     rm -rf "$WORK/$name-data"
     args+=(--data-dir "$WORK/$name-data")
   fi
-  taskset -c "$SERVER_CPU" "$SEQD" "${args[@]}" "$@" 2>"$OUT/logs/$name.log" &
+  "${PRIO[@]}" taskset -c "$SERVER_CPU" "$SEQD" "${args[@]}" "$@" 2>"$OUT/logs/$name.log" &
   SEQD_PID=$!
   PIDS+=("$SEQD_PID")
   SEQD_ADDR=$(wait_log "$OUT/logs/$name.log" 'listening on [^ ]+' "seqd ($name)" | awk '{print $3}')
-  SEQD_CMD="taskset -c $SERVER_CPU seqd ${args[*]} $*"
+  SEQD_CMD="${PRIO[*]:+${PRIO[*]} }taskset -c $SERVER_CPU seqd ${args[*]} $*"
   SEQD_CMD=${SEQD_CMD//$WORK/\$TMP}
 }
 
@@ -242,21 +259,21 @@ start_redis() {
   port=$(free_port)
   local args=(--port "$port" --bind 127.0.0.1 --save '' --appendonly no --daemonize no
     --loglevel warning --maxclients 12000)
-  taskset -c "$SERVER_CPU" redis-server "${args[@]}" "$@" >"$OUT/logs/$name.log" 2>&1 &
+  "${PRIO[@]}" taskset -c "$SERVER_CPU" redis-server "${args[@]}" "$@" >"$OUT/logs/$name.log" 2>&1 &
   REDIS_PID=$!
   PIDS+=("$REDIS_PID")
   for _ in $(seq 200); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.05; done
   redis-cli -p "$port" ping >/dev/null 2>&1 || { cat "$OUT/logs/$name.log" >&2; die "redis-server ($name) did not start"; }
   REDIS_ADDR=127.0.0.1:$port
-  REDIS_CMD="taskset -c $SERVER_CPU redis-server --port PORT --bind 127.0.0.1 --save '' --appendonly no --daemonize no --loglevel warning --maxclients 12000 $*"
+  REDIS_CMD="${PRIO[*]:+${PRIO[*]} }taskset -c $SERVER_CPU redis-server --port PORT --bind 127.0.0.1 --save '' --appendonly no --daemonize no --loglevel warning --maxclients 12000 $*"
 }
 
 start_baseline() {
-  taskset -c "$SERVER_CPU" "$LOADGEN" baseline-server --addr 127.0.0.1:0 2>"$OUT/logs/baseline.log" &
+  "${PRIO[@]}" taskset -c "$SERVER_CPU" "$LOADGEN" baseline-server --addr 127.0.0.1:0 2>"$OUT/logs/baseline.log" &
   BASE_PID=$!
   PIDS+=("$BASE_PID")
   BASE_ADDR=$(wait_log "$OUT/logs/baseline.log" 'listening on [^ ]+' "the baseline server" | awk '{print $3}')
-  BASE_CMD="taskset -c $SERVER_CPU loadgen baseline-server --addr 127.0.0.1:0"
+  BASE_CMD="${PRIO[*]:+${PRIO[*]} }taskset -c $SERVER_CPU loadgen baseline-server --addr 127.0.0.1:0"
 }
 
 # A throwaway PostgreSQL cluster, owned by an unprivileged user when we are root.
@@ -279,7 +296,7 @@ start_postgres() {
   [[ -n $user ]] && chown "$user" "$PG_DATA/socket"
   PG_OPTS=(-c listen_addresses=127.0.0.1 -p "$port" -c unix_socket_directories="$PG_DATA/socket"
     -c max_connections=120)
-  taskset -c "$SERVER_CPU" "${as[@]}" "$PG_BIN/postgres" -D "$PG_DATA/data" "${PG_OPTS[@]}" \
+  "${PRIO[@]}" taskset -c "$SERVER_CPU" "${as[@]}" "$PG_BIN/postgres" -D "$PG_DATA/data" "${PG_OPTS[@]}" \
     >"$OUT/logs/postgres.log" 2>&1 &
   PG_PID=$!
   PIDS+=("$PG_PID")
@@ -290,7 +307,7 @@ start_postgres() {
   psql -h 127.0.0.1 -p "$port" -U postgres -d postgres -Atqc 'create sequence bench_seq' >/dev/null ||
     { cat "$OUT/logs/postgres.log" >&2; die "PostgreSQL did not start"; }
   PG_PORT=$port
-  PG_CMD="taskset -c $SERVER_CPU postgres -D \$TMP/data -c listen_addresses=127.0.0.1 -p PORT -c max_connections=120 (initdb --auth=trust, all else default)"
+  PG_CMD="${PRIO[*]:+${PRIO[*]} }taskset -c $SERVER_CPU postgres -D \$TMP/data -c listen_addresses=127.0.0.1 -p PORT -c max_connections=120 (initdb --auth=trust, all else default)"
 }
 
 # ---------------------------------------------------------------- measuring one step
@@ -310,13 +327,13 @@ step() {
   printf '  %-34s' "$id" >&2
   [[ $server == postgres ]] && target="$spid+" # its backends are child processes
   t0=$(date +%s%N)
-  taskset -c "$CLIENT_CPU" "$@" >"$output" 2>&1 &
+  "${PRIO[@]}" taskset -c "$CLIENT_CPU" "$@" >"$output" 2>&1 &
   cpid=$!
   PIDS+=("$cpid")
   if [[ $server == none ]]; then
-    taskset -c "$CLIENT_CPU" "${SAMPLER[@]}" watch "$samples" 0.1 "client=$cpid" &
+    "${SAMPLER_PRIO[@]}" taskset -c "$CLIENT_CPU" "${SAMPLER[@]}" watch "$samples" 0.1 "client=$cpid" &
   else
-    taskset -c "$CLIENT_CPU" "${SAMPLER[@]}" watch "$samples" 0.1 "server=$target" "client=$cpid" &
+    "${SAMPLER_PRIO[@]}" taskset -c "$CLIENT_CPU" "${SAMPLER[@]}" watch "$samples" 0.1 "server=$target" "client=$cpid" &
   fi
   sampler=$!
   wait "$cpid" || rc=$?
@@ -331,7 +348,7 @@ step() {
     FAILED+=("$id (exit $rc; see ${output#"$ROOT"/})")
   fi
   local cmd
-  cmd=$(printf '%q ' taskset -c "$CLIENT_CPU" "$@")
+  cmd=$(printf '%q ' "${PRIO[@]}" taskset -c "$CLIENT_CPU" "$@")
   cmd=${cmd//$ROOT\/target\/release\//}
   cmd=${cmd//$OUT\//\$OUT/}
   cmd=${cmd//$WORK/\$TMP}
@@ -364,7 +381,7 @@ loadgen_run() { # id pid server prefix label loadgen-run-args...
 # ---------------------------------------------------------------- the run
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 STARTED=$(date -u +%Y-%m-%dT%H:%M:%SZ)
-log "machine: $NPROC CPUs, load average $LOAD_BEFORE; servers on CPU $SERVER_CPU, clients on CPU $CLIENT_CPU; output $OUT"
+log "machine: $NPROC CPUs, load average $LOAD_BEFORE; servers on CPU $SERVER_CPU, clients on CPU $CLIENT_CPU$( ((REALTIME)) && echo ', SCHED_FIFO' || true); output $OUT"
 if awk -v l="${LOAD_BEFORE%% *}" -v n="$NPROC" 'BEGIN { exit !(l > n / 2) }'; then
   echo "bench.sh: note: the machine is busy (load average $LOAD_BEFORE on $NPROC CPUs); figures will be noisy (recorded in the results)" >&2
 fi
@@ -522,7 +539,7 @@ for server in seqd redis; do
   # Memory first, on the fresh server: a server that has already served a load has freed
   # memory that new connections could fill without growing its RSS.
   rss0=$(steady_rss "$pid")
-  taskset -c "$CLIENT_CPU" "$LOADGEN" hold --target "$target" --addr "$addr" -c "$IDLE_CONNECTIONS" \
+  "${PRIO[@]}" taskset -c "$CLIENT_CPU" "$LOADGEN" hold --target "$target" --addr "$addr" -c "$IDLE_CONNECTIONS" \
     >"$OUT/idle/$server-hold.txt" 2>&1 &
   hold_pid=$!
   PIDS+=("$hold_pid")
@@ -610,7 +627,7 @@ M_V_REDIS=$(redis-server --version | head -1) \
 M_V_REDIS_BENCHMARK=$(redis-benchmark --version 2>/dev/null | head -1 || echo unknown) \
 M_V_POSTGRES=$("$PG_BIN/postgres" --version) M_V_PGBENCH=$(pgbench --version) \
 M_DURABLE=$SEQD_DURABLE M_S_SEQD=$MAIN_SEQD_CMD M_S_BASELINE=$BASE_CMD M_S_REDIS=$REDIS_CMD \
-M_S_POSTGRES=$PG_CMD M_IDLE=$IDLE_CONNECTIONS \
+M_S_POSTGRES=$PG_CMD M_IDLE=$IDLE_CONNECTIONS M_REALTIME=$REALTIME \
 python3 - "$OUT/meta.json" "$WORK/failed.txt" <<'PY'
 import json, os, sys
 e = os.environ
@@ -629,6 +646,7 @@ meta = {
     "versions": {k: e["M_V_" + k.upper()] for k in
                  ["seqd", "loadgen", "rustc", "redis", "redis_benchmark", "postgres", "pgbench"]},
     "seqd_durability_in_build": e["M_DURABLE"] == "1",
+    "realtime": e["M_REALTIME"] == "1",
     "servers": {"seqd": e["M_S_SEQD"], "baseline": e["M_S_BASELINE"], "redis": e["M_S_REDIS"],
                 "postgres": e["M_S_POSTGRES"]},
     "failed_steps": [l for l in open(sys.argv[2]).read().splitlines() if l],

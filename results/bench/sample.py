@@ -4,9 +4,9 @@
     sample.py watch OUT INTERVAL_S LABEL=PID[+] ...   # until SIGTERM or every PID is gone
     sample.py window OUT SKIP_S                       # JSON: per label, over the window
 
-`watch` appends one line per sample and process: `time_ns label cpu_ns wait_ns threads`, the
-sums over the process's live threads of /proc/PID/task/TID/schedstat (time on a CPU, time
-runnable but waiting for one). `PID+` also adds the process's children (PostgreSQL's backends).
+`watch` appends one line per sample and thread: `time_ns label tid cpu_ns wait_ns`, from
+/proc/PID/task/TID/schedstat (time on a CPU, time runnable but waiting for one). `PID+` also
+samples the process's children (PostgreSQL's backends).
 
 `window` takes the samples from SKIP_S seconds after the first (the warm-up) to the last, and
 prints per label `cpu_percent` (on a CPU) and `runnable_percent` (on a CPU or waiting for one,
@@ -24,21 +24,20 @@ import time
 
 
 def schedstat(pid):
-    cpu = wait = threads = 0
+    """(tid, cpu_ns, wait_ns) of every live thread of `pid`; None if it is gone."""
     try:
         tasks = os.listdir(f"/proc/{pid}/task")
     except OSError:
         return None
+    found = []
     for tid in tasks:
         try:
             with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
                 fields = f.read().split()
-            cpu += int(fields[0])
-            wait += int(fields[1])
-            threads += 1
+            found.append((int(tid), int(fields[0]), int(fields[1])))
         except (OSError, ValueError, IndexError):
             continue
-    return cpu, wait, threads
+    return found
 
 
 def children(pid):
@@ -71,16 +70,14 @@ def watch(out, interval, specs):
             alive = 0
             for label, pid, with_children in targets:
                 pids = [pid] + (children(pid) if with_children else [])
-                cpu = wait = threads = 0
                 for p in pids:
-                    s = schedstat(p)
-                    if s is None:
+                    threads = schedstat(p)
+                    if threads is None:
                         continue
                     if p == pid:
                         alive += 1
-                    cpu, wait, threads = cpu + s[0], wait + s[1], threads + s[2]
-                if threads:
-                    f.write(f"{now} {label} {cpu} {wait} {threads}\n")
+                    for tid, cpu, wait in threads:
+                        f.write(f"{now} {label} {tid} {cpu} {wait}\n")
             f.flush()
             if not alive:
                 break
@@ -88,7 +85,8 @@ def watch(out, interval, specs):
 
 
 def window(out, skip):
-    samples = {}
+    # label -> tid -> [(time, cpu, wait), ...]; label -> sample times
+    threads, times = {}, {}
     try:
         lines = open(out).read().splitlines()
     except OSError:
@@ -97,21 +95,30 @@ def window(out, skip):
         parts = line.split()
         if len(parts) != 5:
             continue
-        t, label, cpu, wait, _ = int(parts[0]), parts[1], int(parts[2]), int(parts[3]), parts[4]
-        samples.setdefault(label, []).append((t, cpu, wait))
+        t, label, tid, cpu, wait = int(parts[0]), parts[1], parts[2], int(parts[3]), int(parts[4])
+        threads.setdefault(label, {}).setdefault(tid, []).append((t, cpu, wait))
+        times.setdefault(label, set()).add(t)
     result = {}
-    for label, rows in samples.items():
-        start = rows[0][0] + int(skip * 1e9)
-        inside = [r for r in rows if r[0] >= start] or rows
-        first, last = inside[0], rows[-1]
-        if last[0] <= first[0]:
-            first = rows[0]
-        span = last[0] - first[0]
+    for label, by_tid in threads.items():
+        ordered = sorted(times[label])
+        start = next((t for t in ordered if t >= ordered[0] + int(skip * 1e9)), ordered[0])
+        end = ordered[-1]
+        if end <= start:
+            start = ordered[0]
+        span = end - start
         if span <= 0:
             result[label] = {"cpu_percent": None, "runnable_percent": None, "window_s": 0}
             continue
-        cpu = max(0, last[1] - first[1])
-        wait = max(0, last[2] - first[2])
+        cpu = wait = 0
+        for rows in by_tid.values():
+            inside = [r for r in rows if start <= r[0] <= end]
+            if not inside:
+                continue
+            # A thread born inside the window counts from zero; one that ended inside it, to
+            # its last sample.
+            first = inside[0] if rows[0][0] < inside[0][0] or inside[0][0] == start else (0, 0, 0)
+            cpu += inside[-1][1] - first[1]
+            wait += inside[-1][2] - first[2]
         result[label] = {"cpu_percent": round(100.0 * cpu / span, 1),
                          # Capped: for a process with many threads (the naive baseline,
                          # PostgreSQL's backends) the waits of its threads overlap; any of

@@ -457,7 +457,10 @@ def machine_lines(meta):
         f"- load average (1, 5, 15 min) before: {meta.get('load_before', '?')}; after: {meta.get('load_after', '?')}"
         + (" — **the machine was busy** (shared with other work): figures are noisy, ratios within a round "
            "are the ones to trust" if busy(meta) else ""),
-        f"- pinning: every server on CPU {meta.get('server_cpu', '?')}, every client on CPU {meta.get('client_cpu', '?')} (taskset)",
+        f"- pinning: every server on CPU {meta.get('server_cpu', '?')}, every client on CPU {meta.get('client_cpu', '?')} (taskset)"
+        + ("; every server and client under SCHED_FIFO (`chrt --fifo 10`, `--realtime`), so other work on "
+           "the machine hardly interfered" if meta.get("realtime") else
+           "; normal scheduling (other work on the machine competes for both CPUs)"),
         f"- seqd commit {meta.get('commit', '?')}; {v.get('seqd', '?')}, {v.get('loadgen', '?')}, {v.get('rustc', '?')}",
         f"- rivals: {v.get('redis', '?')}; {v.get('redis_benchmark', '?')}; {v.get('postgres', '?')}; {v.get('pgbench', '?')}",
         f"- durability in this seqd build: {'yes (the matrix runs seqd with persistence on, a fresh --data-dir)' if meta.get('seqd_durability_in_build') else 'no (in memory only)'}",
