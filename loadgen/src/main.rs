@@ -170,6 +170,13 @@ struct RunArgs {
     #[arg(long, short = 'R', value_name = "REQ/S", conflicts_with = "requests")]
     rate: Option<f64>,
 
+    /// Open loop: sleep at least this long between sends; requests that fall due meanwhile go
+    /// out together, up to this late, and their latency (from the planned time) includes it.
+    /// Lets one thread keep rates of millions per second that one wake-up per request cannot
+    /// (0: wake up for each request's planned time).
+    #[arg(long, default_value = "0s", value_name = "DURATION", value_parser = parse_duration)]
+    send_granularity: Duration,
+
     /// Capacity search: find the highest open-loop rate meeting this objective with no
     /// errors and >= 95% of the planned rate kept, e.g. 'p99<=1ms' or 'p99<=500us,p99.9<=2ms'.
     #[arg(long, value_name = "OBJECTIVE", conflicts_with_all = ["rate", "requests"])]
@@ -389,6 +396,7 @@ fn run(args: RunArgs, command: &[String]) -> Result<u8> {
         reply_timeout: args.reply_timeout.max(Duration::from_millis(1)),
         connect_timeout,
         verify: args.verify || args.verify_file.is_some(),
+        send_granularity: args.send_granularity,
     };
     if let Some(rate) = spec.rate {
         loadgen::schedule::Schedule::new(rate, spec.connections)?;

@@ -214,7 +214,17 @@ class Run:
         confirmation = data.get("confirmation") or {}
         threads = (confirmation.get("client_cpu") or {}).get("threads") or []
         steps = data.get("steps") or []
-        return {"server": server, "capacity_rps": data.get("capacity_rps"), "method": data.get("method"),
+        capacity = data.get("capacity_rps")
+        # The probe that failed just above the capacity found: if the client saturated there,
+        # the limit found may be the client's.
+        failed_above = sorted((st for st in steps if st["kind"] == "probe" and not st.get("passed")
+                               and st.get("rate") and (capacity is None or st["rate"] > capacity)),
+                              key=lambda st: st["rate"])
+        boundary = failed_above[0] if failed_above else None
+        return {"server": server, "capacity_rps": capacity, "method": data.get("method"),
+                "boundary_probe_rate": boundary["rate"] if boundary else None,
+                "boundary_client_busy_percent": boundary.get("client_cpu_percent") if boundary else None,
+                "client_bound": bool(boundary and (boundary.get("client_cpu_percent") or 0) >= SATURATED),
                 "closed_loop_max_rps": next((s["throughput_rps"] for s in steps if s["kind"] == "closed-loop"), None),
                 "probes": len([s for s in steps if s["kind"] == "probe"]),
                 "confirmation_loadgen_busy_percent": max((t["busy_percent"] for t in threads), default=None),
@@ -320,12 +330,22 @@ def evaluate(run):
                       "figure": "-"})
     else:
         s, r = cs["capacity_rps"], cr["capacity_rps"]
-        figure = f"seqd {fmt_rps(s) if s else 'none found'}, Redis {fmt_rps(r) if r else 'none found'}"
+        figure = (f"seqd {fmt_rps(s) if s else 'none found'}, Redis {fmt_rps(r) if r else 'none found'}; "
+                  f"client busy in the failing probe above: seqd {fmt_pct(cs['boundary_client_busy_percent'])}, "
+                  f"Redis {fmt_pct(cr['boundary_client_busy_percent'])}")
         if s and r:
-            verdict = "met" if s / r >= 5 else "missed"
+            met = s / r >= 5
             figure = f"{fmt_ratio(s / r)} ({figure})"
+            if cs["client_bound"] and cr["client_bound"]:
+                verdict, why = "inconclusive", "the client saturated at both limits: they are the client's"
+            elif not met and cs["client_bound"]:
+                verdict, why = "inconclusive", "the client saturated at seqd's limit: seqd's figure is only a lower bound"
+            elif met and cr["client_bound"]:
+                verdict, why = "inconclusive", "the client saturated at Redis's limit"
+            else:
+                verdict, why = ("met" if met else "missed"), ""
             goals.append({"goal": name, "kind": "ratio", "threshold": ">= 5x", "verdict": verdict,
-                          "ratio": s / r, "figure": figure, "why": ""})
+                          "ratio": s / r, "figure": figure, "why": why})
         elif s and not r:
             goals.append({"goal": name, "kind": "ratio", "threshold": ">= 5x", "verdict": "met",
                           "figure": figure, "why": "Redis met the objective at no rate tried"})
@@ -599,15 +619,16 @@ def readme(run, result):
     w("")
     w("## Capacity: highest rate with p99 <= 1 ms (50 connections, at most 64 in flight each)")
     w("")
-    w("| server | capacity | closed-loop maximum (upper bound) | probes | how |")
-    w("|---|---|---|---|---|")
+    w("| server | capacity | closed-loop maximum (upper bound) | probes | failing probe above it: rate, client busy | how |")
+    w("|---|---|---|---|---|---|")
     for srv in ("seqd", "redis"):
         cap = result["capacity"][srv]
         if not cap:
-            w(f"| {SERVER_NAMES[srv]} | - | - | - | - |")
+            w(f"| {SERVER_NAMES[srv]} | - | - | - | - | - |")
             continue
         w(f"| {SERVER_NAMES[srv]} | {fmt_rps(cap['capacity_rps']) if cap['capacity_rps'] else 'none found'} | "
-          f"{fmt_rps(cap['closed_loop_max_rps'])} | {cap['probes']} | {cap['method']} |")
+          f"{fmt_rps(cap['closed_loop_max_rps'])} | {cap['probes']} | "
+          f"{fmt_rps(cap['boundary_probe_rate'])}, {fmt_pct(cap['boundary_client_busy_percent'])} | {cap['method']} |")
     w("")
     w(f"## {meta.get('idle_connections', 10000):,} idle connections")
     w("")
