@@ -595,7 +595,7 @@ if ((SEQD_DURABLE)); then
   done
 else
   echo "  skipped: this seqd build has no --in-memory flag (durability, issue 3, is not in this build)" >&2
-  echo "skipped: seqd --help lists no --in-memory (durability is not in this build)" >"$OUT/durability/SKIPPED"
+  echo "seqd --help lists no --in-memory (durability is not in this build)" >"$OUT/durability/SKIPPED"
 fi
 
 log "plots"

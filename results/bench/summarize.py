@@ -246,7 +246,8 @@ class Run:
 
     def durability(self):
         if (self.folder / "durability" / "SKIPPED").exists():
-            return {"skipped": (self.folder / "durability" / "SKIPPED").read_text().strip()}
+            reason = (self.folder / "durability" / "SKIPPED").read_text().strip()
+            return {"skipped": reason.removeprefix("skipped: ")}
         rows = {}
         for mode in ("durable", "in-memory"):
             files = sorted((self.folder / "durability").glob(f"{mode}-r*.json"))
@@ -475,11 +476,15 @@ def machine_lines(meta):
         f"- machine: {meta.get('nproc', '?')} CPUs, {meta.get('cpu_model', '?')}, kernel {meta.get('kernel', '?')}, "
         f"host {meta.get('host', '?')}",
         f"- load average (1, 5, 15 min) before: {meta.get('load_before', '?')}; after: {meta.get('load_after', '?')}"
-        + (" — **the machine was busy** (shared with other work): figures are noisy, ratios within a round "
-           "are the ones to trust" if busy(meta) else ""),
+        + ((" — the machine was busy (shared with other work), but `--realtime` gave the servers and "
+            "clients their CPUs first" if meta.get("realtime") else
+            " — **the machine was busy** (shared with other work): figures are noisy, ratios within a round "
+            "are the ones to trust") if busy(meta) else ""),
         f"- pinning: every server on CPU {meta.get('server_cpu', '?')}, every client on CPU {meta.get('client_cpu', '?')} (taskset)"
         + ("; every server and client under SCHED_FIFO (`chrt --fifo 10`, `--realtime`), so other work on "
-           "the machine hardly interfered" if meta.get("realtime") else
+           "the machine hardly interfered. The kernel pauses a real-time process that keeps its CPU busy "
+           "for 50 ms in each second (`kernel.sched_rt_runtime_us`): on rows where a side saturated, "
+           "tails near 50 ms are that pause, not the servers" if meta.get("realtime") else
            "; normal scheduling (other work on the machine competes for both CPUs)"),
         f"- seqd commit {meta.get('commit', '?')}; {v.get('seqd', '?')}, {v.get('loadgen', '?')}, {v.get('rustc', '?')}",
         f"- rivals: {v.get('redis', '?')}; {v.get('redis_benchmark', '?')}; {v.get('postgres', '?')}; {v.get('pgbench', '?')}",
