@@ -36,7 +36,8 @@ usage: results/bench.sh [--quick] [--rounds N] [--out DIR] [--realtime] [--no-in
   --no-install   never run apt-get; fail naming what is missing
   --skip-build   use target/release/{seqd,loadgen} as they are
 
-environment: SERVER_CPU (default 0) and CLIENT_CPU (default 1) choose the two CPUs.
+environment: SERVER_CPU (default 0) and CLIENT_CPU (default 1) choose the two CPUs;
+SEQD_BINARY measures another seqd build than target/release/seqd (e.g. to compare two).
 EOF
 }
 
@@ -159,9 +160,9 @@ if ((BUILD)); then
   log "building seqd and loadgen (release)"
   cargo build --release --locked -p seqd -p loadgen >&2
 fi
-SEQD=$ROOT/target/release/seqd
+SEQD=${SEQD_BINARY:-$ROOT/target/release/seqd}
 LOADGEN=$ROOT/target/release/loadgen
-[[ -x $SEQD && -x $LOADGEN ]] || die "target/release/seqd or loadgen missing (run without --skip-build)"
+[[ -x $SEQD && -x $LOADGEN ]] || die "$SEQD or $LOADGEN missing (run without --skip-build)"
 
 # ---------------------------------------------------------------- output and clean-up
 HOST=$(hostname -s 2>/dev/null || hostname)
@@ -631,7 +632,7 @@ M_V_REDIS=$(redis-server --version | head -1) \
 M_V_REDIS_BENCHMARK=$(redis-benchmark --version 2>/dev/null | head -1 || echo unknown) \
 M_V_POSTGRES=$("$PG_BIN/postgres" --version) M_V_PGBENCH=$(pgbench --version) \
 M_DURABLE=$SEQD_DURABLE M_S_SEQD=$MAIN_SEQD_CMD M_S_BASELINE=$BASE_CMD M_S_REDIS=$REDIS_CMD \
-M_S_POSTGRES=$PG_CMD M_IDLE=$IDLE_CONNECTIONS M_REALTIME=$REALTIME \
+M_S_POSTGRES=$PG_CMD M_IDLE=$IDLE_CONNECTIONS M_REALTIME=$REALTIME M_SEQD_BINARY=${SEQD#"$ROOT"/} \
 python3 - "$OUT/meta.json" "$WORK/failed.txt" <<'PY'
 import json, os, sys
 e = os.environ
@@ -651,6 +652,7 @@ meta = {
                  ["seqd", "loadgen", "rustc", "redis", "redis_benchmark", "postgres", "pgbench"]},
     "seqd_durability_in_build": e["M_DURABLE"] == "1",
     "realtime": e["M_REALTIME"] == "1",
+    "seqd_binary": e["M_SEQD_BINARY"],
     "servers": {"seqd": e["M_S_SEQD"], "baseline": e["M_S_BASELINE"], "redis": e["M_S_REDIS"],
                 "postgres": e["M_S_POSTGRES"]},
     "failed_steps": [l for l in open(sys.argv[2]).read().splitlines() if l],

@@ -486,7 +486,7 @@ def machine_lines(meta):
            "for 50 ms in each second (`kernel.sched_rt_runtime_us`): on rows where a side saturated, "
            "tails near 50 ms are that pause, not the servers" if meta.get("realtime") else
            "; normal scheduling (other work on the machine competes for both CPUs)"),
-        f"- seqd commit {meta.get('commit', '?')}; {v.get('seqd', '?')}, {v.get('loadgen', '?')}, {v.get('rustc', '?')}",
+        f"- seqd commit {meta.get('commit', '?')} ({meta.get('seqd_binary', 'target/release/seqd')}); {v.get('seqd', '?')}, {v.get('loadgen', '?')}, {v.get('rustc', '?')}",
         f"- rivals: {v.get('redis', '?')}; {v.get('redis_benchmark', '?')}; {v.get('postgres', '?')}; {v.get('pgbench', '?')}",
         f"- durability in this seqd build: {'yes (the matrix runs seqd with persistence on, a fresh --data-dir)' if meta.get('seqd_durability_in_build') else 'no (in memory only)'}",
     ]
