@@ -1,7 +1,9 @@
 //! seqd's load generator: see `loadgen --help` and the "Load generator" section of README.md.
 
+pub mod baseline;
 pub mod clock;
 pub mod hgrm;
+pub mod hold;
 pub mod inprocess;
 pub mod plot;
 pub mod report;

@@ -14,7 +14,7 @@ use loadgen::run::{RunSpec, execute, parse_cpus, preflight};
 use loadgen::search::{self, Ramp, SearchReport, SearchSettings};
 use loadgen::slo::{Slo, parse_duration};
 use loadgen::target::{Kind, Protocol};
-use loadgen::{inprocess, plot, verify};
+use loadgen::{baseline, hold, inprocess, plot, verify};
 
 /// Exit statuses, documented in `--help`.
 mod exit {
@@ -61,10 +61,44 @@ enum Command {
     Verify(VerifyArgs),
     /// Plot latency by percentile from several results (JSON or .hgrm), overlaid, as SVG.
     Plot(PlotArgs),
+    /// The naive baseline server for benchmarks: blocking, one thread per connection, seqd's
+    /// binary protocol, a separate counter per connection (no shared state). It marks what
+    /// loopback TCP allows; runs until killed.
+    BaselineServer(BaselineArgs),
+    /// Open many connections and hold them idle (to measure a server's memory per idle
+    /// connection): prints `connected N`; on SIGUSR1 sends one request on each and prints
+    /// `answered N`; exits on SIGINT/SIGTERM.
+    Hold(HoldArgs),
 }
 
 #[derive(Debug, Args)]
-struct RunArgs {
+struct BaselineArgs {
+    /// Address to listen on; port 0 picks a free one. The address is printed as
+    /// `baseline listening on HOST:PORT` on standard error.
+    #[arg(
+        long,
+        short = 'a',
+        default_value = "127.0.0.1:0",
+        value_name = "HOST:PORT"
+    )]
+    addr: String,
+}
+
+#[derive(Debug, Args)]
+struct HoldArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    /// Connections to open and hold.
+    #[arg(long, short = 'c', default_value_t = 10_000, value_name = "N")]
+    connections: usize,
+    /// How long to wait for each connection to open, and for each reply.
+    #[arg(long, default_value = "5s", value_name = "DURATION", value_parser = parse_duration)]
+    timeout: Duration,
+}
+
+/// Which server to talk to, and how; shared by `run` and `hold`.
+#[derive(Debug, Args)]
+struct ServerArgs {
     /// What to drive: seqd's binary protocol, seqd's text protocol as RESP arrays or inline
     /// lines, or Redis INCR.
     #[arg(long, value_enum, default_value = "binary")]
@@ -78,6 +112,12 @@ struct RunArgs {
         value_name = "HOST:PORT"
     )]
     addr: String,
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    #[command(flatten)]
+    server: ServerArgs,
 
     /// Sequence to draw from (seqd: opened by name; Redis: the key) [default: seqd's
     /// default sequence; Redis key loadgen:seq].
@@ -129,6 +169,13 @@ struct RunArgs {
     /// the service time from the actual send is reported beside it.
     #[arg(long, short = 'R', value_name = "REQ/S", conflicts_with = "requests")]
     rate: Option<f64>,
+
+    /// Open loop: sleep at least this long between sends; requests that fall due meanwhile go
+    /// out together, up to this late, and their latency (from the planned time) includes it.
+    /// Lets one thread keep rates of millions per second that one wake-up per request cannot
+    /// (0: wake up for each request's planned time).
+    #[arg(long, default_value = "0s", value_name = "DURATION", value_parser = parse_duration)]
+    send_granularity: Duration,
 
     /// Capacity search: find the highest open-loop rate meeting this objective with no
     /// errors and >= 95% of the planned rate kept, e.g. 'p99<=1ms' or 'p99<=500us,p99.9<=2ms'.
@@ -241,6 +288,8 @@ fn main() -> ExitCode {
         Command::InProcess(args) => in_process(args, &command),
         Command::Verify(args) => verify_files(args),
         Command::Plot(args) => plot_results(args),
+        Command::BaselineServer(args) => baseline_server(args),
+        Command::Hold(args) => hold(args),
     };
     match result {
         Ok(code) => ExitCode::from(code),
@@ -304,10 +353,10 @@ fn run(args: RunArgs, command: &[String]) -> Result<u8> {
     // Parse everything the user typed before touching the network.
     let slo = args.slo.as_deref().map(Slo::parse).transpose()?;
     let ramp = args.ramp.as_deref().map(Ramp::parse).transpose()?;
-    let addr = resolve(&args.addr)?;
+    let addr = resolve(&args.server.addr)?;
     let connect_timeout = args.connect_timeout.max(Duration::from_millis(1));
     preflight(addr, connect_timeout)?;
-    let sequence_id = match (&args.sequence, args.target) {
+    let sequence_id = match (&args.sequence, args.server.target) {
         (Some(name), Kind::Binary) => {
             let mut client = seqd::client::Client::connect(addr)
                 .with_context(|| format!("cannot connect to {addr} to OPEN {name:?}"))?;
@@ -319,7 +368,7 @@ fn run(args: RunArgs, command: &[String]) -> Result<u8> {
         _ => 0,
     };
     let protocol = Protocol::new(
-        args.target,
+        args.server.target,
         args.batch,
         args.sequence.as_deref(),
         sequence_id,
@@ -347,6 +396,7 @@ fn run(args: RunArgs, command: &[String]) -> Result<u8> {
         reply_timeout: args.reply_timeout.max(Duration::from_millis(1)),
         connect_timeout,
         verify: args.verify || args.verify_file.is_some(),
+        send_granularity: args.send_granularity,
     };
     if let Some(rate) = spec.rate {
         loadgen::schedule::Schedule::new(rate, spec.connections)?;
@@ -360,13 +410,13 @@ fn run(args: RunArgs, command: &[String]) -> Result<u8> {
         match args.rate {
             Some(rate) => format!(
                 "{} {}x{}{batch} at {rate} req/s",
-                args.target.describe(),
+                args.server.target.describe(),
                 args.connections,
                 args.pipeline
             ),
             None => format!(
                 "{} {}x{}{batch}",
-                args.target.describe(),
+                args.server.target.describe(),
                 args.connections,
                 args.pipeline
             ),
@@ -569,5 +619,35 @@ fn plot_results(args: PlotArgs) -> Result<u8> {
         .collect::<Result<Vec<_>>>()?;
     plot::draw(&curves, &args.title, &args.output, args.log_y)?;
     eprintln!("wrote {}", args.output.display());
+    Ok(0)
+}
+
+fn baseline_server(args: BaselineArgs) -> Result<u8> {
+    let addr = resolve(&args.addr)?;
+    let listener = baseline::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
+    let local = listener
+        .local_addr()
+        .context("the listener has no address")?;
+    eprintln!("baseline listening on {local}");
+    baseline::serve(listener).context("accepting connections failed")?;
+    Ok(0)
+}
+
+fn hold(args: HoldArgs) -> Result<u8> {
+    use std::io::Write as _;
+    let addr = resolve(&args.server.addr)?;
+    let protocol = Protocol::new(args.server.target, 1, None, 0)?;
+    let signals = hold::Signals::install()?;
+    let mut streams = hold::connect_all(addr, args.connections, args.timeout)?;
+    let mut stdout = std::io::stdout();
+    writeln!(stdout, "connected {}", streams.len())?;
+    stdout.flush()?;
+    if signals.wait_next_stage() {
+        hold::request_each(&mut streams, &protocol, args.timeout)?;
+        writeln!(stdout, "answered {}", streams.len())?;
+        stdout.flush()?;
+        signals.wait_stop();
+    }
+    drop(streams);
     Ok(0)
 }

@@ -80,6 +80,8 @@ pub struct Config {
     pub requests: Option<u64>,
     pub warmup_s: f64,
     pub verify: bool,
+    /// Open loop: `--send-granularity` in microseconds (null in a closed loop).
+    pub send_granularity_us: Option<f64>,
 }
 
 /// Latency percentiles in microseconds.
@@ -312,6 +314,7 @@ impl RunReport {
                 duration_s: spec.duration.map(|d| d.as_secs_f64()),
                 requests: spec.requests,
                 warmup_s: spec.warmup.as_secs_f64(),
+                send_granularity_us: spec.rate.map(|_| spec.send_granularity.as_secs_f64() * 1e6),
                 verify: spec.verify,
             },
             totals: Totals {
@@ -573,6 +576,7 @@ mod tests {
             reply_timeout: Duration::from_secs(1),
             connect_timeout: Duration::from_secs(1),
             verify: true,
+            send_granularity: Duration::from_micros(20),
         };
         let mut latency = new_histogram();
         for v in [10_000, 20_000, 30_000] {

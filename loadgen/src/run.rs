@@ -40,6 +40,8 @@ pub struct RunSpec {
     pub reply_timeout: Duration,
     pub connect_timeout: Duration,
     pub verify: bool,
+    /// Open loop: the shortest sleep between sends; requests due meanwhile go out together.
+    pub send_granularity: Duration,
 }
 
 /// One second (or the last, shorter interval) of the measured part of a run.
@@ -171,6 +173,7 @@ pub fn execute(spec: &RunSpec, stop: Arc<AtomicBool>) -> Result<Measured> {
         schedule,
         requests: spec.requests,
         warmup_ns: spec.warmup.as_nanos() as u64,
+        granularity_ns: spec.send_granularity.as_nanos() as u64,
         duration_ns: spec.duration.map(|d| d.as_nanos() as u64),
         drain_ns: spec.drain_timeout.as_nanos() as u64,
         reply_timeout_ns: spec.reply_timeout.as_nanos() as u64,

@@ -55,6 +55,8 @@ pub struct Plan {
     /// `--requests`: requests to send after the warm-up, over all connections.
     pub requests: Option<u64>,
     pub warmup_ns: u64,
+    /// Open loop: sleep at least this long before the next send (0: until it is due).
+    pub granularity_ns: u64,
     /// `--duration` after the warm-up (none with `--requests`).
     pub duration_ns: Option<u64>,
     /// How long to wait for replies still in flight once sending has stopped.
@@ -655,7 +657,9 @@ pub fn run(
         if sending {
             wake = wake.min(end_ns);
             if let Some(&Reverse((due, _))) = worker.due.peek() {
-                wake = wake.min(due);
+                // With a granularity, requests due within it wait for one wake-up and go out
+                // together (late, and their latency says so) instead of one wake-up each.
+                wake = wake.min(due.max(now.saturating_add(plan.granularity_ns)));
             }
         }
         let timeout = if wake <= now {

@@ -174,6 +174,44 @@ fn open_loop_below_the_connection_count_still_sends() {
 }
 
 #[test]
+fn send_granularity_groups_due_requests_and_counts_their_wait() {
+    let seqd = Server::seqd(&[]);
+    let addr = seqd.addr.to_string();
+    // 1000 requests/s on one connection with a 10 ms granularity: requests go out in groups
+    // of about 10, each up to 10 ms after its planned time, and that wait is in its latency.
+    let result = loadgen_json(
+        &[
+            "run",
+            "--addr",
+            &addr,
+            "--rate",
+            "1000",
+            "-c",
+            "1",
+            "-P",
+            "64",
+            "-d",
+            "500ms",
+            "--warmup",
+            "0s",
+            "--send-granularity",
+            "10ms",
+            "--no-pin",
+            "--json",
+        ],
+        0,
+    );
+    assert_eq!(result["config"]["send_granularity_us"], 10_000.0);
+    let lag_p90 = result["send_lag_us"]["p90"].as_f64().unwrap();
+    assert!(lag_p90 >= 5_000.0, "send lag p90 {lag_p90} us");
+    let latency_p90 = result["latency_us"]["p90"].as_f64().unwrap();
+    assert!(
+        latency_p90 >= lag_p90,
+        "latency {latency_p90} includes the lag {lag_p90}"
+    );
+}
+
+#[test]
 fn open_loop_writes_service_time_beside_latency() {
     let seqd = Server::seqd(&[]);
     let dir = temp_dir("open");

@@ -172,15 +172,20 @@ pub fn which(program: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// Runs `loadgen ARGS` to completion (killed after PATIENCE).
-pub fn loadgen(args: &[&str]) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_loadgen"))
+/// Starts `loadgen ARGS` with its output piped.
+pub fn spawn_loadgen(args: &[&str]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_loadgen"))
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("cannot start loadgen");
+        .expect("cannot start loadgen")
+}
+
+/// Runs `loadgen ARGS` to completion (killed after PATIENCE).
+pub fn loadgen(args: &[&str]) -> Output {
+    let mut child = spawn_loadgen(args);
     let deadline = Instant::now() + PATIENCE * 2;
     loop {
         if child.try_wait().expect("waiting for loadgen").is_some() {

@@ -1,0 +1,672 @@
+#!/usr/bin/env bash
+# The side-by-side benchmark suite (issue 6): seqd against Redis INCR, PostgreSQL nextval and a
+# naive blocking thread-per-connection server, measured in one run on one machine, judged as
+# ratios against the goals in the issue. One command does everything:
+#
+#   results/bench.sh            # the full matrix (about 15 minutes); writes results/<date>-<host>/
+#                               # and regenerates the summary table in results/README.md
+#   results/bench.sh --quick    # the same matrix, short runs (about a minute and a half); writes
+#                               # results/<date>-<host>-quick/ (git-ignored); CI runs this
+#
+# It installs what is missing (redis-server, redis-tools, postgresql; apt-get update once
+# first), builds seqd and loadgen in release mode, starts every server itself on loopback on
+# free ports, pins the servers to one CPU and every client to another, runs the matrix, stops
+# everything it started (also on Ctrl-C or an error), and writes JSON, .hgrm, .hlog, raw tool
+# output and plots, then the summary (results/bench/summarize.py). Nothing in the output
+# directory is edited by hand.
+#
+# Exit status: 0 when every step ran (goals missed are reported, not failed); 1 when a step
+# broke (a server would not start, a tool failed, a run had errors); 2 usage.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+usage() {
+  cat <<'EOF'
+usage: results/bench.sh [--quick] [--rounds N] [--out DIR] [--realtime] [--no-install] [--skip-build]
+
+  --quick        short runs (CI): same matrix, about 1.5 minutes; output results/<date>-<host>-quick/
+  --rounds N     rounds of the closed-loop, RESP and durability rows (median reported);
+                 default 3, or 1 with --quick
+  --out DIR      write the results here instead
+  --realtime     run servers and clients under SCHED_FIFO (chrt --fifo 10; root): on a machine
+                 shared with other work they then get their CPUs when they need them, so the
+                 figures describe the servers rather than the neighbours. Other work on the two
+                 CPUs nearly stops meanwhile (the kernel keeps 5% for it): not for CI.
+  --no-install   never run apt-get; fail naming what is missing
+  --skip-build   use target/release/{seqd,loadgen} as they are
+
+environment: SERVER_CPU (default 0) and CLIENT_CPU (default 1) choose the two CPUs;
+SEQD_BINARY measures another seqd build than target/release/seqd (e.g. to compare two).
+EOF
+}
+
+QUICK=0
+ROUNDS=""
+OUT=""
+INSTALL=1
+BUILD=1
+REALTIME=0
+while (($#)); do
+  case $1 in
+    --quick) QUICK=1 ;;
+    --rounds) ROUNDS=${2:?--rounds needs a number}; shift ;;
+    --out) OUT=${2:?--out needs a directory}; shift ;;
+    --no-install) INSTALL=0 ;;
+    --skip-build) BUILD=0 ;;
+    --realtime) REALTIME=1 ;;
+    -h | --help) usage; exit 0 ;;
+    *) echo "bench.sh: unknown argument '$1'" >&2; usage >&2; exit 2 ;;
+  esac
+  shift
+done
+[[ -z $ROUNDS ]] && ROUNDS=$((QUICK ? 1 : 3))
+[[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || { echo "bench.sh: --rounds must be a positive number" >&2; exit 2; }
+
+# Scheduling of every server and client (and, above them, the CPU sampler). chrt goes before
+# taskset: a process pinned first would wait behind a busy real-time one for its turn to chrt.
+PRIO=()
+SAMPLER_PRIO=()
+if ((REALTIME)); then
+  command -v chrt >/dev/null || { echo "bench.sh: --realtime needs chrt (apt-get install util-linux)" >&2; exit 1; }
+  chrt --fifo 10 true 2>/dev/null || { echo "bench.sh: --realtime: cannot use SCHED_FIFO here (run as root)" >&2; exit 1; }
+  PRIO=(chrt --fifo 10)
+  SAMPLER_PRIO=(chrt --fifo 20)
+fi
+SERVER_CPU=${SERVER_CPU:-0}
+CLIENT_CPU=${CLIENT_CPU:-1}
+if ((QUICK)); then
+  DURATION=1s WARMUP=300ms WARMUP_S=0.4
+  PROBE=500ms PROBES=4 CONFIRM=1s
+  RB_P1=100000 RB_P16=1000000 RB_P64=2000000 RB_C1=20000
+  PG_SECONDS=2
+  INPROCESS=1s
+else
+  DURATION=5s WARMUP=1s WARMUP_S=1.1
+  PROBE=2s PROBES=10 CONFIRM=5s
+  RB_P1=200000 RB_P16=3000000 RB_P64=6000000 RB_C1=30000
+  PG_SECONDS=10
+  INPROCESS=3s
+fi
+IDLE_CONNECTIONS=10000
+# Open loop: wake up at most every 50 us and send what fell due meanwhile (late by at most that,
+# counted in the latency), so the one client thread spends less on wake-ups.
+GRANULARITY=50us
+
+log() { printf '\n== %s\n' "$*" >&2; }
+die() { echo "bench.sh: error: $*" >&2; exit 1; }
+
+# ---------------------------------------------------------------- tools, installed if missing
+pg_bindir() {
+  local d
+  for d in $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V -r); do
+    [[ -x $d/initdb && -x $d/pg_ctl && -x $d/postgres ]] && { echo "$d"; return 0; }
+  done
+  command -v initdb >/dev/null && dirname "$(readlink -f "$(command -v initdb)")" && return 0
+  return 1
+}
+
+missing_packages() {
+  local need=()
+  command -v redis-server >/dev/null || need+=(redis-server)
+  command -v redis-benchmark >/dev/null && command -v redis-cli >/dev/null || need+=(redis-tools)
+  { command -v pgbench >/dev/null && command -v psql >/dev/null && pg_bindir >/dev/null; } ||
+    need+=(postgresql)
+  command -v taskset >/dev/null || need+=(util-linux)
+  command -v python3 >/dev/null || need+=(python3)
+  command -v setpriv >/dev/null || need+=(util-linux)
+  echo "${need[@]}"
+}
+
+ensure_tools() {
+  local need
+  need=$(missing_packages)
+  [[ -z $need ]] && return 0
+  if ((!INSTALL)); then
+    die "missing: $need (install them: apt-get install -y $need; or run without --no-install)"
+  fi
+  local sudo=""
+  if [[ $(id -u) -ne 0 ]]; then
+    command -v sudo >/dev/null || die "missing: $need, and not root to install them (run: apt-get install -y $need)"
+    sudo="sudo"
+  fi
+  log "installing: $need"
+  local t0=$SECONDS
+  if [[ $need == *postgresql* && ! -e /etc/postgresql-common/createcluster.conf ]]; then
+    # Debian's postgresql package creates and starts a "main" cluster on install; this suite
+    # makes its own throwaway cluster, so ask for none (dpkg keeps this file: --force-confold).
+    $sudo mkdir -p /etc/postgresql-common
+    echo "create_main_cluster = false" | $sudo tee /etc/postgresql-common/createcluster.conf >/dev/null
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get update -qq
+  # shellcheck disable=SC2086 # $need is a list of package names
+  $sudo apt-get install -y -qq --no-install-recommends \
+    -o Dpkg::Options::=--force-confold -o Dpkg::Options::=--force-confdef $need >/dev/null
+  echo "installed in $((SECONDS - t0)) s: $need" >&2
+  need=$(missing_packages)
+  [[ -z $need ]] || die "still missing after apt-get install: $need"
+}
+
+ensure_tools
+PG_BIN=$(pg_bindir) || die "PostgreSQL server binaries (initdb, pg_ctl, postgres) not found under /usr/lib/postgresql/*/bin (apt-get install postgresql)"
+NPROC=$(nproc)
+if ((NPROC < 2)); then
+  echo "bench.sh: warning: $NPROC CPU: servers and clients share it; ratios are still side by side, but client-bound rows are likely" >&2
+  SERVER_CPU=0 CLIENT_CPU=0
+fi
+
+if ((BUILD)); then
+  log "building seqd and loadgen (release)"
+  cargo build --release --locked -p seqd -p loadgen >&2
+fi
+SEQD=${SEQD_BINARY:-$ROOT/target/release/seqd}
+LOADGEN=$ROOT/target/release/loadgen
+[[ -x $SEQD && -x $LOADGEN ]] || die "$SEQD or $LOADGEN missing (run without --skip-build)"
+
+# ---------------------------------------------------------------- output and clean-up
+HOST=$(hostname -s 2>/dev/null || hostname)
+DATE=$(date -u +%Y-%m-%d)
+if [[ -z $OUT ]]; then
+  OUT=results/$DATE-$HOST
+  ((QUICK)) && OUT+=-quick
+fi
+rm -rf "$OUT"
+mkdir -p "$OUT"/{closed,resp,pgbench,open,capacity,idle,durability,inprocess,logs}
+OUT=$(cd "$OUT" && pwd)
+WORK=$(mktemp -d /tmp/seqd-bench.XXXXXX)
+MEASUREMENTS=$OUT/measurements.jsonl
+: >"$MEASUREMENTS"
+FAILED=()
+PIDS=()
+PG_DATA=""
+
+cleanup() {
+  local pid
+  for pid in "${PIDS[@]}"; do
+    kill -TERM "$pid" 2>/dev/null || true
+  done
+  for pid in "${PIDS[@]}"; do
+    # Wait at most 5 s each, then insist.
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+  done
+  rm -rf "$WORK"
+  [[ -n $PG_DATA ]] && rm -rf "$PG_DATA"
+  return 0
+}
+trap cleanup EXIT
+trap 'echo "bench.sh: interrupted" >&2; exit 130' INT TERM
+
+# Raise the open-file limit for the servers and clients started below (10,000 idle
+# connections need as many descriptors on each side).
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+FD_LIMIT=$(ulimit -n)
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# Waits until a log file has a line matching $2 (regex); prints the match.
+wait_log() {
+  local file=$1 pattern=$2 what=$3
+  for _ in $(seq 200); do
+    if grep -qE "$pattern" "$file" 2>/dev/null; then
+      grep -oE "$pattern" "$file" | head -1
+      return 0
+    fi
+    sleep 0.05
+  done
+  echo "bench.sh: $what did not start; its log ($file):" >&2
+  cat "$file" >&2 || true
+  return 1
+}
+
+# Forgets a PID we stopped ourselves.
+forget() {
+  local keep=() p
+  for p in "${PIDS[@]}"; do [[ $p == "$1" ]] || keep+=("$p"); done
+  PIDS=("${keep[@]}")
+}
+
+stop() { # pid: SIGTERM, wait for it
+  kill -TERM "$1" 2>/dev/null || true
+  wait "$1" 2>/dev/null || true
+  forget "$1"
+}
+
+# ---------------------------------------------------------------- servers
+SEQD_DURABLE=0
+if "$SEQD" --help 2>&1 | grep -q -- '--in-memory'; then SEQD_DURABLE=1; fi
+
+# start_seqd NAME [extra args...]: sets SEQD_PID and SEQD_ADDR. With durability in the build,
+# the state goes to a fresh directory under $WORK unless the extra args say --in-memory.
+start_seqd() {
+  local name=$1; shift
+  local args=(--host 127.0.0.1 --port 0 --threads 1 --log-level warn,seqd=info)
+  if ((SEQD_DURABLE)) && [[ " $* " != *" --in-memory "* ]]; then
+    rm -rf "$WORK/$name-data"
+    args+=(--data-dir "$WORK/$name-data")
+  fi
+  "${PRIO[@]}" taskset -c "$SERVER_CPU" "$SEQD" "${args[@]}" "$@" 2>"$OUT/logs/$name.log" &
+  SEQD_PID=$!
+  PIDS+=("$SEQD_PID")
+  SEQD_ADDR=$(wait_log "$OUT/logs/$name.log" 'listening on [^ ]+' "seqd ($name)" | awk '{print $3}')
+  SEQD_CMD="${PRIO[*]:+${PRIO[*]} }taskset -c $SERVER_CPU seqd ${args[*]} $*"
+  SEQD_CMD=${SEQD_CMD//$WORK/\$TMP}
+}
+
+# start_redis NAME [extra args...]: sets REDIS_PID and REDIS_ADDR.
+start_redis() {
+  local name=$1; shift
+  local port
+  port=$(free_port)
+  local args=(--port "$port" --bind 127.0.0.1 --save '' --appendonly no --daemonize no
+    --loglevel warning --maxclients 12000)
+  "${PRIO[@]}" taskset -c "$SERVER_CPU" redis-server "${args[@]}" "$@" >"$OUT/logs/$name.log" 2>&1 &
+  REDIS_PID=$!
+  PIDS+=("$REDIS_PID")
+  for _ in $(seq 200); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.05; done
+  redis-cli -p "$port" ping >/dev/null 2>&1 || { cat "$OUT/logs/$name.log" >&2; die "redis-server ($name) did not start"; }
+  REDIS_ADDR=127.0.0.1:$port
+  REDIS_CMD="${PRIO[*]:+${PRIO[*]} }taskset -c $SERVER_CPU redis-server --port PORT --bind 127.0.0.1 --save '' --appendonly no --daemonize no --loglevel warning --maxclients 12000 $*"
+}
+
+start_baseline() {
+  "${PRIO[@]}" taskset -c "$SERVER_CPU" "$LOADGEN" baseline-server --addr 127.0.0.1:0 2>"$OUT/logs/baseline.log" &
+  BASE_PID=$!
+  PIDS+=("$BASE_PID")
+  BASE_ADDR=$(wait_log "$OUT/logs/baseline.log" 'listening on [^ ]+' "the baseline server" | awk '{print $3}')
+  BASE_CMD="${PRIO[*]:+${PRIO[*]} }taskset -c $SERVER_CPU loadgen baseline-server --addr 127.0.0.1:0"
+}
+
+# A throwaway PostgreSQL cluster, owned by an unprivileged user when we are root.
+start_postgres() {
+  local port user=""
+  port=$(free_port)
+  PG_DATA=$(mktemp -d /tmp/seqd-bench-pg.XXXXXX)
+  local as=()
+  if [[ $(id -u) -eq 0 ]]; then
+    user=postgres
+    getent passwd "$user" >/dev/null || die "running as root and there is no 'postgres' user to own the throwaway cluster (apt-get install postgresql creates it)"
+    chown "$user" "$PG_DATA"
+    # setpriv execs (no fork), so the PID we hold is the postmaster's own.
+    as=(setpriv --reuid "$user" --regid "$user" --init-groups)
+  fi
+  chmod 700 "$PG_DATA"
+  "${as[@]}" "$PG_BIN/initdb" -D "$PG_DATA/data" -U postgres --auth=trust -E UTF8 --no-sync \
+    >"$OUT/logs/postgres-initdb.log" 2>&1 || { cat "$OUT/logs/postgres-initdb.log" >&2; die "initdb failed"; }
+  mkdir -p "$PG_DATA/socket"
+  [[ -n $user ]] && chown "$user" "$PG_DATA/socket"
+  PG_OPTS=(-c listen_addresses=127.0.0.1 -p "$port" -c unix_socket_directories="$PG_DATA/socket"
+    -c max_connections=120)
+  "${PRIO[@]}" taskset -c "$SERVER_CPU" "${as[@]}" "$PG_BIN/postgres" -D "$PG_DATA/data" "${PG_OPTS[@]}" \
+    >"$OUT/logs/postgres.log" 2>&1 &
+  PG_PID=$!
+  PIDS+=("$PG_PID")
+  for _ in $(seq 200); do
+    psql -h 127.0.0.1 -p "$port" -U postgres -d postgres -Atqc 'select 1' >/dev/null 2>&1 && break
+    sleep 0.1
+  done
+  psql -h 127.0.0.1 -p "$port" -U postgres -d postgres -Atqc 'create sequence bench_seq' >/dev/null ||
+    { cat "$OUT/logs/postgres.log" >&2; die "PostgreSQL did not start"; }
+  PG_PORT=$port
+  PG_CMD="${PRIO[*]:+${PRIO[*]} }taskset -c $SERVER_CPU postgres -D \$TMP/data -c listen_addresses=127.0.0.1 -p PORT -c max_connections=120 (initdb --auth=trust, all else default)"
+}
+
+# ---------------------------------------------------------------- measuring one step
+SAMPLER=(python3 "$ROOT/results/bench/sample.py")
+
+# step ID SERVER_PID SERVER_NAME OUTPUT_FILE -- COMMAND...
+# Runs a client command pinned to the client CPU while results/bench/sample.py samples the
+# server's and the client's threads (time on a CPU, time waiting for one), and records the
+# step in measurements.jsonl. $SKIP seconds at the start (the warm-up) are left out of the CPU
+# figures. Exit statuses in $OK_STATUSES count as success (default 0); others are recorded as
+# failures: the suite goes on and exits 1 at the end.
+OK_STATUSES="0"
+SKIP=0
+step() {
+  local id=$1 spid=$2 server=$3 output=$4; shift 5
+  local t0 t1 rc=0 samples=$WORK/samples.$id cpid sampler target=$spid
+  printf '  %-34s' "$id" >&2
+  [[ $server == postgres ]] && target="$spid+" # its backends are child processes
+  t0=$(date +%s%N)
+  "${PRIO[@]}" taskset -c "$CLIENT_CPU" "$@" >"$output" 2>&1 &
+  cpid=$!
+  PIDS+=("$cpid")
+  if [[ $server == none ]]; then
+    "${SAMPLER_PRIO[@]}" taskset -c "$CLIENT_CPU" "${SAMPLER[@]}" watch "$samples" 0.1 "client=$cpid" &
+  else
+    "${SAMPLER_PRIO[@]}" taskset -c "$CLIENT_CPU" "${SAMPLER[@]}" watch "$samples" 0.1 "server=$target" "client=$cpid" &
+  fi
+  sampler=$!
+  wait "$cpid" || rc=$?
+  forget "$cpid"
+  t1=$(date +%s%N)
+  kill -TERM "$sampler" 2>/dev/null || true
+  wait "$sampler" 2>/dev/null || true
+  local window status=ok
+  window=$("${SAMPLER[@]}" window "$samples" "$SKIP")
+  if [[ " $OK_STATUSES " != *" $rc "* ]]; then
+    status=failed
+    FAILED+=("$id (exit $rc; see ${output#"$ROOT"/})")
+  fi
+  local cmd
+  cmd=$(printf '%q ' "${PRIO[@]}" taskset -c "$CLIENT_CPU" "$@")
+  cmd=${cmd//$ROOT\/target\/release\//}
+  cmd=${cmd//$OUT\//\$OUT/}
+  cmd=${cmd//$WORK/\$TMP}
+  python3 - "$MEASUREMENTS" "$id" "$server" "${output#"$OUT"/}" "$rc" "$status" "$t0" "$t1" \
+    "$window" "$cmd" <<'PY'
+import json, sys
+path, id_, server, output, rc, status, t0, t1, window, cmd = sys.argv[1:]
+window = json.loads(window)
+record = {"id": id_, "server": server, "output": output, "exit": int(rc), "status": status,
+          "wall_s": round((int(t1) - int(t0)) / 1e9, 3),
+          "server_cpu": window.get("server"), "client_cpu": window.get("client"),
+          "command": cmd.strip()}
+with open(path, "a") as f:
+    f.write(json.dumps(record) + "\n")
+def pct(x, k):
+    return "-" if not x or x.get(k) is None else f"{x[k]:.0f}%"
+s, c = record["server_cpu"], record["client_cpu"]
+print(f"{status:6} {record['wall_s']:6.2f} s   server CPU {pct(s, 'cpu_percent')} (runnable {pct(s, 'runnable_percent')}), "
+      f"client CPU {pct(c, 'cpu_percent')} (runnable {pct(c, 'runnable_percent')})", file=sys.stderr)
+PY
+  return 0
+}
+
+loadgen_run() { # id pid server prefix label loadgen-run-args...
+  local id=$1 pid=$2 server=$3 prefix=$4 label=$5; shift 5
+  SKIP=$WARMUP_S step "$id" "$pid" "$server" "$OUT/$prefix.txt" -- \
+    "$LOADGEN" run --cpus "$CLIENT_CPU" --warmup "$WARMUP" -o "$OUT/$prefix" --label "$label" "$@"
+}
+
+# ---------------------------------------------------------------- the run
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
+STARTED=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+log "machine: $NPROC CPUs, load average $LOAD_BEFORE; servers on CPU $SERVER_CPU, clients on CPU $CLIENT_CPU$( ((REALTIME)) && echo ', SCHED_FIFO' || true); output $OUT"
+if awk -v l="${LOAD_BEFORE%% *}" -v n="$NPROC" 'BEGIN { exit !(l > n / 2) }'; then
+  echo "bench.sh: note: the machine is busy (load average $LOAD_BEFORE on $NPROC CPUs); figures will be noisy (recorded in the results)" >&2
+fi
+
+log "starting servers"
+start_seqd seqd
+start_baseline
+start_redis redis
+start_postgres
+echo "  seqd $SEQD_ADDR (pid $SEQD_PID, durable state: $( ((SEQD_DURABLE)) && echo on || echo 'not in this build'))" >&2
+echo "  baseline $BASE_ADDR (pid $BASE_PID), Redis $REDIS_ADDR (pid $REDIS_PID), PostgreSQL 127.0.0.1:$PG_PORT (pid $PG_PID)" >&2
+MAIN_SEQD_CMD=$SEQD_CMD
+
+log "in-process allocation (client CPU)"
+step inprocess-getseq "$SEQD_PID" none "$OUT/inprocess/getseq.txt" -- \
+  "$LOADGEN" in-process --threads 1 --batch 1 -d "$INPROCESS" --cpus "$CLIENT_CPU" -o "$OUT/inprocess/getseq"
+step inprocess-batch1000 "$SEQD_PID" none "$OUT/inprocess/batch1000.txt" -- \
+  "$LOADGEN" in-process --threads 1 --batch 1000 -d "$INPROCESS" --cpus "$CLIENT_CPU" -o "$OUT/inprocess/batch1000"
+
+CONFIGS=("1 1" "50 1" "50 16" "50 64" "1 4096")
+for round in $(seq "$ROUNDS"); do
+  log "closed loop, round $round of $ROUNDS (seqd binary, naive baseline, Redis INCR; all via loadgen)"
+  # Rotate which server goes first, so drift in the machine's load hits all alike.
+  case $((round % 3)) in
+    1) order=(seqd baseline redis) ;;
+    2) order=(baseline redis seqd) ;;
+    0) order=(redis seqd baseline) ;;
+  esac
+  for config in "${CONFIGS[@]}"; do
+    read -r c p <<<"$config"
+    for server in "${order[@]}"; do
+      case $server in
+        seqd) pid=$SEQD_PID addr=$SEQD_ADDR target=binary label="seqd binary ${c}x$p" ;;
+        baseline) pid=$BASE_PID addr=$BASE_ADDR target=binary label="naive baseline ${c}x$p" ;;
+        redis) pid=$REDIS_PID addr=$REDIS_ADDR target=redis label="Redis INCR ${c}x$p" ;;
+      esac
+      loadgen_run "closed-$server-${c}x$p-r$round" "$pid" "$server" "closed/$server-${c}x$p-r$round" "$label" \
+        --target "$target" --addr "$addr" -c "$c" -P "$p" -d "$DURATION"
+    done
+  done
+
+  log "RESP via redis-benchmark, round $round of $ROUNDS (seqd GETSEQ vs Redis INCR)"
+  for setting in "50 1 $RB_P1" "50 16 $RB_P16" "50 64 $RB_P64" "1 1 $RB_C1"; do
+    read -r c p n <<<"$setting"
+    for server in "${order[@]}"; do
+      case $server in
+        seqd) step "resp-seqd-c${c}-P$p-r$round" "$SEQD_PID" seqd "$OUT/resp/seqd-c${c}-P$p-r$round.csv" -- \
+          redis-benchmark -h 127.0.0.1 -p "${SEQD_ADDR##*:}" -c "$c" -P "$p" -n "$n" --csv GETSEQ ;;
+        redis) step "resp-redis-c${c}-P$p-r$round" "$REDIS_PID" redis "$OUT/resp/redis-c${c}-P$p-r$round.csv" -- \
+          redis-benchmark -h 127.0.0.1 -p "${REDIS_ADDR##*:}" -c "$c" -P "$p" -n "$n" --csv INCR bench:seq ;;
+        *) ;;
+      esac
+    done
+  done
+done
+
+log "PostgreSQL nextval via pgbench (-M prepared, one-line script)"
+echo "SELECT nextval('bench_seq');" >"$OUT/pgbench/nextval.sql"
+for c in 1 50; do
+  step "pgbench-nextval-c$c" "$PG_PID" postgres "$OUT/pgbench/nextval-c$c.txt" -- \
+    pgbench -h 127.0.0.1 -p "$PG_PORT" -U postgres -n -M prepared -f "$OUT/pgbench/nextval.sql" \
+    -c "$c" -j 1 -T "$PG_SECONDS" postgres
+done
+
+# The highest closed-loop 50-connection throughput each server reached (median over rounds).
+max_rps() {
+  python3 - "$OUT/closed" "$1" <<'PY'
+import json, pathlib, statistics, sys
+folder, server = pathlib.Path(sys.argv[1]), sys.argv[2]
+best = 0.0
+for config in ("50x1", "50x16", "50x64"):
+    values = [json.loads(p.read_text())["totals"]["throughput_rps"]
+              for p in folder.glob(f"{server}-{config}-r*.json")]
+    if values:
+        best = max(best, statistics.median(values))
+print(int(best))
+PY
+}
+
+log "open loop at 50% and 80% of each server's measured maximum (50 connections, up to 64 in flight each)"
+for server in seqd redis; do
+  case $server in
+    seqd) pid=$SEQD_PID addr=$SEQD_ADDR target=binary name="seqd binary" ;;
+    redis) pid=$REDIS_PID addr=$REDIS_ADDR target=redis name="Redis INCR" ;;
+  esac
+  max=$(max_rps "$server")
+  if ((max <= 0)); then
+    FAILED+=("open loop $server: no closed-loop maximum to start from")
+    continue
+  fi
+  for pct in 50 80; do
+    rate=$((max * pct / 100))
+    loadgen_run "open-$server-$pct" "$pid" "$server" "open/$server-$pct" "$name at $pct% of max ($rate/s)" \
+      --target "$target" --addr "$addr" -c 50 -P 64 --rate "$rate" --send-granularity "$GRANULARITY" -d "$DURATION"
+  done
+done
+
+log "capacity search: the highest rate with p99 <= 1 ms (50 connections, up to 64 in flight each)"
+OK_STATUSES="0 5" # 5: no rate met the objective, a result, not a broken step
+for server in seqd redis; do
+  case $server in
+    seqd) pid=$SEQD_PID addr=$SEQD_ADDR target=binary name="seqd binary" ;;
+    redis) pid=$REDIS_PID addr=$REDIS_ADDR target=redis name="Redis INCR" ;;
+  esac
+  loadgen_run "capacity-$server" "$pid" "$server" "capacity/$server-p99-1ms" "$name capacity p99<=1ms" \
+    --target "$target" --addr "$addr" -c 50 -P 64 --slo 'p99<=1ms' --probe-duration "$PROBE" \
+    --send-granularity "$GRANULARITY" \
+    --max-probes "$PROBES" -d "$CONFIRM"
+done
+OK_STATUSES="0"
+
+log "servers of the matrix stopped"
+stop "$SEQD_PID"
+stop "$BASE_PID"
+stop "$REDIS_PID"
+kill -INT "$PG_PID" 2>/dev/null || true # PostgreSQL's fast shutdown
+wait "$PG_PID" 2>/dev/null || true
+forget "$PG_PID"
+
+# RSS of a process in KiB, once it stopped changing (connections still being accepted).
+steady_rss() {
+  local pid=$1 last=-1 now same=0
+  for _ in $(seq 100); do
+    now=$(awk '/^VmRSS:/ {print $2}' "/proc/$pid/status")
+    if [[ $now == "$last" ]]; then
+      same=$((same + 1))
+      ((same >= 3)) && break
+    else
+      same=0
+    fi
+    last=$now
+    sleep 0.1
+  done
+  echo "$now"
+}
+
+wait_line() { # file pattern pid
+  for _ in $(seq 600); do
+    grep -q "$2" "$1" 2>/dev/null && return 0
+    kill -0 "$3" 2>/dev/null || return 1
+    sleep 0.05
+  done
+  return 1
+}
+
+log "$IDLE_CONNECTIONS idle connections: server RSS per connection; 50 active connections beside them, then alone"
+for server in seqd redis; do
+  case $server in
+    seqd)
+      start_seqd seqd-idle --max-connections $((IDLE_CONNECTIONS + 2000))
+      pid=$SEQD_PID addr=$SEQD_ADDR target=binary name="seqd binary" cmd=$SEQD_CMD ;;
+    redis)
+      start_redis redis-idle
+      pid=$REDIS_PID addr=$REDIS_ADDR target=redis name="Redis INCR" cmd=$REDIS_CMD ;;
+  esac
+  # Memory first, on the fresh server: a server that has already served a load has freed
+  # memory that new connections could fill without growing its RSS.
+  rss0=$(steady_rss "$pid")
+  "${PRIO[@]}" taskset -c "$CLIENT_CPU" "$LOADGEN" hold --target "$target" --addr "$addr" -c "$IDLE_CONNECTIONS" \
+    >"$OUT/idle/$server-hold.txt" 2>&1 &
+  hold_pid=$!
+  PIDS+=("$hold_pid")
+  rss1="" rss2=""
+  if wait_line "$OUT/idle/$server-hold.txt" '^connected' "$hold_pid"; then
+    rss1=$(steady_rss "$pid")
+    kill -USR1 "$hold_pid"
+    if wait_line "$OUT/idle/$server-hold.txt" '^answered' "$hold_pid"; then
+      rss2=$(steady_rss "$pid")
+      loadgen_run "idle-$server-active-held" "$pid" "$server" "idle/$server-active-held" \
+        "$name 50x64 beside $IDLE_CONNECTIONS idle connections" --target "$target" --addr "$addr" \
+        -c 50 -P 64 -d "$DURATION"
+    fi
+  fi
+  stop "$hold_pid"
+  loadgen_run "idle-$server-active-alone" "$pid" "$server" "idle/$server-active-alone" \
+    "$name 50x64, the idle connections closed" --target "$target" --addr "$addr" -c 50 -P 64 -d "$DURATION"
+  if [[ -z $rss2 ]]; then
+    FAILED+=("idle $server: the $IDLE_CONNECTIONS connections were not all opened and served (see idle/$server-hold.txt)")
+  fi
+  python3 - "$OUT/idle/$server-memory.json" "$server" "$IDLE_CONNECTIONS" "$rss0" "${rss1:-0}" "${rss2:-0}" "$cmd" \
+    "loadgen hold --target $target --addr ADDR -c $IDLE_CONNECTIONS" <<'PY'
+import json, sys
+path, server, n, rss0, rss1, rss2, cmd, hold = sys.argv[1:]
+n, rss0, rss1, rss2 = int(n), int(rss0), int(rss1), int(rss2)
+json.dump({"server": server, "connections": n, "rss_kib_before": rss0,
+           "rss_kib_connected": rss1 or None, "rss_kib_after_one_request": rss2 or None,
+           "kib_per_connection_connected": (rss1 - rss0) / n if rss1 else None,
+           "kib_per_connection_after_one_request": (rss2 - rss0) / n if rss2 else None,
+           "server_command": cmd, "client_command": hold,
+           "method": "VmRSS from /proc/PID/status once steady, before opening the connections, "
+                     "after opening them (nothing sent), and after one request and reply on each"},
+          open(path, "w"), indent=2)
+PY
+  stop "$pid"
+done
+
+log "durability: persistence on vs --in-memory (seqd binary 50x64, fresh server per run, alternating)"
+if ((SEQD_DURABLE)); then
+  for round in $(seq "$ROUNDS"); do
+    if ((round % 2)); then modes=(in-memory durable); else modes=(durable in-memory); fi
+    for mode in "${modes[@]}"; do
+      if [[ $mode == in-memory ]]; then start_seqd "seqd-$mode-r$round" --in-memory; else start_seqd "seqd-$mode-r$round"; fi
+      echo "$SEQD_CMD" >"$OUT/durability/$mode-r$round.server"
+      loadgen_run "durability-$mode-r$round" "$SEQD_PID" seqd "durability/$mode-r$round" "seqd $mode 50x64" \
+        --target binary --addr "$SEQD_ADDR" -c 50 -P 64 -d "$DURATION"
+      stop "$SEQD_PID"
+    done
+  done
+else
+  echo "  skipped: this seqd build has no --in-memory flag (durability, issue 3, is not in this build)" >&2
+  echo "seqd --help lists no --in-memory (durability is not in this build)" >"$OUT/durability/SKIPPED"
+fi
+
+log "plots"
+for config in "${CONFIGS[@]}"; do
+  read -r c p <<<"$config"
+  last=r$ROUNDS
+  "$LOADGEN" plot -o "$OUT/closed-${c}x$p.svg" --log-y \
+    --title "Closed loop ${c}x$p: latency by percentile (round $ROUNDS)" \
+    "$OUT/closed/seqd-${c}x$p-$last.json" "$OUT/closed/baseline-${c}x$p-$last.json" \
+    "$OUT/closed/redis-${c}x$p-$last.json" 2>/dev/null || FAILED+=("plot closed ${c}x$p")
+done
+for pct in 50 80; do
+  if [[ -f $OUT/open/seqd-$pct.json && -f $OUT/open/redis-$pct.json ]]; then
+    "$LOADGEN" plot -o "$OUT/open-$pct.svg" --log-y \
+      --title "Open loop at $pct% of each server's maximum (coordinated-omission corrected)" \
+      "$OUT/open/seqd-$pct.json" "$OUT/open/redis-$pct.json" 2>/dev/null || FAILED+=("plot open $pct%")
+  fi
+done
+
+LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
+log "summary"
+printf '%s\n' "${FAILED[@]+"${FAILED[@]}"}" >"$WORK/failed.txt"
+M_STARTED=$STARTED M_MODE=$( ((QUICK)) && echo quick || echo full) M_ROUNDS=$ROUNDS M_HOST=$HOST \
+M_CPU_MODEL=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs) M_NPROC=$NPROC \
+M_KERNEL=$(uname -r) M_LOAD_BEFORE=$LOAD_BEFORE M_LOAD_AFTER=$LOAD_AFTER \
+M_SERVER_CPU=$SERVER_CPU M_CLIENT_CPU=$CLIENT_CPU M_FD_LIMIT=$FD_LIMIT \
+M_DURATION=$DURATION M_WARMUP=$WARMUP M_PROBE=$PROBE M_PROBES=$PROBES M_CONFIRM=$CONFIRM \
+M_PG_SECONDS=$PG_SECONDS M_INPROCESS=$INPROCESS M_RB="$RB_P1 $RB_P16 $RB_P64 $RB_C1" \
+M_COMMIT="$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src loadgen Cargo.toml Cargo.lock || echo ' + uncommitted changes')" \
+M_V_SEQD=$("$SEQD" --version) M_V_LOADGEN=$("$LOADGEN" --version) \
+M_V_RUSTC=$(rustc --version 2>/dev/null || echo unknown) \
+M_V_REDIS=$(redis-server --version | head -1) \
+M_V_REDIS_BENCHMARK=$(redis-benchmark --version 2>/dev/null | head -1 || echo unknown) \
+M_V_POSTGRES=$("$PG_BIN/postgres" --version) M_V_PGBENCH=$(pgbench --version) \
+M_DURABLE=$SEQD_DURABLE M_S_SEQD=$MAIN_SEQD_CMD M_S_BASELINE=$BASE_CMD M_S_REDIS=$REDIS_CMD \
+M_S_POSTGRES=$PG_CMD M_IDLE=$IDLE_CONNECTIONS M_REALTIME=$REALTIME M_SEQD_BINARY=${SEQD#"$ROOT"/} \
+python3 - "$OUT/meta.json" "$WORK/failed.txt" <<'PY'
+import json, os, sys
+e = os.environ
+rb = [int(x) for x in e["M_RB"].split()]
+meta = {
+    "started": e["M_STARTED"], "mode": e["M_MODE"], "rounds": int(e["M_ROUNDS"]),
+    "host": e["M_HOST"], "cpu_model": e["M_CPU_MODEL"], "nproc": int(e["M_NPROC"]),
+    "kernel": e["M_KERNEL"], "load_before": e["M_LOAD_BEFORE"], "load_after": e["M_LOAD_AFTER"],
+    "server_cpu": int(e["M_SERVER_CPU"]), "client_cpu": int(e["M_CLIENT_CPU"]),
+    "fd_limit": e["M_FD_LIMIT"], "idle_connections": int(e["M_IDLE"]),
+    "durations": {"run": e["M_DURATION"], "warmup": e["M_WARMUP"], "probe": e["M_PROBE"],
+                  "max_probes": int(e["M_PROBES"]), "confirm": e["M_CONFIRM"],
+                  "pgbench_s": int(e["M_PG_SECONDS"]), "in_process": e["M_INPROCESS"],
+                  "redis_benchmark_requests": dict(zip(["c50 P1", "c50 P16", "c50 P64", "c1 P1"], rb))},
+    "commit": e["M_COMMIT"],
+    "versions": {k: e["M_V_" + k.upper()] for k in
+                 ["seqd", "loadgen", "rustc", "redis", "redis_benchmark", "postgres", "pgbench"]},
+    "seqd_durability_in_build": e["M_DURABLE"] == "1",
+    "realtime": e["M_REALTIME"] == "1",
+    "seqd_binary": e["M_SEQD_BINARY"],
+    "servers": {"seqd": e["M_S_SEQD"], "baseline": e["M_S_BASELINE"], "redis": e["M_S_REDIS"],
+                "postgres": e["M_S_POSTGRES"]},
+    "failed_steps": [l for l in open(sys.argv[2]).read().splitlines() if l],
+}
+json.dump(meta, open(sys.argv[1], "w"), indent=2)
+PY
+SUMMARY_ARGS=("$OUT")
+((QUICK)) || [[ $OUT != "$ROOT/results/$DATE-$HOST" ]] || SUMMARY_ARGS+=(--index results/README.md)
+python3 results/bench/summarize.py "${SUMMARY_ARGS[@]}" || FAILED+=("summary (results/bench/summarize.py)")
+
+if ((${#FAILED[@]})); then
+  echo >&2
+  echo "bench.sh: FAILED steps (the suite is broken, not merely slow):" >&2
+  printf '  - %s\n' "${FAILED[@]}" >&2
+  exit 1
+fi
+echo "bench.sh: done; results in ${OUT#"$ROOT"/}" >&2
