@@ -137,13 +137,17 @@ pub fn answer(input: &[u8], counter: &mut Counter, out: &mut Vec<u8>) -> (usize,
                     Request::Ping { .. } => Reply::Pong { echo: None },
                     Request::Open { .. } => Reply::Opened(OPENED_ID),
                     Request::Invalid(problem) => Reply::Error { opcode, problem },
-                    // Text-protocol requests never come out of the binary decoder.
-                    Request::Quit | Request::RedisHandshake { .. } | Request::Nothing => {
-                        Reply::Error {
-                            opcode,
-                            problem: Problem::UnknownOpcode(opcode),
-                        }
-                    }
+                    // Text-protocol requests never come out of the binary decoder, and the
+                    // baseline does not implement leases.
+                    Request::Quit
+                    | Request::RedisHandshake { .. }
+                    | Request::Nothing
+                    | Request::Lease { .. }
+                    | Request::Ack { .. }
+                    | Request::LeaseStats => Reply::Error {
+                        opcode,
+                        problem: Problem::UnknownOpcode(opcode),
+                    },
                 };
                 binary::encode_reply(out, &reply);
             }
