@@ -280,8 +280,14 @@ fn text_error_lines_are_well_formed_under_pipelining() {
 }
 
 #[test]
-fn busy_polling_loops_serve_bursts_and_idle_gaps_alike() {
-    let server = SeqdProcess::start(&["--busy-poll=200"]);
+fn loops_serve_bursts_and_idle_gaps_alike_spinning_or_not() {
+    for busy_poll in ["--busy-poll=0", "--busy-poll=200"] {
+        serve_bursts_and_idle_gaps(busy_poll);
+    }
+}
+
+fn serve_bursts_and_idle_gaps(busy_poll: &str) {
+    let server = SeqdProcess::start(&[busy_poll]);
     let mut conn = server.connect();
     let mut expected = 1u64;
     for gap_ms in [0u64, 1, 0, 20, 0, 5] {
