@@ -3,6 +3,7 @@
 //! ≥ 20 M/s combined for two threads contending on one sequence.
 
 use std::hint::black_box;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
@@ -18,6 +19,13 @@ fn single_thread(c: &mut Criterion) {
     group.throughput(Throughput::Elements(1));
     let seq = sequence();
     group.bench_function("getseq", |b| b.iter(|| black_box(seq.reserve(1))));
+    // The floor for any allocator that hands out numbers shared across threads: one atomic
+    // read-modify-write. Its cost varies several-fold between machines, so `getseq` is judged
+    // against it, measured in the same run.
+    let counter = AtomicU64::new(1);
+    group.bench_function("bare_fetch_add", |b| {
+        b.iter(|| black_box(counter.fetch_add(1, Ordering::AcqRel)))
+    });
     for batch in [16u64, 100, 1000] {
         group.throughput(Throughput::Elements(batch));
         group.bench_function(format!("batch_{batch}"), |b| {

@@ -117,6 +117,7 @@ fn run(config: Config) -> anyhow::Result<()> {
         threads,
         pinned = settings.pin,
         max_connections = settings.max_connections,
+        busy_poll_us = config.busy_poll,
         "seqd listening on {}",
         server.local_addr()
     );
