@@ -171,6 +171,9 @@ pub struct Capacity {
     pub method: String,
 }
 
+/// Confirmation rates tried, as fractions of the highest rate the probes met, until one holds.
+const CONFIRM_BACKOFF: [f64; 5] = [1.0, 0.9, 0.75, 0.5, 0.25];
+
 /// Settings of a capacity search.
 pub struct SearchSettings {
     /// Length of each probe.
@@ -257,9 +260,11 @@ pub fn capacity(
         });
     }
 
-    // Confirm with a longer run; if it fails, back off 10% at a time (at most 3 times).
-    let mut candidate = pass;
-    for _ in 0..3 {
+    // Confirm with a longer run. If it fails, latency is not monotonic in the rate near the
+    // bracket (a server's tail can be worse at a moderate rate than at a higher one, where
+    // requests travel in larger groups), so back off further each time rather than give up.
+    for backoff in CONFIRM_BACKOFF {
+        let candidate = pass * backoff;
         if stop.load(Ordering::Relaxed) {
             break;
         }
@@ -287,11 +292,20 @@ pub fn capacity(
                     settings.max_probes
                 )
             };
+            let backed_off = if backoff < 1.0 {
+                format!(
+                    " ({:.0}% of the rate the probes reached, after longer runs nearer it \
+                     failed)",
+                    backoff * 100.0
+                )
+            } else {
+                String::new()
+            };
             let method = format!(
                 "closed-loop maximum {max:.0} req/s as the upper bound; bisection with {probes} \
                  open-loop probes of {} each ({stopped}); confirmed by a {} run at \
-                 {candidate:.0} req/s meeting {slo}, with no errors and >= {:.0}% of the \
-                 planned rate answered",
+                 {candidate:.0} req/s{backed_off} meeting {slo}, with no errors and >= {:.0}% \
+                 of the planned rate answered",
                 humantime::format_duration(settings.probe),
                 humantime::format_duration(settings.confirm),
                 MIN_ACHIEVED * 100.0
@@ -302,14 +316,14 @@ pub fn capacity(
                 method,
             });
         }
-        candidate *= 0.9;
     }
     Ok(Capacity {
         steps,
         found: None,
         method: format!(
-            "probes passed at {pass:.0} req/s but the confirmation runs failed even 10% and \
-             20% lower: the server's latency is not stable at these rates"
+            "probes passed at {pass:.0} req/s but the confirmation runs failed even at {:.0}% \
+             of that: the server's latency is not stable at these rates",
+            CONFIRM_BACKOFF[CONFIRM_BACKOFF.len() - 1] * 100.0
         ),
     })
 }
