@@ -511,7 +511,7 @@ def busy_poll_lines(run):
     us = seqd_busy_poll_us(run.folder)
     if not us:
         return []
-    return [f"- seqd busy-polls (`--busy-poll {us}`, its default): after traffic its event loop watches for more "
+    return [f"- seqd busy-polls (`--busy-poll {us}`): after traffic its event loop watches for more "
             f"for {us} us before it sleeps, so its CPU reads near 100% on every row with steady traffic. For seqd, "
             "*server CPU per request* includes that spinning (an upper bound), and a row where the client "
             "saturated too says *server and client*: such a row decides a goal only when it is met"]

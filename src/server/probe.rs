@@ -35,6 +35,12 @@ impl std::fmt::Display for Features {
             f,
             "{task_run}, multishot accept, multishot recv, provided buffer ring"
         )?;
+        if !self.work_pending_flag {
+            write!(
+                f,
+                ", no busy polling (--busy-poll needs TASKRUN_FLAG, Linux 5.19)"
+            )?;
+        }
         if !self.no_drop {
             write!(
                 f,
