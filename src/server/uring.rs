@@ -307,13 +307,24 @@ impl EventLoop {
         if self.busy_poll.is_zero() || !self.features.work_pending_flag || self.draining {
             return self.enter(1);
         }
-        // Submit; this also runs work that is already pending.
-        self.enter(0)?;
-        if !self.ring.completion().is_empty() {
-            return Ok(());
+        // Submit, which also runs work that is already pending. With nothing queued and
+        // nothing pending the call would do nothing: skipping it saves one of the three
+        // system calls a request otherwise costs when clients send one at a time.
+        let nothing_to_do = {
+            let queue = self.ring.submission();
+            queue.is_empty() && !queue.taskrun() && !queue.cq_overflow()
+        };
+        if !nothing_to_do {
+            self.enter(0)?;
+            if !self.ring.completion().is_empty() {
+                return Ok(());
+            }
         }
         let deadline = std::time::Instant::now() + self.busy_poll;
         loop {
+            if !self.ring.completion().is_empty() {
+                return Ok(());
+            }
             if self.ring.submission().taskrun() {
                 return self.enter(0);
             }
