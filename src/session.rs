@@ -986,6 +986,9 @@ mod tests {
         input.extend_from_slice(&b"GETSEQ x\r\n".repeat(4));
         input.extend_from_slice(b"CURRENT\r\n");
         input.extend_from_slice(&b"GETSEQ\r\n".repeat(3));
+        // Telnet's line end for piped CRLF text (CR NUL CR LF): the same request, another frame.
+        input.extend_from_slice(&b"GETSEQ\r\0\r\n".repeat(3));
+        input.extend_from_slice(b"CURRENT\r\0\r\n");
         let mut expected = String::new();
         for n in 1..=5 {
             expected += &format!(":{n}\r\n");
@@ -996,7 +999,7 @@ mod tests {
         for n in 1..=4 {
             expected += &format!(":{n}\r\n");
         }
-        expected += ":12\r\n:12\r\n:13\r\n:14\r\n";
+        expected += ":12\r\n:12\r\n:13\r\n:14\r\n:15\r\n:16\r\n:17\r\n:18\r\n";
         for cut in 0..input.len() {
             let mut st = state(1);
             let mut s = Session::new();

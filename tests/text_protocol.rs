@@ -31,6 +31,19 @@ fn seed_001_telnet_transcript_replays_byte_for_byte() {
 }
 
 #[test]
+fn telnet_cr_nul_line_ends_from_piped_text() {
+    // `printf 'GETSEQ\r\nCURRENT\r\n' | telnet host 10001`: telnet sends each CR that is not
+    // part of CRLF as CR NUL (RFC 854), so every line ends in CR NUL CR LF.
+    let server = SeqdProcess::start(&[]);
+    let mut conn = server.connect();
+    let expected = b":1\r\n:2\r\n";
+    assert_eq!(
+        exchange(&mut conn, b"GETSEQ\r\0\r\nCURRENT\r\0\r\n", expected.len()),
+        expected
+    );
+}
+
+#[test]
 fn seed_001_initial_flag_in_seed_syntax() {
     let server = SeqdProcess::start(&["--initial=1000"]);
     let mut conn = server.connect();

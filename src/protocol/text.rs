@@ -1,8 +1,9 @@
 //! The text protocol: seed 001's inline commands (`GETSEQ\r\n` → `:1\r\n`) and RESP arrays, so
 //! that telnet, `nc`, `redis-cli` and `redis-benchmark` all work against the same port.
 //!
-//! Inline lines end in CRLF or a bare LF; arguments are separated by spaces or tabs; command
-//! names are case-insensitive. A line starting with `*` is a RESP array of bulk strings.
+//! Inline lines end in CRLF or a bare LF (CRs or telnet's CR NULs just before it are part of the
+//! line end); arguments are separated by spaces or tabs; command names are case-insensitive. A
+//! line starting with `*` is a RESP array of bulk strings.
 //! Requests longer than [`MAX_REQUEST`] bytes are refused and the connection closed.
 
 use super::{Framing, LeaseIds, Need, ParseError, ParseOk, Problem, Reply, Request, Target};
@@ -67,7 +68,7 @@ fn decode_inline(buf: &[u8]) -> Result<ParseOk<Request<'_>>, ParseError<'_>> {
     if end > MAX_REQUEST {
         return Err(too_long());
     }
-    let line = buf[..end].strip_suffix(b"\r").unwrap_or(&buf[..end]);
+    let line = without_line_end(&buf[..end]);
     let mut args = Args::new();
     let is_blank = |b: u8| b == b' ' || b == b'\t';
     let mut i = 0;
@@ -87,6 +88,16 @@ fn decode_inline(buf: &[u8]) -> Result<ParseOk<Request<'_>>, ParseError<'_>> {
         message: interpret(&args, Framing::Inline),
         consumed: end + 1,
     })
+}
+
+/// `line` (up to its LF) without the CRs before the LF. Telnet (RFC 854) sends a CR that is not
+/// part of CRLF as CR NUL, so text piped into it with CRLF line ends arrives as `\r\0\r\n`:
+/// a NUL right after such a CR goes too.
+fn without_line_end(mut line: &[u8]) -> &[u8] {
+    while let [rest @ .., b'\r'] | [rest @ .., b'\r', 0] = line {
+        line = rest;
+    }
+    line
 }
 
 fn decode_resp(buf: &[u8]) -> Result<ParseOk<Request<'_>>, ParseError<'_>> {
@@ -536,6 +547,43 @@ mod tests {
         assert_eq!(request(b"PING\r\n").0, Request::Ping { echo: None });
         assert_eq!(request(b"ping hi\n").0, Request::Ping { echo: Some(b"hi") });
         assert_eq!(request(b"QUIT\r\n").0, Request::Quit);
+    }
+
+    #[test]
+    fn telnet_cr_nul_and_extra_crs_are_part_of_the_line_end() {
+        // What telnet sends for text piped into it with CRLF line ends: CR NUL CR LF.
+        let get = Request::Get {
+            target: Target::Default,
+        };
+        let current = Request::Current {
+            target: Target::Default,
+        };
+        assert_eq!(request(b"GETSEQ\r\0\r\n"), (get, 10));
+        assert_eq!(request(b"GETSEQ\r\r\n"), (get, 9));
+        assert_eq!(request(b"GETSEQ\r\0\n"), (get, 9));
+        assert_eq!(request(b"CURRENT\r\0\r\0\r\n"), (current, 13));
+        assert_eq!(
+            request(b"GETSEQ orders\r\0\r\n").0,
+            Request::Get {
+                target: Target::Name(b"orders")
+            }
+        );
+        assert_eq!(request(b"\r\0\r\n"), (Request::Nothing, 4));
+        // The next command follows the line end directly.
+        let input = b"GETSEQ\r\0\r\nCURRENT\r\0\r\n";
+        let (first, consumed) = request(input);
+        assert_eq!((first, consumed), (get, 10));
+        assert_eq!(request(&input[consumed..]), (current, 11));
+        // Only at the end of a line: a CR NUL inside one is part of the word.
+        assert_eq!(
+            request(b"GET\r\0SEQ\r\n").0,
+            Request::Invalid(Problem::UnknownCommand(b"GET\r\0SEQ"))
+        );
+        // A line is still complete only at its LF.
+        assert_eq!(
+            decode_request(b"GETSEQ\r\0"),
+            Err(ParseError::Incomplete(Need::Line))
+        );
     }
 
     #[test]
