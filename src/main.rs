@@ -117,7 +117,7 @@ fn run(config: Config) -> anyhow::Result<()> {
         threads,
         pinned = settings.pin,
         max_connections = settings.max_connections,
-        busy_poll_us = config.busy_poll,
+        busy_poll_us = server.busy_poll().as_micros(),
         "seqd listening on {}",
         server.local_addr()
     );

@@ -79,6 +79,7 @@ pub struct Server {
     shared: Arc<Shared>,
     wakers: Wakers,
     threads: Vec<JoinHandle<()>>,
+    busy_poll: std::time::Duration,
 }
 
 impl Server {
@@ -197,18 +198,22 @@ impl Server {
         }
         drop(ready_tx);
 
-        let server = Server {
+        let mut server = Server {
             local_addr,
             stream_addr,
             shared,
             wakers,
             threads,
+            busy_poll: settings.busy_poll,
         };
         for _ in 0..settings.threads {
             match ready_rx.recv() {
                 Ok(Ok((index, features, core))) => {
                     let core = core.map_or_else(|| "unpinned".to_string(), |c| format!("cpu {c}"));
                     tracing::debug!(loop_index = index, %core, "event loop ready: {features}");
+                    if !features.work_pending_flag {
+                        server.busy_poll = std::time::Duration::ZERO;
+                    }
                     if index == 0 {
                         tracing::info!("io_uring: {features} (kernel {})", probe::kernel_release());
                     }
@@ -228,6 +233,12 @@ impl Server {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// How long an idle loop busy-polls: `Settings::busy_poll`, or zero where the kernel lacks
+    /// the flag it watches (see `uring::EventLoop::wait_for_completions`).
+    pub fn busy_poll(&self) -> std::time::Duration {
+        self.busy_poll
     }
 
     /// Where the stream protocol is served, if it is.
