@@ -36,7 +36,10 @@ usage: results/bench.sh [--quick] [--rounds N] [--out DIR] [--realtime] [--no-in
   --no-install   never run apt-get; fail naming what is missing
   --skip-build   use target/release/{seqd,loadgen} as they are
 
-environment: SERVER_CPU (default 0) and CLIENT_CPU (default 1) choose the two CPUs;
+environment: SERVER_CPU (default 0) is the CPU every server is pinned to; CLIENT_CPU (default
+1) the CPUs of the clients: one CPU, or a taskset list (`1-3`, `1,3`) for one load-generator
+thread per CPU (loadgen --threads, redis-benchmark --threads, pgbench -j), so that on a
+machine with spare cores the clients can outrun the server;
 SEQD_BINARY measures another seqd build than target/release/seqd (e.g. to compare two).
 EOF
 }
@@ -155,6 +158,18 @@ if ((NPROC < 2)); then
   echo "bench.sh: warning: $NPROC CPU: servers and clients share it; ratios are still side by side, but client-bound rows are likely" >&2
   SERVER_CPU=0 CLIENT_CPU=0
 fi
+# How many CPUs CLIENT_CPU names (taskset also checks the list): one client thread on each.
+CLIENT_THREADS=$(taskset -c "$CLIENT_CPU" nproc 2>/dev/null) ||
+  die "CLIENT_CPU=$CLIENT_CPU is not a CPU list this machine has (CPUs 0-$((NPROC - 1)); e.g. CLIENT_CPU=1 or CLIENT_CPU=1-3)"
+taskset -c "$SERVER_CPU" true 2>/dev/null && [[ $SERVER_CPU =~ ^[0-9]+$ ]] ||
+  die "SERVER_CPU=$SERVER_CPU must be one CPU of this machine (0-$((NPROC - 1)))"
+CLIENT_FIRST_CPU=$(taskset -c "$CLIENT_CPU" python3 -c 'import os; print(min(os.sched_getaffinity(0)))')
+# redis-benchmark's thread option, for C connections: only with more than one client CPU (and
+# connection), so the one-CPU commands stay exactly those of earlier runs.
+rb_threads() {
+  local n=$((CLIENT_THREADS < $1 ? CLIENT_THREADS : $1))
+  ((n > 1)) && echo "--threads $n" || true
+}
 
 if ((BUILD)); then
   log "building seqd and loadgen (release)"
@@ -379,13 +394,13 @@ PY
 loadgen_run() { # id pid server prefix label loadgen-run-args...
   local id=$1 pid=$2 server=$3 prefix=$4 label=$5; shift 5
   SKIP=$WARMUP_S step "$id" "$pid" "$server" "$OUT/$prefix.txt" -- \
-    "$LOADGEN" run --cpus "$CLIENT_CPU" --warmup "$WARMUP" -o "$OUT/$prefix" --label "$label" "$@"
+    "$LOADGEN" run --threads "$CLIENT_THREADS" --cpus "$CLIENT_CPU" --warmup "$WARMUP" -o "$OUT/$prefix" --label "$label" "$@"
 }
 
 # ---------------------------------------------------------------- the run
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 STARTED=$(date -u +%Y-%m-%dT%H:%M:%SZ)
-log "machine: $NPROC CPUs, load average $LOAD_BEFORE; servers on CPU $SERVER_CPU, clients on CPU $CLIENT_CPU$( ((REALTIME)) && echo ', SCHED_FIFO' || true); output $OUT"
+log "machine: $NPROC CPUs, load average $LOAD_BEFORE; servers on CPU $SERVER_CPU, clients on CPU $CLIENT_CPU ($CLIENT_THREADS thread(s))$( ((REALTIME)) && echo ', SCHED_FIFO' || true); output $OUT"
 if awk -v l="${LOAD_BEFORE%% *}" -v n="$NPROC" 'BEGIN { exit !(l > n / 2) }'; then
   echo "bench.sh: note: the machine is busy (load average $LOAD_BEFORE on $NPROC CPUs); figures will be noisy (recorded in the results)" >&2
 fi
@@ -401,9 +416,9 @@ MAIN_SEQD_CMD=$SEQD_CMD
 
 log "in-process allocation (client CPU)"
 step inprocess-getseq "$SEQD_PID" none "$OUT/inprocess/getseq.txt" -- \
-  "$LOADGEN" in-process --threads 1 --batch 1 -d "$INPROCESS" --cpus "$CLIENT_CPU" -o "$OUT/inprocess/getseq"
+  "$LOADGEN" in-process --threads 1 --batch 1 -d "$INPROCESS" --cpus "$CLIENT_FIRST_CPU" -o "$OUT/inprocess/getseq"
 step inprocess-batch1000 "$SEQD_PID" none "$OUT/inprocess/batch1000.txt" -- \
-  "$LOADGEN" in-process --threads 1 --batch 1000 -d "$INPROCESS" --cpus "$CLIENT_CPU" -o "$OUT/inprocess/batch1000"
+  "$LOADGEN" in-process --threads 1 --batch 1000 -d "$INPROCESS" --cpus "$CLIENT_FIRST_CPU" -o "$OUT/inprocess/batch1000"
 
 CONFIGS=("1 1" "50 1" "50 16" "50 64" "1 4096")
 for round in $(seq "$ROUNDS"); do
@@ -430,12 +445,13 @@ for round in $(seq "$ROUNDS"); do
   log "RESP via redis-benchmark, round $round of $ROUNDS (seqd GETSEQ vs Redis INCR)"
   for setting in "50 1 $RB_P1" "50 16 $RB_P16" "50 64 $RB_P64" "1 1 $RB_C1"; do
     read -r c p n <<<"$setting"
+    read -r -a threads <<<"$(rb_threads "$c")"
     for server in "${order[@]}"; do
       case $server in
         seqd) step "resp-seqd-c${c}-P$p-r$round" "$SEQD_PID" seqd "$OUT/resp/seqd-c${c}-P$p-r$round.csv" -- \
-          redis-benchmark -h 127.0.0.1 -p "${SEQD_ADDR##*:}" -c "$c" -P "$p" -n "$n" --csv GETSEQ ;;
+          redis-benchmark -h 127.0.0.1 -p "${SEQD_ADDR##*:}" -c "$c" -P "$p" -n "$n" "${threads[@]}" --csv GETSEQ ;;
         redis) step "resp-redis-c${c}-P$p-r$round" "$REDIS_PID" redis "$OUT/resp/redis-c${c}-P$p-r$round.csv" -- \
-          redis-benchmark -h 127.0.0.1 -p "${REDIS_ADDR##*:}" -c "$c" -P "$p" -n "$n" --csv INCR bench:seq ;;
+          redis-benchmark -h 127.0.0.1 -p "${REDIS_ADDR##*:}" -c "$c" -P "$p" -n "$n" "${threads[@]}" --csv INCR bench:seq ;;
         *) ;;
       esac
     done
@@ -447,7 +463,7 @@ echo "SELECT nextval('bench_seq');" >"$OUT/pgbench/nextval.sql"
 for c in 1 50; do
   step "pgbench-nextval-c$c" "$PG_PID" postgres "$OUT/pgbench/nextval-c$c.txt" -- \
     pgbench -h 127.0.0.1 -p "$PG_PORT" -U postgres -n -M prepared -f "$OUT/pgbench/nextval.sql" \
-    -c "$c" -j 1 -T "$PG_SECONDS" postgres
+    -c "$c" -j $((c < CLIENT_THREADS ? c : CLIENT_THREADS)) -T "$PG_SECONDS" postgres
 done
 
 # The highest closed-loop 50-connection throughput each server reached (median over rounds).
@@ -622,7 +638,7 @@ printf '%s\n' "${FAILED[@]+"${FAILED[@]}"}" >"$WORK/failed.txt"
 M_STARTED=$STARTED M_MODE=$( ((QUICK)) && echo quick || echo full) M_ROUNDS=$ROUNDS M_HOST=$HOST \
 M_CPU_MODEL=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs) M_NPROC=$NPROC \
 M_KERNEL=$(uname -r) M_LOAD_BEFORE=$LOAD_BEFORE M_LOAD_AFTER=$LOAD_AFTER \
-M_SERVER_CPU=$SERVER_CPU M_CLIENT_CPU=$CLIENT_CPU M_FD_LIMIT=$FD_LIMIT \
+M_SERVER_CPU=$SERVER_CPU M_CLIENT_CPU=$CLIENT_CPU M_CLIENT_THREADS=$CLIENT_THREADS M_FD_LIMIT=$FD_LIMIT \
 M_DURATION=$DURATION M_WARMUP=$WARMUP M_PROBE=$PROBE M_PROBES=$PROBES M_CONFIRM=$CONFIRM \
 M_PG_SECONDS=$PG_SECONDS M_INPROCESS=$INPROCESS M_RB="$RB_P1 $RB_P16 $RB_P64 $RB_C1" \
 M_COMMIT="$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src loadgen Cargo.toml Cargo.lock || echo ' + uncommitted changes')" \
@@ -641,7 +657,8 @@ meta = {
     "started": e["M_STARTED"], "mode": e["M_MODE"], "rounds": int(e["M_ROUNDS"]),
     "host": e["M_HOST"], "cpu_model": e["M_CPU_MODEL"], "nproc": int(e["M_NPROC"]),
     "kernel": e["M_KERNEL"], "load_before": e["M_LOAD_BEFORE"], "load_after": e["M_LOAD_AFTER"],
-    "server_cpu": int(e["M_SERVER_CPU"]), "client_cpu": int(e["M_CLIENT_CPU"]),
+    "server_cpu": int(e["M_SERVER_CPU"]), "client_cpu": e["M_CLIENT_CPU"],
+    "client_threads": int(e["M_CLIENT_THREADS"]),
     "fd_limit": e["M_FD_LIMIT"], "idle_connections": int(e["M_IDLE"]),
     "durations": {"run": e["M_DURATION"], "warmup": e["M_WARMUP"], "probe": e["M_PROBE"],
                   "max_probes": int(e["M_PROBES"]), "confirm": e["M_CONFIRM"],

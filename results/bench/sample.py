@@ -5,14 +5,16 @@
     sample.py window OUT SKIP_S                       # JSON: per label, over the window
 
 `watch` appends one line per sample and thread: `time_ns label tid cpu_ns wait_ns`, from
-/proc/PID/task/TID/schedstat (time on a CPU, time runnable but waiting for one). `PID+` also
+/proc/PID/task/TID/schedstat (time on a CPU, time runnable but waiting for one), and once per
+label `cpus label N`, the number of CPUs the process may run on (its affinity). `PID+` also
 samples the process's children (PostgreSQL's backends).
 
 `window` takes the samples from SKIP_S seconds after the first (the warm-up) to the last, and
-prints per label `cpu_percent` (on a CPU) and `runnable_percent` (on a CPU or waiting for one,
-at most 100), both in percent of one core. On a shared machine the second is the one that says whether a
-process saturated: a server runnable 95% of the time but on its CPU only 60% was CPU-bound,
-with other work taking the rest of its core. Threads that exit between two samples take their
+prints per label `cpu_percent` (on a CPU, in percent of one core: a client with threads on
+three CPUs can reach 300) and `runnable_percent` (on a CPU or waiting for one, in percent of
+the CPUs it may run on, at most 100), and `cpus`. On a shared machine the second is the one that
+says whether a process saturated: a server runnable 95% of the time but on its CPU only 60% was
+CPU-bound, with other work taking the rest of its core. Threads that exit between two samples take their
 last interval with them; the sampling interval bounds that loss.
 """
 
@@ -65,6 +67,11 @@ def watch(out, interval, specs):
     stop = []
     signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
     with open(out, "a") as f:
+        for label, pid, _ in targets:
+            try:
+                f.write(f"cpus {label} {len(os.sched_getaffinity(pid))}\n")
+            except OSError:
+                pass
         while not stop:
             now = time.monotonic_ns()
             alive = 0
@@ -86,13 +93,16 @@ def watch(out, interval, specs):
 
 def window(out, skip):
     # label -> tid -> [(time, cpu, wait), ...]; label -> sample times
-    threads, times = {}, {}
+    threads, times, cpus = {}, {}, {}
     try:
         lines = open(out).read().splitlines()
     except OSError:
         lines = []
     for line in lines:
         parts = line.split()
+        if len(parts) == 3 and parts[0] == "cpus":
+            cpus[parts[1]] = max(1, int(parts[2]))
+            continue
         if len(parts) != 5:
             continue
         t, label, tid, cpu, wait = int(parts[0]), parts[1], parts[2], int(parts[3]), int(parts[4])
@@ -107,7 +117,8 @@ def window(out, skip):
             start = ordered[0]
         span = end - start
         if span <= 0:
-            result[label] = {"cpu_percent": None, "runnable_percent": None, "window_s": 0}
+            result[label] = {"cpu_percent": None, "runnable_percent": None, "window_s": 0,
+                             "cpus": cpus.get(label, 1)}
             continue
         cpu = wait = 0
         for rows in by_tid.values():
@@ -119,12 +130,13 @@ def window(out, skip):
             first = inside[0] if rows[0][0] < inside[0][0] or inside[0][0] == start else (0, 0, 0)
             cpu += inside[-1][1] - first[1]
             wait += inside[-1][2] - first[2]
+        n = cpus.get(label, 1)
         result[label] = {"cpu_percent": round(100.0 * cpu / span, 1),
-                         # Capped: for a process with many threads (the naive baseline,
-                         # PostgreSQL's backends) the waits of its threads overlap; any of
-                         # them waiting means its core was busy all the while.
-                         "runnable_percent": round(min(100.0, 100.0 * (cpu + wait) / span), 1),
-                         "window_s": round(span / 1e9, 3)}
+                         # Capped: for a process with more threads than CPUs (the naive
+                         # baseline, PostgreSQL's backends) the waits of its threads overlap;
+                         # any of them waiting means its CPUs were busy all the while.
+                         "runnable_percent": round(min(100.0, 100.0 * (cpu + wait) / span / n), 1),
+                         "window_s": round(span / 1e9, 3), "cpus": n}
     print(json.dumps(result))
 
 

@@ -42,8 +42,8 @@ def median(values):
 
 class Row:
     """One measured configuration of one server, the median over its rounds. CPU figures are
-    percent of one core over the measured part: `cpu` on a CPU, `runnable` on a CPU or
-    waiting for one (results/bench/sample.py)."""
+    over the measured part: `cpu` on a CPU in percent of one core, `runnable` on a CPU or
+    waiting for one in percent of the CPUs the side was pinned to (results/bench/sample.py)."""
 
     def __init__(self, server, rps, rounds, extra=None):
         self.server = server
@@ -220,6 +220,8 @@ class Run:
         confirmation = data.get("confirmation") or {}
         threads = (confirmation.get("client_cpu") or {}).get("threads") or []
         steps = data.get("steps") or []
+        # loadgen reports a probe's process CPU in percent of one core; per client CPU here.
+        per_cpu = 1 / max(1, int(self.meta.get("client_threads") or 1))
         capacity = data.get("capacity_rps")
         # The probe that failed just above the capacity found: if the client saturated there,
         # the limit found may be the client's.
@@ -229,12 +231,13 @@ class Run:
         boundary = failed_above[0] if failed_above else None
         return {"server": server, "capacity_rps": capacity, "method": data.get("method"),
                 "boundary_probe_rate": boundary["rate"] if boundary else None,
-                "boundary_client_busy_percent": boundary.get("client_cpu_percent") if boundary else None,
-                "client_bound": bool(boundary and (boundary.get("client_cpu_percent") or 0) >= SATURATED),
+                "boundary_client_busy_percent": boundary.get("client_cpu_percent") * per_cpu
+                if boundary and boundary.get("client_cpu_percent") is not None else None,
+                "client_bound": bool(boundary and (boundary.get("client_cpu_percent") or 0) * per_cpu >= SATURATED),
                 "closed_loop_max_rps": next((s["throughput_rps"] for s in steps if s["kind"] == "closed-loop"), None),
                 "probes": len([s for s in steps if s["kind"] == "probe"]),
                 "confirmation_loadgen_busy_percent": max((t["busy_percent"] for t in threads), default=None),
-                "lowest_probe_client_busy_percent": min((s["client_cpu_percent"] for s in steps
+                "lowest_probe_client_busy_percent": min((s["client_cpu_percent"] * per_cpu for s in steps
                                                          if s["kind"] == "probe"), default=None),
                 "file": str(path.relative_to(self.folder)), "command": self.command(f"capacity-{server}")}
 
@@ -486,7 +489,9 @@ def machine_lines(meta):
             "clients their CPUs first" if meta.get("realtime") else
             " — **the machine was busy** (shared with other work): figures are noisy, ratios within a round "
             "are the ones to trust") if busy(meta) else ""),
-        f"- pinning: every server on CPU {meta.get('server_cpu', '?')}, every client on CPU {meta.get('client_cpu', '?')} (taskset)"
+        f"- pinning: every server on CPU {meta.get('server_cpu', '?')}, every client on CPU {meta.get('client_cpu', '?')} (taskset"
+        + (f"; {meta['client_threads']} client threads, one per CPU" if (meta.get("client_threads") or 1) > 1 else "")
+        + ")"
         + ("; every server and client under SCHED_FIFO (`chrt --fifo 10`, `--realtime`), so other work on "
            "the machine hardly interfered. The kernel pauses a real-time process that keeps its CPU busy "
            "for 50 ms in each second (`kernel.sched_rt_runtime_us`): on rows where a side saturated, "
@@ -567,7 +572,7 @@ def readme(run, result):
     w("## Closed loop, binary protocol (loadgen; Redis driven with INCR by the same tool)")
     w("")
     w("Throughput (median of rounds), then client / server CPU: percent of one core on a CPU, and in "
-      "parentheses on a CPU *or waiting for one* (runnable), over the measured part (results/bench/sample.py "
+      "parentheses on a CPU *or waiting for one* (runnable, in percent of the CPUs the side was pinned to), over the measured part (results/bench/sample.py "
       "reads every thread's schedstat). A side runnable >= 90% of the time saturated; on a shared machine "
       "the gap between the two figures is the share other work took from it.")
     w("")
@@ -793,6 +798,18 @@ def self_test():
     check(judge_at_most(900, 1000)["verdict"] == "met", 'judge_at_most(900, 1000)["verdict"] == "met"')
     check(judge_at_most(1900, 1000, client_bound=True)["verdict"] == "inconclusive", 'judge_at_most(1900, 1000, client_bound=True)["verdict"] == "inconclusive"')
     check(judge_at_least(2e8, 1e8)["verdict"] == "met", 'judge_at_least(2e8, 1e8)["verdict"] == "met"')
+    # A capacity probe's client CPU is per client CPU: 120% of one core is saturated for one
+    # client thread, not for two.
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = pathlib.Path(tmp)
+        (folder / "capacity").mkdir()
+        (folder / "capacity" / "seqd-p99-1ms.json").write_text(json.dumps(
+            {"capacity_rps": 1000, "confirmation": {},
+             "steps": [{"kind": "probe", "rate": 2000, "passed": False, "client_cpu_percent": 120.0}]}))
+        for threads, bound in ((1, True), (2, False)):
+            (folder / "meta.json").write_text(json.dumps({"client_threads": threads}))
+            found = Run(folder).capacity("seqd")
+            check(found["client_bound"] is bound, f"capacity: 120% client CPU over {threads} client thread(s) -> client_bound {bound}")
     both = Row("x", 100, [{"client_runnable_percent": 95.0, "server_runnable_percent": 95.0}])
     # Both saturated: either may have set the pace, so seqd's figure is only a lower bound.
     check(both.bound == BOTH and both.client_saturated, 'both saturated: server and client')
