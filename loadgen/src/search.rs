@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
-use crate::report::{Machine, RunReport, group};
+use crate::report::{CPU_BOUND_PERCENT, Machine, RunReport, group};
 use crate::run::{Measured, RunSpec, execute};
 use crate::slo::{Slo, format_ns, parse_duration};
 
@@ -218,6 +218,9 @@ pub fn capacity(
     let mut fail = f64::INFINITY;
     let mut rate = max;
     let mut probes = 0;
+    // Whether every failing run had a load-generator thread CPU-bound: then the failures may
+    // be the tool's latency, not the server's.
+    let mut failures_client_bound = true;
     while probes < settings.max_probes && !stop.load(Ordering::Relaxed) {
         let mut probe = spec.clone();
         probe.rate = Some(rate);
@@ -235,6 +238,7 @@ pub fn capacity(
             pass = rate;
         } else {
             fail = rate;
+            failures_client_bound &= client_bound(&m);
         }
         if fail.is_finite() && (fail - pass) <= settings.precision * fail {
             break;
@@ -253,9 +257,10 @@ pub fn capacity(
             found: None,
             method: format!(
                 "no rate tried met {slo} with no errors and >= {:.0}% of the planned rate \
-                 (lowest tried: {:.0} req/s)",
+                 (lowest tried: {:.0} req/s){}",
                 MIN_ACHIEVED * 100.0,
-                fail
+                fail,
+                client_bound_note(failures_client_bound)
             ),
         });
     }
@@ -263,6 +268,7 @@ pub fn capacity(
     // Confirm with a longer run. If it fails, latency is not monotonic in the rate near the
     // bracket (a server's tail can be worse at a moderate rate than at a higher one, where
     // requests travel in larger groups), so back off further each time rather than give up.
+    failures_client_bound = true;
     for backoff in CONFIRM_BACKOFF {
         let candidate = pass * backoff;
         if stop.load(Ordering::Relaxed) {
@@ -278,6 +284,9 @@ pub fn capacity(
         let s = step("confirm", &confirm, &m, Some(verdict));
         on_step(&s);
         steps.push(s);
+        if !ok {
+            failures_client_bound &= client_bound(&m);
+        }
         if ok {
             let stopped = if !fail.is_finite() {
                 "the closed-loop maximum itself passed".to_string()
@@ -322,10 +331,35 @@ pub fn capacity(
         found: None,
         method: format!(
             "probes passed at {pass:.0} req/s but the confirmation runs failed even at {:.0}% \
-             of that: the server's latency is not stable at these rates",
-            CONFIRM_BACKOFF[CONFIRM_BACKOFF.len() - 1] * 100.0
+             of that{}",
+            CONFIRM_BACKOFF[CONFIRM_BACKOFF.len() - 1] * 100.0,
+            if failures_client_bound {
+                client_bound_note(true)
+            } else {
+                ": the server's latency is not stable at these rates".to_string()
+            }
         ),
     })
+}
+
+/// Whether a load-generator thread was CPU-bound during the run.
+fn client_bound(m: &Measured) -> bool {
+    m.threads
+        .iter()
+        .any(|t| t.busy_percent >= CPU_BOUND_PERCENT)
+}
+
+/// What a search that found nothing adds when every failing run was client-bound.
+fn client_bound_note(client_bound: bool) -> String {
+    if !client_bound {
+        return String::new();
+    }
+    format!(
+        "; in every failing run a load-generator thread was busy >= {:.0}% of the time, so \
+         the latency may be the tool's own, not the server's: give it more --threads on \
+         free CPUs",
+        CPU_BOUND_PERCENT
+    )
 }
 
 /// A stepped ramp: `start:end:step:interval`, e.g. `10000:100000:10000:2s`.

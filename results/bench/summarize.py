@@ -234,6 +234,9 @@ class Run:
                 "boundary_client_busy_percent": boundary.get("client_cpu_percent") * per_cpu
                 if boundary and boundary.get("client_cpu_percent") is not None else None,
                 "client_bound": bool(boundary and (boundary.get("client_cpu_percent") or 0) * per_cpu >= SATURATED),
+                # With nothing found: whether the client saturated in every run that failed.
+                "failures_client_bound": all((st.get("client_cpu_percent") or 0) * per_cpu >= SATURATED
+                                             for st in steps if st.get("passed") is False),
                 "closed_loop_max_rps": next((s["throughput_rps"] for s in steps if s["kind"] == "closed-loop"), None),
                 "probes": len([s for s in steps if s["kind"] == "probe"]),
                 "confirmation_loadgen_busy_percent": max((t["busy_percent"] for t in threads), default=None),
@@ -359,6 +362,10 @@ def evaluate(run):
         elif s and not r:
             goals.append({"goal": name, "kind": "ratio", "threshold": ">= 5x", "verdict": "met",
                           "figure": figure, "why": "Redis met the objective at no rate tried"})
+        elif r and not s and cs["failures_client_bound"]:
+            goals.append({"goal": name, "kind": "ratio", "threshold": ">= 5x", "verdict": "inconclusive",
+                          "figure": figure, "why": "seqd met the objective at no confirmed rate, but the client "
+                          "saturated in every run that failed: the latency measured was the client's"})
         elif r and not s:
             goals.append({"goal": name, "kind": "ratio", "threshold": ">= 5x", "verdict": "missed",
                           "figure": figure, "why": "seqd met the objective at no rate tried"})
@@ -810,6 +817,7 @@ def self_test():
             (folder / "meta.json").write_text(json.dumps({"client_threads": threads}))
             found = Run(folder).capacity("seqd")
             check(found["client_bound"] is bound, f"capacity: 120% client CPU over {threads} client thread(s) -> client_bound {bound}")
+            check(found["failures_client_bound"] is bound, f"capacity: failing runs at 120% over {threads} thread(s) -> failures_client_bound {bound}")
     both = Row("x", 100, [{"client_runnable_percent": 95.0, "server_runnable_percent": 95.0}])
     # Both saturated: either may have set the pace, so seqd's figure is only a lower bound.
     check(both.bound == BOTH and both.client_saturated, 'both saturated: server and client')
