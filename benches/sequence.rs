@@ -8,20 +8,26 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use seqd::sequence::{END_OF_SPACE, Sequence};
+use seqd::sequence::{END_OF_SPACE, Sequence, Writers};
 
-fn sequence() -> Sequence {
-    Sequence::new(0, "bench", 1, END_OF_SPACE)
+fn sequence(writers: Writers) -> Sequence {
+    let mut sequence = Sequence::new(0, "bench", 1, END_OF_SPACE);
+    sequence.set_writers(writers);
+    sequence
 }
 
 fn single_thread(c: &mut Criterion) {
     let mut group = c.benchmark_group("allocate/one_thread");
     group.throughput(Throughput::Elements(1));
-    let seq = sequence();
+    // One writer: seqd with one event loop (a load and a store per reservation).
+    let seq = sequence(Writers::One);
     group.bench_function("getseq", |b| b.iter(|| black_box(seq.reserve(1))));
+    // Several event loops: a compare-and-swap per reservation, even when uncontended.
+    let shared = sequence(Writers::Many);
+    group.bench_function("getseq_shared", |b| b.iter(|| black_box(shared.reserve(1))));
     // The floor for any allocator that hands out numbers shared across threads: one atomic
-    // read-modify-write. Its cost varies several-fold between machines, so `getseq` is judged
-    // against it, measured in the same run.
+    // read-modify-write. Its cost varies several-fold between machines, so `getseq_shared` is
+    // judged against it, measured in the same run.
     let counter = AtomicU64::new(1);
     group.bench_function("bare_fetch_add", |b| {
         b.iter(|| black_box(counter.fetch_add(1, Ordering::AcqRel)))
@@ -49,7 +55,7 @@ fn contended(c: &mut Criterion) {
 
 /// Runs `iters` reservations on each of two threads at once and returns the wall time.
 fn run_contended(iters: u64, batch: u64) -> Duration {
-    let seq = Arc::new(sequence());
+    let seq = Arc::new(sequence(Writers::Many));
     let start = Arc::new(Barrier::new(3));
     let workers: Vec<_> = (0..2)
         .map(|_| {

@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::Parser;
 use seqd::config::Config;
 use seqd::lease::Keeper;
-use seqd::sequence::Registry;
+use seqd::sequence::{Registry, Writers};
 use seqd::server::{Event, Server, Settings};
 use seqd::session::Limits;
 use seqd::store::commits::Commits;
@@ -77,7 +77,14 @@ fn run(config: Config) -> anyhow::Result<()> {
         })
         .context("cannot start the signal thread")?;
 
-    let (registry, records, persister) = open_sequences(&config)?;
+    // Every reservation happens on an event loop (sessions, leases, streams): with one loop,
+    // each sequence has a single writer and needs no compare-and-swap.
+    let writers = if threads == 1 {
+        Writers::One
+    } else {
+        Writers::Many
+    };
+    let (registry, records, persister) = open_sequences(&config, writers)?;
     if config.lease_reuse {
         tracing::warn!(
             "--lease-reuse: numbers of leases that expire unacknowledged are handed out again; \
@@ -180,6 +187,7 @@ fn run(config: Config) -> anyhow::Result<()> {
 /// persister that keeps them durable, its first windows already written), or fresh in memory.
 fn open_sequences(
     config: &Config,
+    writers: Writers,
 ) -> anyhow::Result<(Arc<Registry>, Arc<Records>, Option<Persister>)> {
     if config.in_memory {
         tracing::info!(
@@ -187,7 +195,7 @@ fn open_sequences(
             "--in-memory: nothing is persisted; a restart begins every sequence again at \
              --initial"
         );
-        let registry = Registry::new(config.max_sequences, config.initial());
+        let registry = Registry::new(config.max_sequences, config.initial()).with_writers(writers);
         let records = Records::empty(Commits::memory_only(), config.lease_settings());
         return Ok((Arc::new(registry), Arc::new(records), None));
     }
@@ -198,6 +206,7 @@ fn open_sequences(
         policy: WindowPolicy {
             max_crash_gap: config.max_crash_gap,
         },
+        writers,
         leases: config.lease_settings(),
     };
     let durable = recovery::open(&config.data_dir, &options)?;

@@ -63,7 +63,14 @@ fn text_pipeline(mut conn: TcpStream, count: usize) -> Vec<u64> {
 
 #[test]
 fn sixteen_connections_both_protocols_union_is_one_contiguous_range() {
-    let server = SeqdProcess::start(&[]);
+    // One event loop: a single writer per sequence (load and store); two: compare-and-swap.
+    for loops in [1, 2] {
+        union_is_one_contiguous_range(loops);
+    }
+}
+
+fn union_is_one_contiguous_range(loops: usize) {
+    let server = SeqdProcess::start_with_loops(loops, &[]);
     let mut workers = Vec::new();
     for i in 0..CONNECTIONS {
         let binary_client = server.client();

@@ -92,7 +92,10 @@ fn kill_9_under_load_never_reissues_a_number() {
         } else {
             "--max-crash-gap=1000000"
         };
-        let mut server = SeqdProcess::start(&[&data_dir, gap]);
+        // And one or two event loops (a single writer per sequence, or compare-and-swap),
+        // in all four combinations with the window.
+        let loops = if cycle % 4 < 2 { 1 } else { 2 };
+        let mut server = SeqdProcess::start_with_loops(loops, &[&data_dir, gap]);
         if cycle > 0 {
             assert!(
                 server.log().contains("did not shut down cleanly"),

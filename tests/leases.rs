@@ -31,7 +31,8 @@ fn data_dir_arg(dir: &Path) -> String {
 
 #[test]
 fn seed_000_exchange_as_telnet_and_nc_send_it() {
-    let server = SeqdProcess::start(&["--initial=1001"]);
+    // One event loop: leases and GETSEQ reserve from single-writer sequences.
+    let server = SeqdProcess::start_with_loops(1, &["--initial=1001"]);
     let mut conn = server.connect();
     assert_eq!(command(&mut conn, "GET_SEQUENCE_RANGE 20"), "1001,1020");
     assert_eq!(command(&mut conn, "ACK 1001,1020"), "+OK");
@@ -66,7 +67,8 @@ fn seed_000_exchange_as_telnet_and_nc_send_it() {
 fn a_retry_gets_the_same_range_also_after_sigterm_and_kill_9() {
     let dir = temp_dir();
     let data_dir = data_dir_arg(dir.path());
-    let mut server = SeqdProcess::start(&[&data_dir]);
+    // One event loop before the restarts (single-writer sequences), two after.
+    let mut server = SeqdProcess::start_with_loops(1, &[&data_dir]);
     let mut conn = server.connect();
     let first = command(&mut conn, "GET_SEQUENCE_RANGE 20 scanner-7 r1");
     // The reply was "lost": the client asks again, on a new connection.

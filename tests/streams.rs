@@ -101,7 +101,8 @@ fn send(conn: &mut TcpStream, messages: &[Message<'_>]) {
 
 #[test]
 fn the_bundled_client_gets_a_verified_stream_and_cleans_up() {
-    let server = SeqdProcess::start(&["--stream-port=0"]);
+    // One event loop: the stream's numbers come from a single-writer sequence.
+    let server = SeqdProcess::start_with_loops(1, &["--stream-port=0"]);
     let dir = temp_dir();
     let options = options(&server, "whole", 500, dir.path());
     let Outcome::Verified { checksum } = run(&options) else {
@@ -187,7 +188,8 @@ fn resume_after_sigterm_and_kill_9_restarts_gives_the_same_checksum() {
     let port = format!("--stream-port={}", free_port());
     let pace = ["--stream-interval=2ms", "--stream-burst=4"];
     let args = [data_dir.as_str(), port.as_str(), pace[0], pace[1]];
-    let mut server = SeqdProcess::start(&args);
+    // One event loop before the restarts, two after: both ways of reserving.
+    let mut server = SeqdProcess::start_with_loops(1, &args);
     let states = temp_dir();
 
     // SIGTERM mid-stream: the client had stopped; it resumes after the restart.

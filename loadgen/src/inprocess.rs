@@ -1,12 +1,14 @@
 //! In-process mode: the sequence allocator (`seqd::sequence::Sequence::reserve`) driven by
-//! pinned threads with no network, the figure seed 001 quotes as "10 M/s in-process".
+//! pinned threads with no network, the figure seed 001 quotes as "10 M/s in-process". One
+//! thread reserves as seqd's single event loop does (one writer: a load and a store); several
+//! threads, as several event loops do (compare-and-swap).
 
 use std::hint::black_box;
 use std::sync::Barrier;
 use std::time::Duration;
 
 use anyhow::{Result, bail};
-use seqd::sequence::{DEFAULT_SEQUENCE, Registry};
+use seqd::sequence::{DEFAULT_SEQUENCE, Registry, Writers};
 use serde::{Deserialize, Serialize};
 
 use crate::clock::{now_ns, thread_cpu_ns};
@@ -60,7 +62,12 @@ pub fn run(s: &Settings, label: &str, command: &[String]) -> Result<InProcessRep
         bail!("--batch must be at least 1");
     }
     let threads = s.threads.max(1);
-    let registry = Registry::new(1, 1);
+    let writers = if threads == 1 {
+        Writers::One
+    } else {
+        Writers::Many
+    };
+    let registry = Registry::new(1, 1).with_writers(writers);
     let Some(sequence) = registry.get(DEFAULT_SEQUENCE) else {
         bail!("the default sequence is missing from a new registry");
     };
@@ -147,11 +154,16 @@ pub fn run(s: &Settings, label: &str, command: &[String]) -> Result<InProcessRep
 impl InProcessReport {
     pub fn summary(&self) -> String {
         format!(
-            "{}\n  in-process allocator, {} thread(s), batch {}\n  {:>16} reservations/s  \
+            "{}\n  in-process allocator, {} thread(s) ({}), batch {}\n  {:>16} reservations/s  \
              {:>16} numbers/s  ({:.2} ns per reservation per thread, {} reservations in {:.3} s)\n  \
              numbers contiguous and unique: {}\n",
             self.label,
             self.threads,
+            if self.threads == 1 {
+                "one writer: load and store, as seqd with one event loop"
+            } else {
+                "compare-and-swap, as seqd with several event loops"
+            },
             self.batch,
             group(self.reservations_per_s),
             group(self.numbers_per_s),

@@ -223,7 +223,9 @@ struct RunArgs {
 
 #[derive(Debug, Args)]
 struct InProcessArgs {
-    /// Threads reserving numbers from one shared sequence.
+    /// Threads reserving numbers from one shared sequence. One thread reserves as seqd with
+    /// one event loop does (a single writer: a load and a store); more, as several loops do
+    /// (compare-and-swap).
     #[arg(long, short = 't', default_value_t = 1)]
     threads: usize,
     /// Numbers per reservation (1: GETSEQ; more: GETSEQ_BATCH).

@@ -8,7 +8,9 @@
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
 
-use super::{CeilingSignals, DEFAULT_NAME, DEFAULT_SEQUENCE, END_OF_SPACE, Sequence, SequenceId};
+use super::{
+    CeilingSignals, DEFAULT_NAME, DEFAULT_SEQUENCE, END_OF_SPACE, Sequence, SequenceId, Writers,
+};
 
 /// Longest accepted sequence name, in bytes.
 pub const MAX_NAME_LEN: usize = 64;
@@ -94,6 +96,8 @@ pub struct Registry {
     /// Ceiling of a sequence created at run time: the end of the number space in memory-only
     /// mode; `initial` (nothing issuable) when a store must first make a ceiling durable.
     durable: bool,
+    /// Who may reserve from its sequences (see [`Writers`]).
+    writers: Writers,
     signals: CeilingSignals,
 }
 
@@ -179,8 +183,22 @@ impl Registry {
             names: Mutex::new(HashMap::new()),
             initial,
             durable,
+            writers: Writers::Many,
             signals: CeilingSignals::default(),
         }
+    }
+
+    /// Declares who reserves from this registry's sequences, those that exist and those
+    /// created later. [`Writers::One`] only when a single thread will ever reserve (seqd with
+    /// one event loop): a second one would issue numbers twice (debug builds panic).
+    pub fn with_writers(mut self, writers: Writers) -> Registry {
+        self.writers = writers;
+        for slot in self.slots.iter_mut() {
+            if let Some(sequence) = slot.get_mut() {
+                sequence.set_writers(writers);
+            }
+        }
+        self
     }
 
     /// Whether numbers need a durable ceiling (false: memory only, every number issuable).
@@ -254,8 +272,11 @@ impl Registry {
         } else {
             END_OF_SPACE
         };
-        self.slots[id as usize]
-            .get_or_init(|| Box::new(Sequence::new(id, name, self.initial, ceiling)))
+        self.slots[id as usize].get_or_init(|| {
+            let mut sequence = Sequence::new(id, name, self.initial, ceiling);
+            sequence.set_writers(self.writers);
+            Box::new(sequence)
+        })
     }
 
     fn lock_names(&self) -> std::sync::MutexGuard<'_, HashMap<Box<str>, SequenceId>> {

@@ -23,7 +23,7 @@ use super::persister::Persister;
 use super::records::Records;
 use super::window::WindowPolicy;
 use crate::lease::{LeaseSettings, LeaseTable, Leases};
-use crate::sequence::{RecoveredSequence, Registry, SequenceId};
+use crate::sequence::{RecoveredSequence, Registry, SequenceId, Writers};
 use crate::stream::book::StreamBook;
 
 /// How many recovered sequences are logged one by one at info level (the rest at debug).
@@ -39,6 +39,8 @@ pub struct Options {
     pub initial_explicit: bool,
     pub policy: WindowPolicy,
     pub leases: LeaseSettings,
+    /// Who reserves from the sequences (one event loop: [`Writers::One`]).
+    pub writers: Writers,
 }
 
 /// A recovered, durable server state, ready to serve.
@@ -210,7 +212,8 @@ pub fn open(dir: &Path, options: &Options) -> anyhow::Result<Durable> {
     let state_path = data_dir.state_path();
     let recovered = plan(previous.as_ref(), data_dir.had_owner(), options, dir)?;
     let registry = Registry::recovered(options.max_sequences, options.initial, &recovered)
-        .with_context(|| format!("state file {} is inconsistent", state_path.display()))?;
+        .with_context(|| format!("state file {} is inconsistent", state_path.display()))?
+        .with_writers(options.writers);
     let registry = Arc::new(registry);
     let records = restore_records(
         previous.as_ref(),
@@ -338,6 +341,7 @@ mod tests {
             initial,
             initial_explicit: explicit,
             policy: WindowPolicy { max_crash_gap: 100 },
+            writers: Writers::Many,
             leases: LeaseSettings {
                 timeout: Duration::from_secs(30),
                 max_size: 100,

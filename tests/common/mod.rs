@@ -30,9 +30,18 @@ impl SeqdProcess {
     /// Starts seqd on 127.0.0.1 with a free port, two event loops and `args`; with a data
     /// directory of its own unless `args` name one (or `--in-memory`).
     pub fn start(args: &[&str]) -> SeqdProcess {
-        let mut all: Vec<String> = ["--host=127.0.0.1", "--port=0", "--threads=2"]
-            .map(String::from)
-            .to_vec();
+        SeqdProcess::start_with_loops(2, args)
+    }
+
+    /// Like [`SeqdProcess::start`], with `loops` event loops. With one, every sequence has a
+    /// single writer (a plain store instead of a compare-and-swap; this debug build panics
+    /// if a second thread reserves).
+    pub fn start_with_loops(loops: usize, args: &[&str]) -> SeqdProcess {
+        let mut all: Vec<String> = vec![
+            "--host=127.0.0.1".into(),
+            "--port=0".into(),
+            format!("--threads={loops}"),
+        ];
         let data_dir = own_data_dir(args, &mut all);
         all.extend(args.iter().map(|a| a.to_string()));
         let all: Vec<&str> = all.iter().map(String::as_str).collect();
