@@ -79,12 +79,7 @@ fn run(config: Config) -> anyhow::Result<()> {
 
     // Every reservation happens on an event loop (sessions, leases, streams): with one loop,
     // each sequence has a single writer and needs no compare-and-swap.
-    let writers = if threads == 1 {
-        Writers::One
-    } else {
-        Writers::Many
-    };
-    let (registry, records, persister) = open_sequences(&config, writers)?;
+    let (registry, records, persister) = open_sequences(&config, Writers::for_threads(threads))?;
     if config.lease_reuse {
         tracing::warn!(
             "--lease-reuse: numbers of leases that expire unacknowledged are handed out again; \

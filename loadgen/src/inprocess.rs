@@ -62,12 +62,7 @@ pub fn run(s: &Settings, label: &str, command: &[String]) -> Result<InProcessRep
         bail!("--batch must be at least 1");
     }
     let threads = s.threads.max(1);
-    let writers = if threads == 1 {
-        Writers::One
-    } else {
-        Writers::Many
-    };
-    let registry = Registry::new(1, 1).with_writers(writers);
+    let registry = Registry::new(1, 1).with_writers(Writers::for_threads(threads));
     let Some(sequence) = registry.get(DEFAULT_SEQUENCE) else {
         bail!("the default sequence is missing from a new registry");
     };

@@ -260,7 +260,11 @@ pub fn capacity(
                  (lowest tried: {:.0} req/s){}",
                 MIN_ACHIEVED * 100.0,
                 fail,
-                client_bound_note(failures_client_bound)
+                if failures_client_bound {
+                    client_bound_note()
+                } else {
+                    String::new()
+                }
             ),
         });
     }
@@ -334,7 +338,7 @@ pub fn capacity(
              of that{}",
             CONFIRM_BACKOFF[CONFIRM_BACKOFF.len() - 1] * 100.0,
             if failures_client_bound {
-                client_bound_note(true)
+                client_bound_note()
             } else {
                 ": the server's latency is not stable at these rates".to_string()
             }
@@ -350,10 +354,7 @@ fn client_bound(m: &Measured) -> bool {
 }
 
 /// What a search that found nothing adds when every failing run was client-bound.
-fn client_bound_note(client_bound: bool) -> String {
-    if !client_bound {
-        return String::new();
-    }
+fn client_bound_note() -> String {
     format!(
         "; in every failing run a load-generator thread was busy >= {:.0}% of the time, so \
          the latency may be the tool's own, not the server's: give it more --threads on \

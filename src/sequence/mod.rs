@@ -31,6 +31,18 @@ pub enum Writers {
     One,
 }
 
+impl Writers {
+    /// For `threads` threads that all reserve (seqd's event loops, loadgen's in-process
+    /// threads).
+    pub fn for_threads(threads: usize) -> Writers {
+        if threads == 1 {
+            Writers::One
+        } else {
+            Writers::Many
+        }
+    }
+}
+
 /// The largest number any sequence issues: `i64::MAX - 1`, so that every number fits a Java/Kotlin
 /// `long`, a PostgreSQL `bigint` and a RESP integer without a sign surprise.
 pub const MAX_VALUE: u64 = END_OF_SPACE - 1;
