@@ -4,6 +4,7 @@
 //! served by loop 0 alone.
 
 mod bufring;
+mod pool;
 pub mod probe;
 mod uring;
 

@@ -5,9 +5,11 @@
 //! one send per connection holding replies → repeat. Receives are multishot into a provided
 //! buffer ring; accepts are multishot; nothing is allocated per request.
 //!
-//! Every operation's completion is routed by its user_data, a [`Token`]: the operation kind
-//! and the connection's slab key. A connection's slot is only freed once none of its
-//! operations can still complete, so a token never reaches a stranger.
+//! Every operation's completion is routed by its user_data, a [`Token`]: the operation kind,
+//! the connection's slab key and the connection's generation. A connection's slot is only
+//! freed once none of its operations can still complete, and a completion whose generation
+//! is not its slot's current one is refused, so a token never reaches a stranger. Output
+//! buffers are reused through an [`OutputPool`], which only ever hands out empty ones.
 //!
 //! Loop 0 may also serve the stream protocol (seed 003) on its own listener: those
 //! connections are fed to a [`StreamHub`] instead of a session, and a timer paces what the
@@ -25,6 +27,7 @@ use slab::Slab;
 
 use super::Shared;
 use super::bufring::BufRing;
+use super::pool::OutputPool;
 use super::probe::{self, Features};
 use crate::protocol::{Problem, Reply, text};
 use crate::session::{LoopState, Pause, Session, Status};
@@ -39,9 +42,10 @@ const RECV_BUFFERS: u16 = 1024;
 const RECV_BUFFER_SIZE: u32 = 16 * 1024;
 /// A paused connection stops being read once this much of its input is held.
 const HELD_INPUT_LIMIT: usize = 1 << 20;
-/// Output buffers kept for reuse, and the largest one worth keeping.
+/// Output buffers kept for reuse, the largest one worth keeping, and a new one's size.
 const SPARE_BUFFERS: usize = 256;
 const SPARE_BUFFER_MAX: usize = 1 << 20;
+const FRESH_BUFFER: usize = 4096;
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 /// How long a closing connection waits for the peer to close after our FIN.
@@ -63,13 +67,26 @@ enum Op {
     Timer = 7,
 }
 
-/// user_data of an operation: `key << 8 | op`.
+/// user_data of an operation: `generation << 40 | key << 8 | op`. Operations that belong to
+/// no connection (accept, timers, the wake-up read) have generation 0.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Token(u64);
 
+/// Connection generations wrap within the token's 24 bits; 0 is never one.
+const GENERATION_MASK: u32 = (1 << 24) - 1;
+
 impl Token {
     fn new(op: Op, key: usize) -> Token {
-        Token((key as u64) << 8 | op as u64)
+        Token::for_connection(op, key, 0)
+    }
+
+    fn for_connection(op: Op, key: usize, generation: u32) -> Token {
+        debug_assert!(key <= u32::MAX as usize && generation <= GENERATION_MASK);
+        Token(u64::from(generation) << 40 | (key as u64 & 0xffff_ffff) << 8 | op as u64)
+    }
+
+    fn generation(self) -> u32 {
+        (self.0 >> 40) as u32
     }
 
     fn op(self) -> Option<Op> {
@@ -86,7 +103,7 @@ impl Token {
     }
 
     fn key(self) -> usize {
-        (self.0 >> 8) as usize
+        ((self.0 >> 8) & 0xffff_ffff) as usize
     }
 }
 
@@ -115,6 +132,8 @@ enum Closing {
 
 struct Connection {
     fd: OwnedFd,
+    /// Tells this connection's completions from those of an earlier one in the same slot.
+    generation: u32,
     session: Session,
     /// Replies not yet handed to the kernel.
     pending: Vec<u8>,
@@ -198,8 +217,10 @@ pub(super) struct EventLoop {
     /// Connections that may have replies to send this turn.
     dirty: Vec<usize>,
     /// Sessions waiting for a durable ceiling; retried when the loop is woken.
-    parked: Vec<usize>,
-    spare: Vec<Vec<u8>>,
+    parked: Vec<Token>,
+    spare: OutputPool,
+    /// The generation the next connection gets.
+    next_generation: u32,
     draining: bool,
     streams: Option<StreamService>,
 }
@@ -260,7 +281,8 @@ impl EventLoop {
             linger_timer_armed: false,
             dirty: Vec::with_capacity(1024),
             parked: Vec::new(),
-            spare: Vec::new(),
+            spare: OutputPool::new(SPARE_BUFFERS, SPARE_BUFFER_MAX, FRESH_BUFFER),
+            next_generation: 1,
             draining: false,
             streams,
         })
@@ -382,6 +404,18 @@ impl EventLoop {
     fn complete(&mut self, token: Token, result: i32, flags: u32) -> io::Result<()> {
         match token.op() {
             Some(Op::Accept) => self.on_accept(token.key(), result, flags),
+            Some(Op::Recv | Op::Send) if !self.is_current(token) => {
+                // Cannot happen (slots outlive their operations); refuse rather than hand
+                // another connection's completion to this slot's connection.
+                tracing::error!(
+                    user_data = token.0,
+                    "completion for a connection that no longer exists; ignored"
+                );
+                if let Some(bid) = cqueue::buffer_select(flags) {
+                    self.buffers.recycle(bid);
+                }
+                Ok(())
+            }
             Some(Op::Recv) => self.on_recv(token.key(), result, flags),
             Some(Op::Send) => self.on_send(token.key(), result),
             Some(Op::Cancel) => Ok(()),
@@ -402,6 +436,18 @@ impl EventLoop {
                 Ok(())
             }
         }
+    }
+
+    /// Whether `token` belongs to the connection now in its slot.
+    fn is_current(&self, token: Token) -> bool {
+        self.connections
+            .get(token.key())
+            .is_some_and(|c| c.generation == token.generation())
+    }
+
+    /// The token of connection `key`'s operation `op`.
+    fn connection_token(&self, op: Op, key: usize) -> Token {
+        Token::for_connection(op, key, self.connections[key].generation)
     }
 
     // ---- accepting ----
@@ -495,8 +541,11 @@ impl EventLoop {
                 "connection accepted"
             );
         }
+        let generation = self.next_generation;
+        self.next_generation = (generation % GENERATION_MASK) + 1;
         let key = self.connections.insert(Connection {
             fd,
+            generation,
             session: Session::new(),
             pending: Vec::new(),
             sending: Vec::new(),
@@ -520,10 +569,11 @@ impl EventLoop {
     // ---- receiving ----
 
     fn arm_recv(&mut self, key: usize) -> io::Result<()> {
+        let token = self.connection_token(Op::Recv, key);
         let conn = &mut self.connections[key];
         let entry = opcode::RecvMulti::new(types::Fd(conn.fd.as_raw_fd()), self.buffers.group())
             .build()
-            .user_data(Token::new(Op::Recv, key).0);
+            .user_data(token.0);
         conn.recv_armed = true;
         conn.recv_cancelled = false;
         self.push(entry)
@@ -531,12 +581,13 @@ impl EventLoop {
 
     /// Stops the connection's multishot receive (its final completion follows).
     fn stop_reading(&mut self, key: usize) -> io::Result<()> {
+        let token = self.connection_token(Op::Recv, key);
         let conn = &mut self.connections[key];
         if !conn.recv_armed || conn.recv_cancelled {
             return Ok(());
         }
         conn.recv_cancelled = true;
-        let entry = opcode::AsyncCancel::new(Token::new(Op::Recv, key).0)
+        let entry = opcode::AsyncCancel::new(token.0)
             .build()
             .user_data(Token::new(Op::Cancel, key).0);
         self.push(entry)
@@ -567,7 +618,7 @@ impl EventLoop {
             };
             if conn.closing == Closing::No {
                 if conn.pending.capacity() == 0 {
-                    conn.pending = self.spare.pop().unwrap_or_else(|| Vec::with_capacity(4096));
+                    conn.pending = self.spare.take();
                 }
                 // SAFETY: `bid` was just handed to us by the kernel and is recycled below,
                 // after its bytes have been decoded.
@@ -653,7 +704,8 @@ impl EventLoop {
             }
             Status::Paused(pause) => {
                 if pause.waits_for_persister() {
-                    self.parked.push(key);
+                    let token = Token::for_connection(Op::Recv, key, conn.generation);
+                    self.parked.push(token);
                 }
                 if conn.session.buffered() > HELD_INPUT_LIMIT && !conn.reading_stopped {
                     tracing::debug!(
@@ -700,13 +752,14 @@ impl EventLoop {
     }
 
     fn submit_send(&mut self, key: usize) -> io::Result<()> {
+        let token = self.connection_token(Op::Send, key);
         let conn = &mut self.connections[key];
         let unsent = &conn.sending[conn.sent..];
         let len = u32::try_from(unsent.len()).unwrap_or(u32::MAX);
         let entry = opcode::Send::new(types::Fd(conn.fd.as_raw_fd()), unsent.as_ptr(), len)
             .flags(libc::MSG_NOSIGNAL)
             .build()
-            .user_data(Token::new(Op::Send, key).0);
+            .user_data(token.0);
         conn.send_inflight = true;
         self.push(entry)
     }
@@ -746,19 +799,10 @@ impl EventLoop {
             // Idle: give the buffers back so an idle connection holds none.
             let sending = std::mem::take(&mut conn.sending);
             let pending = std::mem::take(&mut conn.pending);
-            self.keep_spare(sending);
-            self.keep_spare(pending);
+            self.spare.give(sending);
+            self.spare.give(pending);
         }
         self.maybe_release(key)
-    }
-
-    fn keep_spare(&mut self, buffer: Vec<u8>) {
-        if buffer.capacity() > 0
-            && buffer.capacity() <= SPARE_BUFFER_MAX
-            && self.spare.len() < SPARE_BUFFERS
-        {
-            self.spare.push(buffer);
-        }
     }
 
     // ---- closing ----
@@ -775,12 +819,13 @@ impl EventLoop {
     }
 
     fn close_now(&mut self, key: usize) -> io::Result<()> {
+        let send = self.connection_token(Op::Send, key);
         let conn = &mut self.connections[key];
         conn.closing = Closing::Now;
         let send_inflight = conn.send_inflight;
         self.stop_reading(key)?;
         if send_inflight {
-            let entry = opcode::AsyncCancel::new(Token::new(Op::Send, key).0)
+            let entry = opcode::AsyncCancel::new(send.0)
                 .build()
                 .user_data(Token::new(Op::Cancel, key).0);
             self.push(entry)?;
@@ -835,8 +880,9 @@ impl EventLoop {
             {
                 streams.hub.close(key, Now::current());
             }
-            self.keep_spare(conn.pending);
-            self.keep_spare(conn.sending);
+            // Queued output is dropped with the connection: the pool empties the buffers.
+            self.spare.give(conn.pending);
+            self.spare.give(conn.sending);
             self.shared.connections.fetch_sub(1, Ordering::AcqRel);
             // Dropping `conn.fd` closes the socket.
         }
@@ -893,15 +939,17 @@ impl EventLoop {
         }
         // Requests waiting for a durable ceiling or a durable lease get another try.
         let parked = std::mem::take(&mut self.parked);
-        for key in parked {
-            let Some(conn) = self.connections.get_mut(key) else {
+        for token in parked {
+            if !self.is_current(token) {
                 continue;
-            };
+            }
+            let key = token.key();
+            let conn = &mut self.connections[key];
             if !conn.paused.is_some_and(Pause::waits_for_persister) || conn.closing != Closing::No {
                 continue;
             }
             if conn.pending.capacity() == 0 {
-                conn.pending = self.spare.pop().unwrap_or_default();
+                conn.pending = self.spare.take();
             }
             let status = conn.session.resume(&mut self.state, &mut conn.pending);
             self.after_session(key, status)?;
