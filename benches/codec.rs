@@ -8,7 +8,7 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use seqd::protocol::binary::{self, encode_request, opcode};
 use seqd::protocol::{Reply, text};
 use seqd::sequence::Registry;
-use seqd::session::{Limits, LoopState, Session};
+use seqd::service::{Limits, LoopState, Session};
 
 const BUFFER: usize = 64 * 1024;
 

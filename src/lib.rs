@@ -7,7 +7,7 @@ pub mod lease;
 pub mod protocol;
 pub mod sequence;
 pub mod server;
-pub mod session;
+pub mod service;
 pub mod store;
 pub mod stream;
 pub mod stream_client;

@@ -11,7 +11,7 @@ use seqd::config::Config;
 use seqd::lease::Keeper;
 use seqd::sequence::{Registry, Writers};
 use seqd::server::{Event, Server, Settings};
-use seqd::session::Limits;
+use seqd::service::Limits;
 use seqd::store::commits::Commits;
 use seqd::store::persister::{Persister, Report};
 use seqd::store::records::Records;

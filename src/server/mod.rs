@@ -19,7 +19,7 @@ use anyhow::Context;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::sequence::Registry;
-use crate::session::Limits;
+use crate::service::Limits;
 use crate::store::records::Records;
 use crate::stream::hub::StreamSettings;
 

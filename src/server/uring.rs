@@ -30,7 +30,7 @@ use super::bufring::BufRing;
 use super::pool::OutputPool;
 use super::probe::{self, Features};
 use crate::protocol::{Problem, Reply, text};
-use crate::session::{LoopState, Pause, Session, Status};
+use crate::service::{LoopState, Pause, Session, Status};
 use crate::stream::hub::{Now, StreamHub, StreamSettings, Verdict};
 
 const SUBMISSION_ENTRIES: u32 = 4096;
@@ -177,7 +177,7 @@ pub(super) struct LoopSettings {
     pub index: usize,
     pub listener: std::net::TcpListener,
     pub wake_fd: RawFd,
-    pub limits: crate::session::Limits,
+    pub limits: crate::service::Limits,
     /// The stream listener and its settings: loop 0 only.
     pub stream: Option<(std::net::TcpListener, StreamSettings)>,
     pub busy_poll: Duration,
