@@ -1,13 +1,11 @@
 //! The binary protocol against the real binary, through `seqd::client` and raw frames.
 
-mod common;
-
 use std::io::Write;
 
-use common::{SeqdProcess, exchange, read_exactly, read_to_close};
 use seqd::client::{ClientError, Request, Response};
 use seqd::protocol::ErrorCode;
 use seqd::protocol::binary::{FRAME_LEN, decode_reply, encode_request, opcode};
+use seqd_test_support::{SeqdProcess, exchange, read_exactly, read_to_close};
 
 #[test]
 fn client_get_batch_current_ping_open() {

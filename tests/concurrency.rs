@@ -1,15 +1,13 @@
 //! Uniqueness under concurrency: many connections, both protocols, pipelines, batches.
 //! The union of everything issued must be exactly one contiguous range with no duplicate.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::thread;
 
-use common::SeqdProcess;
 use seqd::client::{Request, Response};
 use seqd::protocol::binary::{self, encode_request, opcode};
+use seqd_test_support::SeqdProcess;
 
 const CONNECTIONS: usize = 16;
 const PER_CONNECTION: usize = 10_000;

@@ -1,8 +1,6 @@
 //! Durable sequences against the real binary: kill -9 under load, clean restarts, damaged
 //! state files, a second instance, and disks that fail and recover.
 
-mod common;
-
 use std::collections::HashMap;
 use std::net::TcpStream;
 use std::path::Path;
@@ -10,8 +8,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{PATIENCE, SeqdProcess, read_line, temp_dir};
 use seqd::client::{Client, Request, Response};
+use seqd_test_support::{PATIENCE, SeqdProcess, read_line, read_to_close, temp_dir};
 
 fn data_dir_arg(dir: &Path) -> String {
     format!("--data-dir={}", dir.display())
@@ -199,7 +197,7 @@ fn a_waiting_request_is_answered_after_the_client_half_closes() {
     conn.write_all(b"GETSEQ fresh\nGETSEQ fresh\nCURRENT fresh\n")
         .unwrap();
     conn.shutdown(std::net::Shutdown::Write).unwrap();
-    assert_eq!(common::read_to_close(&mut conn), b":1\r\n:2\r\n:3\r\n");
+    assert_eq!(read_to_close(&mut conn), b":1\r\n:2\r\n:3\r\n");
 }
 
 #[test]

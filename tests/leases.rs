@@ -2,15 +2,13 @@
 //! same ids (also across SIGTERM and kill -9 restarts), expiry, acknowledgements that do not
 //! match, limits, and the binary client.
 
-mod common;
-
 use std::io::Write;
 use std::net::{Shutdown, TcpStream};
 use std::path::Path;
 use std::time::Duration;
 
-use common::{SeqdProcess, read_line, read_to_close, temp_dir};
 use seqd::protocol::ErrorCode;
+use seqd_test_support::{SeqdProcess, read_line, read_to_close, temp_dir};
 
 fn command(conn: &mut TcpStream, line: &str) -> String {
     conn.write_all(format!("{line}\r\n").as_bytes()).unwrap();

@@ -1,15 +1,12 @@
 //! Server behaviour: connection limits, vanishing and slow clients, backpressure, graceful
 //! shutdown, addresses, command line.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{PATIENCE, SeqdProcess, exchange, read_line, read_to_close};
+use seqd_test_support::{PATIENCE, SeqdProcess, exchange, read_line, read_to_close, seqd_command};
 
 /// Retries `attempt` until it returns Some or PATIENCE runs out.
 fn eventually<T>(what: &str, mut attempt: impl FnMut() -> Option<T>) -> T {
@@ -210,7 +207,7 @@ fn ipv6_loopback() {
 #[test]
 fn port_in_use_is_a_clear_start_up_error() {
     let first = SeqdProcess::start(&[]);
-    let out = Command::new(env!("CARGO_BIN_EXE_seqd"))
+    let out = seqd_command()
         .args([
             "--in-memory",
             "--host=127.0.0.1",
@@ -232,10 +229,7 @@ fn port_in_use_is_a_clear_start_up_error() {
 
 #[test]
 fn help_explains_and_bad_flags_are_named() {
-    let out = Command::new(env!("CARGO_BIN_EXE_seqd"))
-        .arg("--help")
-        .output()
-        .unwrap();
+    let out = seqd_command().arg("--help").output().unwrap();
     assert!(out.status.success());
     let help = String::from_utf8_lossy(&out.stdout);
     for flag in [
@@ -253,17 +247,11 @@ fn help_explains_and_bad_flags_are_named() {
     }
     assert!(help.contains("GETSEQ"));
 
-    let out = Command::new(env!("CARGO_BIN_EXE_seqd"))
-        .arg("--max-batch=0")
-        .output()
-        .unwrap();
+    let out = seqd_command().arg("--max-batch=0").output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--max-batch must be between 1 and"));
 
-    let out = Command::new(env!("CARGO_BIN_EXE_seqd"))
-        .arg("--port=banana")
-        .output()
-        .unwrap();
+    let out = seqd_command().arg("--port=banana").output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--port"));
 }

@@ -3,18 +3,18 @@
 //! duplicated, reordered and out of range, one writer per client id, refusals, expiry, and a
 //! client written from the seed's document alone (Python).
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
-use common::{PATIENCE, SeqdProcess, free_port, read_to_close, temp_dir, which};
 use seqd::protocol::stream::{self as wire, Message};
 use seqd::protocol::{ParseError, ParseOk};
 use seqd::stream_client::{self, Options, Outcome};
+use seqd_test_support::{
+    PATIENCE, SeqdProcess, free_port, read_line, read_to_close, temp_dir, which,
+};
 
 fn options(server: &SeqdProcess, id: &str, count: u32, dir: &std::path::Path) -> Options {
     let mut options = Options::new(&server.stream_addr().to_string(), id, count);
@@ -117,7 +117,7 @@ fn the_bundled_client_gets_a_verified_stream_and_cleans_up() {
     assert_eq!(checksum, wire::checksum(1..=500));
     let mut conn = server.connect();
     conn.write_all(b"CURRENT stream\r\n").unwrap();
-    assert_eq!(common::read_line(&mut conn), ":501");
+    assert_eq!(read_line(&mut conn), ":501");
 }
 
 #[test]

@@ -1,12 +1,10 @@
 //! The text protocol against the real binary: seed 001's transcript, nc/telnet style input,
 //! RESP, redis-cli, and every text error path.
 
-mod common;
-
 use std::io::Write;
 use std::net::Shutdown;
 
-use common::{SeqdProcess, exchange, read_line, read_to_close, which};
+use seqd_test_support::{SeqdProcess, exchange, read_line, read_to_close, which};
 
 #[test]
 fn seed_001_telnet_transcript_replays_byte_for_byte() {

@@ -456,10 +456,7 @@ fn run(args: RunArgs, command: &[String]) -> Result<u8> {
         );
     }
     if let Some(path) = &args.verify_file {
-        let run_id = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64 & 0xff_ffff_ffff)
-            .unwrap_or(0);
+        let run_id = seqd::lease::unix_ms() & 0xff_ffff_ffff;
         verify::append_to_file(path, run_id, &measured.streams)?;
         eprintln!("  appended the numbers received to {}", path.display());
     }

@@ -1,96 +1,34 @@
-//! Test harness: the real `seqd` and `redis-server` on ephemeral loopback ports, and the
-//! `loadgen` binary under test.
+//! loadgen's test harness: seqd through the workspace's `seqd-test-support` (one launcher for
+//! every integration test), `redis-server` on an ephemeral loopback port, and the `loadgen`
+//! binary under test.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-pub const PATIENCE: Duration = Duration::from_secs(20);
+pub use seqd_test_support::{PATIENCE, SeqdProcess, free_port, which};
 
-/// The seqd binary next to this test's binary (target/<profile>/seqd), built with
-/// `cargo build -p seqd --bin seqd` if it is not there yet.
-pub fn seqd_binary() -> PathBuf {
-    static BUILD: Mutex<()> = Mutex::new(());
-    let _guard = BUILD.lock().unwrap_or_else(|e| e.into_inner());
-    let test_exe = std::env::current_exe().expect("path of the test binary");
-    // target/<profile>/deps/<test> -> target/<profile>/seqd
-    let profile_dir = test_exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("the test binary lives in target/<profile>/deps");
-    let seqd = profile_dir.join("seqd");
-    if !seqd.is_file() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut build = Command::new(cargo);
-        build.args(["build", "-p", "seqd", "--bin", "seqd"]);
-        if profile_dir.file_name().is_some_and(|n| n == "release") {
-            build.arg("--release");
-        }
-        let status = build.status().unwrap_or_else(|e| {
-            panic!("seqd is not built and `cargo build -p seqd --bin seqd` could not run: {e}")
-        });
-        assert!(
-            status.success() && seqd.is_file(),
-            "seqd is not built at {} and `cargo build -p seqd --bin seqd` failed ({status}); \
-             build it by hand and rerun the tests",
-            seqd.display()
-        );
-    }
-    seqd
-}
-
-/// A server process killed when dropped.
+/// A server the load generator is pointed at, killed when dropped.
 pub struct Server {
-    child: Option<Child>,
     pub addr: SocketAddr,
+    seqd: Option<SeqdProcess>,
+    child: Option<Child>,
 }
 
 impl Server {
     /// seqd on 127.0.0.1, a free port, one event loop, memory only (tests run in parallel
     /// and must not share a data directory), plus `args`.
     pub fn seqd(args: &[&str]) -> Server {
-        let mut child = Command::new(seqd_binary())
-            .args([
-                "--host=127.0.0.1",
-                "--port=0",
-                "--threads=1",
-                "--no-pin",
-                "--in-memory",
-            ])
-            .args(args)
-            .env_remove("SEQD_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("cannot start seqd");
-        let stderr = child.stderr.take().expect("stderr is piped");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut tx = Some(tx);
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if let Some(rest) = line.split("seqd listening on ").nth(1)
-                    && let Some(tx) = tx.take()
-                {
-                    let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_string());
-                }
-            }
-        });
-        let addr = match rx.recv_timeout(PATIENCE) {
-            Ok(addr) => addr.parse().expect("seqd's listening address"),
-            Err(_) => {
-                let _ = child.kill();
-                panic!("seqd did not start");
-            }
-        };
+        let mut all = vec!["--no-pin", "--in-memory"];
+        all.extend_from_slice(args);
+        let seqd = SeqdProcess::start_with_loops(1, &all);
         Server {
-            child: Some(child),
-            addr,
+            addr: seqd.addr,
+            seqd: Some(seqd),
+            child: None,
         }
     }
 
@@ -122,8 +60,9 @@ impl Server {
                 }
                 if redis_ping(addr) {
                     return Some(Server {
-                        child: Some(child),
                         addr,
+                        seqd: None,
+                        child: Some(child),
                     });
                 }
                 std::thread::sleep(Duration::from_millis(20));
@@ -135,6 +74,8 @@ impl Server {
     }
 
     pub fn kill(&mut self) {
+        // Dropping a SeqdProcess kills it and waits for it.
+        self.seqd = None;
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
@@ -155,21 +96,6 @@ fn redis_ping(addr: SocketAddr) -> bool {
     let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
     let mut buf = [0u8; 7];
     s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
-}
-
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-pub fn which(program: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")?
-        .to_str()?
-        .split(':')
-        .map(|dir| Path::new(dir).join(program))
-        .find(|p| p.is_file())
 }
 
 /// Starts `loadgen ARGS` with its output piped.

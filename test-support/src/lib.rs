@@ -1,10 +1,23 @@
-//! Test harness: starts the real `seqd` binary on an ephemeral port and talks to it.
-#![allow(dead_code)]
+//! Support for every integration test of the workspace (seqd's `tests/`, loadgen's
+//! `tests/`): starts the real `seqd` binary on an ephemeral loopback port, reads its log for
+//! the address it listens on, and talks to it.
+//!
+//! Which binary: `CARGO_BIN_EXE_seqd` when cargo sets it at run time (seqd's own integration
+//! tests), else `seqd` beside the running test's directory (`target/<profile>/seqd`, where
+//! cargo puts it), built with `cargo build -p seqd --bin seqd` if it is not there yet.
+//!
+//! Environment:
+//! - `SEQD_TEST_IO`: when set (non-empty), every seqd started here gets `--io <value>`, so
+//!   that the whole suite runs against the I/O backend named (for example `SEQD_TEST_IO=epoll
+//!   cargo test --workspace`). Unset, seqd chooses its default backend.
+//! - `SEQD_LOG` is removed from every seqd's environment: the tests read the default log.
 
+use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// How long any single wait in a test may take before the test fails.
@@ -58,9 +71,8 @@ impl SeqdProcess {
             .to_vec();
         let _data_dir = own_data_dir(args, &mut all);
         all.extend(args.iter().map(|a| a.to_string()));
-        let mut child = Command::new(env!("CARGO_BIN_EXE_seqd"))
+        let mut child = seqd_command()
             .args(&all)
-            .env_remove("SEQD_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -89,7 +101,7 @@ impl SeqdProcess {
 
     /// Starts seqd with exactly `args`; they must make it listen on a free port.
     pub fn start_exact(args: &[&str]) -> SeqdProcess {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_seqd"));
+        let mut command = seqd_command();
         command.args(args);
         SeqdProcess::launch(command)
     }
@@ -106,8 +118,10 @@ impl SeqdProcess {
         command
             .arg("-c")
             .arg(format!("ulimit -S -n {soft_limit} && exec \"$0\" \"$@\""))
-            .arg(env!("CARGO_BIN_EXE_seqd"))
-            .args(&all);
+            .arg(seqd_binary())
+            .args(io_args())
+            .args(&all)
+            .env_remove("SEQD_LOG");
         let mut process = SeqdProcess::launch(command);
         process._data_dir = data_dir;
         process
@@ -115,7 +129,6 @@ impl SeqdProcess {
 
     fn launch(mut command: Command) -> SeqdProcess {
         let mut child = command
-            .env_remove("SEQD_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -177,16 +190,29 @@ impl SeqdProcess {
         client
     }
 
-    /// Where the stream protocol listens (started with `--stream-port`).
+    /// Where the stream protocol listens (started with `--stream-port`): the address on the
+    /// log line that says "stream protocol ... listening on ADDR".
     pub fn stream_addr(&self) -> SocketAddr {
-        const LINE: &str = "stream protocol (seed 003) listening on ";
-        self.wait_for_log(LINE);
-        let log = self.log();
-        let rest = log.split(LINE).nth(1).unwrap_or_default();
-        rest.split_whitespace()
-            .next()
-            .and_then(|addr| addr.parse().ok())
-            .unwrap_or_else(|| panic!("no stream address in the log:\n{log}"))
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let log = self.log();
+            let addr = log
+                .lines()
+                .filter(|line| line.contains("stream protocol"))
+                .find_map(|line| line.split("listening on ").nth(1))
+                .and_then(|rest| rest.split_whitespace().next())
+                .map(|addr| {
+                    addr.parse()
+                        .unwrap_or_else(|_| panic!("no stream address in the log:\n{log}"))
+                });
+            if let Some(addr) = addr {
+                return addr;
+            }
+            if Instant::now() > deadline {
+                panic!("seqd never logged where the stream protocol listens; log:\n{log}");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     pub fn log(&self) -> String {
@@ -298,12 +324,66 @@ pub fn free_port() -> u16 {
         .expect("a free port")
 }
 
+/// A command that runs the seqd binary under test (see the module documentation), with
+/// `--io <SEQD_TEST_IO>` when that is set; add the arguments.
+pub fn seqd_command() -> Command {
+    let mut command = Command::new(seqd_binary());
+    command.args(io_args()).env_remove("SEQD_LOG");
+    command
+}
+
+/// `--io <value>` when `SEQD_TEST_IO` is set, else nothing.
+pub fn io_args() -> Vec<OsString> {
+    match std::env::var_os("SEQD_TEST_IO") {
+        Some(io) if !io.is_empty() => vec!["--io".into(), io],
+        _ => Vec::new(),
+    }
+}
+
+/// The seqd binary under test (see the module documentation).
+pub fn seqd_binary() -> PathBuf {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY.get_or_init(find_or_build_seqd).clone()
+}
+
+fn find_or_build_seqd() -> PathBuf {
+    if let Some(path) = std::env::var_os("CARGO_BIN_EXE_seqd") {
+        return path.into();
+    }
+    let test_exe = std::env::current_exe().expect("path of the test binary");
+    // target/<profile>/deps/<test> -> target/<profile>/seqd
+    let profile_dir = test_exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("the test binary lives in target/<profile>/deps");
+    let seqd = profile_dir.join("seqd");
+    if seqd.is_file() {
+        return seqd;
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut build = Command::new(cargo);
+    build.args(["build", "-p", "seqd", "--bin", "seqd"]);
+    if profile_dir.file_name().is_some_and(|n| n == "release") {
+        build.arg("--release");
+    }
+    let status = build.status().unwrap_or_else(|e| {
+        panic!("seqd is not built and `cargo build -p seqd --bin seqd` could not run: {e}")
+    });
+    assert!(
+        status.success() && seqd.is_file(),
+        "seqd is not built at {} and `cargo build -p seqd --bin seqd` failed ({status}); \
+         build it by hand and rerun the tests",
+        seqd.display()
+    );
+    seqd
+}
+
 /// Path of an executable on PATH, if installed.
-pub fn which(program: &str) -> Option<std::path::PathBuf> {
+pub fn which(program: &str) -> Option<PathBuf> {
     std::env::var_os("PATH")?
         .to_str()?
         .split(':')
-        .map(|dir| std::path::Path::new(dir).join(program))
+        .map(|dir| Path::new(dir).join(program))
         .find(|p| p.is_file())
 }
 
