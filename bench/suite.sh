@@ -3,16 +3,16 @@
 # naive blocking thread-per-connection server, measured in one run on one machine, judged as
 # ratios against the goals in the issue. One command does everything:
 #
-#   results/bench.sh            # the full matrix (about 15 minutes); writes results/<date>-<host>/
+#   bench/suite.sh              # the full matrix (about 15 minutes); writes results/<date>-<host>/
 #                               # and regenerates the summary table in results/README.md
-#   results/bench.sh --quick    # the same matrix, short runs (about a minute and a half); writes
+#   bench/suite.sh --quick      # the same matrix, short runs (about a minute and a half); writes
 #                               # results/<date>-<host>-quick/ (git-ignored); CI runs this
 #
 # It installs what is missing (redis-server, redis-tools, postgresql; apt-get update once
 # first), builds seqd and loadgen in release mode, starts every server itself on loopback on
 # free ports, pins the servers to one CPU and every client to another, runs the matrix, stops
 # everything it started (also on Ctrl-C or an error), and writes JSON, .hgrm, .hlog, raw tool
-# output and plots, then the summary (results/bench/summarize.py). Nothing in the output
+# output and plots, then the summary (bench/lib/summarize.py). Nothing in the output
 # directory is edited by hand.
 #
 # Exit status: 0 when every step ran (goals missed are reported, not failed); 1 when a step
@@ -23,7 +23,7 @@ ROOT=$PWD
 
 usage() {
   cat <<'EOF'
-usage: results/bench.sh [--quick] [--rounds N] [--out DIR] [--realtime] [--no-install] [--skip-build]
+usage: bench/suite.sh [--quick] [--rounds N] [--out DIR] [--realtime] [--no-install] [--skip-build]
 
   --quick        short runs (CI): same matrix, about 1.5 minutes; output results/<date>-<host>-quick/
   --rounds N     rounds of the closed-loop, RESP and durability rows (median reported);
@@ -59,20 +59,20 @@ while (($#)); do
     --skip-build) BUILD=0 ;;
     --realtime) REALTIME=1 ;;
     -h | --help) usage; exit 0 ;;
-    *) echo "bench.sh: unknown argument '$1'" >&2; usage >&2; exit 2 ;;
+    *) echo "suite.sh: unknown argument '$1'" >&2; usage >&2; exit 2 ;;
   esac
   shift
 done
 [[ -z $ROUNDS ]] && ROUNDS=$((QUICK ? 1 : 3))
-[[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || { echo "bench.sh: --rounds must be a positive number" >&2; exit 2; }
+[[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || { echo "suite.sh: --rounds must be a positive number" >&2; exit 2; }
 
 # Scheduling of every server and client (and, above them, the CPU sampler). chrt goes before
 # taskset: a process pinned first would wait behind a busy real-time one for its turn to chrt.
 PRIO=()
 SAMPLER_PRIO=()
 if ((REALTIME)); then
-  command -v chrt >/dev/null || { echo "bench.sh: --realtime needs chrt (apt-get install util-linux)" >&2; exit 1; }
-  chrt --fifo 10 true 2>/dev/null || { echo "bench.sh: --realtime: cannot use SCHED_FIFO here (run as root)" >&2; exit 1; }
+  command -v chrt >/dev/null || { echo "suite.sh: --realtime needs chrt (apt-get install util-linux)" >&2; exit 1; }
+  chrt --fifo 10 true 2>/dev/null || { echo "suite.sh: --realtime: cannot use SCHED_FIFO here (run as root)" >&2; exit 1; }
   PRIO=(chrt --fifo 10)
   SAMPLER_PRIO=(chrt --fifo 20)
 fi
@@ -97,7 +97,7 @@ IDLE_CONNECTIONS=10000
 GRANULARITY=50us
 
 log() { printf '\n== %s\n' "$*" >&2; }
-die() { echo "bench.sh: error: $*" >&2; exit 1; }
+die() { echo "suite.sh: error: $*" >&2; exit 1; }
 
 # ---------------------------------------------------------------- tools, installed if missing
 pg_bindir() {
@@ -155,7 +155,7 @@ ensure_tools
 PG_BIN=$(pg_bindir) || die "PostgreSQL server binaries (initdb, pg_ctl, postgres) not found under /usr/lib/postgresql/*/bin (apt-get install postgresql)"
 NPROC=$(nproc)
 if ((NPROC < 2)); then
-  echo "bench.sh: warning: $NPROC CPU: servers and clients share it; ratios are still side by side, but client-bound rows are likely" >&2
+  echo "suite.sh: warning: $NPROC CPU: servers and clients share it; ratios are still side by side, but client-bound rows are likely" >&2
   SERVER_CPU=0 CLIENT_CPU=0
 fi
 # How many CPUs CLIENT_CPU names (taskset also checks the list): one client thread on each.
@@ -211,7 +211,7 @@ cleanup() {
   return 0
 }
 trap cleanup EXIT
-trap 'echo "bench.sh: interrupted" >&2; exit 130' INT TERM
+trap 'echo "suite.sh: interrupted" >&2; exit 130' INT TERM
 
 # Raise the open-file limit for the servers and clients started below (10,000 idle
 # connections need as many descriptors on each side).
@@ -232,7 +232,7 @@ wait_log() {
     fi
     sleep 0.05
   done
-  echo "bench.sh: $what did not start; its log ($file):" >&2
+  echo "suite.sh: $what did not start; its log ($file):" >&2
   cat "$file" >&2 || true
   return 1
 }
@@ -330,10 +330,10 @@ start_postgres() {
 }
 
 # ---------------------------------------------------------------- measuring one step
-SAMPLER=(python3 "$ROOT/results/bench/sample.py")
+SAMPLER=(python3 "$ROOT/bench/lib/sample.py")
 
 # step ID SERVER_PID SERVER_NAME OUTPUT_FILE -- COMMAND...
-# Runs a client command pinned to the client CPU while results/bench/sample.py samples the
+# Runs a client command pinned to the client CPU while bench/lib/sample.py samples the
 # server's and the client's threads (time on a CPU, time waiting for one), and records the
 # step in measurements.jsonl. $SKIP seconds at the start (the warm-up) are left out of the CPU
 # figures. Exit statuses in $OK_STATUSES count as success (default 0); others are recorded as
@@ -402,7 +402,7 @@ LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 STARTED=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 log "machine: $NPROC CPUs, load average $LOAD_BEFORE; servers on CPU $SERVER_CPU, clients on CPU $CLIENT_CPU ($CLIENT_THREADS thread(s))$( ((REALTIME)) && echo ', SCHED_FIFO' || true); output $OUT"
 if awk -v l="${LOAD_BEFORE%% *}" -v n="$NPROC" 'BEGIN { exit !(l > n / 2) }'; then
-  echo "bench.sh: note: the machine is busy (load average $LOAD_BEFORE on $NPROC CPUs); figures will be noisy (recorded in the results)" >&2
+  echo "suite.sh: note: the machine is busy (load average $LOAD_BEFORE on $NPROC CPUs); figures will be noisy (recorded in the results)" >&2
 fi
 
 log "starting servers"
@@ -678,12 +678,12 @@ json.dump(meta, open(sys.argv[1], "w"), indent=2)
 PY
 SUMMARY_ARGS=("$OUT")
 ((QUICK)) || [[ $OUT != "$ROOT/results/$DATE-$HOST" ]] || SUMMARY_ARGS+=(--index results/README.md)
-python3 results/bench/summarize.py "${SUMMARY_ARGS[@]}" || FAILED+=("summary (results/bench/summarize.py)")
+python3 bench/lib/summarize.py "${SUMMARY_ARGS[@]}" || FAILED+=("summary (bench/lib/summarize.py)")
 
 if ((${#FAILED[@]})); then
   echo >&2
-  echo "bench.sh: FAILED steps (the suite is broken, not merely slow):" >&2
+  echo "suite.sh: FAILED steps (the suite is broken, not merely slow):" >&2
   printf '  - %s\n' "${FAILED[@]}" >&2
   exit 1
 fi
-echo "bench.sh: done; results in ${OUT#"$ROOT"/}" >&2
+echo "suite.sh: done; results in ${OUT#"$ROOT"/}" >&2

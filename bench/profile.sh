@@ -2,7 +2,7 @@
 # Where a server's time goes under one load of the benchmark matrix: the tools issue 6 asks
 # for when a goal is missed, run the same way every time.
 #
-#   results/bench/profile.sh [--server seqd|baseline|redis] [-c N] [-P N] [-d SECONDS] [--out DIR]
+#   bench/profile.sh [--server seqd|baseline|redis] [-c N] [-P N] [-d SECONDS] [--out DIR]
 #
 # Starts the server pinned to CPU 0 (seqd: one event loop, in memory if the build has
 # durability) and loadgen pinned to CPU 1, then, each over SECONDS of steady load:
@@ -15,7 +15,7 @@
 # Writes DIR/{perf-stat.txt,perf-report.txt,strace.txt,loadgen-*.txt,summary.txt}.
 # Needs perf (linux-perf) and strace; run as root (or with perf_event_paranoid <= 1).
 set -euo pipefail
-cd "$(dirname "$0")/../.."
+cd "$(dirname "$0")/.."
 ROOT=$PWD
 
 SERVER=seqd C=50 P=64 SECONDS_=5 OUT=""

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""CPU sampler for results/bench.sh: who saturated, the server or the client?
+"""CPU sampler for bench/suite.sh: who saturated, the server or the client?
 
     sample.py watch OUT INTERVAL_S LABEL=PID[+] ...   # until SIGTERM or every PID is gone
     sample.py window OUT SKIP_S                       # JSON: per label, over the window

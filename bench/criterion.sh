@@ -2,14 +2,14 @@
 # Runs seqd's criterion benchmarks (benches/sequence.rs: the allocator in-process; benches/
 # codec.rs: decode + encode of a 64 KiB buffer) and records them with the machine they ran on:
 #
-#   results/criterion/run.sh        # writes results/criterion/<date>-<host>/
+#   bench/criterion.sh             # writes results/criterion/<date>-<host>/
 #
 # The folder holds criterion's own output (bench.log), every benchmark's estimates
 # (estimates.json, copied from target/criterion) and a README.md table generated from them by
-# table.py. Nothing in it is edited by hand. Run it on a quiet machine: the two-thread
-# benchmarks use both CPUs of a 2-core machine.
+# bench/lib/criterion_table.py. Nothing in it is edited by hand. Run it on a quiet machine:
+# the two-thread benchmarks use both CPUs of a 2-core machine.
 set -euo pipefail
-cd "$(dirname "$0")/../.."
+cd "$(dirname "$0")/.."
 
 OUT=${1:-results/criterion/$(date -u +%Y-%m-%d)-$(hostname -s)}
 mkdir -p "$OUT"
@@ -31,5 +31,5 @@ rm -rf target/criterion
 $COMMAND 2>&1 | tee "$OUT/bench.log"
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)" >>"$OUT/machine.txt"
 
-python3 results/criterion/table.py target/criterion "$OUT"
+python3 bench/lib/criterion_table.py target/criterion "$OUT"
 echo "wrote $OUT/README.md"
