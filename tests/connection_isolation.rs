@@ -5,8 +5,6 @@
 //! The attack: clients pipeline requests without reading their replies (so replies pile up
 //! on the server), then close. A fresh client must receive exactly its own reply.
 
-mod common;
-
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::Arc;
@@ -14,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{SeqdProcess, read_to_close};
+use seqd_test_support::{PATIENCE, SeqdProcess, read_to_close};
 
 const FRAME: usize = 16;
 const GETSEQ: u8 = 0x01;
@@ -178,7 +176,7 @@ fn open(stream: &mut TcpStream, name: &str) -> u32 {
 /// exactly. Anything else is a reply meant for someone else.
 fn tagged_client(addr: SocketAddr, tag: u64, stop: Arc<AtomicBool>) -> usize {
     let mut stream = TcpStream::connect(addr).unwrap();
-    stream.set_read_timeout(Some(common::PATIENCE)).unwrap();
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
     let id = open(&mut stream, &format!("tagged-{tag}"));
     let request = frame(GETSEQ_BATCH, id, tag).repeat(64);
     let mut expected = 1;
@@ -209,7 +207,7 @@ fn churn(addr: SocketAddr, thread_index: u64, connections: u64) {
         let request = frame(GETSEQ_BATCH, 0, tag).repeat(512);
         stream.write_all(&request).unwrap();
         if c % 2 == 0 {
-            stream.set_read_timeout(Some(common::PATIENCE)).unwrap();
+            stream.set_read_timeout(Some(PATIENCE)).unwrap();
             let mut first = [0u8; FRAME];
             stream.read_exact(&mut first).unwrap();
             let (opcode, status, count, _) = reply(&first);

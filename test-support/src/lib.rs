@@ -7,12 +7,12 @@
 //! cargo puts it), built with `cargo build -p seqd --bin seqd` if it is not there yet.
 //!
 //! Environment:
-//! - `SEQD_TEST_IO`: when set (non-empty), every seqd started here gets `--io <value>`, so
+//! - `SEQD_TEST_IO`: when set (non-empty), every seqd started here gets `--io=<value>`, so
 //!   that the whole suite runs against the I/O backend named (for example `SEQD_TEST_IO=epoll
-//!   cargo test --workspace`). Unset, seqd chooses its default backend.
+//!   cargo test --workspace`), except where a test passes `--io` itself. Unset, seqd chooses
+//!   its default backend. [`test_io`] tells a test which backend was asked for.
 //! - `SEQD_LOG` is removed from every seqd's environment: the tests read the default log.
 
-use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -71,8 +71,10 @@ impl SeqdProcess {
             .to_vec();
         let _data_dir = own_data_dir(args, &mut all);
         all.extend(args.iter().map(|a| a.to_string()));
-        let mut child = seqd_command()
-            .args(&all)
+        let mut command = seqd_command_without_io();
+        command.args(&all);
+        with_test_io(&mut command);
+        let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -101,7 +103,7 @@ impl SeqdProcess {
 
     /// Starts seqd with exactly `args`; they must make it listen on a free port.
     pub fn start_exact(args: &[&str]) -> SeqdProcess {
-        let mut command = seqd_command();
+        let mut command = seqd_command_without_io();
         command.args(args);
         SeqdProcess::launch(command)
     }
@@ -119,7 +121,6 @@ impl SeqdProcess {
             .arg("-c")
             .arg(format!("ulimit -S -n {soft_limit} && exec \"$0\" \"$@\""))
             .arg(seqd_binary())
-            .args(io_args())
             .args(&all)
             .env_remove("SEQD_LOG");
         let mut process = SeqdProcess::launch(command);
@@ -128,6 +129,7 @@ impl SeqdProcess {
     }
 
     fn launch(mut command: Command) -> SeqdProcess {
+        with_test_io(&mut command);
         let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -324,19 +326,38 @@ pub fn free_port() -> u16 {
         .expect("a free port")
 }
 
-/// A command that runs the seqd binary under test (see the module documentation), with
-/// `--io <SEQD_TEST_IO>` when that is set; add the arguments.
+/// A command that runs the seqd binary under test (see the module documentation), starting
+/// with `--io=$SEQD_TEST_IO` when that is set; add the arguments. For runs that end by
+/// themselves (`--help`, refused flags); a test that chooses `--io` uses [`SeqdProcess`].
 pub fn seqd_command() -> Command {
-    let mut command = Command::new(seqd_binary());
-    command.args(io_args()).env_remove("SEQD_LOG");
+    let mut command = seqd_command_without_io();
+    if let Some(io) = test_io() {
+        command.arg(format!("--io={io}"));
+    }
     command
 }
 
-/// `--io <value>` when `SEQD_TEST_IO` is set, else nothing.
-pub fn io_args() -> Vec<OsString> {
-    match std::env::var_os("SEQD_TEST_IO") {
-        Some(io) if !io.is_empty() => vec!["--io".into(), io],
-        _ => Vec::new(),
+/// The I/O backend the suite runs against: `SEQD_TEST_IO`, if set and not empty.
+pub fn test_io() -> Option<String> {
+    std::env::var("SEQD_TEST_IO")
+        .ok()
+        .filter(|io| !io.is_empty())
+}
+
+fn seqd_command_without_io() -> Command {
+    let mut command = Command::new(seqd_binary());
+    command.env_remove("SEQD_LOG");
+    command
+}
+
+/// Adds `--io=$SEQD_TEST_IO` to a complete seqd command, unless it is unset or the test
+/// chose `--io` itself.
+fn with_test_io(command: &mut Command) {
+    let chosen = command
+        .get_args()
+        .any(|a| a == "--io" || a.to_str().is_some_and(|a| a.starts_with("--io=")));
+    if let (Some(io), false) = (test_io(), chosen) {
+        command.arg(format!("--io={io}"));
     }
 }
 
