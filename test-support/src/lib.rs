@@ -27,6 +27,8 @@ pub struct SeqdProcess {
     child: Option<Child>,
     pub addr: SocketAddr,
     log: Arc<Mutex<String>>,
+    /// Copies seqd's stderr into `log`; ends when seqd has exited and its last line is in.
+    log_reader: Option<std::thread::JoinHandle<()>>,
     /// The data directory made for this process, removed with it.
     _data_dir: Option<tempfile::TempDir>,
 }
@@ -140,7 +142,7 @@ impl SeqdProcess {
         let log = Arc::new(Mutex::new(String::new()));
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let log_writer = log.clone();
-        std::thread::spawn(move || {
+        let log_reader = std::thread::spawn(move || {
             let mut addr_tx = Some(addr_tx);
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
@@ -174,6 +176,7 @@ impl SeqdProcess {
             child: Some(child),
             addr,
             log,
+            log_reader: Some(log_reader),
             _data_dir: None,
         }
     }
@@ -259,6 +262,12 @@ impl SeqdProcess {
         let deadline = Instant::now() + PATIENCE;
         loop {
             if let Some(status) = child.try_wait().unwrap() {
+                // The process is gone, so its stderr is at end of file: once the reader has
+                // seen that, `log()` holds every line seqd wrote (a test may look for the
+                // last one, e.g. the shutdown summary).
+                if let Some(reader) = self.log_reader.take() {
+                    let _ = reader.join();
+                }
                 return status;
             }
             if Instant::now() > deadline {
