@@ -247,8 +247,8 @@ impl Config {
     }
 
     /// How the stream protocol is served.
-    pub fn stream_settings(&self) -> crate::stream::hub::StreamSettings {
-        crate::stream::hub::StreamSettings {
+    pub fn stream_settings(&self) -> crate::service::stream_hub::StreamSettings {
+        crate::service::stream_hub::StreamSettings {
             interval: self.stream_interval,
             burst: self.stream_burst,
             ttl: self.stream_ttl,

@@ -32,12 +32,20 @@ pub struct LeaseIds<'a> {
     pub request: &'a [u8],
 }
 
-/// The lease table's state, for the `LEASES` command.
+/// What the `LEASES` command reports (the wire's copy of the lease table's figures).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct LeaseStats {
     /// Leases granted and not yet acknowledged or expired.
     pub outstanding: u64,
-    pub totals: crate::lease::LeaseCounters,
+    /// Leases granted since the data directory was created (retries not counted).
+    pub granted: u64,
+    pub acknowledged: u64,
+    /// Expired unacknowledged; their numbers are never issued again.
+    pub retired: u64,
+    /// Expired unacknowledged and returned to the reuse pool.
+    pub returned: u64,
+    /// Served from the reuse pool.
+    pub reused: u64,
 }
 
 /// A decoded message and the number of bytes it occupied.

@@ -340,7 +340,7 @@ pub fn encode_reply(out: &mut Vec<u8>, reply: &Reply<'_>) {
         Reply::Acked { .. } | Reply::Ok => out.extend_from_slice(b"+OK\r\n"),
         Reply::LeaseStats(stats) => {
             use std::io::Write;
-            let t = stats.totals;
+            let t = stats;
             // Writing to a Vec cannot fail.
             let _ = write!(
                 out,

@@ -13,12 +13,13 @@
 use std::collections::HashMap;
 use std::marker::PhantomData;
 
+use super::replies;
 use crate::lease::GrantError;
 use crate::protocol::{
     self, LeaseIds, ParseError, ParseOk, Problem, Reply, Request, Target, binary, text,
 };
-use crate::sequence::{DEFAULT_SEQUENCE, Refusal, Registry, Sequence, SequenceId};
-use crate::store::records::Records;
+use crate::sequence::{BeyondDurable, DEFAULT_SEQUENCE, Refusal, Registry, Sequence, SequenceId};
+use crate::state::LeasesAndStreams;
 
 /// Stop decoding new requests once this many reply bytes wait to be sent: the client is not
 /// reading. Decoding resumes when the backlog has been sent.
@@ -35,7 +36,7 @@ pub struct Limits {
 #[derive(Debug)]
 pub struct LoopState {
     registry: std::sync::Arc<Registry>,
-    records: std::sync::Arc<Records>,
+    records: std::sync::Arc<LeasesAndStreams>,
     limits: Limits,
     /// Name → id, so text requests that name a sequence take no lock.
     names: HashMap<Box<[u8]>, SequenceId>,
@@ -50,14 +51,14 @@ impl LoopState {
             max_size: limits.max_batch,
             ..Default::default()
         };
-        let commits = crate::store::commits::Commits::memory_only();
-        let records = std::sync::Arc::new(Records::empty(commits, settings));
+        let commits = crate::commits::Commits::memory_only();
+        let records = std::sync::Arc::new(LeasesAndStreams::empty(commits, settings));
         LoopState::with_records(registry, records, limits)
     }
 
     pub fn with_records(
         registry: std::sync::Arc<Registry>,
-        records: std::sync::Arc<Records>,
+        records: std::sync::Arc<LeasesAndStreams>,
         limits: Limits,
     ) -> LoopState {
         LoopState {
@@ -84,12 +85,7 @@ impl LoopState {
                 if let Some(&id) = self.names.get(name) {
                     return registry.get(id).ok_or(Problem::UnknownSequence(id));
                 }
-                let sequence = registry.resolve(name).map_err(|e| match e {
-                    crate::sequence::RegistryError::InvalidName(e) => Problem::InvalidName(e),
-                    crate::sequence::RegistryError::TooManySequences { limit } => {
-                        Problem::TooManySequences { limit }
-                    }
-                })?;
+                let sequence = registry.resolve(name).map_err(replies::registry_refused)?;
                 self.names.insert(name.into(), sequence.id());
                 Ok(sequence)
             }
@@ -115,7 +111,7 @@ pub enum Pause {
     /// A request needs numbers above this sequence's durable ceiling: resume once it rises.
     AwaitingCeiling(SequenceId),
     /// A reply waits for this change to lease records to be durable (see
-    /// [`Commits`](crate::store::commits::Commits)).
+    /// [`Commits`](crate::commits::Commits)).
     AwaitingDurable(u64),
 }
 
@@ -602,7 +598,10 @@ impl<'s, 'o, W: Wire> Executor<'s, 'o, W> {
                 first,
                 last,
             } => return self.acknowledge(target, first, last),
-            Request::LeaseStats => (0, Ok(Reply::LeaseStats(self.state.records.leases.stats()))),
+            Request::LeaseStats => {
+                let stats = self.state.records.leases.stats();
+                (0, Ok(Reply::LeaseStats(replies::lease_stats(stats))))
+            }
             Request::RedisHandshake {
                 config_get: Some(parameter),
             } => (0, Ok(Reply::UnsetConfig(parameter))),
@@ -635,6 +634,7 @@ impl<'s, 'o, W: Wire> Executor<'s, 'o, W> {
             return self.reply(opcode, Err(Problem::UnknownSequence(id)));
         };
         let records = &state.records;
+        let ids = ids.map(replies::request_ids);
         match records.leases.grant(sequence, count, ids, &records.commits) {
             Ok(granted) => self.after_change(Awaiting {
                 reply: Reply::Leased {
@@ -645,15 +645,18 @@ impl<'s, 'o, W: Wire> Executor<'s, 'o, W> {
                 change: granted.change,
                 opcode,
             }),
-            Err(GrantError::Refused(problem)) => self.reply(opcode, Err(problem)),
+            Err(GrantError::Refused(refusal)) => {
+                self.reply(opcode, Err(replies::lease_refused(refusal)))
+            }
             Err(GrantError::AwaitingCeiling) => {
-                let signals = state.registry.ceiling_signals();
-                if signals.unavailable() {
-                    signals.count_refusal();
-                    return self.reply(opcode, Err(Problem::Unavailable));
+                let signals = state.registry.persister_signals();
+                match signals.beyond_durable() {
+                    BeyondDurable::Wait => Flow::Park(id),
+                    BeyondDurable::Refuse => {
+                        signals.count_refusal();
+                        self.reply(opcode, Err(Problem::Unavailable))
+                    }
                 }
-                signals.request_raise();
-                Flow::Park(id)
             }
         }
     }
@@ -675,7 +678,7 @@ impl<'s, 'o, W: Wire> Executor<'s, 'o, W> {
                 change,
                 opcode,
             }),
-            Err(problem) => self.reply(opcode, Err(problem)),
+            Err(refusal) => self.reply(opcode, Err(replies::lease_refused(refusal))),
         }
     }
 
@@ -742,14 +745,14 @@ impl<'s, 'o, W: Wire> Executor<'s, 'o, W> {
                 serve_one_by_one::<W>(sequence, &state.registry, out, run)?
             }
             Err(Refusal::AwaitingCeiling) => {
-                let signals = state.registry.ceiling_signals();
-                if !signals.unavailable() {
-                    signals.request_raise();
-                    return Err(id);
+                match state.registry.persister_signals().beyond_durable() {
+                    BeyondDurable::Wait => return Err(id),
+                    // Fail closed: what the durable ceiling still covers is served, the rest is
+                    // refused rather than left waiting for a disk that fails.
+                    BeyondDurable::Refuse => {
+                        serve_one_by_one::<W>(sequence, &state.registry, out, run)?
+                    }
                 }
-                // Fail closed: what the durable ceiling still covers is served, the rest is
-                // refused rather than left waiting for a disk that fails.
-                serve_one_by_one::<W>(sequence, &state.registry, out, run)?;
             }
         }
         run.sequence = None;
@@ -782,19 +785,20 @@ fn answer_when_durable<W: Wire>(
         W::encode(out, &awaiting.reply);
         return None;
     }
-    if state.registry.ceiling_signals().unavailable() {
-        let problem = Problem::LeaseNotDurable;
-        W::encode(
-            out,
-            &Reply::Error {
-                opcode: awaiting.opcode,
-                problem,
-            },
-        );
-        return None;
+    match state.registry.persister_signals().beyond_durable() {
+        BeyondDurable::Wait => Some(Flow::Wait(awaiting)),
+        BeyondDurable::Refuse => {
+            let problem = Problem::LeaseNotDurable;
+            W::encode(
+                out,
+                &Reply::Error {
+                    opcode: awaiting.opcode,
+                    problem,
+                },
+            );
+            None
+        }
     }
-    state.registry.ceiling_signals().request_raise();
-    Some(Flow::Wait(awaiting))
 }
 
 /// How many copies of `frame` start `rest`, back to back.
@@ -836,7 +840,7 @@ fn serve_one_by_one<W: Wire>(
     out: &mut Vec<u8>,
     run: &mut Run,
 ) -> Result<(), SequenceId> {
-    let signals = registry.ceiling_signals();
+    let signals = registry.persister_signals();
     for index in 0..run.segments.len() {
         let segment = &mut run.segments[index];
         let opcode = match segment.count {
@@ -850,18 +854,19 @@ fn serve_one_by_one<W: Wire>(
                     first,
                     count: segment.count,
                 },
-                Err(Refusal::AwaitingCeiling) if signals.unavailable() => {
-                    signals.count_refusal();
-                    Reply::Error {
-                        opcode,
-                        problem: Problem::Unavailable,
+                Err(Refusal::AwaitingCeiling) => match signals.beyond_durable() {
+                    BeyondDurable::Refuse => {
+                        signals.count_refusal();
+                        Reply::Error {
+                            opcode,
+                            problem: Problem::Unavailable,
+                        }
                     }
-                }
-                Err(Refusal::AwaitingCeiling) => {
-                    signals.request_raise();
-                    run.segments.drain(..index);
-                    return Err(sequence.id());
-                }
+                    BeyondDurable::Wait => {
+                        run.segments.drain(..index);
+                        return Err(sequence.id());
+                    }
+                },
                 Err(Refusal::Exhausted { remaining }) => Reply::Error {
                     opcode,
                     problem: Problem::Exhausted { remaining },
@@ -881,8 +886,8 @@ mod tests {
     use crate::protocol::binary::{decode_reply, encode_open, encode_request, opcode};
     use std::sync::Arc;
 
-    fn records(commits: crate::store::commits::Commits) -> Arc<Records> {
-        Arc::new(Records::empty(
+    fn records(commits: crate::commits::Commits) -> Arc<LeasesAndStreams> {
+        Arc::new(LeasesAndStreams::empty(
             commits,
             crate::lease::LeaseSettings {
                 timeout: std::time::Duration::from_secs(30),
@@ -896,8 +901,8 @@ mod tests {
 
     fn loop_state(registry: Arc<Registry>, max_batch: u64) -> LoopState {
         let commits = match registry.is_durable() {
-            true => crate::store::commits::Commits::persisted(),
-            false => crate::store::commits::Commits::memory_only(),
+            true => crate::commits::Commits::persisted(),
+            false => crate::commits::Commits::memory_only(),
         };
         LoopState::with_records(registry, records(commits), Limits { max_batch })
     }
@@ -1203,8 +1208,8 @@ mod tests {
         assert_eq!(status, Status::Paused(Pause::AwaitingCeiling(0)));
         assert!(
             registry
-                .ceiling_signals()
-                .wait_for_raise_request(std::time::Duration::ZERO),
+                .persister_signals()
+                .wait_for_write_request(std::time::Duration::ZERO),
             "the persister was asked for a raise"
         );
     }
@@ -1213,7 +1218,7 @@ mod tests {
     fn unavailable_ceilings_refuse_what_they_do_not_cover_and_keep_serving() {
         let registry = Arc::new(Registry::durable(8, 1));
         registry.get(0).unwrap().raise_ceiling(3); // 1 and 2 are durable
-        registry.ceiling_signals().set_unavailable(true);
+        registry.persister_signals().set_unavailable(true);
         let mut st = loop_state(registry.clone(), 10);
         let mut s = Session::new();
         let (out, status) = text_exchange(
@@ -1227,10 +1232,10 @@ mod tests {
             format!(":1\r\n:2\r\n{refused}\r\n{refused}\r\n:3\r\n+PONG\r\n")
         );
         assert_eq!(status, Status::Open);
-        assert_eq!(registry.ceiling_signals().take_refusals(), 2);
+        assert_eq!(registry.persister_signals().take_refusals(), 2);
         // The disk works again: the next request is served from the raised ceiling.
         registry.get(0).unwrap().raise_ceiling(100);
-        registry.ceiling_signals().set_unavailable(false);
+        registry.persister_signals().set_unavailable(false);
         let (out, _) = text_exchange(&mut s, &mut st, b"GETSEQ\r\n");
         assert_eq!(out, ":3\r\n");
     }
@@ -1245,7 +1250,7 @@ mod tests {
             (out.as_str(), status),
             ("", Status::Paused(Pause::AwaitingCeiling(0)))
         );
-        registry.ceiling_signals().set_unavailable(true);
+        registry.persister_signals().set_unavailable(true);
         let mut out = Vec::new();
         assert_eq!(s.resume(&mut st, &mut out), Status::Open);
         let refused = format!("-UNAVAILABLE {}", Problem::Unavailable);
@@ -1299,8 +1304,8 @@ mod tests {
         };
         assert!(
             registry
-                .ceiling_signals()
-                .wait_for_raise_request(std::time::Duration::ZERO),
+                .persister_signals()
+                .wait_for_write_request(std::time::Duration::ZERO),
             "the persister was asked for a write"
         );
         let mut out = Vec::new();
@@ -1313,7 +1318,7 @@ mod tests {
         let (out, _) = text_exchange(&mut s, &mut st, b"GET_SEQUENCE_RANGE 5 c r\r\n");
         assert_eq!(out, "2,6\r\n");
         // The disk fails: the acknowledgement is refused rather than left waiting.
-        registry.ceiling_signals().set_unavailable(true);
+        registry.persister_signals().set_unavailable(true);
         let (out, status) = text_exchange(&mut s, &mut st, b"ACK 2,6\r\nPING\r\n");
         assert!(
             out.starts_with("-UNAVAILABLE the lease could not be recorded"),

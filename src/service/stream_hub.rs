@@ -18,11 +18,15 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+pub use crate::clock::Now;
 use crate::protocol::stream::{self as wire, Message};
 use crate::protocol::{ParseError, ParseOk};
-use crate::sequence::{Refusal, Registry, SequenceId};
-use crate::store::format::StreamRecord;
-use crate::store::records::Records;
+use crate::sequence::{BeyondDurable, Refusal, Registry, SequenceId};
+use crate::state::LeasesAndStreams;
+use crate::stream::StreamRecord;
+
+// A client id the stream protocol accepts must fit the state file's stream record.
+const _: () = assert!(wire::MAX_CLIENT_ID <= crate::store::format::MAX_STREAM_CLIENT_ID);
 
 /// Key of a connection in the event loop that drives the hub.
 pub type ConnKey = usize;
@@ -48,22 +52,6 @@ pub struct StreamSettings {
     pub max_count: u32,
     /// The sequence the numbers come from.
     pub sequence: String,
-}
-
-/// The time, twice: monotonic for pacing, wall-clock for what is persisted.
-#[derive(Debug, Clone, Copy)]
-pub struct Now {
-    pub at: Instant,
-    pub unix_ms: u64,
-}
-
-impl Now {
-    pub fn current() -> Now {
-        Now {
-            at: Instant::now(),
-            unix_ms: crate::lease::unix_ms(),
-        }
-    }
 }
 
 /// What to do with the connection that sent bytes.
@@ -187,7 +175,7 @@ struct Conn {
 pub struct StreamHub {
     settings: StreamSettings,
     registry: Arc<Registry>,
-    records: Arc<Records>,
+    records: Arc<LeasesAndStreams>,
     streams: HashMap<Box<[u8]>, Stream>,
     conns: HashMap<ConnKey, Conn>,
     /// Connections the loop must close at once (taken over by a newer `CON`, or expired).
@@ -201,7 +189,7 @@ impl StreamHub {
     pub fn new(
         settings: StreamSettings,
         registry: Arc<Registry>,
-        records: Arc<Records>,
+        records: Arc<LeasesAndStreams>,
         now: Now,
     ) -> StreamHub {
         let mut streams = HashMap::new();
@@ -436,7 +424,7 @@ impl StreamHub {
                         .streams
                         .put(stream.record(client_id), &self.records.commits);
                     // Nothing is sent before the record is on disk: ask for the write now.
-                    self.registry.ceiling_signals().request_raise();
+                    self.registry.persister_signals().request_write();
                     tracing::info!(
                         client_id = %Id(client_id),
                         count,
@@ -451,12 +439,12 @@ impl StreamHub {
                     first + count
                 )),
                 Err(Refusal::AwaitingCeiling) => {
-                    let signals = self.registry.ceiling_signals();
-                    if !signals.unavailable() {
-                        signals.request_raise();
-                        return Verdict::Open;
+                    match self.registry.persister_signals().beyond_durable() {
+                        BeyondDurable::Wait => return Verdict::Open,
+                        BeyondDurable::Refuse => {
+                            Some("the durable state cannot be written (see above)".to_string())
+                        }
                     }
-                    Some("the durable state cannot be written (see above)".to_string())
                 }
                 Err(Refusal::Exhausted { remaining }) => Some(format!(
                     "sequence {:?} has only {remaining} numbers left",
@@ -695,8 +683,8 @@ impl std::fmt::Display for Id<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::commits::Commits;
     use crate::lease::LeaseSettings;
-    use crate::store::commits::Commits;
 
     const A: ConnKey = 1;
     const B: ConnKey = 2;
@@ -715,13 +703,13 @@ mod tests {
     struct Fixture {
         hub: StreamHub,
         registry: Arc<Registry>,
-        records: Arc<Records>,
+        records: Arc<LeasesAndStreams>,
         now: Now,
     }
 
     fn fixture_with(registry: Registry, commits: Commits) -> Fixture {
         let registry = Arc::new(registry);
-        let records = Arc::new(Records::empty(commits, LeaseSettings::default()));
+        let records = Arc::new(LeasesAndStreams::empty(commits, LeaseSettings::default()));
         let now = Now {
             at: Instant::now(),
             unix_ms: 1_700_000_000_000,
