@@ -1,6 +1,9 @@
-//! The stream protocol's server side (seed 003) as a pure state machine: bytes in, clock
-//! ticks in, bytes out. No sockets and no timers: the event loop that serves the stream
-//! listener feeds it what arrives, asks it what to send, and closes what it says to close.
+//! The stream protocol's server side, for the event loop that serves the stream listener:
+//! bytes in, clock ticks in, bytes out. No sockets and no timers: the loop feeds the hub what
+//! arrives, asks it what to send, and closes what it says to close. Each stream's progress is
+//! the pure [`StreamProgress`]; the hub is its driver: it decodes and encodes the wire,
+//! tracks connections, reserves numbers from the registry, keeps the durable records, and
+//! logs.
 //!
 //! A *stream* belongs to a client id and outlives connections. At `CON` it reserves `n`
 //! consecutive numbers of a seqd sequence (position `i` carries `first + i`, so the numbers
@@ -23,7 +26,7 @@ use crate::protocol::stream::{self as wire, Message};
 use crate::protocol::{ParseError, ParseOk};
 use crate::sequence::{BeyondDurable, Refusal, Registry, SequenceId};
 use crate::state::LeasesAndStreams;
-use crate::stream::StreamRecord;
+use crate::stream::progress::{Acked, Send, StreamProgress, fits_32_bits};
 
 // A client id the stream protocol accepts must fit the state file's stream record.
 const _: () = assert!(wire::MAX_CLIENT_ID <= crate::store::format::MAX_STREAM_CLIENT_ID);
@@ -31,9 +34,7 @@ const _: () = assert!(wire::MAX_CLIENT_ID <= crate::store::format::MAX_STREAM_CL
 /// Key of a connection in the event loop that drives the hub.
 pub type ConnKey = usize;
 
-/// Least time between two passes over the unacknowledged positions of a stream, and between
-/// two `CHK`s: an acknowledgement has had time to come back.
-pub const RESEND_AFTER: Duration = Duration::from_millis(200);
+pub use crate::stream::progress::RESEND_AFTER;
 /// How often abandoned streams are looked for.
 const EXPIRY_CHECK: Duration = Duration::from_secs(1);
 
@@ -63,102 +64,22 @@ pub enum Verdict {
     Close,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    /// Waiting for its numbers to be below the sequence's durable ceiling.
-    Reserving,
-    /// The first pass: `next` is the next position to send.
-    First { next: u32 },
-    /// A pass over unacknowledged positions, from `cursor`, not before `not_before`.
-    Resend { cursor: u32, not_before: Instant },
-    /// Every number is acknowledged: `CHK` until it is.
-    Checksum { not_before: Instant },
-}
-
+/// A stream as the hub serves it.
 #[derive(Debug)]
 struct Stream {
-    sequence: SequenceId,
-    /// Position `i` carries `first + i`.
-    first: u64,
-    count: u32,
-    acked: Vec<u64>,
-    acked_count: u32,
-    checksum: Option<[u8; wire::CHECKSUM_LEN]>,
-    checksum_sent: bool,
-    phase: Phase,
-    /// Nothing is sent before this change (its record) is durable.
-    change: u64,
+    progress: StreamProgress,
+    /// The connection writing it (one writer per stream).
     conn: Option<ConnKey>,
-    last_heard_ms: u64,
+    /// Computed when first sent.
+    checksum: Option<[u8; wire::CHECKSUM_LEN]>,
 }
 
 impl Stream {
-    fn new(sequence: SequenceId, count: u32, now: Now) -> Stream {
+    fn new(progress: StreamProgress) -> Stream {
         Stream {
-            sequence,
-            first: 0,
-            count,
-            acked: vec![0; (count as usize).div_ceil(64)],
-            acked_count: 0,
-            checksum: None,
-            checksum_sent: false,
-            phase: Phase::Reserving,
-            change: 0,
+            progress,
             conn: None,
-            last_heard_ms: now.unix_ms,
-        }
-    }
-
-    fn is_acked(&self, position: u32) -> bool {
-        self.acked[position as usize / 64] & (1 << (position % 64)) != 0
-    }
-
-    fn ack(&mut self, position: u32) {
-        if !self.is_acked(position) {
-            self.acked[position as usize / 64] |= 1 << (position % 64);
-            self.acked_count += 1;
-        }
-    }
-
-    /// The first unacknowledged position at or after `from`, if any.
-    fn next_unacked(&self, from: u32) -> Option<u32> {
-        let mut word = from as usize / 64;
-        let mut bits = !self.acked.get(word)? & (u64::MAX << (from % 64));
-        loop {
-            if bits != 0 {
-                let position = (word * 64) as u32 + bits.trailing_zeros();
-                return (position < self.count).then_some(position);
-            }
-            word += 1;
-            bits = !*self.acked.get(word)?;
-        }
-    }
-
-    fn all_acked(&self) -> bool {
-        self.acked_count == self.count
-    }
-
-    /// Every position below this one is acknowledged.
-    fn acked_prefix(&self) -> u32 {
-        self.next_unacked(0).unwrap_or(self.count)
-    }
-
-    fn record(&self, client_id: &[u8]) -> StreamRecord {
-        StreamRecord {
-            client_id: client_id.to_vec(),
-            sequence: self.sequence,
-            first: self.first,
-            count: self.count,
-            acked: self.acked_prefix(),
-            last_active_ms: self.last_heard_ms,
-        }
-    }
-
-    /// When this stream next has something to send (None: waiting for the client).
-    fn due(&self, now: Now) -> Option<Instant> {
-        match self.phase {
-            Phase::Reserving | Phase::First { .. } => Some(now.at),
-            Phase::Resend { not_before, .. } | Phase::Checksum { not_before } => Some(not_before),
+            checksum: None,
         }
     }
 }
@@ -194,16 +115,7 @@ impl StreamHub {
     ) -> StreamHub {
         let mut streams = HashMap::new();
         for record in records.streams.records() {
-            let mut stream = Stream::new(record.sequence, record.count, now);
-            stream.first = record.first;
-            stream.last_heard_ms = record.last_active_ms;
-            for position in 0..record.acked {
-                stream.ack(position);
-            }
-            stream.phase = Phase::Resend {
-                cursor: 0,
-                not_before: now.at,
-            };
+            let stream = Stream::new(StreamProgress::restored(&record, now));
             streams.insert(record.client_id.into_boxed_slice(), stream);
         }
         StreamHub {
@@ -238,17 +150,18 @@ impl StreamHub {
             && stream.conn == Some(key)
         {
             stream.conn = None;
-            stream.last_heard_ms = now.unix_ms;
-            if stream.phase != Phase::Reserving {
+            let progress = &mut stream.progress;
+            progress.last_heard_ms = now.unix_ms;
+            if !progress.is_reserving() {
                 // Progress so far, for a resume after a restart (written with the next state).
                 self.records
                     .streams
-                    .put(stream.record(&id), &self.records.commits);
+                    .put(progress.record(&id), &self.records.commits);
             }
             tracing::debug!(
                 client_id = %Id(&id),
-                acked = stream.acked_count,
-                count = stream.count,
+                acked = progress.acked_count,
+                count = progress.count,
                 "stream connection closed; the stream waits for a resume"
             );
         }
@@ -327,13 +240,13 @@ impl StreamHub {
             return Verdict::Close;
         }
         if let Some(stream) = self.streams.get_mut(client_id) {
-            if stream.count != count {
+            if stream.progress.count != count {
                 tracing::warn!(
                     client_id = %id,
                     count,
                     "stream CON refused: this client id's stream has {} numbers, not {count}; \
                      resume with the same n, or use another client id",
-                    stream.count
+                    stream.progress.count
                 );
                 return Verdict::Close;
             }
@@ -344,16 +257,10 @@ impl StreamHub {
                     conn.stream = None;
                 }
             }
-            stream.last_heard_ms = now.unix_ms;
-            if stream.phase != Phase::Reserving {
-                stream.phase = Phase::Resend {
-                    cursor: 0,
-                    not_before: now.at,
-                };
-            }
+            stream.progress.resumed(now);
             tracing::info!(
                 client_id = %id,
-                acked = stream.acked_count,
+                acked = stream.progress.acked_count,
                 count,
                 "stream resumed"
             );
@@ -372,7 +279,7 @@ impl StreamHub {
             let Some(sequence) = self.sequence() else {
                 return Verdict::Close;
             };
-            let mut stream = Stream::new(sequence, count, now);
+            let mut stream = Stream::new(StreamProgress::new(sequence, count, now));
             stream.conn = Some(key);
             self.streams.insert(client_id.into(), stream);
         }
@@ -401,14 +308,15 @@ impl StreamHub {
         let Some(stream) = self.streams.get_mut(client_id) else {
             return Verdict::Close;
         };
-        if stream.phase != Phase::Reserving {
+        let progress = &mut stream.progress;
+        if !progress.is_reserving() {
             return Verdict::Open;
         }
-        let Some(sequence) = self.registry.get(stream.sequence) else {
+        let Some(sequence) = self.registry.get(progress.sequence) else {
             return Verdict::Close;
         };
-        let count = u64::from(stream.count);
-        let fits = |first: u64| first + count - 1 <= u64::from(u32::MAX);
+        let count = u64::from(progress.count);
+        let fits = |first: u64| fits_32_bits(first, progress.count);
         // Checked before reserving too, so a refused CON usually consumes nothing.
         let refusal = match sequence.current() {
             next if !fits(next) => Some(format!(
@@ -417,12 +325,11 @@ impl StreamHub {
             )),
             _ => match sequence.reserve(count) {
                 Ok(first) if fits(first) => {
-                    stream.first = first;
-                    stream.phase = Phase::First { next: 0 };
-                    stream.change = self
+                    progress.reserved(first);
+                    progress.change = self
                         .records
                         .streams
-                        .put(stream.record(client_id), &self.records.commits);
+                        .put(progress.record(client_id), &self.records.commits);
                     // Nothing is sent before the record is on disk: ask for the write now.
                     self.registry.persister_signals().request_write();
                     tracing::info!(
@@ -469,23 +376,17 @@ impl StreamHub {
         if stream.conn != Some(key) {
             return Verdict::Close;
         }
-        stream.last_heard_ms = now.unix_ms;
-        if position < stream.count {
-            stream.ack(position);
-            if stream.all_acked() && matches!(stream.phase, Phase::Resend { .. }) {
-                // The last one: the checksum goes out at once.
-                stream.phase = Phase::Checksum { not_before: now.at };
+        match stream.progress.acknowledge(position, now) {
+            Acked::Position => return Verdict::Open,
+            Acked::Ignored => {
+                tracing::trace!(client_id = %Id(id), position, "ACK ignored");
+                return Verdict::Open;
             }
-            return Verdict::Open;
-        }
-        if position > stream.count || !stream.checksum_sent || !stream.all_acked() {
-            // Out of range, or the checksum acknowledged before it was sent: harmless.
-            tracing::trace!(client_id = %Id(id), position, "ACK ignored");
-            return Verdict::Open;
+            Acked::Finished => {}
         }
         tracing::info!(
             client_id = %Id(id),
-            count = stream.count,
+            count = stream.progress.count,
             "stream finished: checksum acknowledged"
         );
         self.streams.remove(id);
@@ -510,7 +411,7 @@ impl StreamHub {
         let waiting: Vec<Box<[u8]>> = self
             .streams
             .iter()
-            .filter(|(_, s)| s.phase == Phase::Reserving)
+            .filter(|(_, s)| s.progress.is_reserving())
             .map(|(id, _)| id.clone())
             .collect();
         for id in waiting {
@@ -534,7 +435,7 @@ impl StreamHub {
         }
         self.streams
             .values()
-            .filter(|s| s.due(now).is_some_and(|due| due <= now.at))
+            .filter(|s| s.progress.due(now).is_some_and(|due| due <= now.at))
             .filter_map(|s| s.conn)
             .collect()
     }
@@ -545,15 +446,15 @@ impl StreamHub {
         let expired: Vec<Box<[u8]>> = self
             .streams
             .iter()
-            .filter(|(_, s)| now.unix_ms.saturating_sub(s.last_heard_ms) >= ttl)
+            .filter(|(_, s)| now.unix_ms.saturating_sub(s.progress.last_heard_ms) >= ttl)
             .map(|(id, _)| id.clone())
             .collect();
         for id in expired {
             if let Some(stream) = self.streams.remove(&id) {
                 tracing::info!(
                     client_id = %Id(&id),
-                    acked = stream.acked_count,
-                    count = stream.count,
+                    acked = stream.progress.acked_count,
+                    count = stream.progress.count,
                     "stream expired: not heard from for {:?} (--stream-ttl)",
                     self.settings.ttl
                 );
@@ -574,69 +475,29 @@ impl StreamHub {
         let Some(stream) = self.streams.get_mut(id) else {
             return;
         };
-        if stream.conn != Some(key) || !self.records.commits.is_durable(stream.change) {
+        if stream.conn != Some(key) || !self.records.commits.is_durable(stream.progress.change) {
             return;
         }
-        let mut budget = self.settings.burst;
-        while budget > 0 {
-            match stream.phase {
-                Phase::Reserving => return,
-                Phase::First { next } => match stream.next_unacked(next) {
-                    Some(position) => {
-                        send_number(stream, position, out);
-                        stream.phase = Phase::First { next: position + 1 };
-                        budget -= 1;
-                    }
-                    None => {
-                        stream.phase = Phase::Resend {
-                            cursor: 0,
-                            not_before: now.at + RESEND_AFTER,
-                        }
-                    }
-                },
-                Phase::Resend { .. } if stream.all_acked() => {
-                    stream.phase = Phase::Checksum { not_before: now.at };
+        for _ in 0..self.settings.burst {
+            match stream.progress.next_send(now) {
+                Some(Send::Number { position, number }) => Message::Number {
+                    sequence: position,
+                    number,
                 }
-                Phase::Resend { cursor, not_before } => {
-                    if now.at < not_before {
-                        return;
+                .encode(out),
+                Some(Send::Checksum { count }) => {
+                    let progress = &stream.progress;
+                    let checksum = *stream
+                        .checksum
+                        .get_or_insert_with(|| wire::checksum(progress.numbers()));
+                    Message::Checksum {
+                        sequence: count,
+                        checksum: &checksum,
                     }
-                    match stream.next_unacked(cursor) {
-                        Some(position) => {
-                            send_number(stream, position, out);
-                            stream.phase = Phase::Resend {
-                                cursor: position + 1,
-                                not_before,
-                            };
-                            budget -= 1;
-                        }
-                        None => {
-                            stream.phase = Phase::Resend {
-                                cursor: 0,
-                                not_before: now.at + RESEND_AFTER,
-                            }
-                        }
-                    }
-                }
-                Phase::Checksum { not_before } => {
-                    if now.at >= not_before {
-                        let (first, count) = (stream.first, stream.count);
-                        let checksum = *stream.checksum.get_or_insert_with(|| {
-                            // Positions carry `first + i`, all within 32 bits (checked at CON).
-                            wire::checksum((0..count).map(|i| (first + u64::from(i)) as u32))
-                        });
-                        Message::Checksum {
-                            sequence: count,
-                            checksum: &checksum,
-                        }
-                        .encode(out);
-                        stream.checksum_sent = true;
-                        stream.phase = Phase::Checksum {
-                            not_before: now.at + RESEND_AFTER,
-                        };
-                    }
+                    .encode(out);
                     return;
                 }
+                None => return,
             }
         }
     }
@@ -646,8 +507,8 @@ impl StreamHub {
         let sending = self
             .streams
             .values()
-            .filter(|s| s.conn.is_some() || s.phase == Phase::Reserving)
-            .filter_map(|s| s.due(now))
+            .filter(|s| s.conn.is_some() || s.progress.is_reserving())
+            .filter_map(|s| s.progress.due(now))
             .min()
             .map(|due| {
                 due.saturating_duration_since(now.at)
@@ -662,15 +523,6 @@ impl StreamHub {
     }
 }
 
-fn send_number(stream: &Stream, position: u32, out: &mut Vec<u8>) {
-    Message::Number {
-        sequence: position,
-        // Within 32 bits: checked when the numbers were reserved.
-        number: (stream.first + u64::from(position)) as u32,
-    }
-    .encode(out);
-}
-
 /// A client id in a log line: printable ASCII as is, other bytes escaped.
 struct Id<'a>(&'a [u8]);
 
@@ -681,375 +533,5 @@ impl std::fmt::Display for Id<'_> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::commits::Commits;
-    use crate::lease::LeaseSettings;
-
-    const A: ConnKey = 1;
-    const B: ConnKey = 2;
-
-    fn settings() -> StreamSettings {
-        StreamSettings {
-            interval: Duration::from_millis(1),
-            burst: 64,
-            ttl: Duration::from_secs(60),
-            max_streams: 2,
-            max_count: 1000,
-            sequence: "stream".into(),
-        }
-    }
-
-    struct Fixture {
-        hub: StreamHub,
-        registry: Arc<Registry>,
-        records: Arc<LeasesAndStreams>,
-        now: Now,
-    }
-
-    fn fixture_with(registry: Registry, commits: Commits) -> Fixture {
-        let registry = Arc::new(registry);
-        let records = Arc::new(LeasesAndStreams::empty(commits, LeaseSettings::default()));
-        let now = Now {
-            at: Instant::now(),
-            unix_ms: 1_700_000_000_000,
-        };
-        let hub = StreamHub::new(settings(), registry.clone(), records.clone(), now);
-        Fixture {
-            hub,
-            registry,
-            records,
-            now,
-        }
-    }
-
-    fn fixture() -> Fixture {
-        fixture_with(Registry::new(8, 100), Commits::memory_only())
-    }
-
-    fn con(count: u32, id: &[u8]) -> Vec<u8> {
-        let mut out = Vec::new();
-        Message::Connect {
-            count,
-            client_id: id,
-        }
-        .encode(&mut out);
-        out
-    }
-
-    fn ack(sequence: u32) -> Vec<u8> {
-        let mut out = Vec::new();
-        Message::Ack { sequence }.encode(&mut out);
-        out
-    }
-
-    /// What the server sent: (position, number) per NUM, and CHK as (n, u32::MAX).
-    fn sent(mut bytes: &[u8]) -> Vec<(u32, u32)> {
-        let mut messages = Vec::new();
-        while !bytes.is_empty() {
-            let ParseOk { message, consumed } = wire::decode(bytes).unwrap();
-            messages.push(match message {
-                Message::Number { sequence, number } => (sequence, number),
-                Message::Checksum { sequence, .. } => (sequence, u32::MAX),
-                other => panic!("the server sent {other:?}"),
-            });
-            bytes = &bytes[consumed..];
-        }
-        messages
-    }
-
-    impl Fixture {
-        fn advance(&mut self, by: Duration) {
-            self.now.at += by;
-            self.now.unix_ms += by.as_millis() as u64;
-        }
-
-        /// One tick; what `key` is sent.
-        fn tick(&mut self, key: ConnKey) -> Vec<(u32, u32)> {
-            let mut out = Vec::new();
-            for due in self.hub.tick(self.now) {
-                if due == key {
-                    self.hub.fill(key, &mut out, self.now);
-                }
-            }
-            sent(&out)
-        }
-
-        fn send(&mut self, key: ConnKey, bytes: &[u8]) -> Verdict {
-            self.hub.receive(key, bytes, self.now)
-        }
-    }
-
-    fn numbers(first: u32, positions: impl IntoIterator<Item = u32>) -> Vec<(u32, u32)> {
-        positions.into_iter().map(|p| (p, first + p)).collect()
-    }
-
-    #[test]
-    fn a_whole_stream_then_its_checksum() {
-        let mut f = fixture();
-        f.hub.open(A);
-        assert_eq!(f.send(A, &con(5, b"abc")), Verdict::Open);
-        assert_eq!(
-            f.tick(A),
-            numbers(100, 0..5),
-            "pushed without waiting for acks"
-        );
-        assert_eq!(f.tick(A), vec![], "nothing until acks or the resend delay");
-        for position in 0..5 {
-            assert_eq!(f.send(A, &ack(position)), Verdict::Open);
-        }
-        assert_eq!(
-            f.tick(A),
-            vec![(5, u32::MAX)],
-            "all acknowledged: the checksum"
-        );
-        let mut out = Vec::new();
-        f.advance(RESEND_AFTER);
-        f.hub.fill(A, &mut out, f.now);
-        let ParseOk { message, .. } = wire::decode(&out).unwrap();
-        assert_eq!(
-            message,
-            Message::Checksum {
-                sequence: 5,
-                checksum: &wire::checksum(100..105),
-            },
-            "resent until acknowledged"
-        );
-        assert_eq!(f.records.streams.records().len(), 1);
-        assert_eq!(f.send(A, &ack(5)), Verdict::Close, "finished");
-        assert_eq!(f.hub.streams(), 0);
-        assert!(f.records.streams.records().is_empty(), "cleaned up");
-        assert_eq!(f.registry.get(1).unwrap().name(), "stream");
-        assert_eq!(
-            f.registry.get(1).unwrap().current(),
-            105,
-            "reserved from a sequence"
-        );
-    }
-
-    #[test]
-    fn duplicate_reordered_and_out_of_range_acks_are_harmless() {
-        let mut f = fixture();
-        f.hub.open(A);
-        f.send(A, &con(6, b"abc"));
-        assert_eq!(f.tick(A).len(), 6);
-        let mut acks = Vec::new();
-        for position in [4, 1, 4, 1, 99, 6, u32::MAX, 3] {
-            acks.extend(ack(position));
-        }
-        assert_eq!(f.send(A, &acks), Verdict::Open);
-        f.advance(RESEND_AFTER);
-        assert_eq!(
-            f.tick(A),
-            numbers(100, [0, 2, 5]),
-            "the unacknowledged, in order"
-        );
-        for position in [0, 2, 5] {
-            f.send(A, &ack(position));
-        }
-        assert_eq!(f.tick(A), vec![(6, u32::MAX)]);
-    }
-
-    #[test]
-    fn bytes_split_anywhere_mean_the_same() {
-        let mut input = con(3, b"split");
-        input.extend(ack(0));
-        input.extend(ack(2));
-        for cut in 0..input.len() {
-            let mut f = fixture();
-            f.hub.open(A);
-            assert_eq!(f.send(A, &input[..cut]), Verdict::Open);
-            assert_eq!(f.send(A, &input[cut..]), Verdict::Open);
-            assert_eq!(
-                f.tick(A),
-                numbers(100, [1]),
-                "split at {cut}: acknowledged skipped"
-            );
-            f.send(A, &ack(1));
-            assert_eq!(f.tick(A), vec![(3, u32::MAX)]);
-        }
-    }
-
-    #[test]
-    fn a_resume_takes_the_stream_over_and_resends_what_was_not_acknowledged() {
-        let mut f = fixture();
-        f.hub.open(A);
-        f.send(A, &con(4, b"id"));
-        assert_eq!(f.tick(A).len(), 4);
-        f.send(A, &ack(1));
-        f.hub.open(B);
-        assert_eq!(f.send(B, &con(4, b"id")), Verdict::Open);
-        assert_eq!(f.hub.take_to_close(), vec![A], "never two writers");
-        assert_eq!(
-            f.tick(B),
-            numbers(100, [0, 2, 3]),
-            "the resend pass starts at once"
-        );
-        assert_eq!(
-            f.send(A, &ack(0)),
-            Verdict::Close,
-            "the old connection is not heard"
-        );
-        f.hub.close(A, f.now);
-        f.hub.close(B, f.now);
-        // The progress is recorded when the connection goes.
-        assert_eq!(f.records.streams.records()[0].acked, 0);
-        f.hub.open(A);
-        f.send(A, &con(4, b"id"));
-        for position in 0..4 {
-            f.send(A, &ack(position));
-        }
-        assert_eq!(f.tick(A), vec![(4, u32::MAX)]);
-    }
-
-    #[test]
-    fn nothing_is_sent_before_the_stream_is_durable() {
-        let mut f = fixture_with(Registry::new(8, 100), Commits::persisted());
-        f.hub.open(A);
-        f.send(A, &con(2, b"id"));
-        assert_eq!(f.tick(A), vec![]);
-        assert!(f.records.commits.pending(), "its record waits for a write");
-        f.records.commits.mark_durable(f.records.commits.last());
-        assert_eq!(f.tick(A), numbers(100, 0..2));
-    }
-
-    #[test]
-    fn numbers_wait_for_a_durable_ceiling() {
-        let registry = Registry::durable(8, 100);
-        let mut f = fixture_with(registry, Commits::memory_only());
-        f.hub.open(A);
-        assert_eq!(f.send(A, &con(2, b"id")), Verdict::Open);
-        assert_eq!(f.tick(A), vec![]);
-        f.registry.get(1).unwrap().raise_ceiling(1000);
-        assert_eq!(f.tick(A), numbers(100, 0..2));
-    }
-
-    #[test]
-    fn refused_cons_close_the_connection() {
-        let mut f = fixture();
-        for (count, id) in [(0, &b"a"[..]), (1001, b"a"), (1, b"")] {
-            f.hub.open(A);
-            assert_eq!(f.send(A, &con(count, id)), Verdict::Close, "n {count}");
-        }
-        f.hub.open(A);
-        f.send(A, &con(3, b"a"));
-        f.hub.open(B);
-        assert_eq!(
-            f.send(B, &con(4, b"a")),
-            Verdict::Close,
-            "n differs from the stream's"
-        );
-        f.send(B, &con(3, b"b"));
-        f.hub.open(3);
-        assert_eq!(f.send(3, &con(3, b"c")), Verdict::Close, "--max-streams");
-        assert_eq!(f.hub.streams(), 2);
-    }
-
-    #[test]
-    fn numbers_that_would_not_fit_32_bits_are_refused() {
-        let mut f = fixture_with(
-            Registry::new(8, u64::from(u32::MAX) - 2),
-            Commits::memory_only(),
-        );
-        f.hub.open(A);
-        assert_eq!(f.send(A, &con(3, b"fits")), Verdict::Open);
-        f.hub.open(B);
-        assert_eq!(f.send(B, &con(1, b"too-far")), Verdict::Close);
-        assert_eq!(f.hub.streams(), 1);
-        assert_eq!(
-            f.tick(A),
-            vec![(0, u32::MAX - 2), (1, u32::MAX - 1), (2, u32::MAX)]
-        );
-    }
-
-    #[test]
-    fn protocol_violations_close_the_connection() {
-        let mut f = fixture();
-        let mut number = Vec::new();
-        Message::Number {
-            sequence: 0,
-            number: 1,
-        }
-        .encode(&mut number);
-        let mut con_twice = con(1, b"x");
-        con_twice.extend(con(1, b"x"));
-        for input in [ack(0), number, b"GET".to_vec(), con_twice] {
-            f.hub.open(A);
-            assert_eq!(f.send(A, &input), Verdict::Close, "{input:?}");
-            f.hub.close(A, f.now);
-        }
-    }
-
-    #[test]
-    fn abandoned_streams_expire() {
-        let mut f = fixture();
-        f.hub.open(A);
-        f.send(A, &con(2, b"gone"));
-        f.hub.open(B);
-        f.send(B, &con(2, b"here"));
-        f.hub.close(A, f.now);
-        f.advance(Duration::from_secs(30));
-        f.send(B, &ack(0));
-        f.advance(Duration::from_secs(31));
-        f.tick(B);
-        assert_eq!(
-            f.hub.streams(),
-            1,
-            "only the one heard from within the TTL is left"
-        );
-        assert_eq!(f.records.streams.records()[0].client_id, b"here");
-        f.advance(Duration::from_secs(60));
-        f.tick(B);
-        assert_eq!(f.hub.streams(), 0);
-        assert_eq!(
-            f.hub.take_to_close(),
-            vec![B],
-            "an expired stream's connection closes"
-        );
-    }
-
-    #[test]
-    fn recovered_streams_resume_with_the_same_numbers() {
-        let mut f = fixture();
-        f.hub.open(A);
-        f.send(A, &con(4, b"id"));
-        f.tick(A);
-        f.send(A, &ack(0));
-        f.send(A, &ack(2));
-        f.hub.close(A, f.now);
-        // A restart: a new hub from the records.
-        let mut hub = StreamHub::new(settings(), f.registry.clone(), f.records.clone(), f.now);
-        hub.open(B);
-        assert_eq!(hub.receive(B, &con(4, b"id"), f.now), Verdict::Open);
-        let mut out = Vec::new();
-        for key in hub.tick(f.now) {
-            hub.fill(key, &mut out, f.now);
-        }
-        assert_eq!(
-            sent(&out),
-            numbers(100, [1, 2, 3]),
-            "only the acked prefix survives"
-        );
-    }
-
-    #[test]
-    fn ticks_are_asked_for_only_while_something_is_due() {
-        let mut f = fixture();
-        assert_eq!(f.hub.next_tick(f.now), None);
-        f.hub.open(A);
-        f.send(A, &con(2, b"id"));
-        assert_eq!(f.hub.next_tick(f.now), Some(Duration::from_millis(1)));
-        f.tick(A);
-        assert_eq!(
-            f.hub.next_tick(f.now),
-            Some(RESEND_AFTER),
-            "waiting for acks"
-        );
-        f.hub.close(A, f.now);
-        assert_eq!(
-            f.hub.next_tick(f.now),
-            Some(EXPIRY_CHECK),
-            "only expiry is left"
-        );
-    }
-}
+#[path = "stream_hub_tests.rs"]
+mod tests;

@@ -1,5 +1,7 @@
 //! Resumable streams (the stream protocol), served by one event loop: the per-stream state
-//! machine and its durable record.
+//! machine ([`progress`]) and its durable record.
+
+pub mod progress;
 
 /// One stream's durable record: position `i` carries the number `first + i`.
 #[derive(Debug, Clone, PartialEq, Eq)]
