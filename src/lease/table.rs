@@ -17,6 +17,9 @@
 //! A lease requested with a client id and a request id is found again by those ids: a retry
 //! gets the same range, for as long as the lease is remembered (while outstanding, and for
 //! one `--lease-timeout` after it finished — the *retention*).
+//!
+//! (Over 600 lines: one lease life cycle whose rules only hold together — grant, retry,
+//! acknowledge, expire, forget, reuse — and its unit tests.)
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
@@ -717,7 +720,7 @@ mod tests {
     }
 
     #[test]
-    fn seed_000_exchange() {
+    fn lease_protocol_exchange() {
         let mut f = fixture(false);
         assert_eq!(f.grant(20, None, 0), Ok((1001, 1020)));
         assert!(f.commits.pending(), "the grant waits for a write");

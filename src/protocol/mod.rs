@@ -14,11 +14,11 @@ use std::fmt;
 
 use crate::sequence::{NameError, SequenceId};
 
-/// How a text request was framed, so a reply that has no RESP type of its own (seed 000's
-/// `start,end` line) is written the way that client can read it.
+/// How a text request was framed, so a reply that has no RESP type of its own (the lease
+/// protocol's `start,end` line) is written the way that client can read it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Framing {
-    /// An inline line (telnet, nc, seed 000's client), or a binary frame.
+    /// An inline line (telnet, nc, the lease protocol's client), or a binary frame.
     Inline,
     /// A RESP array (redis-cli).
     Resp,
@@ -97,7 +97,7 @@ pub enum Request<'a> {
     Ping { echo: Option<&'a [u8]> },
     /// Resolve (creating if needed) a sequence name to the id binary requests carry.
     Open { name: &'a [u8] },
-    /// Seed 000's `GET_SEQUENCE_RANGE n`: `count` consecutive numbers held as a lease until
+    /// The lease protocol's `GET_SEQUENCE_RANGE n`: `count` consecutive numbers held as a lease until
     /// acknowledged; with `ids`, a retry returns the same range.
     Lease {
         target: Target<'a>,
@@ -105,7 +105,7 @@ pub enum Request<'a> {
         ids: Option<LeaseIds<'a>>,
         framing: Framing,
     },
-    /// Seed 000's `ACK start,end`: the lease of exactly this inclusive range arrived.
+    /// The lease protocol's `ACK start,end`: the lease of exactly this inclusive range arrived.
     Ack {
         target: Target<'a>,
         first: u64,
@@ -142,7 +142,7 @@ pub enum Reply<'a> {
         echo: Option<&'a [u8]>,
     },
     Opened(SequenceId),
-    /// A lease of `count` numbers from `first`: `first,last` in text (seed 000).
+    /// A lease of `count` numbers from `first`: `first,last` in text (the lease protocol).
     Leased {
         first: u64,
         count: u64,
@@ -353,7 +353,7 @@ impl Problem<'_> {
 impl fmt::Display for Problem<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
-            // Seed 001's wording, kept byte for byte.
+            // The text protocol's documented wording, kept byte for byte.
             Problem::UnknownCommand(name) => write!(
                 f,
                 "Unknown command '{}'. Supported: {TEXT_COMMANDS}",

@@ -178,7 +178,7 @@ impl Sequence {
         }
     }
 
-    /// The next number to be issued (seed 001's `CURRENT`: after 1, 2, 3 it is 4).
+    /// The next number to be issued (the text protocol's `CURRENT`: after 1, 2, 3 it is 4).
     #[inline]
     pub fn current(&self) -> u64 {
         self.next.load(Ordering::Acquire)

@@ -129,7 +129,7 @@ impl Session {
     }
 
     /// The client will send nothing more. A last text line without a line ending is taken as
-    /// complete (`printf 'GET_SEQUENCE_RANGE 20' | nc -N`, or seed 000's client, which sends
+    /// complete (`printf 'GET_SEQUENCE_RANGE 20' | nc -N`, or the lease protocol's reference client, which sends
     /// `ACK start,end` without one and closes).
     pub fn end_of_input(&mut self, state: &mut LoopState, out: &mut Vec<u8>) -> Status {
         self.input_ended = true;

@@ -51,7 +51,7 @@ fn binary_replies(out: &[u8]) -> Vec<(u8, u8, u32, u64)> {
 }
 
 #[test]
-fn seed_001_transcript() {
+fn text_protocol_transcript() {
     let mut st = state(1);
     let mut s = Session::new();
     let input = b"GETSEQ\r\nGETSEQ\r\nGETSEQ\r\nCURRENT\r\nCURRENT\r\nGETSEQ\r\n";
@@ -379,7 +379,7 @@ fn a_parked_run_is_refused_when_ceilings_become_unavailable() {
 }
 
 #[test]
-fn seed_000_lease_and_ack() {
+fn lease_protocol_lease_and_ack() {
     let mut st = state(1001);
     let mut s = Session::new();
     let (out, status) = text_exchange(

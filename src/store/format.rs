@@ -5,6 +5,9 @@
 //! LeasesAndStreams are `kind | length | payload`, so kinds can be added (leases, stream state) without
 //! changing how the file is framed. A reader refuses a kind it does not know rather than drop
 //! state it cannot interpret (a lease it forgot could be handed out twice).
+//!
+//! (Over 600 lines: the last 300 are the format's unit tests, docs/STATE.md's hex example
+//! among them.)
 
 use crate::lease::{LeaseCounters, LeaseRecord, LeaseStatus, PooledRange};
 use crate::sequence::END_OF_SPACE;
@@ -27,13 +30,13 @@ const FLAG_CLEAN_SHUTDOWN: u16 = 1;
 pub mod kind {
     /// One sequence: id, next, ceiling, name.
     pub const SEQUENCE: u16 = 1;
-    /// One range lease (seed 000): its range, state, time, client and request ids.
+    /// One range lease (the lease protocol): its range, state, time, client and request ids.
     pub const LEASE: u16 = 2;
     /// A range in the lease reuse pool (`--lease-reuse`).
     pub const POOLED_RANGE: u16 = 3;
     /// The lease counters (at most one record).
     pub const LEASE_COUNTERS: u16 = 4;
-    /// One resumable stream (seed 003): its client id, numbers and progress.
+    /// One resumable stream (the stream protocol): its client id, numbers and progress.
     pub const STREAM: u16 = 5;
 }
 

@@ -16,6 +16,8 @@
 //! beyond them are refused instead of left waiting), logs once and then at most every
 //! [`FAILURE_LOG_INTERVAL`], retries with backoff, and clears the mark after the first write
 //! that succeeds.
+//!
+//! (Over 600 lines: about half is the unit tests of the write loop, kept beside it.)
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -5,8 +5,8 @@
 //! - every recovered sequence resumes at its ceiling: nothing at or above it was issued; after
 //!   a clean shutdown the ceiling is the exact next number, so nothing is skipped;
 //! - `--initial` only sets where *new* sequences begin; an explicit value below a recovered
-//!   sequence's resume point is refused (it reads like seed 001's "restart at N" and would
-//!   reissue numbers if it were honoured);
+//!   sequence's resume point is refused (it reads like the original text server's "restart
+//!   at N" and would reissue numbers if it were honoured);
 //! - no state in a fresh directory is a fresh start; no state where a previous seqd recorded
 //!   itself as owner (so a state existed) is refused, never a silent restart at `--initial`.
 
