@@ -169,10 +169,11 @@ pub(super) enum Flow {
     Continue,
     /// Continue; the request joined the run as this count (see [`Segment`]).
     Joined(u64),
-    /// Stop decoding; the request just decoded was *not* handled and must be decoded again.
-    Park(SequenceId),
+    /// Stop decoding until this sequence's durable ceiling rises; the request just decoded
+    /// was *not* handled and must be decoded again.
+    AwaitCeiling(SequenceId),
     /// Stop decoding; the request was handled, its reply waits until a change is durable.
-    Wait(Awaiting),
+    AwaitDurable(Awaiting),
     Close,
 }
 
@@ -215,7 +216,7 @@ impl<'s, 'o, W: Wire> Executor<'s, 'o, W> {
             other => {
                 // Everything else is answered alone, after the run before it.
                 if let Err(sequence) = self.flush() {
-                    return Flow::Park(sequence);
+                    return Flow::AwaitCeiling(sequence);
                 }
                 return self.handle_alone(other);
             }
@@ -228,8 +229,8 @@ impl<'s, 'o, W: Wire> Executor<'s, 'o, W> {
             _ => match self.state.resolve(target) {
                 Ok(sequence) => sequence.id(),
                 Err(problem) => {
-                    if let Err(parked) = self.flush() {
-                        return Flow::Park(parked);
+                    if let Err(waiting) = self.flush() {
+                        return Flow::AwaitCeiling(waiting);
                     }
                     W::encode(self.out, &Reply::Error { opcode, problem });
                     return Flow::Continue;
@@ -237,8 +238,8 @@ impl<'s, 'o, W: Wire> Executor<'s, 'o, W> {
             },
         };
         if self.run.sequence != Some(sequence) {
-            if let Err(parked) = self.flush() {
-                return Flow::Park(parked);
+            if let Err(waiting) = self.flush() {
+                return Flow::AwaitCeiling(waiting);
             }
             self.run.sequence = Some(sequence);
         }
@@ -389,9 +390,9 @@ impl Flow {
     }
 
     /// Whether the request was handled (its bytes are used up).
-    // (A `Wait`'s request was handled: only its reply is held.)
+    // (An `AwaitDurable`'s request was handled: only its reply is held.)
     pub(super) fn consumed(&self) -> bool {
-        !matches!(self, Flow::Park(_))
+        !matches!(self, Flow::AwaitCeiling(_))
     }
 }
 

@@ -47,7 +47,7 @@ impl<W: Wire> Executor<'_, '_, W> {
             Err(GrantError::AwaitingCeiling) => {
                 let signals = state.registry.persister_signals();
                 match signals.beyond_durable() {
-                    BeyondDurable::Wait => Flow::Park(id),
+                    BeyondDurable::Wait => Flow::AwaitCeiling(id),
                     BeyondDurable::Refuse => {
                         signals.count_refusal();
                         self.reply(opcode, Err(Problem::Unavailable))
@@ -86,7 +86,7 @@ impl<W: Wire> Executor<'_, '_, W> {
 
 /// Encodes `awaiting`'s reply if its change is durable, or refuses it if the durable state
 /// cannot be written now (the change stays in memory: a retry with the same ids finds it);
-/// otherwise returns it as a [`Flow::Wait`].
+/// otherwise returns it as a [`Flow::AwaitDurable`].
 pub(super) fn answer_when_durable<W: Wire>(
     awaiting: Awaiting,
     state: &LoopState,
@@ -97,7 +97,7 @@ pub(super) fn answer_when_durable<W: Wire>(
         return None;
     }
     match state.registry.persister_signals().beyond_durable() {
-        BeyondDurable::Wait => Some(Flow::Wait(awaiting)),
+        BeyondDurable::Wait => Some(Flow::AwaitDurable(awaiting)),
         BeyondDurable::Refuse => {
             let problem = Problem::LeaseNotDurable;
             W::encode(

@@ -70,7 +70,7 @@ pub struct Session {
     /// while paused.
     carry: Vec<u8>,
     /// A run refused for want of durable numbers, answered first on resume.
-    parked: Option<Run>,
+    run_awaiting_ceiling: Option<Run>,
     /// A reply waiting for its change to be durable, sent first on resume (boxed: rare, and
     /// every connection carries the field).
     awaiting: Option<Box<Awaiting>>,
@@ -147,7 +147,7 @@ impl Session {
         }
     }
 
-    /// Continues after a pause: answers a parked run, then decodes held-back input.
+    /// Continues after a pause: answers a run that waited for the ceiling, then decodes held-back input.
     pub fn resume(&mut self, state: &mut LoopState, out: &mut Vec<u8>) -> Status {
         if self.closing {
             return Status::Closing;
@@ -168,16 +168,16 @@ impl Session {
     fn resume_with<W: Wire>(&mut self, state: &mut LoopState, out: &mut Vec<u8>) -> Status {
         if let Some(awaiting) = self.awaiting.as_deref().copied() {
             match answer_when_durable::<W>(awaiting, state, out) {
-                Some(Flow::Wait(awaiting)) => {
+                Some(Flow::AwaitDurable(awaiting)) => {
                     return self.paused(Pause::AwaitingDurable(awaiting.change));
                 }
                 _ => self.awaiting = None,
             }
         }
-        if let Some(run) = self.parked.take() {
+        if let Some(run) = self.run_awaiting_ceiling.take() {
             let mut executor = Executor::<W>::new(state, out, run);
             if let Err(sequence) = executor.flush() {
-                self.parked = Some(executor.run);
+                self.run_awaiting_ceiling = Some(executor.run);
                 return self.paused(Pause::AwaitingCeiling(sequence));
             }
         }
@@ -271,7 +271,7 @@ impl Session {
         if flow.proceeds()
             && let Err(sequence) = executor.flush()
         {
-            flow = Flow::Park(sequence);
+            flow = Flow::AwaitCeiling(sequence);
         }
         let Executor { state, run, .. } = executor;
         let status = match flow {
@@ -280,17 +280,17 @@ impl Session {
                 self.carry = Vec::new();
                 Status::Closing
             }
-            Flow::Wait(awaiting) => {
+            Flow::AwaitDurable(awaiting) => {
                 self.carry.extend_from_slice(data);
                 self.awaiting = Some(Box::new(awaiting));
                 self.pause = Some(Pause::AwaitingDurable(awaiting.change));
                 Status::Paused(Pause::AwaitingDurable(awaiting.change))
             }
-            Flow::Park(sequence) => {
+            Flow::AwaitCeiling(sequence) => {
                 self.carry.extend_from_slice(data);
                 if !run.is_empty() {
                     // The run keeps its buffer; the loop gets a fresh one (a rare path).
-                    self.parked = Some(run);
+                    self.run_awaiting_ceiling = Some(run);
                     return self.paused(Pause::AwaitingCeiling(sequence));
                 }
                 self.pause = Some(Pause::AwaitingCeiling(sequence));

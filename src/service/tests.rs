@@ -277,7 +277,7 @@ fn binary_unknown_sequence_id_is_an_error() {
 }
 
 #[test]
-fn ceiling_parks_the_run_and_later_input_until_resumed() {
+fn a_run_beyond_the_ceiling_waits_with_later_input_until_resumed() {
     let registry = Arc::new(Registry::durable(8, 1));
     registry.get(0).unwrap().raise_ceiling(3); // 1 and 2 may be issued
     let mut st = loop_state(registry.clone(), 10);
@@ -300,7 +300,7 @@ fn ceiling_parks_the_run_and_later_input_until_resumed() {
         (out.as_str(), status),
         ("", Status::Paused(Pause::AwaitingCeiling(0)))
     );
-    // Still not enough: stays parked.
+    // Still not enough: it keeps waiting.
     let mut out = Vec::new();
     assert_eq!(
         s.resume(&mut st, &mut out),
@@ -358,7 +358,7 @@ fn unavailable_ceilings_refuse_what_they_do_not_cover_and_keep_serving() {
 }
 
 #[test]
-fn a_parked_run_is_refused_when_ceilings_become_unavailable() {
+fn a_waiting_run_is_refused_when_ceilings_become_unavailable() {
     let registry = Arc::new(Registry::durable(8, 1));
     let mut st = loop_state(registry.clone(), 10);
     let mut s = Session::new();
