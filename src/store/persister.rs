@@ -22,7 +22,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
@@ -344,9 +344,7 @@ impl Persister {
         let state = State {
             generation: self.generation + 1,
             clean_shutdown,
-            written_at_ms: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64),
+            written_at_ms: crate::clock::unix_ms(),
             sequences,
             leases_and_streams,
         };
