@@ -6,7 +6,7 @@
 //! let range = client.get_batch(100)?;         // 100 consecutive numbers
 //! let orders = client.open("orders")?;        // a named sequence
 //! let order_id = client.get_from(orders)?;
-//! // A range lease (seed 000): a retry with the same ids gets the same range.
+//! // A range lease (the lease protocol): a retry with the same ids gets the same range.
 //! let lease = client.lease(orders, 20, Some(("scanner-7", "42")))?;
 //! client.ack(orders, lease)?;
 //! # Ok::<(), seqd::client::ClientError>(())

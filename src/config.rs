@@ -1,4 +1,4 @@
-//! The command line. Seed 001's flags are accepted in its own syntax
+//! The command line. The text protocol's original server flags are accepted in its own syntax
 //! (`--initial=1000 --port=10002 --host=0.0.0.0 --max-connections=500`).
 
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -247,8 +247,8 @@ impl Config {
     }
 
     /// How the stream protocol is served.
-    pub fn stream_settings(&self) -> crate::stream::hub::StreamSettings {
-        crate::stream::hub::StreamSettings {
+    pub fn stream_settings(&self) -> crate::service::stream_hub::StreamSettings {
+        crate::service::stream_hub::StreamSettings {
             interval: self.stream_interval,
             burst: self.stream_burst,
             ttl: self.stream_ttl,
@@ -287,7 +287,7 @@ mod tests {
     }
 
     #[test]
-    fn seed_001_flags_in_seed_syntax() {
+    fn original_flags_in_their_own_syntax() {
         let c = parse(&[
             "--initial=1000000",
             "--port=10002",
@@ -302,7 +302,7 @@ mod tests {
     }
 
     #[test]
-    fn defaults_follow_seed_001() {
+    fn defaults_follow_the_original_server() {
         let c = parse(&[]);
         assert_eq!(
             (c.initial(), c.port, c.host.as_str(), c.max_connections),

@@ -7,14 +7,13 @@ use std::sync::{Arc, mpsc};
 
 use anyhow::Context;
 use clap::Parser;
+use seqd::commits::Commits;
 use seqd::config::Config;
-use seqd::lease::Keeper;
 use seqd::sequence::{Registry, Writers};
 use seqd::server::{Event, Server, Settings};
 use seqd::service::Limits;
-use seqd::store::commits::Commits;
+use seqd::state::{LeaseKeeper, LeasesAndStreams};
 use seqd::store::persister::{Persister, Report};
-use seqd::store::records::Records;
 use seqd::store::recovery;
 use seqd::store::window::WindowPolicy;
 use signal_hook::consts::{SIGINT, SIGTERM};
@@ -107,7 +106,7 @@ fn run(config: Config) -> anyhow::Result<()> {
     // Should this fail, the first windows stay on disk unused: the next start skips them
     // (the safe direction; an event loop that did start may have issued from them).
     let server = Server::start(&settings, registry.clone(), records.clone(), events_tx)?;
-    let keeper = Keeper::spawn(records, registry)?;
+    let keeper = LeaseKeeper::spawn(records, registry)?;
     let persister = match persister {
         Some(persister) => {
             let wakers = server.wakers();
@@ -183,7 +182,7 @@ fn run(config: Config) -> anyhow::Result<()> {
 fn open_sequences(
     config: &Config,
     writers: Writers,
-) -> anyhow::Result<(Arc<Registry>, Arc<Records>, Option<Persister>)> {
+) -> anyhow::Result<(Arc<Registry>, Arc<LeasesAndStreams>, Option<Persister>)> {
     if config.in_memory {
         tracing::info!(
             initial = config.initial(),
@@ -191,7 +190,7 @@ fn open_sequences(
              --initial"
         );
         let registry = Registry::new(config.max_sequences, config.initial()).with_writers(writers);
-        let records = Records::empty(Commits::memory_only(), config.lease_settings());
+        let records = LeasesAndStreams::empty(Commits::memory_only(), config.lease_settings());
         return Ok((Arc::new(registry), Arc::new(records), None));
     }
     let options = recovery::Options {

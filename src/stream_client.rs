@@ -1,4 +1,4 @@
-//! A client for the stream protocol (seed 003), with the state it needs to resume: like the
+//! A client for the stream protocol, with the state it needs to resume: like the
 //! seed's client it keeps what it received in `{dir}/{client-id}.state`, resumes from it
 //! with the same client id, and verifies the checksum at the end.
 //!

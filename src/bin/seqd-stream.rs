@@ -1,4 +1,4 @@
-//! seqd-stream: receive a stream of numbers over seed 003's protocol, resumably, and verify
+//! seqd-stream: receive a stream of numbers over the stream protocol, resumably, and verify
 //! its checksum (what the seed's `cmd/client` does, for seqd's `--stream-port`).
 
 use std::path::PathBuf;

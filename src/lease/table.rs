@@ -1,6 +1,8 @@
-//! The lease table: seed 000's range leases as pure state. No I/O and no clock: callers pass
-//! the time (milliseconds since the Unix epoch, so deadlines survive a restart) and the
-//! [`Commits`] that number each change for durability.
+//! The lease table: the lease protocol's range leases as pure state. No I/O, no clock and no
+//! log: callers pass the time (milliseconds since the Unix epoch, so deadlines survive a
+//! restart) and the [`Commits`] that number each change for durability; refusals are
+//! [`LeaseRefusal`]s (the service words them for the wire) and what deserves a log line is
+//! queued as a [`LeaseEvent`] for the caller to report.
 //!
 //! A lease is `count` consecutive numbers of one sequence, granted to a client until it
 //! acknowledges them or `--lease-timeout` passes. Its life:
@@ -15,15 +17,16 @@
 //! A lease requested with a client id and a request id is found again by those ids: a retry
 //! gets the same range, for as long as the lease is remembered (while outstanding, and for
 //! one `--lease-timeout` after it finished — the *retention*).
+//!
+//! (Over 600 lines: one lease life cycle whose rules only hold together — grant, retry,
+//! acknowledge, expire, forget, reuse — and its unit tests.)
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
-use super::LeaseCounters;
-use crate::protocol::{LeaseIds, LeaseStats, Problem};
-use crate::sequence::{Refusal, Sequence, SequenceId, validate_name};
-use crate::store::commits::Commits;
-use crate::store::format::{LeaseRecord, LeaseStatus, PooledRange};
+use super::records::{LeaseCounters, LeaseRecord, LeaseStatus, PooledRange};
+use crate::commits::Commits;
+use crate::sequence::{NameError, Refusal, Sequence, SequenceId, validate_name};
 
 /// What the command line says about leases.
 #[derive(Debug, Clone)]
@@ -64,6 +67,9 @@ impl LeaseSettings {
     }
 }
 
+/// Most events kept for the caller; later ones are dropped until it takes them.
+const MAX_QUEUED_EVENTS: usize = 1024;
+
 /// A sequence and the first number of a range: how leases and pooled ranges are keyed.
 type Key = (SequenceId, u64);
 
@@ -75,9 +81,9 @@ struct Owner {
 }
 
 impl Owner {
-    fn parse(ids: LeaseIds<'_>) -> Result<Owner, Problem<'static>> {
+    fn parse(ids: RequestIds<'_>) -> Result<Owner, LeaseRefusal> {
         let check =
-            |which, id| validate_name(id).map_err(|error| Problem::BadLeaseId { which, error });
+            |which, id| validate_name(id).map_err(|error| LeaseRefusal::BadId { which, error });
         Ok(Owner {
             client: check("client id", ids.client)?.into(),
             request: check("request id", ids.request)?.into(),
@@ -105,17 +111,102 @@ pub struct Granted {
     pub change: u64,
 }
 
+/// The names a client gives a lease request so that a retry is recognised as the same
+/// request: its own id and an id for this request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestIds<'a> {
+    pub client: &'a [u8],
+    pub request: &'a [u8],
+}
+
+/// Why the table refuses a grant or an acknowledgement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseRefusal {
+    /// `which` is "client id" or "request id".
+    BadId {
+        which: &'static str,
+        error: NameError,
+    },
+    SizeOutOfRange {
+        max: u64,
+    },
+    /// The client used this request id before for a lease of another size or sequence.
+    RequestIdReused {
+        count: u64,
+    },
+    TooManyForClient {
+        limit: u32,
+    },
+    TooManyTracked {
+        limit: usize,
+    },
+    Exhausted {
+        remaining: u64,
+    },
+    /// No lease holds `first`.
+    Unknown {
+        first: u64,
+        last: u64,
+    },
+    /// The range asked about is inside the lease `lease_first..=lease_last`, but is not it.
+    Mismatch {
+        first: u64,
+        last: u64,
+        lease_first: u64,
+        lease_last: u64,
+    },
+    /// `returned`: to the reuse pool rather than retired.
+    Expired {
+        first: u64,
+        last: u64,
+        returned: bool,
+    },
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GrantError {
-    Refused(Problem<'static>),
+    Refused(LeaseRefusal),
     /// The numbers are not yet below the sequence's durable ceiling; nothing changed.
     AwaitingCeiling,
 }
 
-impl From<Problem<'static>> for GrantError {
-    fn from(problem: Problem<'static>) -> GrantError {
-        GrantError::Refused(problem)
+impl From<LeaseRefusal> for GrantError {
+    fn from(refusal: LeaseRefusal) -> GrantError {
+        GrantError::Refused(refusal)
     }
+}
+
+/// Something that happened inside the table that an operator should hear of.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseEvent {
+    /// A lease expired unacknowledged after `timeout`. `to_pool`: its numbers go to the
+    /// reuse pool once it is forgotten (else they are retired); `so_far` counts the leases
+    /// returned (or retired) so far.
+    Expired {
+        sequence: SequenceId,
+        first: u64,
+        last: u64,
+        /// Client and request id, when the lease was requested with them.
+        owner: Option<(Box<str>, Box<str>)>,
+        timeout: Duration,
+        to_pool: bool,
+        so_far: u64,
+    },
+    /// The reuse pool was full (`ranges` ranges): the range was retired instead.
+    PoolFull {
+        sequence: SequenceId,
+        ranges: usize,
+        first: u64,
+        count: u64,
+    },
+}
+
+/// The table's state, for the `LEASES` command.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TableStats {
+    /// Leases granted and not yet acknowledged or expired.
+    pub outstanding: u64,
+    pub totals: LeaseCounters,
 }
 
 /// Why recovered lease records cannot form a table.
@@ -144,6 +235,8 @@ pub struct LeaseTable {
     /// Ranges free for reuse (`--lease-reuse`): first → count.
     pool: BTreeMap<Key, u64>,
     counters: LeaseCounters,
+    /// What happened since the caller last took the events.
+    events: Vec<LeaseEvent>,
 }
 
 impl LeaseTable {
@@ -157,11 +250,13 @@ impl LeaseTable {
             finished: BTreeSet::new(),
             pool: BTreeMap::new(),
             counters: LeaseCounters::default(),
+            events: Vec::new(),
         }
     }
 
     /// Rebuilds the table from durable records. Pooled ranges are dropped (retired) when
-    /// `--lease-reuse` is now off: returning them was the previous run's choice.
+    /// `--lease-reuse` is now off: returning them was the previous run's choice (the caller
+    /// says so in the log).
     pub fn restore(
         settings: LeaseSettings,
         leases: &[LeaseRecord],
@@ -228,14 +323,6 @@ impl LeaseTable {
             table
                 .pool
                 .extend(pool.iter().map(|r| ((r.sequence, r.first), r.count)));
-        } else if !pool.is_empty() {
-            let numbers: u64 = pool.iter().map(|r| r.count).sum();
-            tracing::warn!(
-                ranges = pool.len(),
-                numbers,
-                "--lease-reuse is off: the reuse pool of the previous run is retired (its \
-                 numbers will never be issued)"
-            );
         }
         Ok(table)
     }
@@ -246,7 +333,7 @@ impl LeaseTable {
         &mut self,
         sequence: &Sequence,
         count: u64,
-        ids: Option<LeaseIds<'_>>,
+        ids: Option<RequestIds<'_>>,
         now_ms: u64,
         commits: &Commits,
     ) -> Result<Granted, GrantError> {
@@ -258,7 +345,7 @@ impl LeaseTable {
             return self.retried(key, lease, sequence.id(), count);
         }
         if count == 0 || count > self.settings.max_size {
-            return Err(Problem::LeaseSizeOutOfRange {
+            return Err(LeaseRefusal::SizeOutOfRange {
                 max: self.settings.max_size,
             }
             .into());
@@ -270,14 +357,14 @@ impl LeaseTable {
                 .copied()
                 .unwrap_or(0);
             if held >= self.settings.max_per_client {
-                return Err(Problem::TooManyClientLeases {
+                return Err(LeaseRefusal::TooManyForClient {
                     limit: self.settings.max_per_client,
                 }
                 .into());
             }
         }
         if self.leases.len() >= self.settings.max_tracked && !self.forget_oldest(commits) {
-            return Err(Problem::TooManyLeases {
+            return Err(LeaseRefusal::TooManyTracked {
                 limit: self.settings.max_tracked,
             }
             .into());
@@ -291,7 +378,7 @@ impl LeaseTable {
                 Ok(first) => first,
                 Err(Refusal::AwaitingCeiling) => return Err(GrantError::AwaitingCeiling),
                 Err(Refusal::Exhausted { remaining }) => {
-                    return Err(Problem::Exhausted { remaining }.into());
+                    return Err(LeaseRefusal::Exhausted { remaining }.into());
                 }
             },
         };
@@ -333,11 +420,11 @@ impl LeaseTable {
         count: u64,
     ) -> Result<Granted, GrantError> {
         if key.0 != sequence || lease.count != count {
-            return Err(Problem::RequestIdReused { count: lease.count }.into());
+            return Err(LeaseRefusal::RequestIdReused { count: lease.count }.into());
         }
         let (first, last) = (key.1, key.1 + lease.count - 1);
         match lease.status {
-            LeaseStatus::Expired => Err(Problem::LeaseExpired {
+            LeaseStatus::Expired => Err(LeaseRefusal::Expired {
                 first,
                 last,
                 returned: self.settings.reuse,
@@ -361,7 +448,7 @@ impl LeaseTable {
         last: u64,
         now_ms: u64,
         commits: &Commits,
-    ) -> Result<u64, Problem<'static>> {
+    ) -> Result<u64, LeaseRefusal> {
         // The lease holding `first`, if any: the one starting at or before it.
         let holder = self
             .leases
@@ -370,10 +457,10 @@ impl LeaseTable {
             .map(|(&key, lease)| (key, key.1 + lease.count - 1))
             .filter(|&(_, lease_last)| lease_last >= first);
         let Some((key, lease_last)) = holder else {
-            return Err(Problem::UnknownLease { first, last });
+            return Err(LeaseRefusal::Unknown { first, last });
         };
         if key.1 != first || lease_last != last {
-            return Err(Problem::LeaseMismatch {
+            return Err(LeaseRefusal::Mismatch {
                 first,
                 last,
                 lease_first: key.1,
@@ -382,11 +469,11 @@ impl LeaseTable {
         }
         let retention = self.settings.retention_ms();
         let Some(lease) = self.leases.get_mut(&key) else {
-            return Err(Problem::UnknownLease { first, last });
+            return Err(LeaseRefusal::Unknown { first, last });
         };
         match lease.status {
             LeaseStatus::Acknowledged => Ok(lease.change),
-            LeaseStatus::Expired => Err(Problem::LeaseExpired {
+            LeaseStatus::Expired => Err(LeaseRefusal::Expired {
                 first,
                 last,
                 returned: self.settings.reuse,
@@ -425,30 +512,23 @@ impl LeaseTable {
             self.finished
                 .insert((deadline.saturating_add(retention), key));
             self.release(owner.as_ref());
-            let (first, last) = (key.1, key.1 + count - 1);
-            let who = owner.as_ref().map_or_else(String::new, |o| {
-                format!(" (client {}, request {})", o.client, o.request)
-            });
-            if self.settings.reuse {
+            let to_pool = self.settings.reuse;
+            let so_far = if to_pool {
                 self.counters.returned += 1;
-                tracing::warn!(
-                    sequence = key.0,
-                    "lease {first},{last}{who} expired unacknowledged after {:?}: its numbers \
-                     go to the reuse pool once it is forgotten (--lease-reuse; {} returned so \
-                     far)",
-                    self.settings.timeout,
-                    self.counters.returned
-                );
+                self.counters.returned
             } else {
                 self.counters.retired += 1;
-                tracing::info!(
-                    sequence = key.0,
-                    "lease {first},{last}{who} expired unacknowledged after {:?}: retired, its \
-                     {count} numbers will never be issued ({} leases retired so far)",
-                    self.settings.timeout,
-                    self.counters.retired
-                );
-            }
+                self.counters.retired
+            };
+            self.report(LeaseEvent::Expired {
+                sequence: key.0,
+                first: key.1,
+                last: key.1 + count - 1,
+                owner: owner.map(|o| (o.client, o.request)),
+                timeout: self.settings.timeout,
+                to_pool,
+                so_far,
+            });
         }
         while let Some(&(forget_at, _)) = self.finished.first()
             && forget_at <= now_ms
@@ -506,11 +586,12 @@ impl LeaseTable {
             count += after_count;
         }
         if self.pool.len() >= self.settings.max_tracked {
-            tracing::warn!(
+            self.report(LeaseEvent::PoolFull {
                 sequence,
-                "reuse pool full ({} ranges, --max-leases): range {first}+{count} retired instead",
-                self.pool.len()
-            );
+                ranges: self.pool.len(),
+                first,
+                count,
+            });
             return;
         }
         self.pool.insert((sequence, first), count);
@@ -530,8 +611,20 @@ impl LeaseTable {
         Some(key.1)
     }
 
-    pub fn stats(&self) -> LeaseStats {
-        LeaseStats {
+    fn report(&mut self, event: LeaseEvent) {
+        // Bounded for callers that never take them (a table without a keeper).
+        if self.events.len() < MAX_QUEUED_EVENTS {
+            self.events.push(event);
+        }
+    }
+
+    /// What happened since the last call, oldest first.
+    pub fn take_events(&mut self) -> Vec<LeaseEvent> {
+        std::mem::take(&mut self.events)
+    }
+
+    pub fn stats(&self) -> TableStats {
+        TableStats {
             outstanding: self.deadlines.len() as u64,
             totals: self.counters,
         }
@@ -602,8 +695,8 @@ mod tests {
         }
     }
 
-    fn ids<'a>(client: &'a str, request: &'a str) -> Option<LeaseIds<'a>> {
-        Some(LeaseIds {
+    fn ids<'a>(client: &'a str, request: &'a str) -> Option<RequestIds<'a>> {
+        Some(RequestIds {
             client: client.as_bytes(),
             request: request.as_bytes(),
         })
@@ -613,7 +706,7 @@ mod tests {
         fn grant(
             &mut self,
             count: u64,
-            ids: Option<LeaseIds<'_>>,
+            ids: Option<RequestIds<'_>>,
             now: u64,
         ) -> Result<(u64, u64), GrantError> {
             self.table
@@ -621,13 +714,13 @@ mod tests {
                 .map(|g| (g.first, g.first + g.count - 1))
         }
 
-        fn ack(&mut self, first: u64, last: u64, now: u64) -> Result<u64, Problem<'static>> {
+        fn ack(&mut self, first: u64, last: u64, now: u64) -> Result<u64, LeaseRefusal> {
             self.table.acknowledge(0, first, last, now, &self.commits)
         }
     }
 
     #[test]
-    fn seed_000_exchange() {
+    fn lease_protocol_exchange() {
         let mut f = fixture(false);
         assert_eq!(f.grant(20, None, 0), Ok((1001, 1020)));
         assert!(f.commits.pending(), "the grant waits for a write");
@@ -669,7 +762,9 @@ mod tests {
         assert_eq!(f.grant(20, ids("c", "r1"), 12), Ok((1001, 1020)));
         assert_eq!(
             f.grant(21, ids("c", "r1"), 12),
-            Err(GrantError::Refused(Problem::RequestIdReused { count: 20 }))
+            Err(GrantError::Refused(LeaseRefusal::RequestIdReused {
+                count: 20
+            }))
         );
         f.table.expire(10 + T, &f.commits);
         assert_eq!(
@@ -685,11 +780,11 @@ mod tests {
         f.grant(20, None, 0).unwrap();
         assert_eq!(
             f.ack(1, 5, 1),
-            Err(Problem::UnknownLease { first: 1, last: 5 })
+            Err(LeaseRefusal::Unknown { first: 1, last: 5 })
         );
         assert_eq!(
             f.ack(1021, 1030, 1),
-            Err(Problem::UnknownLease {
+            Err(LeaseRefusal::Unknown {
                 first: 1021,
                 last: 1030
             })
@@ -697,7 +792,7 @@ mod tests {
         for (first, last) in [(1001, 1019), (1005, 1020)] {
             assert_eq!(
                 f.ack(first, last, 1),
-                Err(Problem::LeaseMismatch {
+                Err(LeaseRefusal::Mismatch {
                     first,
                     last,
                     lease_first: 1001,
@@ -707,7 +802,7 @@ mod tests {
         }
         assert_eq!(
             f.table.acknowledge(1, 1001, 1020, 1, &f.commits),
-            Err(Problem::UnknownLease {
+            Err(LeaseRefusal::Unknown {
                 first: 1001,
                 last: 1020
             }),
@@ -727,7 +822,7 @@ mod tests {
             "forgotten later"
         );
         assert!(f.commits.last() > before, "expiry is a change to persist");
-        let expired = Problem::LeaseExpired {
+        let expired = LeaseRefusal::Expired {
             first: 1001,
             last: 1020,
             returned: false,
@@ -752,7 +847,7 @@ mod tests {
         f.table.expire(T, &f.commits);
         assert_eq!(
             f.ack(1001, 1020, T),
-            Err(Problem::LeaseExpired {
+            Err(LeaseRefusal::Expired {
                 first: 1001,
                 last: 1020,
                 returned: true
@@ -778,7 +873,7 @@ mod tests {
         for count in [0, 101] {
             assert_eq!(
                 f.grant(count, None, 0),
-                Err(GrantError::Refused(Problem::LeaseSizeOutOfRange {
+                Err(GrantError::Refused(LeaseRefusal::SizeOutOfRange {
                     max: 100
                 }))
             );
@@ -787,7 +882,7 @@ mod tests {
         f.grant(1, ids("c", "2"), 0).unwrap();
         assert_eq!(
             f.grant(1, ids("c", "3"), 0),
-            Err(GrantError::Refused(Problem::TooManyClientLeases {
+            Err(GrantError::Refused(LeaseRefusal::TooManyForClient {
                 limit: 2
             }))
         );
@@ -795,14 +890,16 @@ mod tests {
         f.grant(1, None, 0).unwrap();
         assert_eq!(
             f.grant(1, None, 0),
-            Err(GrantError::Refused(Problem::TooManyLeases { limit: 4 }))
+            Err(GrantError::Refused(LeaseRefusal::TooManyTracked {
+                limit: 4
+            }))
         );
         // A finished lease is forgotten early to make room; outstanding ones never are.
         f.ack(1001, 1001, 1).unwrap();
         assert_eq!(f.grant(1, ids("c", "3"), 1), Ok((1005, 1005)));
         assert!(matches!(
             f.grant(1, ids("bad id", "1"), 1),
-            Err(GrantError::Refused(Problem::BadLeaseId {
+            Err(GrantError::Refused(LeaseRefusal::BadId {
                 which: "client id",
                 ..
             }))
@@ -818,7 +915,7 @@ mod tests {
             Err(GrantError::AwaitingCeiling)
         );
         assert_eq!(f.commits.last(), 0);
-        assert_eq!(f.table.stats(), LeaseStats::default());
+        assert_eq!(f.table.stats(), TableStats::default());
         f.sequence.raise_ceiling(2000);
         assert_eq!(f.grant(20, ids("c", "r"), 0), Ok((1001, 1020)));
     }

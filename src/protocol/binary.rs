@@ -12,6 +12,9 @@
 //! `OPEN` is followed by `argument` bytes of sequence name; `LEASE` by the lengths of a client
 //! id and a request id (one byte each) and their bytes; `ACK` by the count of the range
 //! (u64). An error reply is followed by its UTF-8 message. Everything is specified, with hex examples, in docs/PROTOCOL.md.
+//!
+//! (Over 600 lines: half is the codec's unit tests and docs/PROTOCOL.md's examples, kept
+//! beside the codec they check.)
 
 use super::{Framing, LeaseIds, Need, ParseError, ParseOk, Problem, Reply, Request, Target};
 use crate::sequence::{MAX_NAME_LEN, SequenceId};

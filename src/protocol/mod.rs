@@ -14,11 +14,11 @@ use std::fmt;
 
 use crate::sequence::{NameError, SequenceId};
 
-/// How a text request was framed, so a reply that has no RESP type of its own (seed 000's
-/// `start,end` line) is written the way that client can read it.
+/// How a text request was framed, so a reply that has no RESP type of its own (the lease
+/// protocol's `start,end` line) is written the way that client can read it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Framing {
-    /// An inline line (telnet, nc, seed 000's client), or a binary frame.
+    /// An inline line (telnet, nc, the lease protocol's client), or a binary frame.
     Inline,
     /// A RESP array (redis-cli).
     Resp,
@@ -32,12 +32,20 @@ pub struct LeaseIds<'a> {
     pub request: &'a [u8],
 }
 
-/// The lease table's state, for the `LEASES` command.
+/// What the `LEASES` command reports (the wire's copy of the lease table's figures).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct LeaseStats {
     /// Leases granted and not yet acknowledged or expired.
     pub outstanding: u64,
-    pub totals: crate::lease::LeaseCounters,
+    /// Leases granted since the data directory was created (retries not counted).
+    pub granted: u64,
+    pub acknowledged: u64,
+    /// Expired unacknowledged; their numbers are never issued again.
+    pub retired: u64,
+    /// Expired unacknowledged and returned to the reuse pool.
+    pub returned: u64,
+    /// Served from the reuse pool.
+    pub reused: u64,
 }
 
 /// A decoded message and the number of bytes it occupied.
@@ -89,7 +97,7 @@ pub enum Request<'a> {
     Ping { echo: Option<&'a [u8]> },
     /// Resolve (creating if needed) a sequence name to the id binary requests carry.
     Open { name: &'a [u8] },
-    /// Seed 000's `GET_SEQUENCE_RANGE n`: `count` consecutive numbers held as a lease until
+    /// The lease protocol's `GET_SEQUENCE_RANGE n`: `count` consecutive numbers held as a lease until
     /// acknowledged; with `ids`, a retry returns the same range.
     Lease {
         target: Target<'a>,
@@ -97,7 +105,7 @@ pub enum Request<'a> {
         ids: Option<LeaseIds<'a>>,
         framing: Framing,
     },
-    /// Seed 000's `ACK start,end`: the lease of exactly this inclusive range arrived.
+    /// The lease protocol's `ACK start,end`: the lease of exactly this inclusive range arrived.
     Ack {
         target: Target<'a>,
         first: u64,
@@ -134,7 +142,7 @@ pub enum Reply<'a> {
         echo: Option<&'a [u8]>,
     },
     Opened(SequenceId),
-    /// A lease of `count` numbers from `first`: `first,last` in text (seed 000).
+    /// A lease of `count` numbers from `first`: `first,last` in text (the lease protocol).
     Leased {
         first: u64,
         count: u64,
@@ -345,7 +353,7 @@ impl Problem<'_> {
 impl fmt::Display for Problem<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
-            // Seed 001's wording, kept byte for byte.
+            // The text protocol's documented wording, kept byte for byte.
             Problem::UnknownCommand(name) => write!(
                 f,
                 "Unknown command '{}'. Supported: {TEXT_COMMANDS}",

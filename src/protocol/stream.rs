@@ -1,4 +1,4 @@
-//! The stream protocol of seed 003: a TLV stream the server pushes, acknowledged per message,
+//! The stream protocol: a TLV stream the server pushes, acknowledged per message,
 //! resumable by client id, closed by a checksum. Byte-compatible with the seed's Go client.
 //!
 //! Every message starts with a 3-byte ASCII tag; integers are big-endian `u32`.
@@ -159,7 +159,7 @@ mod tests {
         out
     }
 
-    // Hand-written from seed 003's message format; these are docs/PROTOCOL.md's examples.
+    // Hand-written from the stream protocol's message format; these are docs/PROTOCOL.md's examples.
     #[test]
     fn byte_exact_messages() {
         let cases: [(Message<'_>, &str); 4] = [

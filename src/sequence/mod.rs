@@ -11,14 +11,14 @@
 //! a reservation that would cross it is refused with [`Refusal::AwaitingCeiling`] until the
 //! ceiling has been raised (so callers never need to know which mode they run in).
 
-mod ceiling;
 mod registry;
+mod signals;
 
-pub use ceiling::CeilingSignals;
 pub use registry::{
     MAX_NAME_LEN, NameError, RebuildError, RecoveredSequence, Registry, RegistryError,
     validate_name,
 };
+pub use signals::{BeyondDurable, PersisterSignals};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -178,7 +178,7 @@ impl Sequence {
         }
     }
 
-    /// The next number to be issued (seed 001's `CURRENT`: after 1, 2, 3 it is 4).
+    /// The next number to be issued (the text protocol's `CURRENT`: after 1, 2, 3 it is 4).
     #[inline]
     pub fn current(&self) -> u64 {
         self.next.load(Ordering::Acquire)

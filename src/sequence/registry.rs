@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
 
 use super::{
-    CeilingSignals, DEFAULT_NAME, DEFAULT_SEQUENCE, END_OF_SPACE, Sequence, SequenceId, Writers,
+    DEFAULT_NAME, DEFAULT_SEQUENCE, END_OF_SPACE, PersisterSignals, Sequence, SequenceId, Writers,
 };
 
 /// Longest accepted sequence name, in bytes.
@@ -98,7 +98,7 @@ pub struct Registry {
     durable: bool,
     /// Who may reserve from its sequences (see [`Writers`]).
     writers: Writers,
-    signals: CeilingSignals,
+    signals: PersisterSignals,
 }
 
 impl Registry {
@@ -184,7 +184,7 @@ impl Registry {
             initial,
             durable,
             writers: Writers::Many,
-            signals: CeilingSignals::default(),
+            signals: PersisterSignals::default(),
         }
     }
 
@@ -213,7 +213,7 @@ impl Registry {
 
     /// The link between the loops and whoever raises ceilings.
     #[inline]
-    pub fn ceiling_signals(&self) -> &CeilingSignals {
+    pub fn persister_signals(&self) -> &PersisterSignals {
         &self.signals
     }
 

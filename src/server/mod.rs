@@ -20,8 +20,8 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::sequence::Registry;
 use crate::service::Limits;
-use crate::store::records::Records;
-use crate::stream::hub::StreamSettings;
+use crate::service::stream_hub::StreamSettings;
+use crate::state::LeasesAndStreams;
 
 /// How the server is to run.
 #[derive(Debug, Clone)]
@@ -41,7 +41,7 @@ pub struct Settings {
 #[derive(Debug)]
 struct Shared {
     registry: Arc<Registry>,
-    records: Arc<Records>,
+    records: Arc<LeasesAndStreams>,
     connections: AtomicUsize,
     max_connections: usize,
     shutdown: AtomicBool,
@@ -89,7 +89,7 @@ impl Server {
     pub fn start(
         settings: &Settings,
         registry: Arc<Registry>,
-        records: Arc<Records>,
+        records: Arc<LeasesAndStreams>,
         events: mpsc::Sender<Event>,
     ) -> anyhow::Result<Server> {
         ensure_fd_limit(settings.max_connections, settings.threads);

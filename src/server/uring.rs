@@ -30,8 +30,8 @@ use super::bufring::BufRing;
 use super::pool::OutputPool;
 use super::probe::{self, Features};
 use crate::protocol::{Problem, Reply, text};
+use crate::service::stream_hub::{Now, StreamHub, StreamSettings, Verdict};
 use crate::service::{LoopState, Pause, Session, Status};
-use crate::stream::hub::{Now, StreamHub, StreamSettings, Verdict};
 
 const SUBMISSION_ENTRIES: u32 = 4096;
 const COMPLETION_ENTRIES: u32 = 16384;

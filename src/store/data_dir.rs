@@ -177,7 +177,7 @@ impl DataDir {
         Ok(Some(state))
     }
 
-    /// Records this process's pid in the lock file, for a second seqd's error message. Done
+    /// LeasesAndStreams this process's pid in the lock file, for a second seqd's error message. Done
     /// after the first state is durable: a recorded owner tells later starts that a state
     /// must exist.
     fn record_owner(&mut self) -> Result<(), WriteError> {
@@ -278,7 +278,7 @@ mod tests {
                 next: 1,
                 ceiling,
             }],
-            ledger: Default::default(),
+            leases_and_streams: Default::default(),
         }
     }
 

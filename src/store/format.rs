@@ -2,12 +2,17 @@
 //! a hex example (checked by a test below).
 //!
 //! A file is a fixed header, a list of typed records and a CRC-32 of everything before it.
-//! Records are `kind | length | payload`, so kinds can be added (leases, stream state) without
+//! LeasesAndStreams are `kind | length | payload`, so kinds can be added (leases, stream state) without
 //! changing how the file is framed. A reader refuses a kind it does not know rather than drop
 //! state it cannot interpret (a lease it forgot could be handed out twice).
+//!
+//! (Over 600 lines: the last 300 are the format's unit tests, docs/STATE.md's hex example
+//! among them.)
 
-pub use crate::lease::LeaseCounters;
+use crate::lease::{LeaseCounters, LeaseRecord, LeaseStatus, PooledRange};
 use crate::sequence::END_OF_SPACE;
+use crate::state::LeaseAndStreamRecords;
+use crate::stream::StreamRecord;
 
 /// First bytes of every state file.
 pub const MAGIC: [u8; 8] = *b"SEQDSTAT";
@@ -25,13 +30,13 @@ const FLAG_CLEAN_SHUTDOWN: u16 = 1;
 pub mod kind {
     /// One sequence: id, next, ceiling, name.
     pub const SEQUENCE: u16 = 1;
-    /// One range lease (seed 000): its range, state, time, client and request ids.
+    /// One range lease (the lease protocol): its range, state, time, client and request ids.
     pub const LEASE: u16 = 2;
     /// A range in the lease reuse pool (`--lease-reuse`).
     pub const POOLED_RANGE: u16 = 3;
     /// The lease counters (at most one record).
     pub const LEASE_COUNTERS: u16 = 4;
-    /// One resumable stream (seed 003): its client id, numbers and progress.
+    /// One resumable stream (the stream protocol): its client id, numbers and progress.
     pub const STREAM: u16 = 5;
 }
 
@@ -46,8 +51,9 @@ const LEASE_COUNTERS_LEN: usize = 40;
 const STREAM_FIXED_LEN: usize = 30;
 /// Longest lease client or request id.
 pub const MAX_LEASE_ID: usize = 64;
-/// Longest stream client id (the stream protocol's own bound).
-pub const MAX_STREAM_CLIENT_ID: usize = crate::protocol::stream::MAX_CLIENT_ID;
+/// Longest stream client id a record may hold (the stream protocol's bound is checked
+/// against it where both meet, in `service::stream_hub`).
+pub const MAX_STREAM_CLIENT_ID: usize = 256;
 
 /// The durable state of a data directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,63 +67,7 @@ pub struct State {
     /// Every sequence, in id order.
     pub sequences: Vec<SequenceRecord>,
     /// Leases and streams.
-    pub ledger: Ledger,
-}
-
-/// The state besides sequences: range leases (seed 000) and resumable streams (seed 003).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Ledger {
-    pub leases: Vec<LeaseRecord>,
-    pub pool: Vec<PooledRange>,
-    pub lease_counters: LeaseCounters,
-    pub streams: Vec<StreamRecord>,
-}
-
-/// Where a lease stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LeaseStatus {
-    /// Granted, not acknowledged; `time_ms` is when it expires.
-    Outstanding = 1,
-    /// Acknowledged at `time_ms`.
-    Acknowledged = 2,
-    /// Expired unacknowledged at `time_ms`.
-    Expired = 3,
-}
-
-/// One range lease.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LeaseRecord {
-    pub sequence: u32,
-    pub first: u64,
-    pub count: u64,
-    pub status: LeaseStatus,
-    /// Milliseconds since the Unix epoch: the deadline while outstanding, else when it
-    /// finished.
-    pub time_ms: u64,
-    /// Empty for a lease requested without ids; otherwise both are set.
-    pub client: String,
-    pub request: String,
-}
-
-/// A range of numbers returned to the reuse pool.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PooledRange {
-    pub sequence: u32,
-    pub first: u64,
-    pub count: u64,
-}
-
-/// One stream: position `i` carries the number `first + i`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StreamRecord {
-    pub client_id: Vec<u8>,
-    pub sequence: u32,
-    pub first: u64,
-    pub count: u32,
-    /// Every position below this was acknowledged.
-    pub acked: u32,
-    /// When the client was last heard from (milliseconds since the Unix epoch).
-    pub last_active_ms: u64,
+    pub leases_and_streams: LeaseAndStreamRecords,
 }
 
 /// One sequence's durable state.
@@ -186,7 +136,8 @@ pub fn encode(state: &State) -> Vec<u8> {
         records.push(name_len);
         records.extend_from_slice(name);
     }
-    let count = state.sequences.len() + encode_ledger(&state.ledger, &mut records);
+    let count =
+        state.sequences.len() + encode_leases_and_streams(&state.leases_and_streams, &mut records);
     let flags = if state.clean_shutdown {
         FLAG_CLEAN_SHUTDOWN
     } else {
@@ -206,8 +157,11 @@ pub fn encode(state: &State) -> Vec<u8> {
     out
 }
 
-/// Appends the ledger's records; returns how many.
-fn encode_ledger(ledger: &Ledger, records: &mut Vec<u8>) -> usize {
+/// Appends the leases_and_streams's records; returns how many.
+fn encode_leases_and_streams(
+    leases_and_streams: &LeaseAndStreamRecords,
+    records: &mut Vec<u8>,
+) -> usize {
     let mut count = 0;
     let mut record = |kind: u16, payload: &[u8]| {
         records.extend_from_slice(&kind.to_be_bytes());
@@ -216,7 +170,7 @@ fn encode_ledger(ledger: &Ledger, records: &mut Vec<u8>) -> usize {
         count += 1;
     };
     let mut payload = Vec::with_capacity(LEASE_FIXED_LEN + 2 + 2 * MAX_LEASE_ID);
-    for lease in &ledger.leases {
+    for lease in &leases_and_streams.leases {
         payload.clear();
         payload.extend_from_slice(&lease.sequence.to_be_bytes());
         payload.extend_from_slice(&lease.first.to_be_bytes());
@@ -231,14 +185,14 @@ fn encode_ledger(ledger: &Ledger, records: &mut Vec<u8>) -> usize {
         }
         record(kind::LEASE, &payload);
     }
-    for range in &ledger.pool {
+    for range in &leases_and_streams.pool {
         payload.clear();
         payload.extend_from_slice(&range.sequence.to_be_bytes());
         payload.extend_from_slice(&range.first.to_be_bytes());
         payload.extend_from_slice(&range.count.to_be_bytes());
         record(kind::POOLED_RANGE, &payload);
     }
-    let counters = ledger.lease_counters;
+    let counters = leases_and_streams.lease_counters;
     if counters != LeaseCounters::default() {
         payload.clear();
         for value in [
@@ -252,7 +206,7 @@ fn encode_ledger(ledger: &Ledger, records: &mut Vec<u8>) -> usize {
         }
         record(kind::LEASE_COUNTERS, &payload);
     }
-    for stream in &ledger.streams {
+    for stream in &leases_and_streams.streams {
         payload.clear();
         payload.extend_from_slice(&stream.sequence.to_be_bytes());
         payload.extend_from_slice(&stream.first.to_be_bytes());
@@ -310,7 +264,7 @@ pub fn decode(bytes: &[u8]) -> Result<State, FormatError> {
 
     let mut records = Reader::new(&body[HEADER_LEN..]);
     let mut sequences = Vec::new();
-    let mut ledger = Ledger::default();
+    let mut leases_and_streams = LeaseAndStreamRecords::default();
     let mut counters_seen = false;
     let mut index = 0u32;
     while !records.is_empty() {
@@ -351,7 +305,9 @@ pub fn decode(bytes: &[u8]) -> Result<State, FormatError> {
                     ceiling,
                 });
             }
-            kind::LEASE => ledger.leases.push(decode_lease(&mut payload).map_err(bad)?),
+            kind::LEASE => leases_and_streams
+                .leases
+                .push(decode_lease(&mut payload).map_err(bad)?),
             kind::POOLED_RANGE => {
                 if len != POOLED_RANGE_LEN {
                     return Err(bad("a pooled range record has the wrong length"));
@@ -362,14 +318,14 @@ pub fn decode(bytes: &[u8]) -> Result<State, FormatError> {
                     count: payload.u64(),
                 };
                 check_range(range.first, range.count).map_err(bad)?;
-                ledger.pool.push(range);
+                leases_and_streams.pool.push(range);
             }
             kind::LEASE_COUNTERS => {
                 if len != LEASE_COUNTERS_LEN || counters_seen {
                     return Err(bad("a second or malformed lease counters record"));
                 }
                 counters_seen = true;
-                ledger.lease_counters = LeaseCounters {
+                leases_and_streams.lease_counters = LeaseCounters {
                     granted: payload.u64(),
                     acknowledged: payload.u64(),
                     retired: payload.u64(),
@@ -377,7 +333,7 @@ pub fn decode(bytes: &[u8]) -> Result<State, FormatError> {
                     reused: payload.u64(),
                 };
             }
-            kind::STREAM => ledger
+            kind::STREAM => leases_and_streams
                 .streams
                 .push(decode_stream(&mut payload).map_err(bad)?),
             kind => return Err(FormatError::UnknownRecordKind { index, kind }),
@@ -395,7 +351,7 @@ pub fn decode(bytes: &[u8]) -> Result<State, FormatError> {
         clean_shutdown: flags & FLAG_CLEAN_SHUTDOWN != 0,
         written_at_ms,
         sequences,
-        ledger,
+        leases_and_streams,
     })
 }
 
@@ -560,13 +516,13 @@ mod tests {
                     ceiling: 1029,
                 },
             ],
-            ledger: Ledger::default(),
+            leases_and_streams: LeaseAndStreamRecords::default(),
         }
     }
 
-    /// One of each ledger record, as in docs/STATE.md's second example.
-    fn ledger_example() -> Ledger {
-        Ledger {
+    /// One of each leases_and_streams record, as in docs/STATE.md's second example.
+    fn ledger_example() -> LeaseAndStreamRecords {
+        LeaseAndStreamRecords {
             leases: vec![LeaseRecord {
                 sequence: 0,
                 first: 1001,
@@ -647,11 +603,14 @@ mod tests {
         assert_eq!(hex(crc), "e8bed58d", "CRC-32 of the bytes above");
     }
 
-    /// The ledger example in docs/STATE.md, byte for byte (records after the header).
+    /// The leases_and_streams example in docs/STATE.md, byte for byte (records after the header).
     #[test]
     fn ledger_records_match_the_documented_example() {
         let mut records = Vec::new();
-        assert_eq!(encode_ledger(&ledger_example(), &mut records), 4);
+        assert_eq!(
+            encode_leases_and_streams(&ledger_example(), &mut records),
+            4
+        );
         let expected = concat!(
             "0002",               // kind 2: lease
             "0000002a",           // 42-byte payload
@@ -688,7 +647,7 @@ mod tests {
         );
         assert_eq!(hex(&records), expected);
         let state = State {
-            ledger: ledger_example(),
+            leases_and_streams: ledger_example(),
             ..example()
         };
         assert_eq!(decode(&encode(&state)), Ok(state));
@@ -696,17 +655,17 @@ mod tests {
 
     #[test]
     fn ledger_records_are_checked() {
-        let with = |edit: &dyn Fn(&mut Ledger)| {
-            let mut ledger = ledger_example();
-            edit(&mut ledger);
+        let with = |edit: &dyn Fn(&mut LeaseAndStreamRecords)| {
+            let mut leases_and_streams = ledger_example();
+            edit(&mut leases_and_streams);
             let state = State {
-                ledger,
+                leases_and_streams,
                 ..example()
             };
             decode(&encode(&state)).map(drop)
         };
         assert_eq!(with(&|_| {}), Ok(()));
-        type Edit = dyn Fn(&mut Ledger);
+        type Edit = dyn Fn(&mut LeaseAndStreamRecords);
         let cases: [(&Edit, &str); 6] = [
             (&|l| l.leases[0].count = 0, "empty range"),
             (

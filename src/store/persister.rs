@@ -8,7 +8,7 @@
 //! A new sequence begins with its ceiling at its first number, so nothing is issued from it
 //! before its record is on disk.
 //!
-//! The same writes carry the lease and stream records ([`Records`]): a change to them asks
+//! The same writes carry the lease and stream records ([`LeasesAndStreams`]): a change to them asks
 //! for a write (a lease is answered only once it is on disk), and every change made before
 //! a write began is marked durable when it ends, so one write serves every waiting change.
 //!
@@ -16,19 +16,21 @@
 //! beyond them are refused instead of left waiting), logs once and then at most every
 //! [`FAILURE_LOG_INTERVAL`], retries with backoff, and clears the mark after the first write
 //! that succeeds.
+//!
+//! (Over 600 lines: about half is the unit tests of the write loop, kept beside it.)
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
 use super::data_dir::{StateSink, WriteError};
-use super::format::{Ledger, SequenceRecord, State};
-use super::records::Records;
+use super::format::{SequenceRecord, State};
 use super::window::{RateEstimate, SequenceView, WindowPolicy};
 use crate::sequence::Registry;
+use crate::state::{LeaseAndStreamRecords, LeasesAndStreams};
 
 /// How often the persister samples rates and headroom while numbers are being issued.
 pub const TICK: Duration = Duration::from_millis(10);
@@ -83,7 +85,7 @@ struct Failure {
 pub struct Persister {
     sink: Box<dyn StateSink>,
     registry: Arc<Registry>,
-    records: Arc<Records>,
+    records: Arc<LeasesAndStreams>,
     policy: WindowPolicy,
     /// Generation of the last state on disk (0: none yet).
     generation: u64,
@@ -106,7 +108,7 @@ impl Persister {
     pub fn new(
         sink: Box<dyn StateSink>,
         registry: Arc<Registry>,
-        records: Arc<Records>,
+        records: Arc<LeasesAndStreams>,
         policy: WindowPolicy,
         previous: Option<&State>,
     ) -> Persister {
@@ -164,8 +166,8 @@ impl Persister {
                 None => TICK,
             };
             self.registry
-                .ceiling_signals()
-                .wait_for_raise_request(timeout);
+                .persister_signals()
+                .wait_for_write_request(timeout);
             if stop.load(Ordering::Acquire) {
                 break;
             }
@@ -196,7 +198,7 @@ impl Persister {
         match self.write(&views) {
             Ok(()) => {
                 if let Some(failure) = self.failure.take() {
-                    let refused = self.registry.ceiling_signals().take_refusals();
+                    let refused = self.registry.persister_signals().take_refusals();
                     tracing::info!(
                         "state written to {} again after {} failed attempts over {:.1?}; \
                          issuing resumes ({refused} requests refused since the last report)",
@@ -204,7 +206,7 @@ impl Persister {
                         failure.attempts,
                         now.saturating_duration_since(failure.since),
                     );
-                    self.registry.ceiling_signals().set_unavailable(false);
+                    self.registry.persister_signals().set_unavailable(false);
                 }
                 Tick::Raised
             }
@@ -219,7 +221,7 @@ impl Persister {
     fn fail(&mut self, now: Instant, error: &WriteError) {
         match &mut self.failure {
             None => {
-                self.registry.ceiling_signals().set_unavailable(true);
+                self.registry.persister_signals().set_unavailable(true);
                 tracing::error!(
                     "{error}: cannot make higher ceilings durable; numbers below the durable \
                      ceilings are still issued, requests beyond them are refused with \
@@ -239,7 +241,7 @@ impl Persister {
                 failure.retry_at = now + failure.delay;
                 if now.saturating_duration_since(failure.last_logged) >= FAILURE_LOG_INTERVAL {
                     failure.last_logged = now;
-                    let refused = self.registry.ceiling_signals().take_refusals();
+                    let refused = self.registry.persister_signals().take_refusals();
                     tracing::warn!(
                         "still cannot write state: {error} ({} attempts over {:.0?}; {refused} \
                          requests refused since the last report)",
@@ -290,8 +292,8 @@ impl Persister {
                 ceiling,
             })
             .collect();
-        let (change, ledger) = self.records.snapshot();
-        self.write_state(records, ledger, false)?;
+        let (change, leases_and_streams) = self.records.snapshot();
+        self.write_state(records, leases_and_streams, false)?;
         self.records.commits.mark_durable(change);
         // Durable now: only from here on may numbers below the new ceilings be issued.
         self.durable = targets.clone();
@@ -310,7 +312,7 @@ impl Persister {
         Ok(())
     }
 
-    /// Records the exact next number of every sequence, so a restart continues without a
+    /// LeasesAndStreams the exact next number of every sequence, so a restart continues without a
     /// gap, and the last state of every lease and stream. Only correct once nothing issues
     /// numbers any more: the event loops must have stopped.
     fn write_final(&mut self) -> Result<(), WriteError> {
@@ -327,8 +329,8 @@ impl Persister {
                 }
             })
             .collect();
-        let (change, ledger) = self.records.snapshot();
-        self.write_state(records, ledger, true)?;
+        let (change, leases_and_streams) = self.records.snapshot();
+        self.write_state(records, leases_and_streams, true)?;
         self.records.commits.mark_durable(change);
         Ok(())
     }
@@ -336,17 +338,15 @@ impl Persister {
     fn write_state(
         &mut self,
         sequences: Vec<SequenceRecord>,
-        ledger: Ledger,
+        leases_and_streams: LeaseAndStreamRecords,
         clean_shutdown: bool,
     ) -> Result<(), WriteError> {
         let state = State {
             generation: self.generation + 1,
             clean_shutdown,
-            written_at_ms: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64),
+            written_at_ms: crate::clock::unix_ms(),
             sequences,
-            ledger,
+            leases_and_streams,
         };
         self.sink.write_state(&state)?;
         self.generation = state.generation;
@@ -377,7 +377,7 @@ impl PersisterHandle {
     /// after every event loop has stopped.
     pub fn shutdown(self) -> anyhow::Result<Report> {
         self.stop.store(true, Ordering::Release);
-        self.registry.ceiling_signals().request_raise();
+        self.registry.persister_signals().request_write();
         let (persister, result) = self
             .thread
             .join()
@@ -399,7 +399,7 @@ mod tests {
     use crate::store::window::MIN_WINDOW;
     use std::sync::Mutex;
 
-    /// Records what it is asked to write, and what the in-memory ceiling of sequence 0 was
+    /// LeasesAndStreams what it is asked to write, and what the in-memory ceiling of sequence 0 was
     /// at that moment; fails while `failing` is set.
     #[derive(Clone, Default)]
     struct FakeSink {
@@ -452,9 +452,9 @@ mod tests {
         max_crash_gap: 1_000_000,
     };
 
-    fn records() -> Arc<Records> {
-        Arc::new(Records::empty(
-            crate::store::commits::Commits::persisted(),
+    fn records() -> Arc<LeasesAndStreams> {
+        Arc::new(LeasesAndStreams::empty(
+            crate::commits::Commits::persisted(),
             crate::lease::LeaseSettings {
                 timeout: Duration::from_secs(30),
                 max_size: 100,
@@ -470,7 +470,9 @@ mod tests {
         (persister, registry, sink)
     }
 
-    fn fresh_with_records(initial: u64) -> (Persister, Arc<Registry>, FakeSink, Arc<Records>) {
+    fn fresh_with_records(
+        initial: u64,
+    ) -> (Persister, Arc<Registry>, FakeSink, Arc<LeasesAndStreams>) {
         let registry = Arc::new(Registry::durable(8, initial));
         let sink = FakeSink::default();
         *sink.registry.lock().unwrap() = Some(registry.clone());
@@ -502,7 +504,7 @@ mod tests {
         sink.failing.store(false, Ordering::Release);
         assert_eq!(persister.tick(start + RETRY_MAX), Tick::Raised);
         assert!(records.commits.is_durable(granted.change));
-        let lease = &sink.last().ledger.leases[0];
+        let lease = &sink.last().leases_and_streams.leases[0];
         assert_eq!((lease.first, lease.count), (granted.first, 20));
         assert_eq!(
             persister.tick(start + RETRY_MAX),
@@ -593,13 +595,13 @@ mod tests {
         default.reserve(durable - 1).unwrap(); // everything durable is used
         let t0 = Instant::now();
         assert_eq!(persister.tick(t0), Tick::Failed);
-        assert!(registry.ceiling_signals().unavailable());
+        assert!(registry.persister_signals().unavailable());
         assert_eq!(default.ceiling(), durable, "nothing raised without a write");
         assert_eq!(persister.tick(t0), Tick::Waiting, "backing off");
         assert_eq!(persister.tick(t0 + RETRY_MIN), Tick::Failed);
         sink.failing.store(false, Ordering::Release);
         assert_eq!(persister.tick(t0 + RETRY_MAX * 2), Tick::Raised);
-        assert!(!registry.ceiling_signals().unavailable());
+        assert!(!registry.persister_signals().unavailable());
         assert!(default.ceiling() > durable);
         assert_eq!(persister.report().failed_writes, 2);
     }
@@ -642,7 +644,7 @@ mod tests {
                 next: 500,
                 ceiling: 500,
             }],
-            ledger: Ledger::default(),
+            leases_and_streams: LeaseAndStreamRecords::default(),
         };
         let registry = Arc::new(
             Registry::recovered(

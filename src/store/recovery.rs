@@ -5,8 +5,8 @@
 //! - every recovered sequence resumes at its ceiling: nothing at or above it was issued; after
 //!   a clean shutdown the ceiling is the exact next number, so nothing is skipped;
 //! - `--initial` only sets where *new* sequences begin; an explicit value below a recovered
-//!   sequence's resume point is refused (it reads like seed 001's "restart at N" and would
-//!   reissue numbers if it were honoured);
+//!   sequence's resume point is refused (it reads like the original text server's "restart
+//!   at N" and would reissue numbers if it were honoured);
 //! - no state in a fresh directory is a fresh start; no state where a previous seqd recorded
 //!   itself as owner (so a state existed) is refused, never a silent restart at `--initial`.
 
@@ -16,15 +16,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 
-use super::commits::Commits;
 use super::data_dir::DataDir;
 use super::format::State;
 use super::persister::Persister;
-use super::records::Records;
 use super::window::WindowPolicy;
-use crate::lease::{LeaseSettings, LeaseTable, Leases};
+use crate::commits::Commits;
+use crate::lease::{LeaseSettings, LeaseTable};
 use crate::sequence::{RecoveredSequence, Registry, SequenceId, Writers};
-use crate::stream::book::StreamBook;
+use crate::state::{LeasesAndStreams, SharedLeaseTable, StreamRecords};
 
 /// How many recovered sequences are logged one by one at info level (the rest at debug).
 const LOGGED_SEQUENCES: usize = 16;
@@ -47,7 +46,7 @@ pub struct Options {
 pub struct Durable {
     pub registry: Arc<Registry>,
     /// Leases and streams, as recovered.
-    pub records: Arc<Records>,
+    pub records: Arc<LeasesAndStreams>,
     /// Already wrote the first windows; spawn it once the event loops can be woken.
     pub persister: Persister,
 }
@@ -80,7 +79,7 @@ pub enum RecoveryError {
 
 /// Why recovered lease or stream records do not fit the recovered sequences.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum LedgerError {
+pub enum LeaseAndStreamError {
     #[error(
         "{what} {first}+{count} belongs to sequence id {sequence}, which the state does not hold"
     )]
@@ -105,37 +104,37 @@ pub enum LedgerError {
     Leases(#[from] crate::lease::RestoreError),
 }
 
-/// Rebuilds the lease table and the stream book from `previous`, checking that every range
+/// Rebuilds the lease table and the stream records from `previous`, checking that every range
 /// they hold was issued from a sequence the registry has (below its resume point).
 pub fn restore_records(
     previous: Option<&State>,
     registry: &Registry,
     settings: LeaseSettings,
     commits: Commits,
-) -> Result<Records, LedgerError> {
+) -> Result<LeasesAndStreams, LeaseAndStreamError> {
     let Some(state) = previous else {
-        return Ok(Records::empty(commits, settings));
+        return Ok(LeasesAndStreams::empty(commits, settings));
     };
-    let ledger = &state.ledger;
-    let ranges = ledger
+    let leases_and_streams = &state.leases_and_streams;
+    let ranges = leases_and_streams
         .leases
         .iter()
         .map(|l| ("lease", l.sequence, l.first, l.count))
         .chain(
-            ledger
+            leases_and_streams
                 .pool
                 .iter()
                 .map(|r| ("pooled range", r.sequence, r.first, r.count)),
         )
         .chain(
-            ledger
+            leases_and_streams
                 .streams
                 .iter()
                 .map(|s| ("stream", s.sequence, s.first, u64::from(s.count))),
         );
     for (what, sequence, first, count) in ranges {
         let Some(holder) = registry.get(sequence) else {
-            return Err(LedgerError::UnknownSequence {
+            return Err(LeaseAndStreamError::UnknownSequence {
                 what,
                 sequence,
                 first,
@@ -143,7 +142,7 @@ pub fn restore_records(
             });
         };
         if first.saturating_add(count) > holder.current() {
-            return Err(LedgerError::AboveResumePoint {
+            return Err(LeaseAndStreamError::AboveResumePoint {
                 what,
                 name: holder.name().to_owned(),
                 first,
@@ -152,16 +151,25 @@ pub fn restore_records(
             });
         }
     }
+    if !settings.reuse && !leases_and_streams.pool.is_empty() {
+        let numbers: u64 = leases_and_streams.pool.iter().map(|r| r.count).sum();
+        tracing::warn!(
+            ranges = leases_and_streams.pool.len(),
+            numbers,
+            "--lease-reuse is off: the reuse pool of the previous run is retired (its \
+             numbers will never be issued)"
+        );
+    }
     let table = LeaseTable::restore(
         settings,
-        &ledger.leases,
-        &ledger.pool,
-        ledger.lease_counters,
+        &leases_and_streams.leases,
+        &leases_and_streams.pool,
+        leases_and_streams.lease_counters,
     )?;
-    Ok(Records {
+    Ok(LeasesAndStreams {
         commits,
-        leases: Leases::new(table),
-        streams: StreamBook::new(ledger.streams.clone()),
+        leases: SharedLeaseTable::new(table),
+        streams: StreamRecords::new(leases_and_streams.streams.clone()),
     })
 }
 
@@ -306,19 +314,19 @@ fn log_recovery(previous: Option<&State>, path: &Path, options: &Options) {
             state.sequences.len() - LOGGED_SEQUENCES
         );
     }
-    let ledger = &state.ledger;
-    if !ledger.leases.is_empty() || !ledger.streams.is_empty() {
-        let outstanding = ledger
+    let leases_and_streams = &state.leases_and_streams;
+    if !leases_and_streams.leases.is_empty() || !leases_and_streams.streams.is_empty() {
+        let outstanding = leases_and_streams
             .leases
             .iter()
-            .filter(|l| l.status == super::format::LeaseStatus::Outstanding)
+            .filter(|l| l.status == crate::lease::LeaseStatus::Outstanding)
             .count();
         tracing::info!(
             "recovered {} leases ({outstanding} unacknowledged), {} pooled ranges and {} \
              streams",
-            ledger.leases.len(),
-            ledger.pool.len(),
-            ledger.streams.len()
+            leases_and_streams.leases.len(),
+            leases_and_streams.pool.len(),
+            leases_and_streams.streams.len()
         );
     }
     if options.initial_explicit {
@@ -364,7 +372,7 @@ mod tests {
             clean_shutdown: false,
             written_at_ms: 0,
             sequences: vec![record(0, "default", 90, 120), record(1, "orders", 7, 50)],
-            ledger: Default::default(),
+            leases_and_streams: Default::default(),
         }
     }
 

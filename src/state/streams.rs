@@ -6,18 +6,18 @@
 use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard};
 
-use crate::store::commits::Commits;
-use crate::store::format::StreamRecord;
+use crate::commits::Commits;
+use crate::stream::StreamRecord;
 
 #[derive(Debug, Default)]
-pub struct StreamBook {
-    records: Mutex<BTreeMap<Vec<u8>, StreamRecord>>,
+pub struct StreamRecords {
+    by_client_id: Mutex<BTreeMap<Vec<u8>, StreamRecord>>,
 }
 
-impl StreamBook {
-    pub fn new(records: Vec<StreamRecord>) -> StreamBook {
-        StreamBook {
-            records: Mutex::new(
+impl StreamRecords {
+    pub fn new(records: Vec<StreamRecord>) -> StreamRecords {
+        StreamRecords {
+            by_client_id: Mutex::new(
                 records
                     .into_iter()
                     .map(|r| (r.client_id.clone(), r))
@@ -49,7 +49,7 @@ impl StreamBook {
 
     fn lock(&self) -> MutexGuard<'_, BTreeMap<Vec<u8>, StreamRecord>> {
         // Each method is a single map operation: a poisoned lock still guards a whole map.
-        self.records
+        self.by_client_id
             .lock()
             .unwrap_or_else(|poison| poison.into_inner())
     }
