@@ -3,7 +3,9 @@
 //! records and a connection count. The stream protocol's listener (seed 003), if any, is
 //! served by loop 0 alone.
 
+mod adapters;
 mod bufring;
+pub mod handler;
 mod pool;
 pub mod probe;
 mod uring;
@@ -18,10 +20,9 @@ use std::thread::JoinHandle;
 use anyhow::Context;
 use socket2::{Domain, Protocol, Socket, Type};
 
+pub use self::adapters::{Limits, StreamSettings};
 use crate::sequence::Registry;
-use crate::service::Limits;
 use crate::store::records::Records;
-use crate::stream::hub::StreamSettings;
 
 /// How the server is to run.
 #[derive(Debug, Clone)]

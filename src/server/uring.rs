@@ -26,12 +26,11 @@ use io_uring::{IoUring, cqueue, opcode, squeue, types};
 use slab::Slab;
 
 use super::Shared;
+use super::adapters::{Handler, Limits, Services, StreamSettings};
 use super::bufring::BufRing;
+use super::handler::{Kind, Next, Service, Until};
 use super::pool::OutputPool;
 use super::probe::{self, Features};
-use crate::protocol::{Problem, Reply, text};
-use crate::service::{LoopState, Pause, Session, Status};
-use crate::stream::hub::{Now, StreamHub, StreamSettings, Verdict};
 
 const SUBMISSION_ENTRIES: u32 = 4096;
 const COMPLETION_ENTRIES: u32 = 16384;
@@ -40,8 +39,6 @@ const BUFFER_GROUP: u16 = 0;
 /// holds a buffer only while its completion is handled).
 const RECV_BUFFERS: u16 = 1024;
 const RECV_BUFFER_SIZE: u32 = 16 * 1024;
-/// A paused connection stops being read once this much of its input is held.
-const HELD_INPUT_LIMIT: usize = 1 << 20;
 /// Output buffers kept for reuse, the largest one worth keeping, and a new one's size.
 const SPARE_BUFFERS: usize = 256;
 const SPARE_BUFFER_MAX: usize = 1 << 20;
@@ -50,8 +47,6 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 /// How long a closing connection waits for the peer to close after our FIN.
 const LINGER: Duration = Duration::from_secs(2);
-/// A stream connection gets more to send only while less than this waits to be sent.
-const STREAM_BACKLOG: usize = 64 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
@@ -134,7 +129,7 @@ struct Connection {
     fd: OwnedFd,
     /// Tells this connection's completions from those of an earlier one in the same slot.
     generation: u32,
-    session: Session,
+    handler: Handler,
     /// Replies not yet handed to the kernel.
     pending: Vec<u8>,
     /// Replies handed to the kernel: must not move or change until the send completes.
@@ -150,10 +145,9 @@ struct Connection {
     peer_closed: bool,
     /// When a lingering close gives up waiting for the peer.
     linger_deadline: Option<std::time::Instant>,
-    paused: Option<Pause>,
+    /// What a held connection waits for.
+    held: Option<Until>,
     closing: Closing,
-    /// A connection of the stream listener: its bytes go to the stream hub.
-    stream: bool,
 }
 
 impl Connection {
@@ -177,7 +171,7 @@ pub(super) struct LoopSettings {
     pub index: usize,
     pub listener: std::net::TcpListener,
     pub wake_fd: RawFd,
-    pub limits: crate::service::Limits,
+    pub limits: Limits,
     /// The stream listener and its settings: loop 0 only.
     pub stream: Option<(std::net::TcpListener, StreamSettings)>,
     pub busy_poll: Duration,
@@ -187,7 +181,6 @@ pub(super) struct LoopSettings {
 struct StreamService {
     listener: std::net::TcpListener,
     accept_armed: bool,
-    hub: StreamHub,
     /// When the stream timer fires, if it is armed.
     timer_due: Option<std::time::Instant>,
 }
@@ -209,7 +202,7 @@ pub(super) struct EventLoop {
     refusal: Box<[u8]>,
     refusals_inflight: usize,
     connections: Slab<Connection>,
-    state: LoopState,
+    service: Services,
     shared: Arc<Shared>,
     /// Connections lingering after close, with their deadlines.
     lingering: Vec<(usize, std::time::Instant)>,
@@ -237,29 +230,20 @@ impl EventLoop {
                 ),
             )
         })?;
-        let mut refusal = Vec::new();
-        let problem = Problem::TooManyConnections {
-            limit: shared.max_connections,
-        };
-        text::encode_reply(&mut refusal, &Reply::Error { opcode: 0, problem });
-        let state = LoopState::with_records(
+        let (stream_listener, stream_settings) = settings.stream.unzip();
+        let service = Services::new(
             shared.registry.clone(),
             shared.records.clone(),
             settings.limits,
+            shared.max_connections,
+            stream_settings,
         );
-        let streams = settings
-            .stream
-            .map(|(listener, stream_settings)| StreamService {
-                listener,
-                accept_armed: false,
-                hub: StreamHub::new(
-                    stream_settings,
-                    shared.registry.clone(),
-                    shared.records.clone(),
-                    Now::current(),
-                ),
-                timer_due: None,
-            });
+        let refusal = service.refusal(Kind::Session).unwrap_or_default().into();
+        let streams = stream_listener.map(|listener| StreamService {
+            listener,
+            accept_armed: false,
+            timer_due: None,
+        });
         Ok(EventLoop {
             ring,
             buffers,
@@ -272,10 +256,10 @@ impl EventLoop {
             wake_buf: Box::new([0; 8]),
             wake_armed: false,
             timer: Box::new(types::Timespec::new()),
-            refusal: refusal.into_boxed_slice(),
+            refusal,
             refusals_inflight: 0,
             connections: Slab::with_capacity(1024),
-            state,
+            service,
             shared,
             lingering: Vec::new(),
             linger_timer_armed: false,
@@ -475,7 +459,7 @@ impl EventLoop {
         if result >= 0 {
             // SAFETY: a successful accept returns a new descriptor that we now own.
             let fd = unsafe { OwnedFd::from_raw_fd(result) };
-            self.admit(fd, false)?;
+            self.admit(fd, Kind::Session)?;
         } else if -result != libc::ECANCELED {
             let error = io::Error::from_raw_os_error(-result);
             match -result {
@@ -500,7 +484,7 @@ impl EventLoop {
         Ok(())
     }
 
-    fn admit(&mut self, fd: OwnedFd, stream: bool) -> io::Result<()> {
+    fn admit(&mut self, fd: OwnedFd, kind: Kind) -> io::Result<()> {
         if self.draining {
             return Ok(()); // dropping the descriptor closes it
         }
@@ -509,11 +493,10 @@ impl EventLoop {
             self.shared.connections.fetch_sub(1, Ordering::AcqRel);
             tracing::warn!(
                 limit = self.shared.max_connections,
-                stream,
+                ?kind,
                 "connection refused: --max-connections reached"
             );
-            if stream {
-                // The stream protocol has no error message: closing says it all.
+            if self.service.refusal(kind).is_none() {
                 return Ok(());
             }
             let raw = fd.as_raw_fd();
@@ -543,10 +526,12 @@ impl EventLoop {
         }
         let generation = self.next_generation;
         self.next_generation = (generation % GENERATION_MASK) + 1;
-        let key = self.connections.insert(Connection {
+        let entry = self.connections.vacant_entry();
+        let key = entry.key();
+        entry.insert(Connection {
             fd,
             generation,
-            session: Session::new(),
+            handler: self.service.open(kind, key),
             pending: Vec::new(),
             sending: Vec::new(),
             sent: 0,
@@ -556,13 +541,9 @@ impl EventLoop {
             reading_stopped: false,
             peer_closed: false,
             linger_deadline: None,
-            paused: None,
+            held: None,
             closing: Closing::No,
-            stream,
         });
-        if stream && let Some(streams) = &mut self.streams {
-            streams.hub.open(key);
-        }
         self.arm_recv(key)
     }
 
@@ -623,39 +604,30 @@ impl EventLoop {
                 // SAFETY: `bid` was just handed to us by the kernel and is recycled below,
                 // after its bytes have been decoded.
                 let data = unsafe { self.buffers.filled(bid, result as usize) };
-                if conn.stream {
-                    let verdict = match &mut self.streams {
-                        Some(streams) => streams.hub.receive(key, data, Now::current()),
-                        None => Verdict::Close,
-                    };
-                    self.buffers.recycle(bid);
-                    self.after_stream_input(key, verdict)?;
-                } else {
-                    let status = conn
-                        .session
-                        .receive(data, &mut self.state, &mut conn.pending);
-                    self.buffers.recycle(bid);
-                    self.after_session(key, status)?;
+                let next = self
+                    .service
+                    .receive(&mut conn.handler, key, data, &mut conn.pending);
+                self.buffers.recycle(bid);
+                self.after_service(key, next)?;
+                if self.service.take_housekeeping() {
+                    self.housekeeping()?;
                 }
             } else {
                 self.buffers.recycle(bid); // closing: input is discarded
             }
         } else if result == 0 {
             conn.peer_closed = true;
-            if conn.closing == Closing::No && conn.stream {
-                return self.close_after_flush(key);
-            }
             if conn.closing == Closing::No {
                 tracing::debug!(key, "peer closed its side");
-                // A last line without a line ending is complete now. A paused session still
+                // A last line without a line ending is complete now. A held session still
                 // holds requests (`echo GETSEQ new | nc -N` waits for the new sequence's first
                 // durable ceiling): it answers them first; the close follows when the session
-                // is done (see `after_session`).
-                let status = conn
-                    .session
-                    .end_of_input(&mut self.state, &mut conn.pending);
-                if conn.paused.is_none() {
-                    return self.after_session(key, status);
+                // is done (see `after_service`).
+                let next = self
+                    .service
+                    .end_of_input(&mut conn.handler, key, &mut conn.pending);
+                if conn.held.is_none() {
+                    return self.after_service(key, next);
                 }
             }
         } else {
@@ -680,19 +652,19 @@ impl EventLoop {
         self.maybe_release(key)
     }
 
-    /// Acts on what a session asked for after being fed.
-    fn after_session(&mut self, key: usize, status: Status) -> io::Result<()> {
+    /// Acts on what the service asked for after a call.
+    fn after_service(&mut self, key: usize, next: Next) -> io::Result<()> {
         let conn = &mut self.connections[key];
         if !conn.pending.is_empty() {
             self.dirty.push(key);
         }
-        conn.paused = match status {
-            Status::Paused(pause) => Some(pause),
+        conn.held = match next {
+            Next::Hold { until, .. } => Some(until),
             _ => None,
         };
-        match status {
-            Status::Open if conn.peer_closed => self.close_after_flush(key),
-            Status::Open => {
+        match next {
+            Next::Read if conn.peer_closed => self.close_after_flush(key),
+            Next::Read => {
                 if conn.reading_stopped {
                     tracing::debug!(key, "resuming reads");
                     conn.reading_stopped = false;
@@ -702,24 +674,22 @@ impl EventLoop {
                 }
                 Ok(())
             }
-            Status::Paused(pause) => {
-                if pause.waits_for_persister() {
+            Next::Hold {
+                until,
+                keep_reading,
+            } => {
+                if until == Until::Woken {
                     let token = Token::for_connection(Op::Recv, key, conn.generation);
                     self.parked.push(token);
                 }
-                if conn.session.buffered() > HELD_INPUT_LIMIT && !conn.reading_stopped {
-                    tracing::debug!(
-                        key,
-                        ?pause,
-                        held = conn.session.buffered(),
-                        "pausing reads until the connection catches up"
-                    );
+                if !keep_reading && !conn.reading_stopped {
+                    tracing::debug!(key, ?until, "pausing reads until the connection catches up");
                     conn.reading_stopped = true;
                     self.stop_reading(key)?;
                 }
                 Ok(())
             }
-            Status::Closing => self.close_after_flush(key),
+            Next::Close => self.close_after_flush(key),
         }
     }
 
@@ -788,9 +758,11 @@ impl EventLoop {
         conn.sent = 0;
         if !conn.pending.is_empty() {
             self.dirty.push(key);
-        } else if conn.paused == Some(Pause::Backpressure) && conn.closing == Closing::No {
-            let status = conn.session.resume(&mut self.state, &mut conn.pending);
-            self.after_session(key, status)?;
+        } else if conn.held == Some(Until::Drained) && conn.closing == Closing::No {
+            let next = self
+                .service
+                .resume(&mut conn.handler, key, &mut conn.pending);
+            self.after_service(key, next)?;
         }
         let Some(conn) = self.connections.get_mut(key) else {
             return Ok(());
@@ -873,13 +845,9 @@ impl EventLoop {
             Closing::Lingering | Closing::Now => !conn.send_inflight && !conn.recv_armed,
         };
         if done {
-            let conn = self.connections.remove(key);
+            let mut conn = self.connections.remove(key);
             tracing::debug!(key, fd = conn.fd.as_raw_fd(), "connection closed");
-            if conn.stream
-                && let Some(streams) = &mut self.streams
-            {
-                streams.hub.close(key, Now::current());
-            }
+            self.service.close(&mut conn.handler, key);
             // Queued output is dropped with the connection: the pool empties the buffers.
             self.spare.give(conn.pending);
             self.spare.give(conn.sending);
@@ -945,14 +913,16 @@ impl EventLoop {
             }
             let key = token.key();
             let conn = &mut self.connections[key];
-            if !conn.paused.is_some_and(Pause::waits_for_persister) || conn.closing != Closing::No {
+            if conn.held != Some(Until::Woken) || conn.closing != Closing::No {
                 continue;
             }
             if conn.pending.capacity() == 0 {
                 conn.pending = self.spare.take();
             }
-            let status = conn.session.resume(&mut self.state, &mut conn.pending);
-            self.after_session(key, status)?;
+            let next = self
+                .service
+                .resume(&mut conn.handler, key, &mut conn.pending);
+            self.after_service(key, next)?;
         }
         if self.shared.shutdown.load(Ordering::Acquire) {
             self.begin_drain()?;
@@ -1080,7 +1050,7 @@ impl EventLoop {
         if result >= 0 {
             // SAFETY: a successful accept returns a new descriptor that we now own.
             let fd = unsafe { OwnedFd::from_raw_fd(result) };
-            self.admit(fd, true)?;
+            self.admit(fd, Kind::Stream)?;
         } else if -result != libc::ECANCELED {
             let error = io::Error::from_raw_os_error(-result);
             tracing::warn!("accepting a stream connection failed: {error}");
@@ -1098,39 +1068,32 @@ impl EventLoop {
         Ok(())
     }
 
-    /// After a stream connection's bytes were fed to the hub: close it if the hub says so,
-    /// close connections the hub let go, and make sure a tick comes. What a stream sends is
-    /// paced by the timer alone: an acknowledgement never triggers the next send.
-    fn after_stream_input(&mut self, key: usize, verdict: Verdict) -> io::Result<()> {
-        if verdict == Verdict::Close {
-            self.close_after_flush(key)?;
-        }
-        self.close_released_streams()?;
+    /// After input the service flagged: close the connections it let go, and make sure a
+    /// tick comes.
+    fn housekeeping(&mut self) -> io::Result<()> {
+        self.close_released()?;
         self.schedule_stream_tick()
     }
 
-    /// Appends what the hub has due for connection `key`, if it can take more.
-    fn fill_stream(&mut self, key: usize, now: Now) {
-        let (Some(streams), Some(conn)) = (&mut self.streams, self.connections.get_mut(key)) else {
+    /// Appends what the service has due for connection `key` after a tick.
+    fn fill(&mut self, key: usize) {
+        let Some(conn) = self.connections.get_mut(key) else {
             return;
         };
-        if conn.closing != Closing::No || conn.pending.len() >= STREAM_BACKLOG {
+        if conn.closing != Closing::No {
             return;
         }
         let before = conn.pending.len();
-        streams.hub.fill(key, &mut conn.pending, now);
+        self.service.fill(&mut conn.handler, key, &mut conn.pending);
         if conn.pending.len() > before {
             self.dirty.push(key);
         }
     }
 
-    /// Closes the connections the hub no longer serves (taken over by a newer `CON` for
-    /// their stream, or expired).
-    fn close_released_streams(&mut self) -> io::Result<()> {
-        let Some(streams) = &mut self.streams else {
-            return Ok(());
-        };
-        for key in streams.hub.take_to_close() {
+    /// Closes the connections the service no longer serves (a stream taken over by a newer
+    /// `CON`, or expired).
+    fn close_released(&mut self) -> io::Result<()> {
+        for key in self.service.released() {
             if self.connections.contains(key) {
                 tracing::debug!(key, "stream connection released by the hub; closing it");
                 self.close_now(key)?;
@@ -1141,15 +1104,13 @@ impl EventLoop {
 
     /// The stream timer: numbers for streams waiting for them, expiry, and the next sends.
     fn stream_tick(&mut self) -> io::Result<()> {
-        let now = Now::current();
-        let due = match &mut self.streams {
-            Some(streams) if !self.draining => streams.hub.tick(now),
-            _ => return Ok(()),
-        };
-        for key in due {
-            self.fill_stream(key, now);
+        if self.streams.is_none() || self.draining {
+            return Ok(());
         }
-        self.close_released_streams()?;
+        for key in self.service.tick() {
+            self.fill(key);
+        }
+        self.close_released()?;
         if self.streams.as_ref().is_some_and(|s| !s.accept_armed) && !self.draining {
             self.arm_stream_accept()?;
         }
@@ -1159,17 +1120,16 @@ impl EventLoop {
     /// Arms the stream timer for when the hub next has something due, or brings an armed
     /// one forward.
     fn schedule_stream_tick(&mut self) -> io::Result<()> {
+        if self.streams.is_none() || self.draining {
+            return Ok(());
+        }
+        let Some(after) = self.service.next_tick() else {
+            return Ok(());
+        };
+        let due = std::time::Instant::now() + after;
         let Some(streams) = &mut self.streams else {
             return Ok(());
         };
-        if self.draining {
-            return Ok(());
-        }
-        let now = Now::current();
-        let Some(after) = streams.hub.next_tick(now) else {
-            return Ok(());
-        };
-        let due = now.at + after;
         match streams.timer_due {
             Some(armed) if armed <= due => Ok(()),
             Some(_) => {
