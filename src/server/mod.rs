@@ -1,13 +1,19 @@
 //! The server: one pinned, single-threaded io_uring event loop per core, each with its own
 //! SO_REUSEPORT listener, sharing nothing but the sequence registry, the lease and stream
-//! records and a connection count. The stream protocol's listener (seed 003), if any, is
-//! served by loop 0 alone.
+//! records and a connection count. The stream protocol's listener, if any, is served by loop
+//! 0 alone.
+//!
+//! A backend (`uring`) moves bytes; the service layer behind [`handler::Service`] decides
+//! what they mean (`handler.rs` states the contract, `adapters.rs` implements it).
 
+pub mod accept;
 mod adapters;
 mod bufring;
+pub mod failure;
 pub mod handler;
 mod pool;
 pub mod probe;
+pub mod timers;
 mod uring;
 
 use std::io;
@@ -158,17 +164,21 @@ impl Server {
         let mut threads = Vec::with_capacity(settings.threads);
         for (index, listener) in listeners.into_iter().enumerate() {
             let core = (!cores.is_empty()).then(|| cores[index % cores.len()]);
+            let mut loop_listeners = vec![(listener.into(), handler::Kind::Session)];
+            let mut stream_settings = None;
+            if index == 0
+                && let Some((listener, s, _)) = stream.take()
+            {
+                loop_listeners.push((listener, handler::Kind::Stream));
+                stream_settings = Some(s);
+            }
             let loop_settings = uring::LoopSettings {
                 index,
-                listener: listener.into(),
+                listeners: loop_listeners,
                 wake_fd: wake_fds[index],
-                limits: settings.limits.clone(),
-                stream: match index {
-                    0 => stream.take().map(|(listener, s, _)| (listener, s)),
-                    _ => None,
-                },
                 busy_poll: settings.busy_poll,
             };
+            let limits = settings.limits.clone();
             let shared = shared.clone();
             let ready = ready_tx.clone();
             let events = events.clone();
@@ -184,7 +194,15 @@ impl Server {
                             "could not pin event loop"
                         );
                     }
-                    let event_loop = match uring::EventLoop::new(loop_settings, shared) {
+                    // Built in the loop's own (pinned) thread, like everything the loop owns.
+                    let service = adapters::Services::new(
+                        shared.registry.clone(),
+                        shared.records.clone(),
+                        limits,
+                        shared.max_connections,
+                        stream_settings,
+                    );
+                    let event_loop = match uring::EventLoop::new(loop_settings, service, shared) {
                         Ok(event_loop) => event_loop,
                         Err(e) => {
                             let _ = ready.send(Err(e.to_string()));
