@@ -202,3 +202,135 @@ impl Service for Services {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The boundary as a backend sees it, over the real session and hub.
+    use super::*;
+    use crate::lease::LeaseSettings;
+    use crate::store::commits::Commits;
+
+    fn services(registry: Registry, streams: Option<StreamSettings>) -> (Services, Arc<Registry>) {
+        let registry = Arc::new(registry);
+        let commits = match registry.is_durable() {
+            true => Commits::persisted(),
+            false => Commits::memory_only(),
+        };
+        let records = Arc::new(Records::empty(commits, LeaseSettings::default()));
+        let limits = Limits { max_batch: 1000 };
+        let services = Services::new(registry.clone(), records, limits, 10, streams);
+        (services, registry)
+    }
+
+    fn stream_settings() -> StreamSettings {
+        StreamSettings {
+            interval: std::time::Duration::from_millis(1),
+            burst: 64,
+            ttl: std::time::Duration::from_secs(60),
+            max_streams: 2,
+            max_count: 1000,
+            sequence: "stream".into(),
+        }
+    }
+
+    #[test]
+    fn a_session_answers_into_the_output_and_keeps_reading() {
+        let (mut services, _) = services(Registry::new(8, 1), None);
+        let mut conn = services.open(Kind::Session, 0);
+        let mut out = Vec::new();
+        let next = services.receive(&mut conn, 0, b"GETSEQ\r\nGETSEQ\r\nCURRENT", &mut out);
+        assert_eq!((next, out.as_slice()), (Next::Read, &b":1\r\n:2\r\n"[..]));
+        out.clear();
+        let next = services.end_of_input(&mut conn, 0, &mut out);
+        assert_eq!(
+            (next, out.as_slice()),
+            (Next::Read, &b":3\r\n"[..]),
+            "a last line without a line ending is complete at end of input"
+        );
+        assert!(
+            !services.take_housekeeping(),
+            "sessions need no housekeeping"
+        );
+    }
+
+    #[test]
+    fn an_unknown_protocol_is_answered_then_closed() {
+        let (mut services, _) = services(Registry::new(8, 1), None);
+        let mut conn = services.open(Kind::Session, 0);
+        let mut out = Vec::new();
+        assert_eq!(
+            services.receive(&mut conn, 0, b"\x00\x01", &mut out),
+            Next::Close
+        );
+        assert!(out.starts_with(b"-ERR"));
+    }
+
+    #[test]
+    fn a_request_beyond_the_durable_ceiling_holds_until_woken() {
+        let (mut services, registry) = services(Registry::durable(8, 1), None);
+        let mut conn = services.open(Kind::Session, 0);
+        let mut out = Vec::new();
+        let held = Next::Hold {
+            until: Until::Woken,
+            keep_reading: true,
+        };
+        assert_eq!(
+            services.receive(&mut conn, 0, b"GETSEQ\r\n", &mut out),
+            held
+        );
+        assert!(out.is_empty());
+        assert_eq!(services.resume(&mut conn, 0, &mut out), held);
+        registry.get(0).unwrap().raise_ceiling(10);
+        assert_eq!(services.resume(&mut conn, 0, &mut out), Next::Read);
+        assert_eq!(out, b":1\r\n");
+    }
+
+    #[test]
+    fn a_session_holding_too_much_input_asks_to_stop_reading() {
+        let (mut services, _) = services(Registry::durable(8, 1), None);
+        let mut conn = services.open(Kind::Session, 0);
+        let mut out = Vec::new();
+        services.receive(&mut conn, 0, b"GETSEQ\r\n", &mut out);
+        let flood = vec![b'\n'; HELD_INPUT_LIMIT + 1];
+        assert_eq!(
+            services.receive(&mut conn, 0, &flood, &mut out),
+            Next::Hold {
+                until: Until::Woken,
+                keep_reading: false
+            }
+        );
+    }
+
+    #[test]
+    fn only_sessions_are_refused_with_words() {
+        let (services, _) = services(Registry::new(8, 1), None);
+        let refusal = services.refusal(Kind::Session).unwrap_or_default();
+        assert!(refusal.starts_with(b"-LIMIT") && refusal.ends_with(b"\r\n"));
+        assert_eq!(services.refusal(Kind::Stream), None);
+    }
+
+    #[test]
+    fn without_a_stream_port_there_is_no_periodic_work() {
+        let (mut services, _) = services(Registry::new(8, 1), None);
+        assert_eq!(services.next_tick(), None);
+        assert!(services.tick().is_empty());
+        assert!(services.released().is_empty());
+        assert!(!services.take_housekeeping());
+    }
+
+    #[test]
+    fn stream_input_asks_for_housekeeping_once_and_end_of_input_closes() {
+        let (mut services, _) = services(Registry::new(8, 1), Some(stream_settings()));
+        let mut conn = services.open(Kind::Stream, 3);
+        let mut out = Vec::new();
+        services.receive(&mut conn, 3, b"CO", &mut out);
+        assert!(
+            out.is_empty(),
+            "a stream's sends are paced by the tick alone"
+        );
+        assert!(services.take_housekeeping());
+        assert!(!services.take_housekeeping());
+        assert_eq!(services.end_of_input(&mut conn, 3, &mut out), Next::Close);
+        services.close(&mut conn, 3);
+    }
+}
