@@ -31,7 +31,7 @@ use slab::Slab;
 use self::connection::Connection;
 use self::token::{Generations, Op, Token};
 use super::Shared;
-use super::accept::{ACCEPT_RETRY, AcceptPolicy, AcceptStep};
+use super::accept::{ACCEPT_RETRY, AcceptPolicy, AcceptStep, EPISODE_QUIET};
 use super::bufring::BufRing;
 use super::failure::Failure;
 use super::handler::{Kind, Service};
@@ -350,11 +350,8 @@ impl<S: Service> EventLoop<S> {
         }
         let kind = listener.kind;
         let outcome = Failure::check(result);
-        match self.accept.on_result(outcome.map(|_| ())) {
-            AcceptStep::Admit { recovered } => {
-                if recovered {
-                    tracing::info!(loop_index = self.index, "accepting connections again");
-                }
+        match self.accept.on_result(outcome.map(|_| ()), Instant::now()) {
+            AcceptStep::Admit => {
                 // SAFETY: a successful accept returns a new descriptor that we now own.
                 let fd = unsafe { OwnedFd::from_raw_fd(result) };
                 self.admit(fd, index)?;
@@ -375,7 +372,8 @@ impl<S: Service> EventLoop<S> {
                     tracing::warn!(
                         loop_index = self.index,
                         ?kind,
-                        "cannot accept connections: {}; retrying every {ACCEPT_RETRY:?} \
+                        "cannot accept connections: {}; retrying every {ACCEPT_RETRY:?}, \
+                         warning again only after {EPISODE_QUIET:?} without this failure \
                          (raise `ulimit -n` or lower --max-connections)",
                         failure.error()
                     );
