@@ -23,14 +23,16 @@
 //! 1. Per listener of each [`Kind`], accept; admit up to the connection limit; over it, send
 //!    [`Service::refusal`] if there is one and close.
 //! 2. Feed received bytes in order to [`Service::receive`]; at EOF call
-//!    [`Service::end_of_input`] once — unless the connection is held ([`Next::Hold`]), in
-//!    which case the service already knows and the hold decides.
+//!    [`Service::end_of_input`] once. If the connection is held ([`Next::Hold`]) at EOF, its
+//!    answer changes nothing: the hold stands, and the service, which now knows the input
+//!    ended, finishes on resume.
 //! 3. Act on every [`Next`]:
 //!    - [`Next::Read`]: keep reading; if the peer has already closed, close after flush.
-//!    - [`Next::Hold`]: feed nothing until the hold ends, but go on reading (and feeding
-//!      what arrives, which the service keeps) while `keep_reading`; stop reading otherwise.
-//!      When `until` is [`Until::Drained`] call [`Service::resume`] once every queued byte has
-//!      been sent; when [`Until::Woken`], once the loop's wake-up fires (the persister wrote).
+//!    - [`Next::Hold`]: the service answers nothing more until it is resumed. Go on
+//!      reading and feeding what arrives (the service keeps it) while `keep_reading`; stop
+//!      reading otherwise. When `until` is [`Until::Drained`] call [`Service::resume`] once
+//!      every queued byte has been sent; when [`Until::Woken`], each time the loop's wake-up
+//!      fires (the persister wrote) — a resume may answer another hold.
 //!    - [`Next::Close`]: send what is queued, then close; feed nothing more.
 //! 4. Send a connection's queued bytes in order, at most one send in flight per connection,
 //!    ideally one send per connection per turn.
@@ -63,7 +65,8 @@ pub enum Kind {
 pub enum Next {
     /// Keep reading and feeding input.
     Read,
-    /// Input is held back until [`Service::resume`] is called for `until`.
+    /// Nothing more is answered until [`Service::resume`] is called for `until`; input that
+    /// arrives meanwhile is still fed (and kept) while `keep_reading`.
     Hold {
         until: Until,
         /// Whether to go on reading meanwhile (the service keeps what arrives); false once
