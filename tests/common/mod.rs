@@ -58,8 +58,10 @@ impl SeqdProcess {
             .to_vec();
         let _data_dir = own_data_dir(args, &mut all);
         all.extend(args.iter().map(|a| a.to_string()));
-        let mut child = Command::new(env!("CARGO_BIN_EXE_seqd"))
-            .args(&all)
+        let mut command = Command::new(env!("CARGO_BIN_EXE_seqd"));
+        command.args(&all);
+        with_test_io(&mut command);
+        let mut child = command
             .env_remove("SEQD_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -114,6 +116,7 @@ impl SeqdProcess {
     }
 
     fn launch(mut command: Command) -> SeqdProcess {
+        with_test_io(&mut command);
         let mut child = command
             .env_remove("SEQD_LOG")
             .stdin(Stdio::null())
@@ -318,4 +321,21 @@ fn own_data_dir(args: &[&str], all: &mut Vec<String>) -> Option<tempfile::TempDi
     let dir = temp_dir();
     all.push(format!("--data-dir={}", dir.path().display()));
     Some(dir)
+}
+
+/// The I/O backend the suite runs against: `SEQD_TEST_IO` (auto, uring or epoll), if set.
+pub fn test_io() -> Option<String> {
+    std::env::var("SEQD_TEST_IO")
+        .ok()
+        .filter(|io| !io.is_empty())
+}
+
+/// Adds `--io=$SEQD_TEST_IO` to a seqd command, unless it is unset or the test chose `--io`.
+fn with_test_io(command: &mut Command) {
+    let chosen = command
+        .get_args()
+        .any(|a| a == "--io" || a.to_str().is_some_and(|a| a.starts_with("--io=")));
+    if let (Some(io), false) = (test_io(), chosen) {
+        command.arg(format!("--io={io}"));
+    }
 }
