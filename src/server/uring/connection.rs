@@ -2,9 +2,9 @@
 //! one send per turn, and closing (after flush, lingering, or at once).
 
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use io_uring::{cqueue, opcode, types};
 
@@ -13,9 +13,7 @@ use super::lifecycle::{Flushed, Lifecycle, Phase, RecvOp};
 use super::token::{Generation, Op, Token};
 use crate::server::failure::Failure;
 use crate::server::handler::{Next, Service, Until};
-
-/// How long a closing connection waits for the peer to close after our FIN.
-const LINGER: Duration = Duration::from_secs(2);
+use crate::server::linger::{LINGER, socket_is_quiet};
 
 pub(super) struct Connection<C> {
     fd: OwnedFd,
@@ -458,16 +456,4 @@ impl<S: Service> EventLoop<S> {
         }
         Ok(())
     }
-}
-
-/// Whether a TCP socket has nothing in flight: every byte sent has been acknowledged and
-/// nothing received waits to be read.
-fn socket_is_quiet(fd: RawFd) -> bool {
-    let (mut unacknowledged, mut unread): (libc::c_int, libc::c_int) = (0, 0);
-    // SAFETY: both ioctls write one int into the variable we pass.
-    let ok = unsafe {
-        libc::ioctl(fd, libc::TIOCOUTQ, &mut unacknowledged) == 0
-            && libc::ioctl(fd, libc::FIONREAD, &mut unread) == 0
-    };
-    ok && unacknowledged == 0 && unread == 0
 }

@@ -35,6 +35,7 @@ use super::accept::{ACCEPT_RETRY, AcceptPolicy, AcceptStep, EPISODE_QUIET};
 use super::bufring::BufRing;
 use super::failure::Failure;
 use super::handler::{Kind, Service};
+use super::linger::SHUTDOWN_GRACE;
 use super::pool::OutputPool;
 use super::probe::{self, Features};
 use super::timers::{Arming, Timer, TimerTable};
@@ -50,7 +51,6 @@ const RECV_BUFFER_SIZE: u32 = 16 * 1024;
 const SPARE_BUFFERS: usize = 256;
 const SPARE_BUFFER_MAX: usize = 1 << 20;
 const FRESH_BUFFER: usize = 4096;
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 pub(super) struct LoopSettings {
     pub index: usize,
