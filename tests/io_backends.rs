@@ -192,3 +192,14 @@ fn uring_refuses_to_start_when_seccomp_denies_io_uring_and_names_the_fix() {
         "the other way out is named:\n{log}"
     );
 }
+
+#[test]
+fn epoll_chosen_serves_and_the_start_up_log_says_so_without_a_warning() {
+    let server = common::SeqdProcess::start(&["--io=epoll"]);
+    let mut stream = server.connect();
+    assert_eq!(common::exchange(&mut stream, b"GETSEQ\r\n", 4), b":1\r\n");
+    let log = server.log();
+    assert!(log.contains("io=epoll"), "{log}");
+    assert!(log.contains("epoll: edge-triggered"), "{log}");
+    assert!(!log.contains(" WARN "), "{log}");
+}
