@@ -304,6 +304,8 @@ impl<S: Service> EventLoop<S> {
                             failure.error()
                         );
                     }
+                    // Not again this turn: an error that repeats would repeat at once.
+                    return Ok(());
                 }
                 AcceptStep::BackOff { warn } => {
                     if warn && let Err(failure) = accepted {
