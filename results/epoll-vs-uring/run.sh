@@ -2,15 +2,19 @@
 # epoll against io_uring: one release build of seqd served with `--io uring` and `--io epoll`
 # in turn, at the same loads in one sitting, alternating round by round on fresh servers so
 # that drift in the machine hits both alike. Prints one row per run (backend, load, round,
-# requests/s) and the median of the rounds' epoll/io_uring ratios per load.
+# requests/s, server CPU microseconds per request) and per load the medians and the median
+# of the rounds' epoll/io_uring throughput ratios.
 #
-#   results/epoll-vs-uring/run.sh                  # ROUNDS=5 CONFIGS="1x1 50x1 50x64" DURATION=3s
+#   results/epoll-vs-uring/run.sh          # ROUNDS=5 CONFIGS="1x1 50x1 50x16 50x64" DURATION=3s
+#
+# Server CPU is the process's user + system time over the load (/proc/PID/stat, in clock
+# ticks); with the default --busy-poll it includes the spinning of a loop waiting for more.
 #
 # Each server: seqd --in-memory --threads 1 pinned to CPU 0; loadgen pinned to CPU 1.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROUNDS=${ROUNDS:-5}
-CONFIGS=${CONFIGS:-"1x1 50x1 50x64"}
+CONFIGS=${CONFIGS:-"1x1 50x1 50x16 50x64"}
 DURATION=${DURATION:-3s}
 PORT=${PORT:-10393}
 WORK=$(mktemp -d)
@@ -32,14 +36,21 @@ measure() { # backend config round
   local serving=epoll
   [[ $io == uring ]] && serving=io_uring
   grep -q "io=$serving" "$log" || { cat "$log" >&2; exit 1; }
+  local ticks_before
+  ticks_before=$(awk '{print $14 + $15}' "/proc/$SERVER/stat")
   taskset -c 1 "$LOADGEN" run --addr "127.0.0.1:$PORT" -c "$c" -P "$p" -d "$DURATION" --warmup 0s \
     --cpus 1 -o "$WORK/run" >"$WORK/loadgen.txt" 2>&1 || { cat "$WORK/loadgen.txt" >&2; exit 1; }
+  local ticks=$(($(awk '{print $14 + $15}' "/proc/$SERVER/stat") - ticks_before))
   kill "$SERVER" || { echo "seqd exited during the run; its log:" >&2; cat "$log" >&2; exit 1; }
   wait "$SERVER" || true
   SERVER=""
-  local rps
-  rps=$(python3 -c 'import json, sys; print(round(json.load(open(sys.argv[1]))["totals"]["throughput_rps"]))' "$WORK/run.json")
-  printf '%s\t%s\t%s\t%s\n' "$io" "$config" "$round" "$rps" | tee -a "$ROWS"
+  python3 - "$WORK/run.json" "$ticks" "$(getconf CLK_TCK)" "$io" "$config" "$round" <<'PY' | tee -a "$ROWS"
+import json, sys
+run, ticks, hz, io, config, rnd = sys.argv[1:]
+totals = json.load(open(run))["totals"]
+cpu_us = int(ticks) / int(hz) * 1e6 / max(1, totals["requests"])
+print(f"{io}\t{config}\t{rnd}\t{totals['throughput_rps']:.0f}\t{cpu_us:.3f}")
+PY
 }
 
 for round in $(seq "$ROUNDS"); do
@@ -51,16 +62,17 @@ done
 
 python3 - "$ROWS" <<'PY'
 import statistics, sys
-runs = {}
+runs, cpu = {}, {}
 for line in open(sys.argv[1]):
-    io, config, rnd, rps = line.split()
+    io, config, rnd, rps, cpu_us = line.split()
     runs[(io, config, rnd)] = float(rps)
-print("\n| connections x pipeline | io_uring (median) | epoll (median) | epoll / io_uring (median of rounds) |")
-print("|---|---|---|---|")
+    cpu[(io, config, rnd)] = float(cpu_us)
+print("\n| connections x pipeline | io_uring (median) | epoll (median) | epoll / io_uring (median of rounds) | server CPU per request, io_uring / epoll (median) |")
+print("|---|---|---|---|---|")
 for config in dict.fromkeys(c for _, c, _ in runs):
     rounds = sorted({r for (_, c, r) in runs if c == config})
-    uring = [runs[("uring", config, r)] for r in rounds]
-    epoll = [runs[("epoll", config, r)] for r in rounds]
-    ratio = statistics.median(e / u for e, u in zip(epoll, uring))
-    print(f"| {config} | {statistics.median(uring):,.0f}/s | {statistics.median(epoll):,.0f}/s | {ratio:.2f}x |")
+    med = lambda table, io: statistics.median(table[(io, config, r)] for r in rounds)
+    ratio = statistics.median(runs[("epoll", config, r)] / runs[("uring", config, r)] for r in rounds)
+    print(f"| {config} | {med(runs, 'uring'):,.0f}/s | {med(runs, 'epoll'):,.0f}/s | {ratio:.2f}x "
+          f"| {med(cpu, 'uring'):.2f} us / {med(cpu, 'epoll'):.2f} us |")
 PY
