@@ -8,6 +8,7 @@ use anyhow::{Context, bail};
 use clap::Parser;
 
 use crate::sequence::MAX_VALUE;
+use crate::server::IoChoice;
 use crate::store::window::DEFAULT_MAX_CRASH_GAP;
 
 /// Where numbers are made durable unless `--data-dir` says otherwise.
@@ -166,8 +167,19 @@ pub struct Config {
     /// microseconds on virtual machines: one client doing one request at a time got 25-40%
     /// more answers per second, measured) at the price of CPU while traffic is sparse; 0 sleeps
     /// at once (for hosts shared with other work). An idle server sleeps either way.
+    /// With `--io epoll` the loop spins on epoll_wait with a zero timeout instead.
     #[arg(long, default_value_t = 50, value_name = "MICROSECONDS")]
     pub busy_poll: u64,
+
+    /// The I/O backend. io_uring serves the most requests per core: a whole turn's receives
+    /// and sends cost one system call. epoll needs one per read and per write, so it serves
+    /// fewer per core and spends more CPU per request, but runs where io_uring is blocked
+    /// (Docker's and containerd's default seccomp profiles, kernel.io_uring_disabled, gVisor,
+    /// kernels before 6.0). auto takes io_uring when this process can use it, and otherwise
+    /// serves with epoll after one warning that names the cause; uring refuses to start
+    /// without it.
+    #[arg(long, value_enum, default_value_t = IoChoice::Auto, value_name = "BACKEND")]
+    pub io: IoChoice,
 
     /// Log filter: error, warn, info, debug or trace, or per-module directives.
     #[arg(long, default_value = "info", env = "SEQD_LOG", value_name = "FILTER")]

@@ -93,6 +93,7 @@ fn run(config: Config) -> anyhow::Result<()> {
         pin: config.pin(),
         max_connections: config.max_connections,
         busy_poll: std::time::Duration::from_micros(config.busy_poll),
+        io: config.io,
         limits: Limits {
             max_batch: config.max_batch,
         },
@@ -119,6 +120,7 @@ fn run(config: Config) -> anyhow::Result<()> {
         pinned = settings.pin,
         max_connections = settings.max_connections,
         busy_poll_us = server.busy_poll().as_micros(),
+        io = %server.backend(),
         "seqd listening on {}",
         server.local_addr()
     );

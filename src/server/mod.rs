@@ -1,11 +1,21 @@
-//! The server: one pinned, single-threaded io_uring event loop per core, each with its own
-//! SO_REUSEPORT listener, sharing nothing but the sequence registry, the lease and stream
-//! records and a connection count. The stream protocol's listener (seed 003), if any, is
-//! served by loop 0 alone.
+//! The server: one pinned, single-threaded event loop per core (io_uring, or epoll where
+//! io_uring is blocked), each with its own SO_REUSEPORT listener, sharing nothing but the
+//! sequence registry, the lease and stream records and a connection count. The stream
+//! protocol's listener, if any, is served by loop 0 alone.
+//!
+//! A backend (`uring`, `epoll`) moves bytes; the service layer behind [`handler::Service`] decides
+//! what they mean (`handler.rs` states the contract, `adapters.rs` implements it).
 
+pub mod accept;
+mod adapters;
 mod bufring;
+mod epoll;
+pub mod failure;
+pub mod handler;
+mod linger;
 mod pool;
 pub mod probe;
+pub mod timers;
 mod uring;
 
 use std::io;
@@ -18,9 +28,8 @@ use std::thread::JoinHandle;
 use anyhow::Context;
 use socket2::{Domain, Protocol, Socket, Type};
 
+pub use self::adapters::{Limits, StreamSettings};
 use crate::sequence::Registry;
-use crate::service::Limits;
-use crate::service::stream_hub::StreamSettings;
 use crate::state::LeasesAndStreams;
 
 /// How the server is to run.
@@ -35,6 +44,109 @@ pub struct Settings {
     pub stream: Option<(SocketAddr, StreamSettings)>,
     /// How long an idle event loop spins before it sleeps (zero: it sleeps at once).
     pub busy_poll: std::time::Duration,
+    /// Which I/O backend to serve with.
+    pub io: IoChoice,
+}
+
+/// The `--io` choice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum IoChoice {
+    /// io_uring where it works, epoll otherwise.
+    Auto,
+    /// io_uring, or refuse to start.
+    Uring,
+    /// epoll.
+    Epoll,
+}
+
+/// The I/O backend that serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Uring,
+    Epoll,
+}
+
+impl std::fmt::Display for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Backend::Uring => "io_uring",
+            Backend::Epoll => "epoll",
+        })
+    }
+}
+
+/// The backend `choice` asks for: `auto` takes io_uring if this process can create a ring
+/// with what the loops need, and otherwise says once why it serves with epoll.
+fn choose_backend(choice: IoChoice) -> Backend {
+    match choice {
+        IoChoice::Uring => Backend::Uring,
+        IoChoice::Epoll => Backend::Epoll,
+        IoChoice::Auto => match probe::uring_usable() {
+            Ok(()) => Backend::Uring,
+            Err(cause) => {
+                tracing::warn!(
+                    "io_uring is unavailable, serving with epoll instead: {cause}. epoll costs \
+                     a system call per read and per write that io_uring batches into one per \
+                     turn: fewer requests per second per core and more CPU per request. \
+                     (--io epoll silences this; --io uring refuses to start instead)"
+                );
+                Backend::Epoll
+            }
+        },
+    }
+}
+
+/// What an event loop reports once it is serving.
+struct Ready {
+    index: usize,
+    /// For the start-up log.
+    description: String,
+    /// Whether `--busy-poll` works on this loop.
+    busy_polls: bool,
+    core: Option<usize>,
+}
+
+/// Creates the event loop of `backend` on the calling thread, reports on `ready`, and runs it
+/// until shutdown (None: it could not be created, and `ready` says why).
+fn serve_loop<S: handler::Service>(
+    backend: Backend,
+    settings: uring::LoopSettings,
+    service: S,
+    shared: Arc<Shared>,
+    core: Option<usize>,
+    ready: &mpsc::Sender<Result<Ready, String>>,
+) -> Option<io::Result<()>> {
+    let index = settings.index;
+    let report = |description: String, busy_polls: bool| {
+        let _ = ready.send(Ok(Ready {
+            index,
+            description,
+            busy_polls,
+            core,
+        }));
+    };
+    let created = match backend {
+        Backend::Uring => uring::EventLoop::new(settings, service, shared).map(|event_loop| {
+            let features = event_loop.features();
+            report(features.to_string(), features.work_pending_flag);
+            event_loop.run()
+        }),
+        Backend::Epoll => epoll::EventLoop::new(settings, service, shared).map(|event_loop| {
+            report(epoll::DESCRIPTION.to_string(), true);
+            event_loop.run()
+        }),
+    };
+    match created {
+        Ok(result) => Some(result),
+        Err(e) => {
+            let mut message = e.to_string();
+            if backend == Backend::Uring {
+                message.push_str(" (or serve without io_uring: --io epoll)");
+            }
+            let _ = ready.send(Err(message));
+            None
+        }
+    }
 }
 
 /// State every event loop sees.
@@ -81,6 +193,7 @@ pub struct Server {
     wakers: Wakers,
     threads: Vec<JoinHandle<()>>,
     busy_poll: std::time::Duration,
+    backend: Backend,
 }
 
 impl Server {
@@ -93,6 +206,7 @@ impl Server {
         events: mpsc::Sender<Event>,
     ) -> anyhow::Result<Server> {
         ensure_fd_limit(settings.max_connections, settings.threads);
+        let backend = choose_backend(settings.io);
         let listeners = bind_listeners(settings.addr, settings.threads)?;
         let local_addr = listeners[0]
             .local_addr()
@@ -157,17 +271,21 @@ impl Server {
         let mut threads = Vec::with_capacity(settings.threads);
         for (index, listener) in listeners.into_iter().enumerate() {
             let core = (!cores.is_empty()).then(|| cores[index % cores.len()]);
+            let mut loop_listeners = vec![(listener.into(), handler::Kind::Session)];
+            let mut stream_settings = None;
+            if index == 0
+                && let Some((listener, s, _)) = stream.take()
+            {
+                loop_listeners.push((listener, handler::Kind::Stream));
+                stream_settings = Some(s);
+            }
             let loop_settings = uring::LoopSettings {
                 index,
-                listener: listener.into(),
+                listeners: loop_listeners,
                 wake_fd: wake_fds[index],
-                limits: settings.limits.clone(),
-                stream: match index {
-                    0 => stream.take().map(|(listener, s, _)| (listener, s)),
-                    _ => None,
-                },
                 busy_poll: settings.busy_poll,
             };
+            let limits = settings.limits.clone();
             let shared = shared.clone();
             let ready = ready_tx.clone();
             let events = events.clone();
@@ -183,16 +301,21 @@ impl Server {
                             "could not pin event loop"
                         );
                     }
-                    let event_loop = match uring::EventLoop::new(loop_settings, shared) {
-                        Ok(event_loop) => event_loop,
-                        Err(e) => {
-                            let _ = ready.send(Err(e.to_string()));
-                            return;
-                        }
-                    };
-                    let _ = ready.send(Ok((index, event_loop.features(), core.map(|c| c.id))));
-                    let result = event_loop.run().map_err(|e| e.to_string());
-                    let _ = events.send(Event::LoopExited { index, result });
+                    // Built in the loop's own (pinned) thread, like everything the loop owns.
+                    let service = adapters::Services::new(
+                        shared.registry.clone(),
+                        shared.records.clone(),
+                        limits,
+                        shared.max_connections,
+                        stream_settings,
+                    );
+                    let core = core.map(|c| c.id);
+                    if let Some(result) =
+                        serve_loop(backend, loop_settings, service, shared, core, &ready)
+                    {
+                        let result = result.map_err(|e| e.to_string());
+                        let _ = events.send(Event::LoopExited { index, result });
+                    }
                 })
                 .context("cannot start an event loop thread")?;
             threads.push(thread);
@@ -206,17 +329,26 @@ impl Server {
             wakers,
             threads,
             busy_poll: settings.busy_poll,
+            backend,
         };
         for _ in 0..settings.threads {
             match ready_rx.recv() {
-                Ok(Ok((index, features, core))) => {
+                Ok(Ok(Ready {
+                    index,
+                    description,
+                    busy_polls,
+                    core,
+                })) => {
                     let core = core.map_or_else(|| "unpinned".to_string(), |c| format!("cpu {c}"));
-                    tracing::debug!(loop_index = index, %core, "event loop ready: {features}");
-                    if !features.work_pending_flag {
+                    tracing::debug!(loop_index = index, %core, "event loop ready: {description}");
+                    if !busy_polls {
                         server.busy_poll = std::time::Duration::ZERO;
                     }
                     if index == 0 {
-                        tracing::info!("io_uring: {features} (kernel {})", probe::kernel_release());
+                        tracing::info!(
+                            "{backend}: {description} (kernel {})",
+                            probe::kernel_release()
+                        );
                     }
                 }
                 Ok(Err(e)) => {
@@ -240,6 +372,11 @@ impl Server {
     /// the flag it watches (see `uring::EventLoop::wait_for_completions`).
     pub fn busy_poll(&self) -> std::time::Duration {
         self.busy_poll
+    }
+
+    /// The I/O backend that serves.
+    pub fn backend(&self) -> Backend {
+        self.backend
     }
 
     /// Where the stream protocol is served, if it is.

@@ -96,6 +96,23 @@ pub fn create_ring(entries: u32, cq_entries: u32) -> io::Result<(IoUring, Featur
     ))
 }
 
+/// Whether this process can run the io_uring event loops: a ring with every operation they
+/// use, and a provided buffer ring registered on it. The error says why not and what fixes it.
+pub fn uring_usable() -> io::Result<()> {
+    let (ring, _) = create_ring(8, 16)?;
+    let buffers = super::bufring::BufRing::new(0, 1, 4096)?;
+    let registered = buffers.register(&ring.submitter()).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("cannot register a provided buffer ring ({e}); seqd needs Linux 6.0 or newer"),
+        )
+    });
+    // The ring goes first, so the kernel is done with the buffers before they are freed.
+    drop(ring);
+    drop(buffers);
+    registered
+}
+
 fn check_opcodes(ring: &IoUring) -> io::Result<()> {
     let mut probe = Probe::new();
     ring.submitter().register_probe(&mut probe).map_err(|e| {
