@@ -456,7 +456,7 @@ fn run(args: RunArgs, command: &[String]) -> Result<u8> {
         );
     }
     if let Some(path) = &args.verify_file {
-        let run_id = seqd::lease::unix_ms() & 0xff_ffff_ffff;
+        let run_id = seqd::clock::unix_ms() & 0xff_ffff_ffff;
         verify::append_to_file(path, run_id, &measured.streams)?;
         eprintln!("  appended the numbers received to {}", path.display());
     }
