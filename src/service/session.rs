@@ -10,6 +10,8 @@
 //! client sent after it, until the change is on disk (the session pauses; the loop resumes it
 //! when the persister wakes it).
 
+mod redis;
+
 use std::collections::HashMap;
 use std::marker::PhantomData;
 
@@ -60,6 +62,7 @@ impl LoopState {
         records: std::sync::Arc<Records>,
         limits: Limits,
     ) -> LoopState {
+        redis::mark_start();
         LoopState {
             registry,
             records,
@@ -260,6 +263,8 @@ pub struct Session {
     closing: bool,
     /// The client sent its last byte: a final text line needs no line ending.
     input_ended: bool,
+    /// RESP version, name and transaction of a Redis client.
+    redis: redis::RedisClient,
 }
 
 /// Carry capacity kept between frames; larger buffers are released once empty.
@@ -310,9 +315,9 @@ impl Session {
         }
     }
 
-    /// The client will send nothing more. A last text line without a line ending is taken as
+    /// The client will send nothing more. A last inline line without a line ending is taken as
     /// complete (`printf 'GET_SEQUENCE_RANGE 20' | nc -N`, or seed 000's client, which sends
-    /// `ACK start,end` without one and closes).
+    /// `ACK start,end` without one and closes); an unfinished RESP command is discarded.
     pub fn end_of_input(&mut self, state: &mut LoopState, out: &mut Vec<u8>) -> Status {
         self.input_ended = true;
         if self.closing {
@@ -357,7 +362,7 @@ impl Session {
             }
         }
         if let Some(run) = self.parked.take() {
-            let mut executor = Executor::<W>::new(state, out, run);
+            let mut executor = Executor::<W>::new(state, out, &mut self.redis, run);
             if let Err(sequence) = executor.flush() {
                 self.parked = Some(executor.run);
                 return self.paused(Pause::AwaitingCeiling(sequence));
@@ -381,7 +386,7 @@ impl Session {
             sequence: None,
             segments: std::mem::take(&mut state.run),
         };
-        let mut executor = Executor::<W>::new(state, out, run);
+        let mut executor = Executor::<W>::new(state, out, &mut self.redis, run);
         let mut flow = Flow::Continue;
 
         // 1. Frames that begin in the carry, completed with as few bytes of `data` as needed.
@@ -389,7 +394,8 @@ impl Session {
         while start < self.carry.len() && flow.proceeds() {
             match W::decode(&self.carry[start..]) {
                 Ok(parsed) => {
-                    flow = executor.handle(parsed.message);
+                    let frame = &self.carry[start..start + parsed.consumed];
+                    flow = executor.handle(parsed.message, frame);
                     if flow.consumed() {
                         start += parsed.consumed;
                     }
@@ -399,8 +405,11 @@ impl Session {
                         if self.input_ended
                             && self.codec == Some(Codec::Text)
                             && !self.carry.ends_with(b"\n")
+                            && self.carry.get(start) != Some(&b'*')
                         {
-                            // Nothing more will come: the last line is complete as it is.
+                            // Nothing more will come: the last inline line is complete as it
+                            // is. An unfinished RESP array is dropped, as Redis drops it: its
+                            // sender died mid-command.
                             self.carry.push(b'\n');
                             continue;
                         }
@@ -428,7 +437,8 @@ impl Session {
             while flow.proceeds() {
                 match W::decode(&data[pos..]) {
                     Ok(parsed) => {
-                        flow = executor.handle(parsed.message);
+                        let frame = &data[pos..pos + parsed.consumed];
+                        flow = executor.handle(parsed.message, frame);
                         if flow.consumed() {
                             pos += parsed.consumed;
                         }
@@ -494,25 +504,37 @@ impl Session {
 }
 
 /// Serves decoded requests in order, coalescing runs of number requests.
-struct Executor<'s, 'o, W> {
+struct Executor<'s, 'o, 'c, W> {
     state: &'s mut LoopState,
     out: &'o mut Vec<u8>,
+    client: &'c mut redis::RedisClient,
     run: Run,
     wire: PhantomData<W>,
 }
 
-impl<'s, 'o, W: Wire> Executor<'s, 'o, W> {
-    fn new(state: &'s mut LoopState, out: &'o mut Vec<u8>, run: Run) -> Self {
+impl<'s, 'o, 'c, W: Wire> Executor<'s, 'o, 'c, W> {
+    fn new(
+        state: &'s mut LoopState,
+        out: &'o mut Vec<u8>,
+        client: &'c mut redis::RedisClient,
+        run: Run,
+    ) -> Self {
         Executor {
             state,
             out,
+            client,
             run,
             wire: PhantomData,
         }
     }
 
+    /// Serves `request`, whose bytes are `frame`.
     #[inline]
-    fn handle(&mut self, request: Request<'_>) -> Flow {
+    fn handle(&mut self, request: Request<'_>, frame: &[u8]) -> Flow {
+        if self.client.transaction.is_some() {
+            // Between MULTI and EXEC nothing runs or joins a run: it is queued.
+            return self.queue(request, frame);
+        }
         let (target, count, opcode) = match request {
             Request::Get { target } => (target, 0, binary::opcode::GETSEQ),
             Request::GetBatch { target, count }
@@ -605,7 +627,13 @@ impl<'s, 'o, W: Wire> Executor<'s, 'o, W> {
             Request::LeaseStats => (0, Ok(Reply::LeaseStats(self.state.records.leases.stats()))),
             Request::RedisHandshake {
                 config_get: Some(parameter),
-            } => (0, Ok(Reply::UnsetConfig(parameter))),
+            } => {
+                let reply = Reply::UnsetConfig(parameter);
+                crate::protocol::redis::encode_reply(self.out, &reply, self.client.version());
+                return Flow::Continue;
+            }
+            Request::Redis(command) => return self.redis(command),
+            Request::RedisError(error) => return self.redis_error(error),
             Request::RedisHandshake { config_get: None } => (0, Ok(Reply::EmptyArray)),
             Request::Invalid(problem) => (0, Err(problem)),
             Request::Get { .. } | Request::Nothing => unreachable!("handled by handle()"),
