@@ -107,9 +107,10 @@ impl<W: Wire> Executor<'_, '_, '_, W> {
     }
 
     /// A seqd reply in the connection's RESP version.
-    fn seqd_reply(&mut self, reply: Result<Reply<'_>, Problem<'_>>) {
+    fn seqd_reply(&mut self, reply: Result<Reply<'_>, Problem<'_>>) -> Flow {
         let reply = reply.unwrap_or_else(|problem| Reply::Error { opcode: 0, problem });
         resp::encode_reply(self.out, &reply, self.client.version);
+        Flow::Continue
     }
 
     /// A request that arrived between `MULTI` and `EXEC`: queued, or run if it ends or
@@ -223,10 +224,7 @@ impl<W: Wire> Executor<'_, '_, '_, W> {
             | Command::Get(_)
             | Command::Echo(_)
             | Command::Time
-            | Command::DbSize => {
-                self.run_one(Request::Redis(command), &mut Vec::new());
-                Flow::Continue
-            }
+            | Command::DbSize => self.run_one(Request::Redis(command), &mut []),
         }
     }
 
@@ -247,20 +245,11 @@ impl<W: Wire> Executor<'_, '_, '_, W> {
             let Some(sequence) = self.state.registry.get(id) else {
                 continue;
             };
-            let reserved = match sequence.reserve(total) {
-                Ok(first) => Ok(first),
-                Err(Refusal::Exhausted { remaining }) => Err(Problem::Exhausted { remaining }),
-                Err(Refusal::AwaitingCeiling) => {
-                    let signals = self.state.registry.ceiling_signals();
-                    if !signals.unavailable() {
-                        // EXEC is decoded again once the ceiling has risen; what is already
-                        // reserved stays with the transaction.
-                        signals.request_raise();
-                        self.client.transaction = Some(transaction);
-                        return Flow::Park(id);
-                    }
-                    Err(Problem::Unavailable)
-                }
+            let Some(reserved) = reserve(sequence, total, self.state) else {
+                // EXEC is decoded again once the ceiling has risen; what is already reserved
+                // stays with the transaction.
+                self.client.transaction = Some(transaction);
+                return Flow::Park(id);
             };
             transaction.reserved.push((id, reserved));
         }
@@ -271,7 +260,9 @@ impl<W: Wire> Executor<'_, '_, '_, W> {
         );
         let mut cursors = std::mem::take(&mut transaction.reserved);
         for_each_frame(&transaction.frames, |request| {
-            self.run_one(request, &mut cursors);
+            // Every sequence a queued command takes numbers from has its cursor: nothing here
+            // waits.
+            let _ = self.run_one(request, &mut cursors);
         });
         Flow::Continue
     }
@@ -304,9 +295,9 @@ impl<W: Wire> Executor<'_, '_, '_, W> {
     }
 
     /// Answers one command from the numbers in `cursors` (a transaction's reservations,
-    /// advanced as they are handed out), or with a reservation of its own if its sequence
-    /// has none there.
-    fn run_one(&mut self, request: Request<'_>, cursors: &mut [Cursor]) {
+    /// advanced as they are handed out), or, outside a transaction (no cursors), with a
+    /// reservation of its own: [`Flow::Park`] when that has to wait for a ceiling to rise.
+    fn run_one(&mut self, request: Request<'_>, cursors: &mut [Cursor]) -> Flow {
         let max_batch = self.state.limits.max_batch;
         let (target, count, as_range) = match request {
             Request::Get { target } => (target, 1, false),
@@ -335,31 +326,27 @@ impl<W: Wire> Executor<'_, '_, '_, W> {
                     }
                     None => RedisReply::Null,
                 };
-                self.redis_reply(reply);
-                return;
+                return self.redis_reply(reply);
             }
             Request::Ping { echo } => return self.seqd_reply(Ok(Reply::Pong { echo })),
             Request::Redis(Command::Echo(message)) => {
-                self.redis_reply(RedisReply::Bulk(message));
-                return;
+                return self.redis_reply(RedisReply::Bulk(message));
             }
             Request::Redis(Command::Time) => {
                 let now = SystemTime::now()
                     .duration_since(UNIX_EPOCH)
                     .unwrap_or_default();
-                self.redis_reply(RedisReply::Time {
+                return self.redis_reply(RedisReply::Time {
                     seconds: now.as_secs(),
                     micros: now.subsec_micros(),
                 });
-                return;
             }
             Request::Redis(Command::DbSize) => {
                 let size = self.state.registry.len() as u64;
-                self.redis_reply(RedisReply::Integer(size));
-                return;
+                return self.redis_reply(RedisReply::Integer(size));
             }
             // Only the requests above are ever queued or passed here.
-            _ => return,
+            _ => return Flow::Continue,
         };
         let id = match self.state.resolve(target) {
             Ok(sequence) => sequence.id(),
@@ -372,7 +359,16 @@ impl<W: Wire> Executor<'_, '_, '_, W> {
                 Ok(first)
             }
             Some(Err(problem)) => Err(*problem),
-            None => self.reserve_alone(id, count),
+            None => {
+                // Resolved just above; sequences are never removed.
+                let Some(sequence) = self.state.registry.get(id) else {
+                    return self.seqd_reply(Err(Problem::UnknownSequence(id)));
+                };
+                match reserve(sequence, count, self.state) {
+                    Some(reserved) => reserved,
+                    None => return Flow::Park(id),
+                }
+            }
         };
         if first == Err(Problem::Unavailable) {
             self.state.registry.ceiling_signals().count_refusal();
@@ -382,23 +378,6 @@ impl<W: Wire> Executor<'_, '_, '_, W> {
             false => Reply::Number(first + count - 1),
         });
         self.seqd_reply(reply)
-    }
-
-    /// A reservation outside a transaction (`INCRBY`).
-    fn reserve_alone(&mut self, id: SequenceId, count: u64) -> Result<u64, Problem<'static>> {
-        let Some(sequence) = self.state.registry.get(id) else {
-            return Err(Problem::UnknownSequence(id));
-        };
-        match sequence.reserve(count) {
-            Ok(first) => Ok(first),
-            Err(Refusal::Exhausted { remaining }) => Err(Problem::Exhausted { remaining }),
-            // A durable ceiling that has not caught up: answered as unavailable rather than
-            // parked, which only runs of GETSEQ do; INCRBY is rare next to them.
-            Err(Refusal::AwaitingCeiling) => {
-                self.state.registry.ceiling_signals().request_raise();
-                Err(Problem::Unavailable)
-            }
-        }
     }
 
     /// `GET key`: the last number the sequence issued, or `None` if it does not exist or has
@@ -433,6 +412,28 @@ impl<W: Wire> Executor<'_, '_, '_, W> {
             RespVersion::Resp3 => 3,
         };
         format!("id={id} name={name} db=0 multi={multi} resp={resp}\n")
+    }
+}
+
+/// Reserves `count` numbers: the first, or why none can be had; `None` when they wait for
+/// the durable ceiling to rise (a raise has been asked for).
+fn reserve(
+    sequence: &crate::sequence::Sequence,
+    count: u64,
+    state: &LoopState,
+) -> Option<Result<u64, Problem<'static>>> {
+    match sequence.reserve(count) {
+        Ok(first) => Some(Ok(first)),
+        Err(Refusal::Exhausted { remaining }) => Some(Err(Problem::Exhausted { remaining })),
+        Err(Refusal::AwaitingCeiling) => {
+            let signals = state.registry.ceiling_signals();
+            if signals.unavailable() {
+                // Fail closed, as a run of GETSEQ does.
+                return Some(Err(Problem::Unavailable));
+            }
+            signals.request_raise();
+            None
+        }
     }
 }
 
@@ -529,9 +530,11 @@ fn info(state: &LoopState, section: Option<&[u8]>) -> String {
         for sequence in registry.iter() {
             let next = sequence.current();
             let ceiling = sequence.ceiling();
+            // Keyed by id: a name may hold ':', which ends an INFO key.
             let _ = write!(
                 text,
-                "sequence_{}:next={next},ceiling={ceiling},headroom={}\r\n",
+                "sequence_{}:name={},next={next},ceiling={ceiling},headroom={}\r\n",
+                sequence.id(),
                 sequence.name(),
                 ceiling.saturating_sub(next)
             );
@@ -628,7 +631,7 @@ mod tests {
             "# Persistence\r\nloading:0\r\n",
             "# Keyspace\r\ndb0:keys=2,expires=0,avg_ttl=0\r\n",
             "# seqd\r\nsequences:2\r\nsequence_limit:8\r\n",
-            "sequence_orders:next=11,ceiling=",
+            "sequence_1:name=orders,next=11,ceiling=",
         ] {
             assert!(out.contains(line), "{line} in {out}");
         }
@@ -748,6 +751,14 @@ mod tests {
         out.clear();
         assert_eq!(s.resume(&mut st, &mut out), Status::Open);
         assert_eq!(out, b"*3\r\n:1\r\n:2\r\n:3\r\n+PONG\r\n");
+        // INCRBY (what redis-py's incr sends) on a new sequence waits for its ceiling too.
+        out.clear();
+        let status = s.receive(b"INCRBY fresh 1\r\nINCR fresh\r\n", &mut st, &mut out);
+        assert_eq!(status, Status::Paused(Pause::AwaitingCeiling(1)));
+        assert!(out.is_empty());
+        registry.get(1).unwrap().raise_ceiling(100);
+        assert_eq!(s.resume(&mut st, &mut out), Status::Open);
+        assert_eq!(out, b":1\r\n:2\r\n");
     }
 
     #[test]
