@@ -392,10 +392,10 @@ impl Session {
         // 1. Frames that begin in the carry, completed with as few bytes of `data` as needed.
         let mut start = 0;
         while start < self.carry.len() && flow.proceeds() {
-            match W::decode(&self.carry[start..]) {
+            let rest = &self.carry[start..];
+            match W::decode(rest) {
                 Ok(parsed) => {
-                    let frame = &self.carry[start..start + parsed.consumed];
-                    flow = executor.handle(parsed.message, frame);
+                    flow = executor.handle(parsed.message, rest, parsed.consumed);
                     if flow.consumed() {
                         start += parsed.consumed;
                     }
@@ -435,10 +435,10 @@ impl Session {
         if self.carry.is_empty() {
             let mut pos = 0;
             while flow.proceeds() {
-                match W::decode(&data[pos..]) {
+                let rest = &data[pos..];
+                match W::decode(rest) {
                     Ok(parsed) => {
-                        let frame = &data[pos..pos + parsed.consumed];
-                        flow = executor.handle(parsed.message, frame);
+                        flow = executor.handle(parsed.message, rest, parsed.consumed);
                         if flow.consumed() {
                             pos += parsed.consumed;
                         }
@@ -528,12 +528,13 @@ impl<'s, 'o, 'c, W: Wire> Executor<'s, 'o, 'c, W> {
         }
     }
 
-    /// Serves `request`, whose bytes are `frame`.
+    /// Serves `request`, the first `len` bytes of `input` (sliced only if a transaction
+    /// queues them, so the number path pays nothing for it).
     #[inline]
-    fn handle(&mut self, request: Request<'_>, frame: &[u8]) -> Flow {
+    fn handle(&mut self, request: Request<'_>, input: &[u8], len: usize) -> Flow {
         if self.client.transaction.is_some() {
             // Between MULTI and EXEC nothing runs or joins a run: it is queued.
-            return self.queue(request, frame);
+            return self.queue(request, &input[..len]);
         }
         let (target, count, opcode) = match request {
             Request::Get { target } => (target, 0, binary::opcode::GETSEQ),
