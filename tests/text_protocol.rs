@@ -88,7 +88,7 @@ fn errors_are_specific_and_keep_the_connection() {
     conn.write_all(b"FOOBAR\r\n").unwrap();
     assert_eq!(
         read_line(&mut conn),
-        "-ERR Unknown command 'FOOBAR'. Supported: GETSEQ, GETSEQ_BATCH, CURRENT, GET_SEQUENCE_RANGE, ACK, LEASES, PING, QUIT"
+        "-ERR Unknown command 'FOOBAR'. Supported: GETSEQ, GETSEQ_BATCH, CURRENT, GET_SEQUENCE_RANGE, ACK, LEASES, PING, QUIT, INCR, INCRBY, GET, MULTI, EXEC, DISCARD, HELLO, AUTH, CLIENT, SELECT, ECHO, INFO, COMMAND, CONFIG GET, TIME, DBSIZE, RESET"
     );
     conn.write_all(b"GETSEQ_BATCH 0\r\nGETSEQ_BATCH 101\r\nGETSEQ_BATCH ten\r\nGETSEQ a b\r\n")
         .unwrap();

@@ -141,6 +141,8 @@ pub fn answer(input: &[u8], counter: &mut Counter, out: &mut Vec<u8>) -> (usize,
                     // baseline does not implement leases.
                     Request::Quit
                     | Request::RedisHandshake { .. }
+                    | Request::Redis(_)
+                    | Request::RedisError(_)
                     | Request::Nothing
                     | Request::Lease { .. }
                     | Request::Ack { .. }

@@ -7,6 +7,7 @@
 //! stream cannot be resynchronised and the connection must be closed after the error reply.
 
 pub mod binary;
+pub mod redis;
 pub mod stream;
 pub mod text;
 
@@ -119,6 +120,10 @@ pub enum Request<'a> {
     /// empty value, as Redis answers a parameter that is not set) or `COMMAND ...` (answered
     /// with an empty array), so `redis-cli` and `redis-benchmark` start without complaint.
     RedisHandshake { config_get: Option<&'a [u8]> },
+    /// A Redis command other than seqd's own (see [`redis`]).
+    Redis(redis::Command<'a>),
+    /// A Redis command refused with Redis's error wording.
+    RedisError(redis::RedisError<'a>),
     /// An empty text line: no reply.
     Nothing,
     /// A well-framed request that cannot be served: answered with this error; the
@@ -291,8 +296,9 @@ pub enum Problem<'a> {
 }
 
 /// Commands the text protocol understands, for the unknown-command reply.
-pub const TEXT_COMMANDS: &str =
-    "GETSEQ, GETSEQ_BATCH, CURRENT, GET_SEQUENCE_RANGE, ACK, LEASES, PING, QUIT";
+pub const TEXT_COMMANDS: &str = "GETSEQ, GETSEQ_BATCH, CURRENT, GET_SEQUENCE_RANGE, ACK, LEASES, \
+     PING, QUIT, INCR, INCRBY, GET, MULTI, EXEC, DISCARD, HELLO, AUTH, CLIENT, SELECT, ECHO, \
+     INFO, COMMAND, CONFIG GET, TIME, DBSIZE, RESET";
 
 impl Problem<'_> {
     pub fn code(&self) -> ErrorCode {
@@ -497,7 +503,7 @@ impl fmt::Display for LeaseIdError {
 
 /// Shows client bytes safely inside an error message: printable ASCII as is, the rest escaped,
 /// at most 64 bytes.
-struct Printable<'a>(&'a [u8]);
+pub(crate) struct Printable<'a>(pub(crate) &'a [u8]);
 
 impl fmt::Display for Printable<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

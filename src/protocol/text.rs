@@ -15,8 +15,8 @@ pub const MAX_REQUEST: usize = 64 * 1024;
 /// Most arguments a RESP array may carry.
 pub const MAX_ARGS: usize = 1024;
 /// Words kept for interpretation; any beyond are only counted (no command takes more:
-/// `GET_SEQUENCE_RANGE n client request sequence` is the longest).
-const KEPT_ARGS: usize = 5;
+/// `HELLO 3 AUTH user password SETNAME name` is the longest).
+const KEPT_ARGS: usize = 7;
 
 /// The words of one command, borrowed from the input.
 struct Args<'a> {
@@ -298,9 +298,13 @@ fn interpret<'a>(args: &Args<'a>, framing: Framing) -> Request<'a> {
             config_get: get.then_some(args.kept[2]),
         }
     } else if is("COMMAND") {
-        Request::RedisHandshake { config_get: None }
+        match args.count == 2 && args.kept[1].eq_ignore_ascii_case(b"COUNT") {
+            true => Request::Redis(super::redis::Command::CommandCount),
+            false => Request::RedisHandshake { config_get: None },
+        }
     } else {
-        Request::Invalid(Problem::UnknownCommand(name))
+        super::redis::interpret(&args.kept[..args.count.min(KEPT_ARGS)], args.count)
+            .unwrap_or(Request::Invalid(Problem::UnknownCommand(name)))
     }
 }
 
@@ -398,7 +402,7 @@ pub fn encode_numbers(out: &mut Vec<u8>, first: u64, count: u64) {
     }
 }
 
-fn bulk(out: &mut Vec<u8>, bytes: &[u8]) {
+pub(super) fn bulk(out: &mut Vec<u8>, bytes: &[u8]) {
     out.push(b'$');
     out.extend_from_slice(itoa::Buffer::new().format(bytes.len()).as_bytes());
     out.extend_from_slice(b"\r\n");
@@ -407,7 +411,7 @@ fn bulk(out: &mut Vec<u8>, bytes: &[u8]) {
 }
 
 #[inline]
-fn integer(out: &mut Vec<u8>, n: u64) {
+pub(super) fn integer(out: &mut Vec<u8>, n: u64) {
     out.push(b':');
     out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
     out.extend_from_slice(b"\r\n");

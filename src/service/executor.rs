@@ -6,6 +6,8 @@
 use std::collections::HashMap;
 use std::marker::PhantomData;
 
+pub(super) mod redis;
+
 use super::replies;
 use crate::protocol::{ParseError, ParseOk, Problem, Reply, Request, Target, binary, text};
 use crate::sequence::{BeyondDurable, DEFAULT_SEQUENCE, Refusal, Registry, Sequence, SequenceId};
@@ -47,6 +49,7 @@ impl LoopState {
         records: std::sync::Arc<LeasesAndStreams>,
         limits: Limits,
     ) -> LoopState {
+        redis::mark_start();
         LoopState {
             registry,
             records,
@@ -186,25 +189,39 @@ pub(super) struct Awaiting {
 }
 
 /// Serves decoded requests in order, coalescing runs of number requests.
-pub(super) struct Executor<'s, 'o, W> {
+pub(super) struct Executor<'s, 'o, 'c, W> {
     pub(super) state: &'s mut LoopState,
     pub(super) out: &'o mut Vec<u8>,
+    /// RESP version, name and transaction of a Redis client.
+    client: &'c mut redis::RedisClient,
     pub(super) run: Run,
     wire: PhantomData<W>,
 }
 
-impl<'s, 'o, W: Wire> Executor<'s, 'o, W> {
-    pub(super) fn new(state: &'s mut LoopState, out: &'o mut Vec<u8>, run: Run) -> Self {
+impl<'s, 'o, 'c, W: Wire> Executor<'s, 'o, 'c, W> {
+    pub(super) fn new(
+        state: &'s mut LoopState,
+        out: &'o mut Vec<u8>,
+        client: &'c mut redis::RedisClient,
+        run: Run,
+    ) -> Self {
         Executor {
             state,
             out,
+            client,
             run,
             wire: PhantomData,
         }
     }
 
+    /// Serves `request`, the first `len` bytes of `input` (sliced only if a transaction
+    /// queues them, so the number path pays nothing for it).
     #[inline]
-    pub(super) fn handle(&mut self, request: Request<'_>) -> Flow {
+    pub(super) fn handle(&mut self, request: Request<'_>, input: &[u8], len: usize) -> Flow {
+        if self.client.transaction.is_some() {
+            // Between MULTI and EXEC nothing runs or joins a run: it is queued.
+            return self.queue(request, &input[..len]);
+        }
         let (target, count, opcode) = match request {
             Request::Get { target } => (target, 0, binary::opcode::GETSEQ),
             Request::GetBatch { target, count }
@@ -300,7 +317,13 @@ impl<'s, 'o, W: Wire> Executor<'s, 'o, W> {
             }
             Request::RedisHandshake {
                 config_get: Some(parameter),
-            } => (0, Ok(Reply::UnsetConfig(parameter))),
+            } => {
+                let reply = Reply::UnsetConfig(parameter);
+                crate::protocol::redis::encode_reply(self.out, &reply, self.client.version());
+                return Flow::Continue;
+            }
+            Request::Redis(command) => return self.redis(command),
+            Request::RedisError(error) => return self.redis_error(error),
             Request::RedisHandshake { config_get: None } => (0, Ok(Reply::EmptyArray)),
             Request::Invalid(problem) => (0, Err(problem)),
             Request::Get { .. } | Request::Nothing => unreachable!("handled by handle()"),

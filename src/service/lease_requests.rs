@@ -9,7 +9,7 @@ use crate::lease::GrantError;
 use crate::protocol::{self, LeaseIds, Problem, Reply, Target, binary};
 use crate::sequence::BeyondDurable;
 
-impl<W: Wire> Executor<'_, '_, W> {
+impl<W: Wire> Executor<'_, '_, '_, W> {
     /// `GET_SEQUENCE_RANGE`: grants (or finds again) a lease; the reply waits until the lease
     /// is durable.
     pub(super) fn lease(

@@ -8,6 +8,7 @@
 //! waits for a higher durable ceiling, or when a reply waits for a change to be durable; the
 //! loop resumes it when the reason has cleared.
 
+use super::executor::redis::RedisClient;
 use super::executor::{Awaiting, BinaryWire, Executor, Flow, LoopState, Run, TextWire, Wire};
 use super::lease_requests::answer_when_durable;
 use crate::protocol::{self, ParseError, Problem, Reply, binary, text};
@@ -78,6 +79,8 @@ pub struct Session {
     closing: bool,
     /// The client sent its last byte: a final text line needs no line ending.
     input_ended: bool,
+    /// RESP version, name and transaction of a Redis client.
+    redis: RedisClient,
 }
 
 /// Carry capacity kept between frames; larger buffers are released once empty.
@@ -128,9 +131,10 @@ impl Session {
         }
     }
 
-    /// The client will send nothing more. A last text line without a line ending is taken as
-    /// complete (`printf 'GET_SEQUENCE_RANGE 20' | nc -N`, or the lease protocol's reference client, which sends
-    /// `ACK start,end` without one and closes).
+    /// The client will send nothing more. A last inline line without a line ending is taken as
+    /// complete (`printf 'GET_SEQUENCE_RANGE 20' | nc -N`, or the lease protocol's reference
+    /// client, which sends `ACK start,end` without one and closes); an unfinished RESP command
+    /// is discarded.
     pub fn end_of_input(&mut self, state: &mut LoopState, out: &mut Vec<u8>) -> Status {
         self.input_ended = true;
         if self.closing {
@@ -175,7 +179,7 @@ impl Session {
             }
         }
         if let Some(run) = self.run_awaiting_ceiling.take() {
-            let mut executor = Executor::<W>::new(state, out, run);
+            let mut executor = Executor::<W>::new(state, out, &mut self.redis, run);
             if let Err(sequence) = executor.flush() {
                 self.run_awaiting_ceiling = Some(executor.run);
                 return self.paused(Pause::AwaitingCeiling(sequence));
@@ -199,15 +203,16 @@ impl Session {
             sequence: None,
             segments: std::mem::take(&mut state.run),
         };
-        let mut executor = Executor::<W>::new(state, out, run);
+        let mut executor = Executor::<W>::new(state, out, &mut self.redis, run);
         let mut flow = Flow::Continue;
 
         // 1. Frames that begin in the carry, completed with as few bytes of `data` as needed.
         let mut start = 0;
         while start < self.carry.len() && flow.proceeds() {
-            match W::decode(&self.carry[start..]) {
+            let rest = &self.carry[start..];
+            match W::decode(rest) {
                 Ok(parsed) => {
-                    flow = executor.handle(parsed.message);
+                    flow = executor.handle(parsed.message, rest, parsed.consumed);
                     if flow.consumed() {
                         start += parsed.consumed;
                     }
@@ -217,8 +222,11 @@ impl Session {
                         if self.input_ended
                             && self.codec == Some(Codec::Text)
                             && !self.carry.ends_with(b"\n")
+                            && self.carry.get(start) != Some(&b'*')
                         {
-                            // Nothing more will come: the last line is complete as it is.
+                            // Nothing more will come: the last inline line is complete as it
+                            // is. An unfinished RESP array is dropped, as Redis drops it: its
+                            // sender died mid-command.
                             self.carry.push(b'\n');
                             continue;
                         }
@@ -244,9 +252,10 @@ impl Session {
         if self.carry.is_empty() {
             let mut pos = 0;
             while flow.proceeds() {
-                match W::decode(&data[pos..]) {
+                let rest = &data[pos..];
+                match W::decode(rest) {
                     Ok(parsed) => {
-                        flow = executor.handle(parsed.message);
+                        flow = executor.handle(parsed.message, rest, parsed.consumed);
                         if flow.consumed() {
                             pos += parsed.consumed;
                         }
