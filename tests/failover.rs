@@ -1,0 +1,194 @@
+//! seqd in cluster mode: three nodes on a three-member etcd. A client follows the leader by
+//! trying every node; every number it sees must be unique and larger than all before it,
+//! across crashes (kill -9), graceful handovers (SIGTERM) and a paused leader (SIGSTOP).
+
+mod cluster_support;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use cluster_support::{Etcd, Node, PATIENCE, log_dir};
+use seqd::client::{Client, ClientError};
+
+/// A short request timeout: a request to a node that is not serving fails fast.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A client that follows the leader: it tries each node until one answers with a number.
+struct Follower {
+    nodes: Vec<SocketAddr>,
+    current: Option<(usize, Client)>,
+    /// Every number received, in order.
+    seen: Vec<u64>,
+}
+
+impl Follower {
+    fn new(nodes: Vec<SocketAddr>) -> Follower {
+        Follower {
+            nodes,
+            current: None,
+            seen: Vec::new(),
+        }
+    }
+
+    /// One number from whichever node serves, waiting (bounded) for a leader.
+    fn next(&mut self) -> (usize, u64) {
+        let deadline = Instant::now() + PATIENCE;
+        let mut candidate = 0;
+        loop {
+            if self.current.is_none() {
+                let index = candidate % self.nodes.len();
+                candidate += 1;
+                if let Ok(mut client) = Client::connect(self.nodes[index]) {
+                    let _ = client.set_timeout(Some(REQUEST_TIMEOUT));
+                    self.current = Some((index, client));
+                }
+            }
+            if let Some((index, client)) = &mut self.current {
+                match client.get() {
+                    Ok(number) => {
+                        let index = *index;
+                        self.record(number);
+                        return (index, number);
+                    }
+                    // Not leading (any more), or gone: try the next node.
+                    Err(ClientError::Server { .. })
+                    | Err(ClientError::Io(_))
+                    | Err(ClientError::Closed)
+                    | Err(ClientError::Refused(_)) => self.current = None,
+                    Err(e) => panic!("unexpected client error: {e}"),
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no node served within {PATIENCE:?}"
+            );
+            if self.current.is_none() {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    fn record(&mut self, number: u64) {
+        if let Some(&last) = self.seen.last() {
+            assert!(
+                number > last,
+                "{number} after {last}: a number repeated or went back"
+            );
+        }
+        self.seen.push(number);
+    }
+
+    fn take(&mut self, count: usize) -> usize {
+        let mut leader = 0;
+        for _ in 0..count {
+            leader = self.next().0;
+        }
+        leader
+    }
+}
+
+struct Cluster {
+    // Declared first: nodes are killed before etcd.
+    nodes: Vec<Node>,
+    etcd: Etcd,
+    _logs: tempfile::TempDir,
+}
+
+impl Cluster {
+    fn start() -> Cluster {
+        let etcd = Etcd::start(3);
+        let logs = log_dir();
+        let prefix = format!("--etcd-prefix=/failover-{}", std::process::id());
+        let nodes = (1..=3)
+            .map(|id| Node::start(&etcd, id, logs.path(), &[&prefix, "--leader-ttl=2s"]))
+            .collect();
+        Cluster {
+            nodes,
+            etcd,
+            _logs: logs,
+        }
+    }
+
+    fn addrs(&self) -> Vec<SocketAddr> {
+        self.nodes.iter().map(|n| n.addr).collect()
+    }
+
+    fn logs(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| format!("--- node {}:\n{}", n.id, n.log()))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+#[test]
+fn kill_9_of_the_leader_fails_over_without_a_repeated_or_smaller_number() {
+    let mut cluster = Cluster::start();
+    let mut client = Follower::new(cluster.addrs());
+    let mut outages = Vec::new();
+    for _cycle in 0..3 {
+        let leader = client.take(200);
+        let before = *client.seen.last().unwrap();
+        cluster.nodes[leader].kill();
+        let killed = Instant::now();
+        let (new_leader, after) = client.next();
+        outages.push(killed.elapsed());
+        assert_ne!(new_leader, leader, "the killed node cannot serve");
+        assert!(after > before);
+        // The killed node comes back as a standby.
+        cluster.nodes[leader].restart();
+    }
+    client.take(200);
+    eprintln!("outage per kill -9 of the leader: {outages:?}");
+    let mut sorted = client.seen.clone();
+    sorted.dedup();
+    assert_eq!(sorted.len(), client.seen.len(), "no number twice");
+    let _ = &cluster.etcd;
+}
+
+#[test]
+fn sigterm_hands_over_with_no_gap_and_sigstop_past_the_lease_issues_nothing() {
+    let mut cluster = Cluster::start();
+    let mut client = Follower::new(cluster.addrs());
+
+    // Graceful handover: the exact next number is committed, so nothing is skipped.
+    let leader = client.take(100);
+    let before = *client.seen.last().unwrap();
+    let status = cluster.nodes[leader].terminate();
+    assert!(status.success(), "graceful stop: {status:?}");
+    let (new_leader, after) = client.next();
+    assert_ne!(new_leader, leader);
+    assert_eq!(after, before + 1, "a graceful handover skips no number");
+    cluster.nodes[leader].restart();
+
+    // A paused leader: a request waits in its socket while a standby takes over.
+    let paused = client.take(100);
+    let mut stale = Client::connect(cluster.nodes[paused].addr).expect("connect to the leader");
+    stale.set_timeout(Some(PATIENCE)).unwrap();
+    assert!(stale.get().is_ok());
+    cluster.nodes[paused].signal(libc::SIGSTOP);
+    client.current = None;
+    let (successor, _) = client.next();
+    assert_ne!(successor, paused);
+    let taken_over = client.take(50);
+    assert_eq!(taken_over, successor);
+    let highest = *client.seen.last().unwrap();
+    // Resumed past its deadline, the old leader answers no number, ever.
+    let reply = std::thread::scope(|s| {
+        let asked = s.spawn(|| stale.get());
+        std::thread::sleep(Duration::from_millis(100));
+        cluster.nodes[paused].signal(libc::SIGCONT);
+        asked.join().unwrap()
+    });
+    assert!(
+        reply.is_err(),
+        "the resumed old leader issued {reply:?} (the new leader is at {highest}); logs:\n{}",
+        cluster.logs()
+    );
+    let status = cluster.nodes[paused].wait();
+    assert_eq!(status.code(), Some(3), "a deposed leader exits with 3");
+    assert!(cluster.nodes[paused].log().contains("lost leadership"));
+    client.take(50);
+    assert!(*client.seen.last().unwrap() > highest);
+}
