@@ -192,3 +192,46 @@ fn sigterm_hands_over_with_no_gap_and_sigstop_past_the_lease_issues_nothing() {
     client.take(50);
     assert!(*client.seen.last().unwrap() > highest);
 }
+
+/// One attempt at each node: the number the first serving node gives, if any.
+fn any_number(nodes: &[SocketAddr]) -> Option<u64> {
+    nodes.iter().find_map(|&addr| {
+        let mut client = Client::connect(addr).ok()?;
+        client.set_timeout(Some(REQUEST_TIMEOUT)).ok()?;
+        client.get().ok()
+    })
+}
+
+#[test]
+fn without_etcd_quorum_no_node_issues_and_service_resumes_when_it_is_back() {
+    let mut cluster = Cluster::start();
+    let mut client = Follower::new(cluster.addrs());
+    client.take(100);
+    cluster.etcd.kill_member(1);
+    cluster.etcd.kill_member(2);
+    // The leader may issue until its deadline; then nothing, from any node.
+    let deadline = Instant::now() + PATIENCE;
+    while let Some(number) = any_number(&cluster.addrs()) {
+        client.record(number);
+        assert!(
+            Instant::now() < deadline,
+            "still issuing without quorum; logs:\n{}",
+            cluster.logs()
+        );
+    }
+    let refused_since = Instant::now();
+    // Longer than a lease: no node may have taken over and none may resume by guessing.
+    while refused_since.elapsed() < Duration::from_secs(4) {
+        let issued = any_number(&cluster.addrs());
+        assert_eq!(issued, None, "a number was issued without etcd quorum");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let highest = *client.seen.last().unwrap();
+    cluster.etcd.restart_member(1);
+    cluster.etcd.restart_member(2);
+    cluster.etcd.wait_healthy();
+    client.current = None;
+    let (_, after) = client.next();
+    assert!(after > highest, "service resumes above every number issued");
+    client.take(50);
+}
