@@ -171,12 +171,12 @@ pub struct Config {
 
     /// Cluster mode: the etcd endpoints (comma-separated URLs, e.g.
     /// http://h1:2379,http://h2:2379). The node campaigns for leadership and serves only
-    /// while it leads; ceilings live in etcd, not in --data-dir (see docs/HA.md).
+    /// while it leads; ceilings live in etcd and no data directory is used (docs/HA.md).
     #[arg(
         long,
         value_delimiter = ',',
         value_name = "URLS",
-        conflicts_with = "in_memory",
+        conflicts_with_all = ["in_memory", "data_dir"],
         requires_all = ["node_id", "advertise"]
     )]
     pub etcd: Vec<String>,
@@ -402,6 +402,14 @@ mod tests {
         );
         let missing = Config::try_parse_from(["seqd", "--etcd=http://h:2379", "--node-id=1"]);
         assert!(missing.is_err(), "--advertise is required with --etcd");
+        let both = Config::try_parse_from([
+            "seqd",
+            "--etcd=http://h:2379",
+            "--node-id=1",
+            "--advertise=h:1",
+            "--data-dir=/tmp/x",
+        ]);
+        assert!(both.is_err(), "cluster mode keeps no data directory");
     }
 
     #[test]

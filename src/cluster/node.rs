@@ -18,6 +18,8 @@ use crate::sequence::{IssueDeadline, monotonic_nanos};
 use crate::store::data_dir::{StateSink, WriteError};
 use crate::store::format::State;
 
+/// HTTP/2 ping interval towards etcd.
+const ETCD_PING_INTERVAL: Duration = Duration::from_secs(10);
 /// Pause between two failed attempts to reach etcd while campaigning.
 const CAMPAIGN_RETRY: Duration = Duration::from_millis(200);
 
@@ -90,12 +92,10 @@ impl ClusterNode {
             .context("cannot start the cluster runtime")?;
         let options = ConnectOptions::new()
             .with_connect_timeout(settings.timing.keep_alive_interval)
-            // HTTP/2 pings find a dead etcd member well within one TTL.
-            .with_keep_alive(
-                settings.timing.keep_alive_interval / 2,
-                settings.timing.keep_alive_interval,
-            )
-            .with_keep_alive_while_idle(true);
+            // HTTP/2 pings find a silently dead etcd member (every request is bounded anyway).
+            // No more often than etcd allows (--grpc-keepalive-min-time, 5 s by default):
+            // etcd closes the connection of a client that pings faster, watches included.
+            .with_keep_alive(ETCD_PING_INTERVAL, settings.timing.ttl);
         let client = runtime
             .block_on(Client::connect(&settings.endpoints, Some(options)))
             .with_context(|| format!("cannot use etcd at {}", settings.endpoints.join(",")))?;
