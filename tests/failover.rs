@@ -244,3 +244,48 @@ fn without_etcd_quorum_no_node_issues_and_service_resumes_when_it_is_back() {
     assert!(after > highest, "service resumes above every number issued");
     client.take(50);
 }
+
+#[test]
+fn a_leader_cut_off_from_etcd_stops_issuing_and_a_standby_continues_above() {
+    let etcd = Etcd::start(3);
+    let logs = log_dir();
+    let urls = etcd.urls();
+    let prefix = format!("--etcd-prefix=/partition-{}", std::process::id());
+    let args = [prefix.as_str(), "--leader-ttl=2s"];
+    // Node 1 reaches etcd only through member 0; it starts first and leads.
+    let mut nodes = vec![Node::start_on(&urls[0], 1, logs.path(), &args)];
+    let mut client = Follower::new(vec![nodes[0].addr]);
+    client.take(100);
+    let others = urls[1..].join(",");
+    nodes.push(Node::start_on(&others, 2, logs.path(), &args));
+    nodes.push(Node::start_on(&others, 3, logs.path(), &args));
+    client.nodes = nodes.iter().map(|n| n.addr).collect();
+    let cut_off = nodes[0].addr;
+    let mut etcd = etcd;
+    // Member 0 goes: node 1 still serves clients but reaches no etcd; quorum remains.
+    etcd.kill_member(0);
+    let (successor, after) = loop {
+        let (node, number) = client.next();
+        if node != 0 {
+            break (node, number);
+        }
+    };
+    assert_ne!(successor, 0);
+    let highest_before = client.seen[client.seen.len() - 2];
+    assert!(after > highest_before);
+    // The cut-off leader answers no number any more, while it still accepts connections.
+    for _ in 0..5 {
+        let mut stale = Client::connect(cut_off).expect("the cut-off node still listens");
+        stale.set_timeout(Some(REQUEST_TIMEOUT)).unwrap();
+        assert!(
+            stale.get().is_err(),
+            "a leader cut off from etcd issued a number"
+        );
+    }
+    client.take(100);
+    // When it reaches etcd again it learns it lost the lease and exits.
+    etcd.restart_member(0);
+    let status = nodes[0].wait();
+    assert_eq!(status.code(), Some(3), "log:\n{}", nodes[0].log());
+    client.take(50);
+}

@@ -241,13 +241,18 @@ impl Node {
     /// Starts seqd with `--etcd`, a free port it also advertises, one event loop, and
     /// `extra` arguments. It campaigns; it listens only once elected.
     pub fn start(etcd: &Etcd, id: u64, dir: &Path, extra: &[&str]) -> Node {
+        Node::start_on(&etcd.endpoints(), id, dir, extra)
+    }
+
+    /// Like [`Node::start`], reaching etcd only through `endpoints` (comma-separated).
+    pub fn start_on(endpoints: &str, id: u64, dir: &Path, extra: &[&str]) -> Node {
         let port = free_port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("address");
         let mut args: Vec<String> = vec![
             "--host=127.0.0.1".into(),
             format!("--port={port}"),
             "--threads=1".into(),
-            format!("--etcd={}", etcd.endpoints()),
+            format!("--etcd={endpoints}"),
             format!("--node-id={id}"),
             format!("--advertise={addr}"),
         ];
