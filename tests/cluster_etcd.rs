@@ -180,9 +180,17 @@ fn nodes_take_over_on_resign_and_on_a_crash_and_renewals_keep_the_deadline() {
         |r| matches!(r, Role::Standby { leader } if leader == "1 127.0.0.1:20001"),
     );
 
-    // Renewals keep extending the deadline beyond the first TTL.
+    // Renewals keep extending the deadline beyond the first TTL, one every TTL/3 (a loop
+    // that renewed without pausing would make thousands).
+    let renewed_before = etcd.metric("etcd_debugging_lease_renewed_total");
     std::thread::sleep(TTL + Duration::from_millis(500));
     assert!(first.deadline().allows_issuing(), "renewed");
+    let renewals = etcd.metric("etcd_debugging_lease_renewed_total") - renewed_before;
+    assert!(
+        (1.0..=20.0).contains(&renewals),
+        "{renewals} renewals in {:?}",
+        TTL + Duration::from_millis(500)
+    );
     assert!(
         elected_within(&second_won, Duration::ZERO).is_none(),
         "no second leader while the first renews"

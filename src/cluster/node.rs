@@ -230,11 +230,14 @@ async fn campaign_until_elected(mut client: Client, shared: Arc<Shared>) -> Lead
     ));
     // Only after the election: every ceiling an earlier leader committed is in this read,
     // and none it tries to write from now on can be.
+    let mut reported_failure = false;
     let ceilings = loop {
         match etcd::read_ceilings(&mut client, &shared.keys, timing.ttl).await {
             Ok(ceilings) => break ceilings,
             Err(e) => {
-                tracing::warn!("cannot read the committed ceilings: {e}; retrying");
+                if !std::mem::replace(&mut reported_failure, true) {
+                    tracing::warn!("cannot read the committed ceilings: {e}; retrying");
+                }
                 tokio::time::sleep(CAMPAIGN_RETRY).await;
             }
         }
@@ -255,9 +258,11 @@ async fn keep_renewing(
 ) {
     let timing = shared.settings.timing;
     let interval = timing.keep_alive_interval;
+    // Logged once per run of failures, not once per attempt (etcd may be gone for minutes).
+    let mut failing = false;
     loop {
         // Opening the stream sends a first renewal and waits for its answer.
-        let sent = monotonic_nanos();
+        let mut sent = monotonic_nanos();
         let opened = tokio::select! {
             _ = &mut stop => return,
             opened = etcd::bounded(interval, client.lease_keep_alive(lease)) => opened,
@@ -265,6 +270,9 @@ async fn keep_renewing(
         let (mut keeper, mut stream) = match opened {
             Ok(opened) => {
                 shared.deadline.extend_to(timing.deadline(sent, timing.ttl));
+                if std::mem::take(&mut failing) {
+                    tracing::info!("the leader lease is renewed again");
+                }
                 opened
             }
             Err(StoreError::Etcd(etcd_client::Error::LeaseKeepAliveError(message)))
@@ -274,10 +282,15 @@ async fn keep_renewing(
                 return;
             }
             Err(e) => {
-                tracing::warn!("cannot renew the leader lease: {e}; retrying");
+                if !std::mem::replace(&mut failing, true) {
+                    tracing::warn!(
+                        "cannot renew the leader lease: {e}; retrying every {interval:?} (numbers \
+                         are issued only until the deadline of the last renewal)"
+                    );
+                }
                 tokio::select! {
                     _ = &mut stop => return,
-                    _ = sleep_until_nanos(sent + interval.as_nanos() as u64) => continue,
+                    _ = sleep_until_nanos(sent_after(sent, interval)) => continue,
                 }
             }
         };
@@ -286,7 +299,7 @@ async fn keep_renewing(
                 _ = &mut stop => return,
                 _ = sleep_until_nanos(sent_after(sent, interval)) => {}
             }
-            let sent = monotonic_nanos();
+            sent = monotonic_nanos();
             if keeper.keep_alive().await.is_err() {
                 break;
             }
@@ -304,7 +317,12 @@ async fn keep_renewing(
                     return;
                 }
                 Ok(Ok(None)) | Ok(Err(_)) | Err(_) => {
-                    tracing::warn!("a lease renewal went unanswered; reopening the renewal stream");
+                    if !std::mem::replace(&mut failing, true) {
+                        tracing::warn!(
+                            "a lease renewal went unanswered within {interval:?}; reopening the \
+                             renewal stream"
+                        );
+                    }
                     break;
                 }
             }

@@ -167,6 +167,28 @@ impl Etcd {
         String::from_utf8_lossy(&output.stdout).into_owned()
     }
 
+    /// The sum of a Prometheus counter over the running members' /metrics pages.
+    pub fn metric(&self, name: &str) -> f64 {
+        use std::io::{Read, Write};
+        let mut total = 0.0;
+        for member in self.members.iter().filter(|m| m.child.is_some()) {
+            let mut stream = std::net::TcpStream::connect(("127.0.0.1", member.client_port))
+                .expect("connect to etcd's metrics");
+            stream.set_read_timeout(Some(PATIENCE)).unwrap();
+            stream
+                .write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+                .unwrap();
+            let mut page = String::new();
+            stream.read_to_string(&mut page).unwrap();
+            total += page
+                .lines()
+                .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+                .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
+                .sum::<f64>();
+        }
+        total
+    }
+
     /// Every member's log.
     pub fn logs(&self) -> String {
         self.members
