@@ -97,6 +97,17 @@ struct Cluster {
     _logs: tempfile::TempDir,
 }
 
+/// One cluster at a time: each is three etcd members and three seqd nodes, and this file's
+/// tests would otherwise run them side by side on a machine of two cores.
+static ONE_CLUSTER_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_cluster_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    // A failed test poisons the lock; the next one may still run.
+    ONE_CLUSTER_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poison| poison.into_inner())
+}
+
 impl Cluster {
     fn start() -> Cluster {
         let etcd = Etcd::start(3);
@@ -127,6 +138,7 @@ impl Cluster {
 
 #[test]
 fn kill_9_of_the_leader_fails_over_without_a_repeated_or_smaller_number() {
+    let _serial = one_cluster_at_a_time();
     let mut cluster = Cluster::start();
     let mut client = Follower::new(cluster.addrs());
     let mut outages = Vec::new();
@@ -152,6 +164,7 @@ fn kill_9_of_the_leader_fails_over_without_a_repeated_or_smaller_number() {
 
 #[test]
 fn sigterm_hands_over_with_no_gap_and_sigstop_past_the_lease_issues_nothing() {
+    let _serial = one_cluster_at_a_time();
     let mut cluster = Cluster::start();
     let mut client = Follower::new(cluster.addrs());
 
@@ -216,6 +229,7 @@ fn any_number(nodes: &[SocketAddr]) -> Option<u64> {
 
 #[test]
 fn without_etcd_quorum_no_node_issues_and_service_resumes_when_it_is_back() {
+    let _serial = one_cluster_at_a_time();
     let mut cluster = Cluster::start();
     let mut client = Follower::new(cluster.addrs());
     client.take(100);
@@ -250,6 +264,7 @@ fn without_etcd_quorum_no_node_issues_and_service_resumes_when_it_is_back() {
 
 #[test]
 fn a_leader_cut_off_from_etcd_stops_issuing_and_a_standby_continues_above() {
+    let _serial = one_cluster_at_a_time();
     let etcd = Etcd::start(3);
     let logs = log_dir();
     let urls = etcd.urls();
