@@ -8,7 +8,7 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use seqd::sequence::{END_OF_SPACE, Sequence, Writers};
+use seqd::sequence::{END_OF_SPACE, IssueDeadline, Sequence, Writers};
 
 fn sequence(writers: Writers) -> Sequence {
     let mut sequence = Sequence::new(0, "bench", 1, END_OF_SPACE);
@@ -22,6 +22,14 @@ fn single_thread(c: &mut Criterion) {
     // One writer: seqd with one event loop (a load and a store per reservation).
     let seq = sequence(Writers::One);
     group.bench_function("getseq", |b| b.iter(|| black_box(seq.reserve(1))));
+    // Cluster mode: the same, plus the leadership deadline check (a coarse clock read).
+    let mut clustered = sequence(Writers::One);
+    let deadline = Arc::new(IssueDeadline::new());
+    deadline.extend_to(u64::MAX - 1);
+    clustered.set_deadline(deadline);
+    group.bench_function("getseq_cluster", |b| {
+        b.iter(|| black_box(clustered.reserve(1)))
+    });
     // Several event loops: a compare-and-swap per reservation, even when uncontended.
     let shared = sequence(Writers::Many);
     group.bench_function("getseq_shared", |b| b.iter(|| black_box(shared.reserve(1))));

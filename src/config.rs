@@ -181,6 +181,42 @@ pub struct Config {
     #[arg(long, value_enum, default_value_t = IoChoice::Auto, value_name = "BACKEND")]
     pub io: IoChoice,
 
+    /// Cluster mode: the etcd endpoints (comma-separated URLs, e.g.
+    /// http://h1:2379,http://h2:2379). The node campaigns for leadership and serves only
+    /// while it leads; ceilings live in etcd and no data directory is used (docs/HA.md).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "URLS",
+        conflicts_with_all = ["in_memory", "data_dir"],
+        requires_all = ["node_id", "advertise"]
+    )]
+    pub etcd: Vec<String>,
+
+    /// Cluster mode: this node's id (unique in the cluster; logged and in the leader key).
+    #[arg(long, value_name = "N", requires = "etcd")]
+    pub node_id: Option<u64>,
+
+    /// Cluster mode: the address clients reach this node at (host:port), published in the
+    /// leader key while it leads.
+    #[arg(long, value_name = "HOST:PORT", requires = "etcd")]
+    pub advertise: Option<String>,
+
+    /// Cluster mode: the etcd key prefix of this cluster (several clusters may share an etcd).
+    #[arg(long, default_value = "/seqd", value_name = "PREFIX")]
+    pub etcd_prefix: String,
+
+    /// Cluster mode: TTL of the leader's lease, in whole seconds. A crashed leader is
+    /// replaced after about this long; the leader renews every third of it and stops issuing
+    /// a quarter of it before its lease could have expired.
+    #[arg(
+        long,
+        default_value = "2s",
+        value_parser = humantime::parse_duration,
+        value_name = "DURATION"
+    )]
+    pub leader_ttl: Duration,
+
     /// Log filter: error, warn, info, debug or trace, or per-module directives.
     #[arg(long, default_value = "info", env = "SEQD_LOG", value_name = "FILTER")]
     pub log_level: String,
@@ -247,6 +283,41 @@ impl Config {
         !self.no_pin
     }
 
+    /// Cluster mode's settings (None: a single node, as without --etcd).
+    pub fn cluster(&self) -> anyhow::Result<Option<crate::cluster::ClusterSettings>> {
+        if self.etcd.is_empty() {
+            return Ok(None);
+        }
+        let timing = crate::cluster::timing::LeaseTiming::for_ttl(self.leader_ttl)?;
+        if let Some(bad) = self
+            .etcd
+            .iter()
+            .find(|e| !(e.starts_with("http://") || e.starts_with("https://")))
+        {
+            bail!("--etcd: {bad:?} is not an http:// or https:// URL");
+        }
+        let prefix = self.etcd_prefix.trim_end_matches('/');
+        if !prefix.starts_with('/') || prefix.len() < 2 {
+            bail!(
+                "--etcd-prefix must start with / and name something, got {:?}",
+                self.etcd_prefix
+            );
+        }
+        let (Some(node_id), Some(advertise)) = (self.node_id, self.advertise.clone()) else {
+            bail!("--etcd needs --node-id and --advertise");
+        };
+        if advertise.contains(char::is_whitespace) || !advertise.contains(':') {
+            bail!("--advertise must be host:port, got {advertise:?}");
+        }
+        Ok(Some(crate::cluster::ClusterSettings {
+            endpoints: self.etcd.clone(),
+            prefix: prefix.to_owned(),
+            node_id,
+            advertise,
+            timing,
+        }))
+    }
+
     /// What the lease table enforces.
     pub fn lease_settings(&self) -> crate::lease::LeaseSettings {
         crate::lease::LeaseSettings {
@@ -296,6 +367,61 @@ mod tests {
 
     fn parse(args: &[&str]) -> Config {
         Config::try_parse_from(std::iter::once("seqd").chain(args.iter().copied())).unwrap()
+    }
+
+    #[test]
+    fn cluster_flags_make_cluster_settings() {
+        assert_eq!(parse(&[]).cluster().unwrap(), None);
+        let c = parse(&[
+            "--etcd",
+            "http://127.0.0.1:2379,http://127.0.0.1:2380",
+            "--node-id",
+            "2",
+            "--advertise",
+            "10.0.0.2:10001",
+            "--etcd-prefix",
+            "/orders/",
+            "--leader-ttl",
+            "3s",
+        ])
+        .cluster()
+        .unwrap()
+        .unwrap();
+        assert_eq!(c.endpoints.len(), 2);
+        assert_eq!((c.node_id, c.prefix.as_str()), (2, "/orders"));
+        assert_eq!(c.timing.ttl, Duration::from_secs(3));
+        let default = parse(&["--etcd=http://h:2379", "--node-id=1", "--advertise=h:1"]);
+        assert_eq!(
+            default.cluster().unwrap().unwrap().timing.ttl,
+            crate::cluster::timing::DEFAULT_TTL
+        );
+    }
+
+    #[test]
+    fn bad_cluster_flags_are_refused() {
+        let with = |extra: &[&str]| {
+            let mut args = vec!["--etcd=http://h:2379", "--node-id=1", "--advertise=h:1"];
+            args.extend_from_slice(extra);
+            parse(&args).cluster()
+        };
+        assert!(with(&["--leader-ttl=1500ms"]).is_err());
+        assert!(with(&["--leader-ttl=0s"]).is_err());
+        assert!(with(&["--etcd-prefix=seqd"]).is_err());
+        assert!(
+            parse(&["--etcd=h:2379", "--node-id=1", "--advertise=h:1"])
+                .cluster()
+                .is_err()
+        );
+        let missing = Config::try_parse_from(["seqd", "--etcd=http://h:2379", "--node-id=1"]);
+        assert!(missing.is_err(), "--advertise is required with --etcd");
+        let both = Config::try_parse_from([
+            "seqd",
+            "--etcd=http://h:2379",
+            "--node-id=1",
+            "--advertise=h:1",
+            "--data-dir=/tmp/x",
+        ]);
+        assert!(both.is_err(), "cluster mode keeps no data directory");
     }
 
     #[test]

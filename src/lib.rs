@@ -20,5 +20,6 @@ pub mod service;
 pub mod server;
 // Clients, command line.
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod stream_client;

@@ -4,9 +4,11 @@
 use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::sync::{Arc, mpsc};
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use seqd::cluster::{ClusterNode, Leadership};
 use seqd::commits::Commits;
 use seqd::config::Config;
 use seqd::sequence::{Registry, Writers};
@@ -49,8 +51,15 @@ fn init_logging(filter: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How often the main thread checks, in cluster mode, whether leadership was lost.
+const ROLE_CHECK: Duration = Duration::from_millis(50);
+/// The exit status of a leader that lost leadership (it issues nothing more; restart it
+/// and it comes back as a standby).
+const EXIT_DEPOSED: i32 = 3;
+
 fn run(config: Config) -> anyhow::Result<()> {
     config.validate()?;
+    let cluster = config.cluster()?;
     let addr = config.listen_addr()?;
     let threads = config.threads.unwrap_or_else(|| {
         core_affinity::get_core_ids().map_or_else(
@@ -78,7 +87,31 @@ fn run(config: Config) -> anyhow::Result<()> {
 
     // Every reservation happens on an event loop (sessions, leases, streams): with one loop,
     // each sequence has a single writer and needs no compare-and-swap.
-    let (registry, records, persister) = open_sequences(&config, Writers::for_threads(threads))?;
+    let writers = Writers::for_threads(threads);
+    let node = cluster.map(ClusterNode::connect).transpose()?;
+    let (registry, records, persister) = match &node {
+        None => open_sequences(&config, writers)?,
+        Some(node) => {
+            let Some(leadership) = wait_for_leadership(node, &events)? else {
+                signal_handle.close();
+                node.resign();
+                tracing::info!("seqd stopped (never led)");
+                return Ok(());
+            };
+            let (registry, records, persister) = seqd::cluster::open_sequences(
+                node,
+                &leadership,
+                config.max_sequences,
+                config.initial(),
+                WindowPolicy {
+                    max_crash_gap: config.max_crash_gap,
+                },
+                writers,
+                config.lease_settings(),
+            )?;
+            (registry, records, Some(persister))
+        }
+    };
     if config.lease_reuse {
         tracing::warn!(
             "--lease-reuse: numbers of leases that expire unacknowledged are handed out again; \
@@ -136,7 +169,26 @@ fn run(config: Config) -> anyhow::Result<()> {
     let mut failure = None;
     let mut stopping = false;
     while running > 0 {
-        match events.recv() {
+        let event = match &node {
+            None => events.recv(),
+            Some(node) => match events.recv_timeout(ROLE_CHECK) {
+                Ok(event) => Ok(event),
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if node.is_deposed() {
+                        // Nothing is issued any more (the deadline is revoked); the clients'
+                        // connections close with the process.
+                        tracing::error!(
+                            "exiting: this node lost leadership ({}); restart it to stand by",
+                            node.role()
+                        );
+                        std::process::exit(EXIT_DEPOSED);
+                    }
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => Err(mpsc::RecvError),
+            },
+        };
+        match event {
             Ok(Event::Signal(signal)) if !stopping => {
                 let name = if signal == SIGINT {
                     "SIGINT"
@@ -166,15 +218,59 @@ fn run(config: Config) -> anyhow::Result<()> {
     signal_handle.close();
     server.join();
     keeper.stop();
-    // The loops have stopped, so the next numbers are final: record them.
-    if let Some(persister) = persister {
-        log_report(&persister.shutdown()?);
+    // The loops have stopped, so the next numbers are final: record them (in etcd, fenced,
+    // in cluster mode), and only then hand leadership over.
+    let report = persister.map(|persister| persister.shutdown()).transpose();
+    if let Some(node) = &node {
+        node.resign();
+    }
+    if let Some(report) = report? {
+        log_report(&report);
     }
     match failure {
         Some(e) => anyhow::bail!("stopped after an event loop failed: {e}"),
         None => {
             tracing::info!("seqd stopped");
             Ok(())
+        }
+    }
+}
+
+/// Campaigns until this node leads (Some) or a signal asks it to stop first (None).
+fn wait_for_leadership(
+    node: &ClusterNode,
+    events: &mpsc::Receiver<Event>,
+) -> anyhow::Result<Option<Leadership>> {
+    let settings = node.settings();
+    tracing::info!(
+        node_id = settings.node_id,
+        advertise = settings.advertise,
+        ttl = ?settings.timing.ttl,
+        "cluster mode: campaigning for leadership in etcd {} under {}",
+        settings.endpoints.join(","),
+        settings.prefix
+    );
+    let won = node.start_campaign();
+    loop {
+        match won.recv_timeout(ROLE_CHECK) {
+            Ok(leadership) => {
+                tracing::info!(
+                    token = leadership.token,
+                    "elected leader: serving above the committed ceilings"
+                );
+                return Ok(Some(leadership));
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                anyhow::bail!("the election task ended without a result")
+            }
+        }
+        match events.try_recv() {
+            Ok(Event::Signal(_)) | Err(mpsc::TryRecvError::Disconnected) => {
+                tracing::info!("signal received while standing by: stopping");
+                return Ok(None);
+            }
+            Ok(_) | Err(mpsc::TryRecvError::Empty) => {}
         }
     }
 }

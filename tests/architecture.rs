@@ -47,12 +47,17 @@ const LAYERS: &[(&str, &[&str])] = &[
     // Clients of the wire protocols (they share the codecs, not the server).
     ("client", &["protocol", "sequence"]),
     ("stream_client", &["protocol", "clock"]),
+    // Cluster mode: the election and the fenced ceiling store the persister writes to.
+    (
+        "cluster",
+        &["store", "state", "lease", "sequence", "clock", "commits"],
+    ),
     // The command line: it builds every layer's settings.
     (
         "config",
         &[
-            "server", "service", "store", "state", "protocol", "lease", "stream", "sequence",
-            "clock", "commits",
+            "cluster", "server", "service", "store", "state", "protocol", "lease", "stream",
+            "sequence", "clock", "commits",
         ],
     ),
 ];

@@ -11,15 +11,18 @@
 //! a reservation that would cross it is refused with [`Refusal::AwaitingCeiling`] until the
 //! ceiling has been raised (so callers never need to know which mode they run in).
 
+mod deadline;
 mod registry;
 mod signals;
 
+pub use deadline::{IssueDeadline, coarse_monotonic_nanos, monotonic_nanos};
 pub use registry::{
     MAX_NAME_LEN, NameError, RebuildError, RecoveredSequence, Registry, RegistryError,
     validate_name,
 };
 pub use signals::{BeyondDurable, PersisterSignals};
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Who may reserve numbers from a sequence.
@@ -81,6 +84,8 @@ pub struct Sequence {
     /// ceiling raises it far enough for the waiting requests.
     demand: AtomicU64,
     writers: Writers,
+    /// In cluster mode: numbers are issued only before this node's leadership deadline.
+    deadline: Option<Arc<IssueDeadline>>,
     /// With [`Writers::One`]: the thread that reserved first, which must be the only one.
     #[cfg(debug_assertions)]
     writer: std::sync::OnceLock<std::thread::ThreadId>,
@@ -101,6 +106,7 @@ impl Sequence {
             ceiling: AtomicU64::new(ceiling.min(END_OF_SPACE)),
             demand: AtomicU64::new(0),
             writers: Writers::Many,
+            deadline: None,
             #[cfg(debug_assertions)]
             writer: std::sync::OnceLock::new(),
             id,
@@ -111,6 +117,12 @@ impl Sequence {
     /// Sets who may reserve; exclusive access, so no reservation can be under way.
     pub fn set_writers(&mut self, writers: Writers) {
         self.writers = writers;
+    }
+
+    /// Issues numbers only before `deadline` (cluster mode); exclusive access, so no
+    /// reservation can be under way.
+    pub fn set_deadline(&mut self, deadline: Arc<IssueDeadline>) {
+        self.deadline = Some(deadline);
     }
 
     pub fn id(&self) -> SequenceId {
@@ -157,6 +169,13 @@ impl Sequence {
         // observed after whatever made it durable.
         if end > self.ceiling.load(Ordering::Acquire) {
             self.demand.fetch_max(end, Ordering::AcqRel);
+            return Err(Refusal::AwaitingCeiling);
+        }
+        // Checked before the number is taken (the store or CAS that follows), so a process
+        // paused past its deadline issues nothing when it resumes.
+        if let Some(deadline) = &self.deadline
+            && !deadline.allows_issuing()
+        {
             return Err(Refusal::AwaitingCeiling);
         }
         Ok(end)
@@ -252,6 +271,22 @@ mod tests {
         assert_eq!(s.ceiling(), 15);
         s.raise_ceiling(100);
         assert_eq!(s.reserve(1), Ok(15));
+    }
+
+    #[test]
+    fn past_the_issue_deadline_nothing_is_issued_or_consumed() {
+        for writers in [Writers::Many, Writers::One] {
+            let mut s = open(10);
+            s.set_writers(writers);
+            let deadline = Arc::new(IssueDeadline::new());
+            s.set_deadline(deadline.clone());
+            assert_eq!(s.reserve(1), Err(Refusal::AwaitingCeiling), "not elected");
+            deadline.extend_to(monotonic_nanos() + 60_000_000_000);
+            assert_eq!(s.reserve(2), Ok(10));
+            deadline.revoke();
+            assert_eq!(s.reserve(1), Err(Refusal::AwaitingCeiling));
+            assert_eq!(s.current(), 12, "the refused reservation consumed nothing");
+        }
     }
 
     #[test]

@@ -6,10 +6,11 @@
 //! caller (each event loop keeps its own name → id map).
 
 use std::collections::HashMap;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use super::{
-    DEFAULT_NAME, DEFAULT_SEQUENCE, END_OF_SPACE, PersisterSignals, Sequence, SequenceId, Writers,
+    DEFAULT_NAME, DEFAULT_SEQUENCE, END_OF_SPACE, IssueDeadline, PersisterSignals, Sequence,
+    SequenceId, Writers,
 };
 
 /// Longest accepted sequence name, in bytes.
@@ -98,6 +99,8 @@ pub struct Registry {
     durable: bool,
     /// Who may reserve from its sequences (see [`Writers`]).
     writers: Writers,
+    /// Cluster mode: the leadership deadline every sequence issues under.
+    deadline: Option<Arc<IssueDeadline>>,
     signals: PersisterSignals,
 }
 
@@ -184,6 +187,7 @@ impl Registry {
             initial,
             durable,
             writers: Writers::Many,
+            deadline: None,
             signals: PersisterSignals::default(),
         }
     }
@@ -198,6 +202,19 @@ impl Registry {
                 sequence.set_writers(writers);
             }
         }
+        self
+    }
+
+    /// Cluster mode: every sequence, existing and created later, issues numbers only before
+    /// `deadline`, and a request refused after it is refused as unavailable (not queued).
+    pub fn with_issue_deadline(mut self, deadline: Arc<IssueDeadline>) -> Registry {
+        for slot in self.slots.iter_mut() {
+            if let Some(sequence) = slot.get_mut() {
+                sequence.set_deadline(deadline.clone());
+            }
+        }
+        self.signals.set_issue_deadline(deadline.clone());
+        self.deadline = Some(deadline);
         self
     }
 
@@ -275,6 +292,9 @@ impl Registry {
         self.slots[id as usize].get_or_init(|| {
             let mut sequence = Sequence::new(id, name, self.initial, ceiling);
             sequence.set_writers(self.writers);
+            if let Some(deadline) = &self.deadline {
+                sequence.set_deadline(deadline.clone());
+            }
             Box::new(sequence)
         })
     }

@@ -8,8 +8,10 @@
 //! (fail closed). [`PersisterSignals::beyond_durable`] is that rule, in one place.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::Duration;
+
+use super::IssueDeadline;
 
 #[derive(Debug, Default)]
 pub struct PersisterSignals {
@@ -22,6 +24,8 @@ pub struct PersisterSignals {
     unavailable: AtomicBool,
     /// Requests refused because of it, for the persister's log.
     refused: AtomicU64,
+    /// Cluster mode: past this node's leadership deadline nothing is issuable either.
+    deadline: OnceLock<Arc<IssueDeadline>>,
 }
 
 /// What to do with a request that needs what is not on disk yet.
@@ -77,10 +81,21 @@ impl PersisterSignals {
         self.unavailable.store(unavailable, Ordering::Release);
     }
 
-    /// Whether a request beyond the ceiling must be refused rather than wait.
+    /// Whether a refused request must be refused rather than wait: ceilings cannot be
+    /// raised, or (cluster mode) this node may not issue at all now.
     #[inline]
     pub fn unavailable(&self) -> bool {
         self.unavailable.load(Ordering::Acquire)
+            || self
+                .deadline
+                .get()
+                .is_some_and(|deadline| !deadline.allows_issuing())
+    }
+
+    /// Cluster mode: requests refused past `deadline` are refused as unavailable.
+    pub fn set_issue_deadline(&self, deadline: Arc<IssueDeadline>) {
+        // Set once, at start-up, before any request; a second call keeps the first.
+        let _ = self.deadline.set(deadline);
     }
 
     /// Counts a request refused because ceilings are unavailable.
@@ -104,6 +119,19 @@ impl PersisterSignals {
 mod tests {
     use super::*;
     use std::sync::Arc;
+
+    #[test]
+    fn past_the_issue_deadline_every_refusal_is_unavailable() {
+        let signals = PersisterSignals::default();
+        let deadline = Arc::new(IssueDeadline::new());
+        signals.set_issue_deadline(deadline.clone());
+        assert!(signals.unavailable(), "not elected yet");
+        assert_eq!(signals.beyond_durable(), BeyondDurable::Refuse);
+        deadline.extend_to(super::super::monotonic_nanos() + 60_000_000_000);
+        assert!(!signals.unavailable());
+        deadline.revoke();
+        assert!(signals.unavailable());
+    }
 
     #[test]
     fn a_request_made_before_the_wait_is_not_lost() {
