@@ -564,8 +564,8 @@ fn info(state: &LoopState, section: Option<&[u8]>) -> String {
 
 #[cfg(test)]
 mod tests {
-    use crate::service::{Limits, LoopState, Pause, Session, Status};
     use crate::sequence::Registry;
+    use crate::service::{Limits, LoopState, Pause, Session, Status};
     use std::sync::Arc;
 
     fn state() -> LoopState {
