@@ -95,3 +95,114 @@ fn under_umask_000_the_data_directory_is_created_0700() {
     assert_eq!(mode(&data), 0o700);
     assert_eq!(mode(&parent.path().join("fresh")), 0o700);
 }
+
+// ---- item 7: acknowledging another client's lease ----
+
+#[test]
+fn a_text_ack_of_another_clients_lease_is_refused_and_the_lease_stays_outstanding() {
+    let server = SeqdProcess::start(&[]);
+    let mut owner = server.connect();
+    assert_eq!(
+        command(&mut owner, "GET_SEQUENCE_RANGE 20 owner r1"),
+        "1,20"
+    );
+    assert_eq!(command(&mut owner, "GET_SEQUENCE_RANGE 5"), "21,25");
+    let mut attacker = server.connect();
+    let refused = command(&mut attacker, "ACK 1,20");
+    assert!(
+        refused.starts_with("-NOLEASE the lease 1,20 was granted to another client"),
+        "{refused}"
+    );
+    // A lease granted without ids is anyone's to acknowledge, as before.
+    assert_eq!(command(&mut attacker, "ACK 21,25"), "+OK");
+    assert!(command(&mut owner, "LEASES").contains("outstanding=1 "));
+    // The connection that got the lease acknowledges it as before.
+    assert_eq!(command(&mut owner, "ACK 1,20"), "+OK");
+    // After a reconnect, retrying the request with the same ids re-grants the right.
+    assert_eq!(
+        command(&mut owner, "GET_SEQUENCE_RANGE 20 owner r2"),
+        "26,45"
+    );
+    let mut reconnected = server.connect();
+    assert!(command(&mut reconnected, "ACK 26,45").starts_with("-NOLEASE"));
+    assert_eq!(
+        command(&mut reconnected, "GET_SEQUENCE_RANGE 20 owner r2"),
+        "26,45"
+    );
+    assert_eq!(command(&mut reconnected, "ACK 26,45"), "+OK");
+}
+
+/// A binary frame: magic, version, opcode, byte 3, word, value, then `trailer`.
+fn frame(opcode: u8, byte3: u8, word: u32, value: u64, trailer: &[u8]) -> Vec<u8> {
+    let mut out = vec![0x9e, 0x01, opcode, byte3];
+    out.extend_from_slice(&word.to_be_bytes());
+    out.extend_from_slice(&value.to_be_bytes());
+    out.extend_from_slice(trailer);
+    out
+}
+
+/// A binary reply: (opcode, status, value, message).
+fn binary_reply(conn: &mut TcpStream) -> (u8, u8, u64, String) {
+    let header = seqd_test_support::read_exactly(conn, 16);
+    let len = u32::from_be_bytes(header[4..8].try_into().unwrap());
+    let value = u64::from_be_bytes(header[8..16].try_into().unwrap());
+    let message = if header[3] == 0 {
+        String::new()
+    } else {
+        String::from_utf8(seqd_test_support::read_exactly(conn, len as usize)).unwrap()
+    };
+    (header[2], header[3], value, message)
+}
+
+const LEASE: u8 = 0x06;
+const ACK: u8 = 0x07;
+
+fn binary_ack(first: u64, count: u64, client: &[u8]) -> Vec<u8> {
+    let mut trailer = count.to_be_bytes().to_vec();
+    trailer.extend_from_slice(client);
+    frame(ACK, client.len() as u8, 0, first, &trailer)
+}
+
+#[test]
+fn a_binary_ack_must_name_the_client_id_or_come_from_the_granting_connection() {
+    let server = SeqdProcess::start(&[]);
+    let mut owner = server.connect();
+    owner
+        .write_all(&frame(LEASE, 0, 0, 20, b"\x02\x02c1r1"))
+        .unwrap();
+    assert_eq!(binary_reply(&mut owner), (LEASE, 0, 1, String::new()));
+    let mut other = server.connect();
+    other.write_all(&binary_ack(1, 20, b"")).unwrap();
+    let (opcode, status, detail, message) = binary_reply(&mut other);
+    assert_eq!((opcode, status, detail), (ACK, 8, 1), "{message}");
+    assert!(message.contains("granted to another client"), "{message}");
+    other.write_all(&binary_ack(1, 20, b"c2")).unwrap();
+    assert_eq!(binary_reply(&mut other).1, 8, "a wrong client id");
+    // The owner's id from another connection (a client that reconnected) is accepted.
+    other.write_all(&binary_ack(1, 20, b"c1")).unwrap();
+    assert_eq!(binary_reply(&mut other), (ACK, 0, 1, String::new()));
+    // The bystander, meanwhile, is served.
+    owner.write_all(&frame(0x01, 0, 0, 0, b"")).unwrap();
+    assert_eq!(binary_reply(&mut owner), (0x01, 0, 21, String::new()));
+}
+
+// ---- item 8: binary errors name their request ----
+
+#[test]
+fn a_binary_ack_of_zero_numbers_gets_a_specific_error_with_its_opcode() {
+    let server = SeqdProcess::start(&[]);
+    let mut conn = server.connect();
+    conn.write_all(&binary_ack(1, 0, b"")).unwrap();
+    let (opcode, status, _, message) = binary_reply(&mut conn);
+    assert_eq!((opcode, status), (ACK, 1), "{message}");
+    assert!(
+        message.contains("ACK count must be at least 1"),
+        "{message}"
+    );
+    // A reserved field set on a known opcode: the error carries that opcode.
+    conn.write_all(&frame(0x01, 0, 0, 7, b"")).unwrap();
+    let (opcode, status, _, message) = binary_reply(&mut conn);
+    assert_eq!((opcode, status), (0x01, 1), "{message}");
+    conn.write_all(&frame(0x01, 0, 0, 0, b"")).unwrap();
+    assert_eq!(binary_reply(&mut conn), (0x01, 0, 1, String::new()));
+}

@@ -190,15 +190,23 @@ pub(super) struct Executor<'s, 'o, W> {
     pub(super) state: &'s mut LoopState,
     pub(super) out: &'o mut Vec<u8>,
     pub(super) run: Run,
+    /// The session's connection, which the lease table knows its leases by.
+    pub(super) connection: u64,
     wire: PhantomData<W>,
 }
 
 impl<'s, 'o, W: Wire> Executor<'s, 'o, W> {
-    pub(super) fn new(state: &'s mut LoopState, out: &'o mut Vec<u8>, run: Run) -> Self {
+    pub(super) fn new(
+        state: &'s mut LoopState,
+        out: &'o mut Vec<u8>,
+        run: Run,
+        connection: u64,
+    ) -> Self {
         Executor {
             state,
             out,
             run,
+            connection,
             wire: PhantomData,
         }
     }
@@ -293,7 +301,13 @@ impl<'s, 'o, W: Wire> Executor<'s, 'o, W> {
                 target,
                 first,
                 last,
-            } => return self.acknowledge(target, first, last),
+            } => return self.acknowledge(target, first, last, None),
+            Request::AckAsClient {
+                target,
+                first,
+                last,
+                client,
+            } => return self.acknowledge(target, first, last, Some(client)),
             Request::LeaseStats => {
                 let stats = self.state.records.leases.stats();
                 (0, Ok(Reply::LeaseStats(replies::lease_stats(stats))))
@@ -302,6 +316,7 @@ impl<'s, 'o, W: Wire> Executor<'s, 'o, W> {
                 config_get: Some(parameter),
             } => (0, Ok(Reply::UnsetConfig(parameter))),
             Request::RedisHandshake { config_get: None } => (0, Ok(Reply::EmptyArray)),
+            Request::Refused { opcode, problem } => (opcode, Err(problem)),
             Request::Invalid(problem) => (0, Err(problem)),
             Request::Get { .. } | Request::Nothing => unreachable!("handled by handle()"),
         };

@@ -78,14 +78,24 @@ pub struct Session {
     closing: bool,
     /// The client sent its last byte: a final text line needs no line ending.
     input_ended: bool,
+    /// This connection's number, unique in the process (never 0): a lease granted with ids
+    /// may be acknowledged without them by the connection that got it.
+    connection: u64,
 }
+
+/// The last connection number handed out.
+static CONNECTIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// Carry capacity kept between frames; larger buffers are released once empty.
 const CARRY_RETAINED: usize = 256;
 
 impl Session {
     pub fn new() -> Session {
-        Session::default()
+        let connection = CONNECTIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        Session {
+            connection,
+            ..Session::default()
+        }
     }
 
     /// Bytes received but not yet decoded.
@@ -175,7 +185,7 @@ impl Session {
             }
         }
         if let Some(run) = self.run_awaiting_ceiling.take() {
-            let mut executor = Executor::<W>::new(state, out, run);
+            let mut executor = Executor::<W>::new(state, out, run, self.connection);
             if let Err(sequence) = executor.flush() {
                 self.run_awaiting_ceiling = Some(executor.run);
                 return self.paused(Pause::AwaitingCeiling(sequence));
@@ -199,7 +209,7 @@ impl Session {
             sequence: None,
             segments: std::mem::take(&mut state.run),
         };
-        let mut executor = Executor::<W>::new(state, out, run);
+        let mut executor = Executor::<W>::new(state, out, run, self.connection);
         let mut flow = Flow::Continue;
 
         // 1. Frames that begin in the carry, completed with as few bytes of `data` as needed.
