@@ -206,3 +206,34 @@ fn a_binary_ack_of_zero_numbers_gets_a_specific_error_with_its_opcode() {
     conn.write_all(&frame(0x01, 0, 0, 0, b"")).unwrap();
     assert_eq!(binary_reply(&mut conn), (0x01, 0, 1, String::new()));
 }
+
+// ---- item 2: reads create nothing ----
+
+#[test]
+fn current_of_unknown_names_creates_nothing_and_cannot_fill_max_sequences() {
+    let data = temp_dir();
+    let args = [data_dir_arg(data.path()), "--max-sequences=100".into()];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut server = SeqdProcess::start(&args);
+    let mut attacker = server.connect();
+    // Pipelined: 2,000 reads of names that do not exist, each answered --initial.
+    let requests: String = (0..2000).map(|i| format!("CURRENT name-{i}\r\n")).collect();
+    attacker.write_all(requests.as_bytes()).unwrap();
+    for _ in 0..2000 {
+        assert_eq!(read_line(&mut attacker), ":1");
+    }
+    let mut bystander = server.connect();
+    assert_eq!(command(&mut bystander, "GETSEQ fresh"), ":1");
+    assert_eq!(command(&mut bystander, "CURRENT fresh"), ":2");
+    assert!(command(&mut bystander, "CURRENT bad/name").starts_with("-ERR"));
+    server.terminate();
+    // After a restart the reads left nothing behind: beside `default` and `fresh`, 98 new
+    // names fill the 100.
+    let server = SeqdProcess::start(&args);
+    let mut conn = server.connect();
+    assert_eq!(command(&mut conn, "CURRENT fresh"), ":2");
+    for i in 0..98 {
+        assert_eq!(command(&mut conn, &format!("GETSEQ more-{i}")), ":1");
+    }
+    assert!(command(&mut conn, "GETSEQ one-too-many").starts_with("-LIMIT"));
+}

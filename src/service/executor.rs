@@ -60,6 +60,22 @@ impl LoopState {
         &self.registry
     }
 
+    /// What `CURRENT` answers: the next number of the sequence, or for a name that does
+    /// not exist yet the number it would start at (`--initial`), without creating it.
+    pub(super) fn current(&mut self, target: Target<'_>) -> Result<u64, Problem<'static>> {
+        let Target::Name(name) = target else {
+            return self.resolve(target).map(Sequence::current);
+        };
+        if self.names.contains_key(name) {
+            return self.resolve(target).map(Sequence::current);
+        }
+        let registry = &*self.registry;
+        match registry.find(name).map_err(replies::registry_refused)? {
+            Some(sequence) => Ok(sequence.current()),
+            None => Ok(registry.initial()),
+        }
+    }
+
     pub(super) fn resolve<'r>(
         &'r mut self,
         target: Target<'_>,
@@ -276,9 +292,7 @@ impl<'s, 'o, W: Wire> Executor<'s, 'o, W> {
             }
             Request::Current { target } => (
                 binary::opcode::CURRENT,
-                self.state
-                    .resolve(target)
-                    .map(|s| Reply::Current(s.current())),
+                self.state.current(target).map(Reply::Current),
             ),
             Request::Ping { echo } => (binary::opcode::PING, Ok(Reply::Pong { echo })),
             Request::Open { name } => (
