@@ -237,3 +237,63 @@ fn current_of_unknown_names_creates_nothing_and_cannot_fill_max_sequences() {
     }
     assert!(command(&mut conn, "GETSEQ one-too-many").starts_with("-LIMIT"));
 }
+
+// ---- item 3: the stream protocol's sequence is not the main port's ----
+
+fn stream_con(server: &SeqdProcess, count: u32, client_id: &[u8]) -> TcpStream {
+    let mut conn = TcpStream::connect(server.stream_addr()).unwrap();
+    conn.set_read_timeout(Some(seqd_test_support::PATIENCE))
+        .unwrap();
+    let mut out = Vec::new();
+    seqd::protocol::stream::Message::Connect { count, client_id }.encode(&mut out);
+    conn.write_all(&out).unwrap();
+    conn
+}
+
+#[test]
+fn the_stream_sequence_cannot_be_drained_from_the_main_port() {
+    let server = SeqdProcess::start(&["--stream-port=0"]);
+    // A stream creates its sequence and gets numbers.
+    let mut stream = stream_con(&server, 5, b"s1");
+    let first = seqd_test_support::read_exactly(&mut stream, 11);
+    assert_eq!(&first[..3], b"NUM", "{first:?}");
+    let mut attacker = server.connect();
+    let refusal = "-ERR sequence 'stream' is reserved for the stream protocol (--stream-sequence)";
+    for request in [
+        "GETSEQ stream",
+        "GETSEQ_BATCH 1000000 stream",
+        "GET_SEQUENCE_RANGE 1000 stream",
+        "ACK 1,5 stream",
+    ] {
+        assert_eq!(command(&mut attacker, request), refusal, "{request}");
+    }
+    // Reading it is harmless and allowed.
+    assert_eq!(command(&mut attacker, "CURRENT stream"), ":6");
+    // Binary: OPEN of the name is refused, and so is its id (ids are guessable).
+    let mut binary = server.connect();
+    binary.write_all(&frame(0x05, 0, 0, 6, b"stream")).unwrap();
+    let (opcode, status, _, message) = binary_reply(&mut binary);
+    assert_eq!((opcode, status), (0x05, 1), "{message}");
+    assert!(
+        message.contains("reserved for the stream protocol"),
+        "{message}"
+    );
+    binary
+        .write_all(&frame(0x02, 0, 1, 1_000_000, b""))
+        .unwrap();
+    let (opcode, status, _, message) = binary_reply(&mut binary);
+    assert_eq!((opcode, status), (0x02, 1), "{message}");
+    // Streams are still served, from where they were.
+    let mut next = stream_con(&server, 5, b"s2");
+    let got = seqd_test_support::read_exactly(&mut next, 11);
+    assert_eq!(&got[..3], b"NUM");
+    assert_eq!(u32::from_be_bytes(got[7..11].try_into().unwrap()), 6);
+    // Other sequences are unaffected.
+    assert_eq!(command(&mut attacker, "GETSEQ other"), ":1");
+}
+
+#[test]
+fn without_a_stream_port_the_name_is_an_ordinary_sequence() {
+    let server = SeqdProcess::start(&[]);
+    assert_eq!(command(&mut server.connect(), "GETSEQ stream"), ":1");
+}

@@ -282,6 +282,8 @@ pub enum Problem<'a> {
     },
     /// A binary `ACK` of 0 numbers.
     EmptyAck,
+    /// A main-port request for numbers of the stream protocol's sequence (named here).
+    ReservedForStreams(&'static str),
     /// The range asked about is inside the lease `lease_first..=lease_last`, but is not it.
     LeaseMismatch {
         first: u64,
@@ -325,6 +327,7 @@ impl Problem<'_> {
             | Problem::BadLeaseId { .. }
             | Problem::BadRange(_)
             | Problem::EmptyAck
+            | Problem::ReservedForStreams(_)
             | Problem::RequestIdReused { .. } => ErrorCode::BadRequest,
             Problem::BatchOutOfRange { .. } | Problem::LeaseSizeOutOfRange { .. } => {
                 ErrorCode::OutOfRange
@@ -445,6 +448,10 @@ impl fmt::Display for Problem<'_> {
                 "the lease {first},{last} was granted to another client: acknowledge it with \
                  the client id it was requested with, or from the connection that got it \
                  (a retry of the request with the same ids on this connection also does)"
+            ),
+            Problem::ReservedForStreams(name) => write!(
+                f,
+                "sequence '{name}' is reserved for the stream protocol (--stream-sequence)"
             ),
             Problem::EmptyAck => write!(
                 f,
