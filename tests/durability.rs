@@ -636,7 +636,8 @@ impl TmpfsMount {
                 "-t",
                 "tmpfs",
                 "-o",
-                &format!("size={size}"),
+                // seqd refuses a data directory others may write (a tmpfs root is 1777).
+                &format!("size={size},mode=0700"),
                 "seqd-test",
                 &path.display().to_string(),
             ],

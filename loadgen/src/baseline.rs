@@ -136,7 +136,9 @@ pub fn answer(input: &[u8], counter: &mut Counter, out: &mut Vec<u8>) -> (usize,
                     Request::Current { .. } => Reply::Current(counter.next),
                     Request::Ping { .. } => Reply::Pong { echo: None },
                     Request::Open { .. } => Reply::Opened(OPENED_ID),
-                    Request::Invalid(problem) => Reply::Error { opcode, problem },
+                    Request::Invalid(problem) | Request::Refused { problem, .. } => {
+                        Reply::Error { opcode, problem }
+                    }
                     // Text-protocol requests never come out of the binary decoder, and the
                     // baseline does not implement leases.
                     Request::Quit
@@ -146,6 +148,7 @@ pub fn answer(input: &[u8], counter: &mut Counter, out: &mut Vec<u8>) -> (usize,
                     | Request::Nothing
                     | Request::Lease { .. }
                     | Request::Ack { .. }
+                    | Request::AckAsClient { .. }
                     | Request::LeaseStats => Reply::Error {
                         opcode,
                         problem: Problem::UnknownOpcode(opcode),

@@ -8,6 +8,7 @@ mod table;
 
 pub use records::{LeaseCounters, LeaseRecord, LeaseStatus, PooledRange};
 pub use table::{
-    DEFAULT_MAX_PER_CLIENT, DEFAULT_MAX_TRACKED, DEFAULT_TIMEOUT, GrantError, Granted, LeaseEvent,
-    LeaseRefusal, LeaseSettings, LeaseTable, RequestIds, RestoreError, TableStats,
+    Acknowledger, DEFAULT_MAX_PER_CLIENT, DEFAULT_MAX_TRACKED, DEFAULT_TIMEOUT, GrantError,
+    Granted, LeaseEvent, LeaseRefusal, LeaseSettings, LeaseTable, RequestIds, RestoreError,
+    TableStats,
 };

@@ -95,6 +95,9 @@ impl Owner {
 struct Lease {
     count: u64,
     owner: Option<Owner>,
+    /// The connection that was last granted (or re-granted) the lease: it may acknowledge
+    /// without naming the client id. 0: none (a lease recovered from disk).
+    connection: u64,
     status: LeaseStatus,
     /// Outstanding: the deadline. Otherwise: when it was acknowledged or expired.
     time_ms: u64,
@@ -117,6 +120,29 @@ pub struct Granted {
 pub struct RequestIds<'a> {
     pub client: &'a [u8],
     pub request: &'a [u8],
+    /// The requesting connection (nonzero), which may then acknowledge without the ids.
+    pub connection: u64,
+}
+
+/// Who sends an acknowledgement: the client id it names, if any, and its connection. A lease
+/// granted with a client id is acknowledged only with that id or by the connection that got
+/// it, so that one client cannot acknowledge (and so retire) another's numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Acknowledger<'a> {
+    pub client: Option<&'a [u8]>,
+    pub connection: u64,
+}
+
+impl Acknowledger<'_> {
+    fn may_acknowledge(&self, lease: &Lease) -> bool {
+        match &lease.owner {
+            None => true,
+            Some(owner) => {
+                self.client == Some(owner.client.as_bytes())
+                    || (self.connection != 0 && self.connection == lease.connection)
+            }
+        }
+    }
 }
 
 /// Why the table refuses a grant or an acknowledgement.
@@ -145,6 +171,12 @@ pub enum LeaseRefusal {
     },
     /// No lease holds `first`.
     Unknown {
+        first: u64,
+        last: u64,
+    },
+    /// The lease was granted with a client id that the acknowledgement neither names nor
+    /// comes from the connection of.
+    NotYours {
         first: u64,
         last: u64,
     },
@@ -313,6 +345,7 @@ impl LeaseTable {
                 Lease {
                     count: record.count,
                     owner,
+                    connection: 0,
                     status: record.status,
                     time_ms: record.time_ms,
                     change: 0,
@@ -337,12 +370,18 @@ impl LeaseTable {
         now_ms: u64,
         commits: &Commits,
     ) -> Result<Granted, GrantError> {
+        let connection = ids.map_or(0, |ids| ids.connection);
         let owner = ids.map(Owner::parse).transpose()?;
         if let Some(owner) = &owner
             && let Some(&key) = self.requests.get(owner)
             && let Some(lease) = self.leases.get(&key)
         {
-            return self.retried(key, lease, sequence.id(), count);
+            let granted = self.retried(key, lease, sequence.id(), count)?;
+            // The retry named the ids: its connection may now acknowledge without them.
+            if let Some(lease) = self.leases.get_mut(&key) {
+                lease.connection = connection;
+            }
+            return Ok(granted);
         }
         if count == 0 || count > self.settings.max_size {
             return Err(LeaseRefusal::SizeOutOfRange {
@@ -398,6 +437,7 @@ impl LeaseTable {
             Lease {
                 count,
                 owner,
+                connection,
                 status: LeaseStatus::Outstanding,
                 time_ms: deadline,
                 change,
@@ -446,6 +486,7 @@ impl LeaseTable {
         sequence: SequenceId,
         first: u64,
         last: u64,
+        by: Acknowledger<'_>,
         now_ms: u64,
         commits: &Commits,
     ) -> Result<u64, LeaseRefusal> {
@@ -471,6 +512,9 @@ impl LeaseTable {
         let Some(lease) = self.leases.get_mut(&key) else {
             return Err(LeaseRefusal::Unknown { first, last });
         };
+        if !by.may_acknowledge(lease) {
+            return Err(LeaseRefusal::NotYours { first, last });
+        }
         match lease.status {
             LeaseStatus::Acknowledged => Ok(lease.change),
             LeaseStatus::Expired => Err(LeaseRefusal::Expired {
@@ -699,8 +743,15 @@ mod tests {
         Some(RequestIds {
             client: client.as_bytes(),
             request: request.as_bytes(),
+            connection: 1,
         })
     }
+
+    /// An acknowledgement from another connection that names no client id.
+    const STRANGER: Acknowledger<'static> = Acknowledger {
+        client: None,
+        connection: 2,
+    };
 
     impl Fixture {
         fn grant(
@@ -715,7 +766,12 @@ mod tests {
         }
 
         fn ack(&mut self, first: u64, last: u64, now: u64) -> Result<u64, LeaseRefusal> {
-            self.table.acknowledge(0, first, last, now, &self.commits)
+            let granting_connection = Acknowledger {
+                client: None,
+                connection: 1,
+            };
+            self.table
+                .acknowledge(0, first, last, granting_connection, now, &self.commits)
         }
     }
 
@@ -801,7 +857,7 @@ mod tests {
             );
         }
         assert_eq!(
-            f.table.acknowledge(1, 1001, 1020, 1, &f.commits),
+            f.table.acknowledge(1, 1001, 1020, STRANGER, 1, &f.commits),
             Err(LeaseRefusal::Unknown {
                 first: 1001,
                 last: 1020
@@ -951,5 +1007,57 @@ mod tests {
             LeaseTable::restore(settings(true), &overlapping, &pool, counters),
             Err(RestoreError::Overlap { .. })
         ));
+    }
+
+    #[test]
+    fn a_lease_granted_with_a_client_id_is_acknowledged_only_by_its_client() {
+        let mut f = fixture(false);
+        assert_eq!(f.grant(20, ids("c", "r"), 0), Ok((1001, 1020)));
+        assert_eq!(f.grant(5, None, 0), Ok((1021, 1025)));
+        assert_eq!(
+            f.table.acknowledge(0, 1001, 1020, STRANGER, 1, &f.commits),
+            Err(LeaseRefusal::NotYours {
+                first: 1001,
+                last: 1020
+            })
+        );
+        let impostor = Acknowledger {
+            client: Some(b"d"),
+            connection: 2,
+        };
+        assert!(
+            f.table
+                .acknowledge(0, 1001, 1020, impostor, 1, &f.commits)
+                .is_err()
+        );
+        // A lease without ids is anyone's to acknowledge, as before.
+        assert!(
+            f.table
+                .acknowledge(0, 1021, 1025, STRANGER, 1, &f.commits)
+                .is_ok()
+        );
+        let named = Acknowledger {
+            client: Some(b"c"),
+            connection: 2,
+        };
+        assert!(
+            f.table
+                .acknowledge(0, 1001, 1020, named, 1, &f.commits)
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn a_retry_on_a_new_connection_moves_the_right_to_acknowledge() {
+        let mut f = fixture(false);
+        f.grant(20, ids("c", "r"), 0).unwrap();
+        let mut again = ids("c", "r").unwrap();
+        again.connection = 2;
+        f.grant(20, Some(again), 1).unwrap();
+        assert!(
+            f.table
+                .acknowledge(0, 1001, 1020, STRANGER, 1, &f.commits)
+                .is_ok()
+        );
     }
 }

@@ -108,8 +108,17 @@ pub fn decode_request(buf: &[u8]) -> Result<ParseOk<Request<'_>>, ParseError<'_>
             consumed: FRAME_LEN,
         })
     };
+    let refused = |problem| {
+        fixed(Request::Refused {
+            opcode: header.opcode,
+            problem,
+        })
+    };
+    if header.opcode == opcode::ACK {
+        return decode_ack(buf, target, header.value, usize::from(header.byte3));
+    }
     if header.byte3 != 0 {
-        return fixed(Request::Invalid(Problem::ReservedFieldSet));
+        return refused(Problem::ReservedFieldSet);
     }
     match header.opcode {
         opcode::GETSEQ if header.value == 0 => fixed(Request::Get { target }),
@@ -139,33 +148,56 @@ pub fn decode_request(buf: &[u8]) -> Result<ParseOk<Request<'_>>, ParseError<'_>
             })
         }
         opcode::LEASE => decode_lease(buf, target, header.value),
-        opcode::ACK => {
-            let len = FRAME_LEN + ACK_TRAILER_LEN;
-            if buf.len() < len {
-                return Err(ParseError::Incomplete(Need::Bytes(len - buf.len())));
-            }
-            let count = u64::from_be_bytes([
-                buf[16], buf[17], buf[18], buf[19], buf[20], buf[21], buf[22], buf[23],
-            ]);
-            let first = header.value;
-            let message = match count.checked_sub(1).and_then(|n| first.checked_add(n)) {
-                Some(last) => Request::Ack {
-                    target,
-                    first,
-                    last,
-                },
-                None => Request::Invalid(Problem::ReservedFieldSet),
-            };
-            Ok(ParseOk {
-                message,
-                consumed: len,
-            })
-        }
         opcode::GETSEQ | opcode::CURRENT | opcode::PING | opcode::OPEN => {
-            fixed(Request::Invalid(Problem::ReservedFieldSet))
+            refused(Problem::ReservedFieldSet)
         }
         other => fixed(Request::Invalid(Problem::UnknownOpcode(other))),
     }
+}
+
+/// `ACK`: the header (byte 3: the client id's length, 0 for none), the count, then the
+/// client id's bytes.
+fn decode_ack<'a>(
+    buf: &'a [u8],
+    target: Target<'a>,
+    first: u64,
+    client_len: usize,
+) -> Result<ParseOk<Request<'a>>, ParseError<'a>> {
+    let client_at = FRAME_LEN + ACK_TRAILER_LEN;
+    let len = client_at + client_len;
+    if buf.len() < len {
+        return Err(ParseError::Incomplete(Need::Bytes(len - buf.len())));
+    }
+    let count = u64::from_be_bytes([
+        buf[16], buf[17], buf[18], buf[19], buf[20], buf[21], buf[22], buf[23],
+    ]);
+    let refused = |problem| Request::Refused {
+        opcode: opcode::ACK,
+        problem,
+    };
+    let message = match count.checked_sub(1).map(|n| first.checked_add(n)) {
+        None => refused(Problem::EmptyAck),
+        // Beyond the number space: no lease can hold it.
+        Some(None) => refused(Problem::UnknownLease {
+            first,
+            last: u64::MAX,
+        }),
+        Some(Some(last)) if client_len == 0 => Request::Ack {
+            target,
+            first,
+            last,
+        },
+        Some(Some(last)) => Request::AckAsClient {
+            target,
+            first,
+            last,
+            client: &buf[client_at..len],
+        },
+    };
+    Ok(ParseOk {
+        message,
+        consumed: len,
+    })
 }
 
 /// `LEASE`: the header, two length bytes, then the client id and the request id. Both
@@ -573,8 +605,32 @@ mod tests {
         assert_eq!(
             decode_request(&empty_ack),
             Ok(ParseOk {
-                message: Request::Invalid(Problem::ReservedFieldSet),
+                message: Request::Refused {
+                    opcode: opcode::ACK,
+                    problem: Problem::EmptyAck
+                },
                 consumed: 24
+            })
+        );
+        // An ACK naming its client id: byte 3 is the id's length, the id follows the count.
+        let named_ack =
+            hex("9e 01 07 02 00 00 00 00 00 00 00 00 00 00 03 e9 00 00 00 00 00 00 00 14 63 31");
+        for cut in 16..named_ack.len() {
+            assert_eq!(
+                decode_request(&named_ack[..cut]),
+                Err(ParseError::Incomplete(Need::Bytes(named_ack.len() - cut)))
+            );
+        }
+        assert_eq!(
+            decode_request(&named_ack),
+            Ok(ParseOk {
+                message: Request::AckAsClient {
+                    target: Target::Default,
+                    first: 1001,
+                    last: 1020,
+                    client: b"c1"
+                },
+                consumed: 26
             })
         );
     }
@@ -673,15 +729,14 @@ mod tests {
                 consumed: 16
             })
         );
+        // A known opcode's error carries that opcode.
+        let refused = Request::Refused {
+            opcode: opcode::GETSEQ,
+            problem: Problem::ReservedFieldSet,
+        };
         let flags = hex("9e 01 01 01 00 00 00 00 00 00 00 00 00 00 00 00");
-        assert_eq!(
-            decode_request(&flags).unwrap().message,
-            Request::Invalid(Problem::ReservedFieldSet)
-        );
+        assert_eq!(decode_request(&flags).unwrap().message, refused);
         let get_with_arg = hex("9e 01 01 00 00 00 00 00 00 00 00 00 00 00 00 01");
-        assert_eq!(
-            decode_request(&get_with_arg).unwrap().message,
-            Request::Invalid(Problem::ReservedFieldSet)
-        );
+        assert_eq!(decode_request(&get_with_arg).unwrap().message, refused);
     }
 }

@@ -112,6 +112,14 @@ pub enum Request<'a> {
         first: u64,
         last: u64,
     },
+    /// An `ACK` naming the client id the lease was granted to (binary: an optional trailer),
+    /// needed when it does not come from the connection that got the lease.
+    AckAsClient {
+        target: Target<'a>,
+        first: u64,
+        last: u64,
+        client: &'a [u8],
+    },
     /// The lease table's counters.
     LeaseStats,
     /// Close the connection after replying.
@@ -126,6 +134,9 @@ pub enum Request<'a> {
     RedisError(redis::RedisError<'a>),
     /// An empty text line: no reply.
     Nothing,
+    /// A well-framed binary request of a known opcode that cannot be served: answered with
+    /// this error, carrying that opcode; the connection stays usable.
+    Refused { opcode: u8, problem: Problem<'a> },
     /// A well-framed request that cannot be served: answered with this error; the
     /// connection stays usable.
     Invalid(Problem<'a>),
@@ -268,6 +279,16 @@ pub enum Problem<'a> {
         first: u64,
         last: u64,
     },
+    /// The lease was granted with a client id this `ACK` neither carries nor comes from the
+    /// connection of.
+    LeaseNotYours {
+        first: u64,
+        last: u64,
+    },
+    /// A binary `ACK` of 0 numbers.
+    EmptyAck,
+    /// A main-port request for numbers of the stream protocol's sequence (named here).
+    ReservedForStreams(&'static str),
     /// The range asked about is inside the lease `lease_first..=lease_last`, but is not it.
     LeaseMismatch {
         first: u64,
@@ -311,6 +332,8 @@ impl Problem<'_> {
             | Problem::InvalidName(_)
             | Problem::BadLeaseId { .. }
             | Problem::BadRange(_)
+            | Problem::EmptyAck
+            | Problem::ReservedForStreams(_)
             | Problem::RequestIdReused { .. } => ErrorCode::BadRequest,
             Problem::BatchOutOfRange { .. } | Problem::LeaseSizeOutOfRange { .. } => {
                 ErrorCode::OutOfRange
@@ -322,7 +345,9 @@ impl Problem<'_> {
             | Problem::TooManyClientLeases { .. }
             | Problem::TooManyLeases { .. } => ErrorCode::Limit,
             Problem::Unavailable | Problem::LeaseNotDurable => ErrorCode::Unavailable,
-            Problem::UnknownLease { .. } | Problem::LeaseMismatch { .. } => ErrorCode::NoLease,
+            Problem::UnknownLease { .. }
+            | Problem::LeaseNotYours { .. }
+            | Problem::LeaseMismatch { .. } => ErrorCode::NoLease,
             Problem::LeaseExpired { .. } => ErrorCode::Expired,
             Problem::LineTooLong { .. }
             | Problem::Malformed(_)
@@ -339,7 +364,9 @@ impl Problem<'_> {
             Problem::TooManyLeases { limit } => limit as u64,
             Problem::RequestIdReused { count } => count,
             Problem::LeaseMismatch { lease_first, .. } => lease_first,
-            Problem::UnknownLease { first, .. } | Problem::LeaseExpired { first, .. } => first,
+            Problem::UnknownLease { first, .. }
+            | Problem::LeaseNotYours { first, .. }
+            | Problem::LeaseExpired { first, .. } => first,
             Problem::Exhausted { remaining } => remaining,
             Problem::TooManySequences { limit } => u64::from(limit),
             Problem::UnknownSequence(id) => u64::from(id),
@@ -421,6 +448,20 @@ impl fmt::Display for Problem<'_> {
                 f,
                 "too many unacknowledged leases: the server tracks at most {limit} \
                  (--max-leases); retry later"
+            ),
+            Problem::LeaseNotYours { first, last } => write!(
+                f,
+                "the lease {first},{last} was granted to another client: acknowledge it with \
+                 the client id it was requested with, or from the connection that got it \
+                 (a retry of the request with the same ids on this connection also does)"
+            ),
+            Problem::ReservedForStreams(name) => write!(
+                f,
+                "sequence '{name}' is reserved for the stream protocol (--stream-sequence)"
+            ),
+            Problem::EmptyAck => write!(
+                f,
+                "ACK count must be at least 1: name the lease's first number and its count"
             ),
             Problem::UnknownLease { first, last } => write!(
                 f,

@@ -260,6 +260,14 @@ impl Registry {
         Ok(self.slot(id, name))
     }
 
+    /// The sequence with this name, if it exists; never creates one (reads must not fill
+    /// `--max-sequences`).
+    pub fn find(&self, name: &[u8]) -> Result<Option<&Sequence>, RegistryError> {
+        let name = validate_name(name)?;
+        let id = self.lock_names().get(name).copied();
+        Ok(id.and_then(|id| self.get(id)))
+    }
+
     /// Every sequence that exists, in id order.
     pub fn iter(&self) -> impl Iterator<Item = &Sequence> {
         self.slots.iter().map_while(|slot| slot.get().map(|s| &**s))

@@ -51,6 +51,7 @@ impl Services {
         limits: Limits,
         max_connections: usize,
         streams: Option<StreamSettings>,
+        stream_sequence: Option<&str>,
     ) -> Services {
         let mut refusal = Vec::new();
         let problem = Problem::TooManyConnections {
@@ -65,8 +66,12 @@ impl Services {
                 tick_now: now,
             }
         });
+        let mut state = LoopState::with_records(registry, records, limits);
+        if let Some(name) = stream_sequence {
+            state.reserve_for_streams(name);
+        }
         Services {
-            state: LoopState::with_records(registry, records, limits),
+            state,
             refusal: refusal.into_boxed_slice(),
             streams,
         }
@@ -219,7 +224,7 @@ mod tests {
         };
         let records = Arc::new(LeasesAndStreams::empty(commits, LeaseSettings::default()));
         let limits = Limits { max_batch: 1000 };
-        let services = Services::new(registry.clone(), records, limits, 10, streams);
+        let services = Services::new(registry.clone(), records, limits, 10, streams, None);
         (services, registry)
     }
 

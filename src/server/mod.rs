@@ -286,6 +286,8 @@ impl Server {
                 busy_poll: settings.busy_poll,
             };
             let limits = settings.limits.clone();
+            // Every loop's main port refuses the stream sequence, not only the stream loop's.
+            let stream_sequence = settings.stream.as_ref().map(|(_, s)| s.sequence.clone());
             let shared = shared.clone();
             let ready = ready_tx.clone();
             let events = events.clone();
@@ -308,6 +310,7 @@ impl Server {
                         limits,
                         shared.max_connections,
                         stream_settings,
+                        stream_sequence.as_deref(),
                     );
                     let core = core.map(|c| c.id);
                     if let Some(result) =

@@ -30,6 +30,10 @@ pub struct LoopState {
     names: HashMap<Box<[u8]>, SequenceId>,
     /// Scratch for the run being coalesced (reused; holds no data between calls).
     pub(super) run: Vec<Segment>,
+    /// The sequence the stream port draws from, when it is served: main-port requests may
+    /// read it (`CURRENT`) but not take numbers from it, since the stream protocol's numbers
+    /// must fit 32 bits and a main-port client could otherwise drain that range for good.
+    reserved_for_streams: Option<&'static str>,
 }
 
 impl LoopState {
@@ -56,11 +60,53 @@ impl LoopState {
             limits,
             names: HashMap::new(),
             run: Vec::with_capacity(1024),
+            reserved_for_streams: None,
+        }
+    }
+
+    /// Refuses main-port requests that would take numbers from (or open) `name`, the
+    /// stream protocol's sequence.
+    pub fn reserve_for_streams(&mut self, name: &str) {
+        // Once per event loop, for the life of the process.
+        self.reserved_for_streams = Some(Box::leak(name.into()));
+        self.names.retain(|cached, _| **cached != *name.as_bytes());
+    }
+
+    /// The refusal of a request that names the stream protocol's sequence.
+    fn refuse_reserved(&self, sequence: &Sequence) -> Result<(), Problem<'static>> {
+        match self.reserved_for_streams {
+            Some(name) if sequence.name() == name => Err(Problem::ReservedForStreams(name)),
+            _ => Ok(()),
         }
     }
 
     pub fn registry(&self) -> &Registry {
         &self.registry
+    }
+
+    /// What `CURRENT` answers: the next number of the sequence, or for a name that does
+    /// not exist yet the number it would start at (`--initial`), without creating it. A read,
+    /// so the stream protocol's sequence may be read too.
+    pub(super) fn current(&mut self, target: Target<'_>) -> Result<u64, Problem<'static>> {
+        let Target::Name(name) = target else {
+            let registry = &*self.registry;
+            let id = match target {
+                Target::Id(id) => id,
+                _ => DEFAULT_SEQUENCE,
+            };
+            return registry
+                .get(id)
+                .map(Sequence::current)
+                .ok_or(Problem::UnknownSequence(id));
+        };
+        if self.names.contains_key(name) {
+            return self.resolve(target).map(Sequence::current);
+        }
+        let registry = &*self.registry;
+        match registry.find(name).map_err(replies::registry_refused)? {
+            Some(sequence) => Ok(sequence.current()),
+            None => Ok(registry.initial()),
+        }
     }
 
     pub(super) fn resolve<'r>(
@@ -72,10 +118,19 @@ impl LoopState {
             Target::Default => registry
                 .get(DEFAULT_SEQUENCE)
                 .ok_or(Problem::UnknownSequence(0)),
-            Target::Id(id) => registry.get(id).ok_or(Problem::UnknownSequence(id)),
+            Target::Id(id) => {
+                let sequence = registry.get(id).ok_or(Problem::UnknownSequence(id))?;
+                self.refuse_reserved(sequence)?;
+                Ok(sequence)
+            }
             Target::Name(name) => {
                 if let Some(&id) = self.names.get(name) {
                     return registry.get(id).ok_or(Problem::UnknownSequence(id));
+                }
+                if let Some(reserved) = self.reserved_for_streams
+                    && reserved.as_bytes() == name
+                {
+                    return Err(Problem::ReservedForStreams(reserved));
                 }
                 let sequence = registry.resolve(name).map_err(replies::registry_refused)?;
                 self.names.insert(name.into(), sequence.id());
@@ -195,6 +250,8 @@ pub(super) struct Executor<'s, 'o, 'c, W> {
     /// RESP version, name and transaction of a Redis client.
     client: &'c mut redis::RedisClient,
     pub(super) run: Run,
+    /// The session's connection, which the lease table knows its leases by.
+    pub(super) connection: u64,
     wire: PhantomData<W>,
 }
 
@@ -204,12 +261,14 @@ impl<'s, 'o, 'c, W: Wire> Executor<'s, 'o, 'c, W> {
         out: &'o mut Vec<u8>,
         client: &'c mut redis::RedisClient,
         run: Run,
+        connection: u64,
     ) -> Self {
         Executor {
             state,
             out,
             client,
             run,
+            connection,
             wire: PhantomData,
         }
     }
@@ -285,9 +344,7 @@ impl<'s, 'o, 'c, W: Wire> Executor<'s, 'o, 'c, W> {
             }
             Request::Current { target } => (
                 binary::opcode::CURRENT,
-                self.state
-                    .resolve(target)
-                    .map(|s| Reply::Current(s.current())),
+                self.state.current(target).map(Reply::Current),
             ),
             Request::Ping { echo } => (binary::opcode::PING, Ok(Reply::Pong { echo })),
             Request::Open { name } => (
@@ -310,7 +367,13 @@ impl<'s, 'o, 'c, W: Wire> Executor<'s, 'o, 'c, W> {
                 target,
                 first,
                 last,
-            } => return self.acknowledge(target, first, last),
+            } => return self.acknowledge(target, first, last, None),
+            Request::AckAsClient {
+                target,
+                first,
+                last,
+                client,
+            } => return self.acknowledge(target, first, last, Some(client)),
             Request::LeaseStats => {
                 let stats = self.state.records.leases.stats();
                 (0, Ok(Reply::LeaseStats(replies::lease_stats(stats))))
@@ -325,6 +388,7 @@ impl<'s, 'o, 'c, W: Wire> Executor<'s, 'o, 'c, W> {
             Request::Redis(command) => return self.redis(command),
             Request::RedisError(error) => return self.redis_error(error),
             Request::RedisHandshake { config_get: None } => (0, Ok(Reply::EmptyArray)),
+            Request::Refused { opcode, problem } => (opcode, Err(problem)),
             Request::Invalid(problem) => (0, Err(problem)),
             Request::Get { .. } | Request::Nothing => unreachable!("handled by handle()"),
         };

@@ -5,7 +5,7 @@
 
 use super::executor::{Awaiting, Executor, Flow, LoopState, Wire};
 use super::replies;
-use crate::lease::GrantError;
+use crate::lease::{Acknowledger, GrantError};
 use crate::protocol::{self, LeaseIds, Problem, Reply, Target, binary};
 use crate::sequence::BeyondDurable;
 
@@ -30,7 +30,7 @@ impl<W: Wire> Executor<'_, '_, '_, W> {
             return self.reply(opcode, Err(Problem::UnknownSequence(id)));
         };
         let records = &state.records;
-        let ids = ids.map(replies::request_ids);
+        let ids = ids.map(|ids| replies::request_ids(ids, self.connection));
         match records.leases.grant(sequence, count, ids, &records.commits) {
             Ok(granted) => self.after_change(Awaiting {
                 reply: Reply::Leased {
@@ -57,8 +57,19 @@ impl<W: Wire> Executor<'_, '_, '_, W> {
         }
     }
 
-    /// `ACK start,end`: the reply waits until the acknowledgement is durable.
-    pub(super) fn acknowledge(&mut self, target: Target<'_>, first: u64, last: u64) -> Flow {
+    /// `ACK start,end` (with the client id the lease was granted to, if it names one): the
+    /// reply waits until the acknowledgement is durable.
+    pub(super) fn acknowledge(
+        &mut self,
+        target: Target<'_>,
+        first: u64,
+        last: u64,
+        client: Option<&[u8]>,
+    ) -> Flow {
+        let by = Acknowledger {
+            client,
+            connection: self.connection,
+        };
         let opcode = binary::opcode::ACK;
         let sequence = match self.state.resolve(target) {
             Ok(sequence) => sequence.id(),
@@ -67,7 +78,7 @@ impl<W: Wire> Executor<'_, '_, '_, W> {
         let records = &self.state.records;
         match records
             .leases
-            .acknowledge(sequence, first, last, &records.commits)
+            .acknowledge(sequence, first, last, by, &records.commits)
         {
             Ok(change) => self.after_change(Awaiting {
                 reply: Reply::Acked { first },

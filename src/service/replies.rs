@@ -6,12 +6,13 @@ use crate::lease::{LeaseRefusal, RequestIds, TableStats};
 use crate::protocol::{LeaseIds, LeaseStats, Problem};
 use crate::sequence::RegistryError;
 
-/// A lease request's ids, as the lease table takes them.
+/// A lease request's ids, as the lease table takes them, from `connection`.
 #[inline]
-pub fn request_ids(ids: LeaseIds<'_>) -> RequestIds<'_> {
+pub fn request_ids(ids: LeaseIds<'_>, connection: u64) -> RequestIds<'_> {
     RequestIds {
         client: ids.client,
         request: ids.request,
+        connection,
     }
 }
 
@@ -24,6 +25,7 @@ pub fn lease_refused(refusal: LeaseRefusal) -> Problem<'static> {
         LeaseRefusal::TooManyTracked { limit } => Problem::TooManyLeases { limit },
         LeaseRefusal::Exhausted { remaining } => Problem::Exhausted { remaining },
         LeaseRefusal::Unknown { first, last } => Problem::UnknownLease { first, last },
+        LeaseRefusal::NotYours { first, last } => Problem::LeaseNotYours { first, last },
         LeaseRefusal::Mismatch {
             first,
             last,

@@ -81,14 +81,24 @@ pub struct Session {
     input_ended: bool,
     /// RESP version, name and transaction of a Redis client.
     redis: RedisClient,
+    /// This connection's number, unique in the process (never 0): a lease granted with ids
+    /// may be acknowledged without them by the connection that got it.
+    connection: u64,
 }
+
+/// The last connection number handed out.
+static CONNECTIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// Carry capacity kept between frames; larger buffers are released once empty.
 const CARRY_RETAINED: usize = 256;
 
 impl Session {
     pub fn new() -> Session {
-        Session::default()
+        let connection = CONNECTIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        Session {
+            connection,
+            ..Session::default()
+        }
     }
 
     /// Bytes received but not yet decoded.
@@ -179,7 +189,8 @@ impl Session {
             }
         }
         if let Some(run) = self.run_awaiting_ceiling.take() {
-            let mut executor = Executor::<W>::new(state, out, &mut self.redis, run);
+            let mut executor =
+                Executor::<W>::new(state, out, &mut self.redis, run, self.connection);
             if let Err(sequence) = executor.flush() {
                 self.run_awaiting_ceiling = Some(executor.run);
                 return self.paused(Pause::AwaitingCeiling(sequence));
@@ -203,7 +214,7 @@ impl Session {
             sequence: None,
             segments: std::mem::take(&mut state.run),
         };
-        let mut executor = Executor::<W>::new(state, out, &mut self.redis, run);
+        let mut executor = Executor::<W>::new(state, out, &mut self.redis, run, self.connection);
         let mut flow = Flow::Continue;
 
         // 1. Frames that begin in the carry, completed with as few bytes of `data` as needed.

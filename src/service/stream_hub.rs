@@ -74,6 +74,10 @@ struct Stream {
     checksum: Option<[u8; wire::CHECKSUM_LEN]>,
 }
 
+/// Why a refusal for want of 32-bit numbers is lasting: sequences never go back down.
+const OUT_OF_32_BITS: &str = "; the stream protocol's 32-bit numbers of this sequence are \
+     used up, so every new stream is refused from now on (numbers are never issued twice)";
+
 impl Stream {
     fn new(progress: StreamProgress) -> Stream {
         Stream {
@@ -307,6 +311,7 @@ impl StreamHub {
     }
 
     /// Reserves a new stream's numbers, if it still waits for them. Close: refused.
+    /// A refusal for want of 32-bit numbers lasts until the operator acts, so it says how.
     fn reserve(&mut self, client_id: &[u8]) -> Verdict {
         let Some(stream) = self.streams.get_mut(client_id) else {
             return Verdict::Close;
@@ -323,7 +328,7 @@ impl StreamHub {
         // Checked before reserving too, so a refused CON usually consumes nothing.
         let refusal = match sequence.current() {
             next if !fits(next) => Some(format!(
-                "its numbers would not fit 32 bits: sequence {:?} is at {next}",
+                "its numbers would not fit 32 bits: sequence {:?} is at {next}{OUT_OF_32_BITS}",
                 sequence.name()
             )),
             _ => match sequence.reserve(count) {
@@ -345,7 +350,7 @@ impl StreamHub {
                 }
                 Ok(first) => Some(format!(
                     "its numbers would not fit 32 bits: {first}..{} were reserved and are \
-                     skipped",
+                     skipped{OUT_OF_32_BITS}",
                     first + count
                 )),
                 Err(Refusal::AwaitingCeiling) => {

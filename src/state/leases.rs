@@ -14,8 +14,8 @@ use super::LeasesAndStreams;
 use crate::clock::unix_ms;
 use crate::commits::Commits;
 use crate::lease::{
-    GrantError, Granted, LeaseCounters, LeaseEvent, LeaseRecord, LeaseRefusal, LeaseTable,
-    PooledRange, RequestIds, TableStats,
+    Acknowledger, GrantError, Granted, LeaseCounters, LeaseEvent, LeaseRecord, LeaseRefusal,
+    LeaseTable, PooledRange, RequestIds, TableStats,
 };
 use crate::sequence::{PersisterSignals, Registry, Sequence, SequenceId};
 
@@ -54,10 +54,11 @@ impl SharedLeaseTable {
         sequence: SequenceId,
         first: u64,
         last: u64,
+        by: Acknowledger<'_>,
         commits: &Commits,
     ) -> Result<u64, LeaseRefusal> {
         self.lock()
-            .acknowledge(sequence, first, last, unix_ms(), commits)
+            .acknowledge(sequence, first, last, by, unix_ms(), commits)
     }
 
     pub fn stats(&self) -> TableStats {

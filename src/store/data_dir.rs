@@ -14,7 +14,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
@@ -66,14 +66,19 @@ pub struct DataDir {
 }
 
 impl DataDir {
-    /// Opens the data directory (created if missing) and locks it against a second seqd.
+    /// Opens the data directory (created if missing, 0700) and locks it against a second
+    /// seqd. A directory that is a symlink, is not ours or that others may write is refused:
+    /// whoever can write it can plant a symlink where seqd (often root) writes its files.
     pub fn open(path: &Path) -> anyhow::Result<DataDir> {
-        if !path.exists() {
+        if std::fs::symlink_metadata(path).is_err() {
             let missing: Vec<&Path> = path
                 .ancestors()
                 .take_while(|p| !p.as_os_str().is_empty() && !p.exists())
                 .collect();
-            std::fs::create_dir_all(path)
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(path)
                 .with_context(|| format!("cannot create data directory {}", path.display()))?;
             // Each new directory's entry must survive a crash too: fsync every parent that
             // gained one, outermost first.
@@ -85,10 +90,12 @@ impl DataDir {
                 fsync_dir(parent)
                     .with_context(|| format!("cannot fsync directory {}", parent.display()))?;
             }
-        } else if !path.is_dir() {
-            bail!("data directory {} is not a directory", path.display());
         }
-        let dir = File::open(path)
+        check_ownership(path)?;
+        let dir = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+            .open(path)
             .with_context(|| format!("cannot open data directory {}", path.display()))?;
         let lock_path = path.join(LOCK_FILE);
         // Held open read-only: a file open for writing would keep the filesystem from being
@@ -98,9 +105,13 @@ impl DataDir {
             .create(true)
             .truncate(false)
             .mode(0o644)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(&lock_path)
             .with_context(|| format!("cannot create lock file {}", lock_path.display()))?;
-        let mut lock = File::open(&lock_path)
+        let mut lock = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&lock_path)
             .with_context(|| format!("cannot open lock file {}", lock_path.display()))?;
         // SAFETY: flock on a descriptor we own; no memory is involved.
         if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
@@ -159,7 +170,15 @@ impl DataDir {
             }
         }
         let path = self.state_path();
-        let bytes = match std::fs::read(&path) {
+        let read = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)
+            .and_then(|mut file| {
+                let mut bytes = Vec::new();
+                file.read_to_end(&mut bytes).map(|_| bytes)
+            });
+        let bytes = match read {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => {
@@ -177,7 +196,7 @@ impl DataDir {
         Ok(Some(state))
     }
 
-    /// LeasesAndStreams this process's pid in the lock file, for a second seqd's error message. Done
+    /// Records this process's pid in the lock file, for a second seqd's error message. Done
     /// after the first state is durable: a recorded owner tells later starts that a state
     /// must exist.
     fn record_owner(&mut self) -> Result<(), WriteError> {
@@ -187,6 +206,7 @@ impl DataDir {
         let written = OpenOptions::new()
             .write(true)
             .truncate(true)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(&path)
             .and_then(|mut file| {
                 file.write_all(pid.as_bytes())?;
@@ -213,11 +233,19 @@ impl StateSink for DataDir {
             source,
         };
         let written = (|| {
+            // Whatever is at `state.tmp` is not ours to write through (a symlink planted
+            // there would redirect the write): remove it and create a new file exclusively.
+            match std::fs::remove_file(&temp) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                    return Err(fail("remove", &temp, e));
+                }
+                _ => {}
+            }
             let mut file = OpenOptions::new()
                 .write(true)
-                .create(true)
-                .truncate(true)
+                .create_new(true)
                 .mode(0o644)
+                .custom_flags(libc::O_NOFOLLOW)
                 .open(&temp)
                 .map_err(|e| fail("create", &temp, e))?;
             file.write_all(&bytes)
@@ -248,6 +276,45 @@ impl StateSink for DataDir {
     fn location(&self) -> String {
         self.state_path().display().to_string()
     }
+}
+
+/// Refuses a data directory that is a symlink, is not a directory, is owned by another user
+/// or is writable by group or others, naming the fix.
+fn check_ownership(path: &Path) -> anyhow::Result<()> {
+    let meta = std::fs::symlink_metadata(path)
+        .with_context(|| format!("cannot inspect data directory {}", path.display()))?;
+    if meta.file_type().is_symlink() {
+        bail!(
+            "data directory {} is a symlink: seqd will not follow it (whoever can change the \
+             link decides where seqd writes); give the real directory as --data-dir",
+            path.display()
+        );
+    }
+    if !meta.is_dir() {
+        bail!("data directory {} is not a directory", path.display());
+    }
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let uid = unsafe { libc::geteuid() };
+    if meta.uid() != uid {
+        bail!(
+            "data directory {} is owned by uid {}, not by this process (uid {uid}): its \
+             owner could redirect seqd's writes; fix with `chown {uid} {}` and `chmod 700 {}`",
+            path.display(),
+            meta.uid(),
+            path.display(),
+            path.display()
+        );
+    }
+    if meta.mode() & 0o022 != 0 {
+        bail!(
+            "data directory {} is writable by others (mode {:o}): anyone who can write it \
+             can plant a symlink where seqd writes its state; fix with `chmod 700 {}`",
+            path.display(),
+            meta.mode() & 0o7777,
+            path.display()
+        );
+    }
+    Ok(())
 }
 
 /// The pid recorded in a lock file, if any.
@@ -349,5 +416,42 @@ mod tests {
         std::fs::write(&path, b"x").unwrap();
         let err = DataDir::open(&path).unwrap_err().to_string();
         assert!(err.contains("is not a directory"), "{err}");
+    }
+
+    #[test]
+    fn a_directory_others_can_write_or_a_symlink_is_refused_with_the_fix() {
+        use std::os::unix::fs::PermissionsExt;
+        let parent = tempfile::tempdir().unwrap();
+        let open = parent.path().join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o770)).unwrap();
+        let err = DataDir::open(&open).unwrap_err().to_string();
+        assert!(
+            err.contains(&format!("chmod 700 {}", open.display())),
+            "{err}"
+        );
+        let link = parent.path().join("link");
+        std::os::unix::fs::symlink(parent.path(), &link).unwrap();
+        let err = DataDir::open(&link).unwrap_err().to_string();
+        assert!(err.contains("is a symlink"), "{err}");
+    }
+
+    #[test]
+    fn a_symlink_at_the_temp_or_lock_file_is_not_followed() {
+        let parent = tempfile::tempdir().unwrap();
+        let victim = parent.path().join("victim");
+        std::fs::write(&victim, b"precious").unwrap();
+        let data = parent.path().join("data");
+        let mut dir = DataDir::open(&data).unwrap();
+        std::os::unix::fs::symlink(&victim, data.join(TEMP_FILE)).unwrap();
+        dir.write_state(&state(1, 100)).unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+        assert_eq!(dir.read_state().unwrap(), Some(state(1, 100)));
+        drop(dir);
+        std::fs::remove_file(data.join(LOCK_FILE)).unwrap();
+        std::os::unix::fs::symlink(&victim, data.join(LOCK_FILE)).unwrap();
+        let err = format!("{:#}", DataDir::open(&data).unwrap_err());
+        assert!(err.contains("lock file"), "{err}");
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
     }
 }

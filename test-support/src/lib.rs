@@ -113,6 +113,16 @@ impl SeqdProcess {
     /// Like [`SeqdProcess::start`], with the soft limit on open files lowered to
     /// `soft_limit` first, as a default `ulimit -n` would.
     pub fn start_with_open_file_limit(soft_limit: u32, args: &[&str]) -> SeqdProcess {
+        SeqdProcess::start_after_shell(&format!("ulimit -S -n {soft_limit}"), args)
+    }
+
+    /// Like [`SeqdProcess::start`], with the file-creation mask set to `mask` first.
+    pub fn start_with_umask(mask: u32, args: &[&str]) -> SeqdProcess {
+        SeqdProcess::start_after_shell(&format!("umask {mask:03o}"), args)
+    }
+
+    /// Starts seqd as [`SeqdProcess::start`] does, from `sh -c "PRELUDE && exec seqd ..."`.
+    fn start_after_shell(prelude: &str, args: &[&str]) -> SeqdProcess {
         let mut all: Vec<String> = ["--host=127.0.0.1", "--port=0", "--threads=2"]
             .map(String::from)
             .to_vec();
@@ -121,7 +131,7 @@ impl SeqdProcess {
         let mut command = Command::new("sh");
         command
             .arg("-c")
-            .arg(format!("ulimit -S -n {soft_limit} && exec \"$0\" \"$@\""))
+            .arg(format!("{prelude} && exec \"$0\" \"$@\""))
             .arg(seqd_binary())
             .args(&all)
             .env_remove("SEQD_LOG");

@@ -80,7 +80,7 @@ fn unqueueable_name(request: &Request<'_>) -> Option<&'static [u8]> {
             | Command::DbSize,
         ) => return None,
         Request::Lease { .. } => b"GET_SEQUENCE_RANGE",
-        Request::Ack { .. } => b"ACK",
+        Request::Ack { .. } | Request::AckAsClient { .. } => b"ACK",
         Request::LeaseStats => b"LEASES",
         Request::RedisHandshake { .. } => b"CONFIG/COMMAND",
         Request::Open { .. } => b"OPEN",
@@ -90,7 +90,11 @@ fn unqueueable_name(request: &Request<'_>) -> Option<&'static [u8]> {
         Request::Redis(Command::Info(_)) => b"INFO",
         Request::Redis(Command::CommandCount) => b"COMMAND",
         Request::Redis(_) => b"CLIENT",
-        Request::Quit | Request::Nothing | Request::Invalid(_) | Request::RedisError(_) => {
+        Request::Quit
+        | Request::Nothing
+        | Request::Invalid(_)
+        | Request::Refused { .. }
+        | Request::RedisError(_) => {
             return None;
         }
     })
@@ -129,7 +133,7 @@ impl<W: Wire> Executor<'_, '_, '_, W> {
             Request::Redis(Command::Multi) => return self.redis_error(RedisError::MultiNested),
             Request::Redis(Command::Reset) | Request::Quit => return self.handle_alone(request),
             Request::Nothing => return Flow::Continue,
-            Request::Invalid(problem) => {
+            Request::Invalid(problem) | Request::Refused { problem, .. } => {
                 transaction.aborted = true;
                 self.seqd_reply(Err(problem));
                 return Flow::Continue;
