@@ -240,6 +240,9 @@ impl StreamHub {
 
     /// The connection is gone (closed by either side): its stream waits for a resume.
     pub fn close(&mut self, key: ConnKey, now: Now) {
+        // The key may be handed to a new connection next: nothing queued for this one may
+        // reach it.
+        self.to_close.retain(|&k| k != key);
         let Some(conn) = self.conns.remove(&key) else {
             return;
         };
@@ -880,6 +883,23 @@ mod tests {
             f.send(A, &ack(1));
             assert_eq!(f.tick(A), vec![(3, u32::MAX)]);
         }
+    }
+
+    #[test]
+    fn a_connection_closed_before_its_release_was_taken_is_not_released_again() {
+        let mut f = fixture();
+        f.hub.open(A);
+        f.send(A, &con(4, b"id"));
+        f.hub.open(B);
+        f.send(B, &con(4, b"id"));
+        // A closes on its own before the loop took the release; its key is then reused.
+        f.hub.close(A, Now::current());
+        f.hub.open(A);
+        assert_eq!(
+            f.hub.take_to_close(),
+            Vec::<ConnKey>::new(),
+            "the new connection in A's slot must not be closed"
+        );
     }
 
     #[test]
