@@ -76,25 +76,38 @@ for ((cycle = 0; cycle < CYCLES; cycle++)); do
   gap=${gaps[$((cycle % ${#gaps[@]}))]}
   loops=$(((cycle / ${#gaps[@]}) % 2 + 1))
   log=$WORK/log/seqd-$cycle.log
-  "$SEQD" --host 127.0.0.1 --port "$PORT" --threads "$loops" --data-dir "$DATA" \
-    --max-crash-gap "$gap" 2>"$log" &
-  SEQD_PID=$!
-  for _ in $(seq 1 200); do
-    grep -q "seqd listening" "$log" && break
-    kill -0 "$SEQD_PID" 2>/dev/null || break
-    sleep 0.05
+  # The port can be briefly taken (another process, or the kernel still releasing the
+  # killed server's sockets): a few bounded retries before giving up.
+  for attempt in 1 2 3 4 5 6 7 8 9 10; do
+    "$SEQD" --host 127.0.0.1 --port "$PORT" --threads "$loops" --data-dir "$DATA" \
+      --max-crash-gap "$gap" 2>"$log" &
+    SEQD_PID=$!
+    for _ in $(seq 1 200); do
+      grep -qs "seqd listening" "$log" && break
+      kill -0 "$SEQD_PID" 2>/dev/null || break
+      sleep 0.05
+    done
+    grep -qs "seqd listening" "$log" || ! grep -qs "Address already in use" "$log" && break
+    wait "$SEQD_PID" 2>/dev/null || true
+    SEQD_PID=
+    cp "$log" "$log.in-use-$attempt"
+    sleep 0.5
   done
   if ! grep -q "seqd listening" "$log"; then
     echo "crash-cycles: cycle $cycle: seqd did not start:" >&2
     cat "$log" >&2
     exit 1
   fi
-  if ((cycle > 0)) && ! grep -q "did not shut down cleanly" "$log"; then
+  # The first start after the kill is the one that recovered from it.
+  recovery_log=$log
+  [ -e "$log.in-use-1" ] && recovery_log=$log.in-use-1
+  if ((cycle > 0)) && ! grep -q "did not shut down cleanly" "$recovery_log"; then
     echo "crash-cycles: cycle $cycle: the restart after kill -9 logged no recovery:" >&2
-    cat "$log" >&2
+    cat "$recovery_log" >&2
     failures=$((failures + 1))
   fi
-  resumes=$(sed -nE 's/.*sequence "default" \(id 0\) resumes at ([0-9]+).*/\1/p' "$log" | head -1)
+  resumes=$(sed -nE 's/.*sequence "default" \(id 0\) resumes at ([0-9]+).*/\1/p' \
+    "$recovery_log" | head -1)
 
   "$LOADGEN" run --target binary --addr "127.0.0.1:$PORT" -c "$CONNECTIONS" -P "$PIPELINE" \
     -d 60s --warmup 0s --no-pin --drain-timeout 1s --reply-timeout 5s \
@@ -111,7 +124,7 @@ for ((cycle = 0; cycle < CYCLES; cycle++)); do
     lease_pid=$!
     # Python starts slowly on a loaded machine: the kill time counts from its connection.
     for _ in $(seq 1 100); do
-      grep -q "^connected" "$WORK/log/lease-$cycle.log" && break
+      grep -qs "^connected" "$WORK/log/lease-$cycle.log" && break
       kill -0 "$lease_pid" 2>/dev/null || break
       sleep 0.05
     done
