@@ -61,6 +61,7 @@ fn run(config: Config) -> anyhow::Result<()> {
     config.validate()?;
     let cluster = config.cluster()?;
     let addr = config.listen_addr()?;
+    let password = config.password()?;
     let threads = config.threads.unwrap_or_else(|| {
         core_affinity::get_core_ids().map_or_else(
             || std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -129,6 +130,7 @@ fn run(config: Config) -> anyhow::Result<()> {
         io: config.io,
         limits: Limits {
             max_batch: config.max_batch,
+            password: password.clone(),
         },
         stream: config.stream_port.map(|port| {
             (
@@ -154,6 +156,7 @@ fn run(config: Config) -> anyhow::Result<()> {
         max_connections = settings.max_connections,
         busy_poll_us = server.busy_poll().as_micros(),
         io = %server.backend(),
+        auth = if password.is_some() { "password" } else { "none" },
         "seqd listening on {}",
         server.local_addr()
     );

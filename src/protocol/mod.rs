@@ -56,6 +56,16 @@ pub struct ParseOk<T> {
     pub consumed: usize,
 }
 
+impl<T> ParseOk<T> {
+    /// The same bytes consumed, decoded into something else.
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> ParseOk<U> {
+        ParseOk {
+            message: f(self.message),
+            consumed: self.consumed,
+        }
+    }
+}
+
 /// Why no message could be decoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ParseError<'a> {
@@ -98,6 +108,8 @@ pub enum Request<'a> {
     Ping { echo: Option<&'a [u8]> },
     /// Resolve (creating if needed) a sequence name to the id binary requests carry.
     Open { name: &'a [u8] },
+    /// The binary protocol's `AUTH`: the password (text clients use Redis's `AUTH`).
+    Auth { password: &'a [u8] },
     /// The lease protocol's `GET_SEQUENCE_RANGE n`: `count` consecutive numbers held as a lease until
     /// acknowledged; with `ids`, a retry returns the same range.
     Lease {
@@ -147,6 +159,8 @@ pub enum Reply<'a> {
         echo: Option<&'a [u8]>,
     },
     Opened(SequenceId),
+    /// The binary `AUTH` succeeded.
+    Authenticated,
     /// A lease of `count` numbers from `first`: `first,last` in text (the lease protocol).
     Leased {
         first: u64,
@@ -192,6 +206,10 @@ pub enum ErrorCode {
     NoLease = 8,
     /// The lease expired before it was acknowledged.
     Expired = 9,
+    /// A password is set and the connection has not authenticated (`AUTH` first).
+    NoAuth = 10,
+    /// The password given to `AUTH` is wrong.
+    WrongPass = 11,
 }
 
 impl ErrorCode {
@@ -205,6 +223,8 @@ impl ErrorCode {
             ErrorCode::Unavailable => "UNAVAILABLE",
             ErrorCode::NoLease => "NOLEASE",
             ErrorCode::Expired => "EXPIRED",
+            ErrorCode::NoAuth => "NOAUTH",
+            ErrorCode::WrongPass => "WRONGPASS",
         }
     }
 
@@ -219,6 +239,8 @@ impl ErrorCode {
             7 => ErrorCode::Fatal,
             8 => ErrorCode::NoLease,
             9 => ErrorCode::Expired,
+            10 => ErrorCode::NoAuth,
+            11 => ErrorCode::WrongPass,
             _ => return None,
         })
     }
@@ -293,6 +315,10 @@ pub enum Problem<'a> {
     TooManyConnections {
         limit: usize,
     },
+    /// A request other than AUTH/HELLO/PING/QUIT before the connection authenticated.
+    NoAuth,
+    /// The password given does not match `--requirepass`.
+    WrongPass,
 }
 
 /// Commands the text protocol understands, for the unknown-command reply.
@@ -324,6 +350,8 @@ impl Problem<'_> {
             Problem::Unavailable | Problem::LeaseNotDurable => ErrorCode::Unavailable,
             Problem::UnknownLease { .. } | Problem::LeaseMismatch { .. } => ErrorCode::NoLease,
             Problem::LeaseExpired { .. } => ErrorCode::Expired,
+            Problem::NoAuth => ErrorCode::NoAuth,
+            Problem::WrongPass => ErrorCode::WrongPass,
             Problem::LineTooLong { .. }
             | Problem::Malformed(_)
             | Problem::UnsupportedVersion(_)
@@ -481,6 +509,9 @@ impl fmt::Display for Problem<'_> {
                 "max number of connections ({limit}) reached (--max-connections); \
                  closing connection"
             ),
+            // Redis's wording, byte for byte: clients match on it.
+            Problem::NoAuth => write!(f, "Authentication required."),
+            Problem::WrongPass => write!(f, "invalid username-password pair or user is disabled."),
         }
     }
 }
@@ -546,10 +577,10 @@ mod tests {
 
     #[test]
     fn codes_round_trip() {
-        for code in 1..=9 {
+        for code in 1..=11 {
             assert_eq!(ErrorCode::from_u8(code).unwrap() as u8, code);
         }
         assert_eq!(ErrorCode::from_u8(0), None);
-        assert_eq!(ErrorCode::from_u8(10), None);
+        assert_eq!(ErrorCode::from_u8(12), None);
     }
 }

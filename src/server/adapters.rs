@@ -218,7 +218,10 @@ mod tests {
             false => Commits::memory_only(),
         };
         let records = Arc::new(LeasesAndStreams::empty(commits, LeaseSettings::default()));
-        let limits = Limits { max_batch: 1000 };
+        let limits = Limits {
+            max_batch: 1000,
+            password: None,
+        };
         let services = Services::new(registry.clone(), records, limits, 10, streams);
         (services, registry)
     }
