@@ -16,6 +16,15 @@ fn parse_password(value: &str) -> Result<Password, String> {
     Password::new(value).ok_or_else(|| "the password must not be empty".to_owned())
 }
 
+/// Redis's spelling of a boolean setting.
+fn parse_yes_no(value: &str) -> Result<bool, String> {
+    match value {
+        "yes" => Ok(true),
+        "no" => Ok(false),
+        other => Err(format!("{other:?}: expected yes or no")),
+    }
+}
+
 /// Where numbers are made durable unless `--data-dir` says otherwise.
 pub const DEFAULT_DATA_DIR: &str = "./seqd-data";
 
@@ -244,6 +253,18 @@ pub struct Config {
     /// other hosts can reach unless this says the network in front of it is trusted.
     #[arg(long, requires = "stream_port")]
     pub stream_port_insecure: bool,
+
+    /// Redis's protected mode: while no password is set and --host is not a loopback address,
+    /// clients from other hosts are answered `-DENIED ...` (why, and the fixes) and closed;
+    /// clients on this host are served. `no` serves everyone who can reach the port.
+    #[arg(
+        long,
+        default_value = "yes",
+        action = clap::ArgAction::Set,
+        value_parser = parse_yes_no,
+        value_name = "yes|no"
+    )]
+    pub protected_mode: bool,
 
     /// Log filter: error, warn, info, debug or trace, or per-module directives.
     #[arg(long, default_value = "info", env = "SEQD_LOG", value_name = "FILTER")]

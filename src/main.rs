@@ -62,6 +62,15 @@ fn run(config: Config) -> anyhow::Result<()> {
     let cluster = config.cluster()?;
     let addr = config.listen_addr()?;
     let password = config.password()?;
+    let protected_mode = config.protected_mode && password.is_none() && !addr.ip().is_loopback();
+    if protected_mode {
+        tracing::warn!(
+            "protected mode: no password is set and {} is not a loopback address, so only \
+             clients on this host are served; set --requirepass or --password-file to serve \
+             others (or --protected-mode no on a trusted network)",
+            addr.ip()
+        );
+    }
     let threads = config.threads.unwrap_or_else(|| {
         core_affinity::get_core_ids().map_or_else(
             || std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -132,6 +141,7 @@ fn run(config: Config) -> anyhow::Result<()> {
             max_batch: config.max_batch,
             password: password.clone(),
         },
+        protected_mode,
         stream: config.stream_port.map(|port| {
             (
                 std::net::SocketAddr::new(addr.ip(), port),

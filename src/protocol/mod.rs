@@ -210,6 +210,8 @@ pub enum ErrorCode {
     NoAuth = 10,
     /// The password given to `AUTH` is wrong.
     WrongPass = 11,
+    /// Protected mode refused a client from another host (sent in text, then closed).
+    Denied = 12,
 }
 
 impl ErrorCode {
@@ -225,6 +227,7 @@ impl ErrorCode {
             ErrorCode::Expired => "EXPIRED",
             ErrorCode::NoAuth => "NOAUTH",
             ErrorCode::WrongPass => "WRONGPASS",
+            ErrorCode::Denied => "DENIED",
         }
     }
 
@@ -241,6 +244,7 @@ impl ErrorCode {
             9 => ErrorCode::Expired,
             10 => ErrorCode::NoAuth,
             11 => ErrorCode::WrongPass,
+            12 => ErrorCode::Denied,
             _ => return None,
         })
     }
@@ -319,6 +323,8 @@ pub enum Problem<'a> {
     NoAuth,
     /// The password given does not match `--requirepass`.
     WrongPass,
+    /// Protected mode: a client from another host while no password is set.
+    ProtectedMode,
 }
 
 /// Commands the text protocol understands, for the unknown-command reply.
@@ -352,6 +358,7 @@ impl Problem<'_> {
             Problem::LeaseExpired { .. } => ErrorCode::Expired,
             Problem::NoAuth => ErrorCode::NoAuth,
             Problem::WrongPass => ErrorCode::WrongPass,
+            Problem::ProtectedMode => ErrorCode::Denied,
             Problem::LineTooLong { .. }
             | Problem::Malformed(_)
             | Problem::UnsupportedVersion(_)
@@ -512,6 +519,18 @@ impl fmt::Display for Problem<'_> {
             // Redis's wording, byte for byte: clients match on it.
             Problem::NoAuth => write!(f, "Authentication required."),
             Problem::WrongPass => write!(f, "invalid username-password pair or user is disabled."),
+            // Redis's protected-mode reply, with seqd's flags.
+            Problem::ProtectedMode => write!(
+                f,
+                "seqd is running in protected mode because protected mode is enabled and no \
+                 password is set for the default user. In this mode connections are only \
+                 accepted from the loopback interface. If you want to connect from external \
+                 computers to seqd you may adopt one of the following solutions: 1) Set a \
+                 password: restart seqd with --requirepass or --password-file (recommended). \
+                 2) Bind to a loopback address only: --host 127.0.0.1, and reach it through a \
+                 tunnel. 3) Disable protected mode with --protected-mode no, only if the network \
+                 in front of seqd is trusted (a firewall lets only your clients reach the port)."
+            ),
         }
     }
 }
@@ -577,10 +596,10 @@ mod tests {
 
     #[test]
     fn codes_round_trip() {
-        for code in 1..=11 {
+        for code in 1..=12 {
             assert_eq!(ErrorCode::from_u8(code).unwrap() as u8, code);
         }
         assert_eq!(ErrorCode::from_u8(0), None);
-        assert_eq!(ErrorCode::from_u8(12), None);
+        assert_eq!(ErrorCode::from_u8(13), None);
     }
 }

@@ -26,6 +26,8 @@ pub enum Handler {
     Session(Session),
     /// The stream hub keeps a stream connection's state, by key.
     Stream,
+    /// Refused by protected mode: answered (sessions) and closed at its first input.
+    Denied(Kind),
 }
 
 /// The services of one event loop: sessions on the main port, and (loop 0 only) the stream
@@ -34,6 +36,8 @@ pub struct Services {
     state: LoopState,
     refusal: Box<[u8]>,
     streams: Option<StreamPort>,
+    /// Protected mode: `Some(the -DENIED reply)` while it is in force.
+    denial: Option<Box<[u8]>>,
 }
 
 struct StreamPort {
@@ -51,6 +55,7 @@ impl Services {
         limits: Limits,
         max_connections: usize,
         streams: Option<StreamSettings>,
+        protected_mode: bool,
     ) -> Services {
         let mut refusal = Vec::new();
         let problem = Problem::TooManyConnections {
@@ -65,10 +70,17 @@ impl Services {
                 tick_now: now,
             }
         });
+        let denial = protected_mode.then(|| {
+            let mut denial = Vec::new();
+            let problem = Problem::ProtectedMode;
+            text::encode_reply(&mut denial, &Reply::Error { opcode: 0, problem });
+            denial.into_boxed_slice()
+        });
         Services {
             state: LoopState::with_records(registry, records, limits),
             refusal: refusal.into_boxed_slice(),
             streams,
+            denial,
         }
     }
 }
@@ -91,7 +103,13 @@ fn session_next(status: Status, session: &Session) -> Next {
 impl Service for Services {
     type Conn = Handler;
 
-    fn open(&mut self, kind: Kind, key: ConnKey) -> Handler {
+    fn open(&mut self, kind: Kind, key: ConnKey, peer: Option<std::net::IpAddr>) -> Handler {
+        // An unknown peer counts as another host: protected mode fails closed.
+        let from_loopback = peer.is_some_and(|ip| ip.to_canonical().is_loopback());
+        if self.denial.is_some() && !from_loopback {
+            tracing::debug!(?peer, ?kind, "connection denied: protected mode");
+            return Handler::Denied(kind);
+        }
         match kind {
             Kind::Session => Handler::Session(Session::new()),
             Kind::Stream => {
@@ -124,6 +142,12 @@ impl Service for Services {
                 let status = session.receive(data, &mut self.state, out);
                 session_next(status, session)
             }
+            Handler::Denied(kind) => {
+                if let (Kind::Session, Some(denial)) = (kind, &self.denial) {
+                    out.extend_from_slice(denial);
+                }
+                Next::Close
+            }
             Handler::Stream => {
                 let Some(streams) = &mut self.streams else {
                     return Next::Close;
@@ -145,7 +169,7 @@ impl Service for Services {
                 let status = session.end_of_input(&mut self.state, out);
                 session_next(status, session)
             }
-            Handler::Stream => Next::Close,
+            Handler::Stream | Handler::Denied(_) => Next::Close,
         }
     }
 
@@ -156,6 +180,7 @@ impl Service for Services {
                 session_next(status, session)
             }
             Handler::Stream => Next::Read,
+            Handler::Denied(_) => Next::Close,
         }
     }
 
@@ -222,7 +247,7 @@ mod tests {
             max_batch: 1000,
             password: None,
         };
-        let services = Services::new(registry.clone(), records, limits, 10, streams);
+        let services = Services::new(registry.clone(), records, limits, 10, streams, false);
         (services, registry)
     }
 
@@ -240,7 +265,7 @@ mod tests {
     #[test]
     fn a_session_answers_into_the_output_and_keeps_reading() {
         let (mut services, _) = services(Registry::new(8, 1), None);
-        let mut conn = services.open(Kind::Session, 0);
+        let mut conn = services.open(Kind::Session, 0, None);
         let mut out = Vec::new();
         let next = services.receive(&mut conn, 0, b"GETSEQ\r\nGETSEQ\r\nCURRENT", &mut out);
         assert_eq!((next, out.as_slice()), (Next::Read, &b":1\r\n:2\r\n"[..]));
@@ -260,7 +285,7 @@ mod tests {
     #[test]
     fn an_unknown_protocol_is_answered_then_closed() {
         let (mut services, _) = services(Registry::new(8, 1), None);
-        let mut conn = services.open(Kind::Session, 0);
+        let mut conn = services.open(Kind::Session, 0, None);
         let mut out = Vec::new();
         assert_eq!(
             services.receive(&mut conn, 0, b"\x00\x01", &mut out),
@@ -272,7 +297,7 @@ mod tests {
     #[test]
     fn a_request_beyond_the_durable_ceiling_holds_until_woken() {
         let (mut services, registry) = services(Registry::durable(8, 1), None);
-        let mut conn = services.open(Kind::Session, 0);
+        let mut conn = services.open(Kind::Session, 0, None);
         let mut out = Vec::new();
         let held = Next::Hold {
             until: Until::Woken,
@@ -292,7 +317,7 @@ mod tests {
     #[test]
     fn a_session_holding_too_much_input_asks_to_stop_reading() {
         let (mut services, _) = services(Registry::durable(8, 1), None);
-        let mut conn = services.open(Kind::Session, 0);
+        let mut conn = services.open(Kind::Session, 0, None);
         let mut out = Vec::new();
         services.receive(&mut conn, 0, b"GETSEQ\r\n", &mut out);
         let flood = vec![b'\n'; HELD_INPUT_LIMIT + 1];
@@ -325,7 +350,7 @@ mod tests {
     #[test]
     fn stream_input_asks_for_housekeeping_once_and_end_of_input_closes() {
         let (mut services, _) = services(Registry::new(8, 1), Some(stream_settings()));
-        let mut conn = services.open(Kind::Stream, 3);
+        let mut conn = services.open(Kind::Stream, 3, None);
         let mut out = Vec::new();
         services.receive(&mut conn, 3, b"CO", &mut out);
         assert!(

@@ -91,8 +91,8 @@ pub trait Service {
     /// The service's state for one connection, kept in the backend's connection slot.
     type Conn;
 
-    /// A connection accepted on a listener of `kind`.
-    fn open(&mut self, kind: Kind, key: ConnKey) -> Self::Conn;
+    /// A connection accepted on a listener of `kind`, from `peer` (None: unknown).
+    fn open(&mut self, kind: Kind, key: ConnKey, peer: Option<std::net::IpAddr>) -> Self::Conn;
 
     /// Bytes to send a connection of `kind` refused over the connection limit before closing
     /// it (None: close without a word).

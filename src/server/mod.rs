@@ -46,6 +46,9 @@ pub struct Settings {
     pub busy_poll: std::time::Duration,
     /// Which I/O backend to serve with.
     pub io: IoChoice,
+    /// Protected mode is in force (no password, a non-loopback bind): connections from
+    /// other hosts are answered `-DENIED` and closed.
+    pub protected_mode: bool,
 }
 
 /// The `--io` choice.
@@ -286,6 +289,7 @@ impl Server {
                 busy_poll: settings.busy_poll,
             };
             let limits = settings.limits.clone();
+            let protected_mode = settings.protected_mode;
             let shared = shared.clone();
             let ready = ready_tx.clone();
             let events = events.clone();
@@ -308,6 +312,7 @@ impl Server {
                         limits,
                         shared.max_connections,
                         stream_settings,
+                        protected_mode,
                     );
                     let core = core.map(|c| c.id);
                     if let Some(result) =
