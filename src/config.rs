@@ -254,6 +254,11 @@ pub struct Config {
     #[arg(long, requires = "stream_port")]
     pub stream_port_insecure: bool,
 
+    /// Close a main-port connection after it sent nothing for this many seconds (Redis's
+    /// `timeout`); 0 never closes idle connections. Checked about once a second.
+    #[arg(long, default_value_t = 0, value_name = "SECONDS")]
+    pub timeout: u64,
+
     /// Redis's protected mode: while no password is set and --host is not a loopback address,
     /// clients from other hosts are answered `-DENIED ...` (why, and the fixes) and closed;
     /// clients on this host are served. `no` serves everyone who can reach the port.
@@ -324,6 +329,9 @@ impl Config {
             .map_err(|e| anyhow::anyhow!("--stream-sequence: {e}"))?;
         if self.threads == Some(0) {
             bail!("--threads must be at least 1");
+        }
+        if self.timeout > 365 * 24 * 3600 {
+            bail!("--timeout must be at most a year (31536000 seconds); 0 is off");
         }
         let has_password = self.requirepass.is_some() || self.password_file.is_some();
         if has_password && self.stream_port.is_some() && !self.stream_port_insecure {

@@ -142,6 +142,7 @@ fn run(config: Config) -> anyhow::Result<()> {
             password: password.clone(),
         },
         protected_mode,
+        idle_timeout: (config.timeout > 0).then(|| Duration::from_secs(config.timeout)),
         stream: config.stream_port.map(|port| {
             (
                 std::net::SocketAddr::new(addr.ip(), port),

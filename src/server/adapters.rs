@@ -3,8 +3,10 @@
 //! `src/server/` that names session or stream types, so moving them touches this file alone.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use super::handler::{ConnKey, Kind, Next, Service, Until};
+use super::idle::IdleConnections;
 use crate::clock::Now;
 use crate::protocol::{Problem, Reply, text};
 use crate::sequence::Registry;
@@ -38,6 +40,9 @@ pub struct Services {
     streams: Option<StreamPort>,
     /// Protected mode: `Some(the -DENIED reply)` while it is in force.
     denial: Option<Box<[u8]>>,
+    /// `--timeout`: sessions' last input, and those found idle, to be released.
+    idle: Option<IdleConnections>,
+    idle_released: Vec<ConnKey>,
 }
 
 struct StreamPort {
@@ -56,6 +61,7 @@ impl Services {
         max_connections: usize,
         streams: Option<StreamSettings>,
         protected_mode: bool,
+        idle_timeout: Option<std::time::Duration>,
     ) -> Services {
         let mut refusal = Vec::new();
         let problem = Problem::TooManyConnections {
@@ -81,6 +87,8 @@ impl Services {
             refusal: refusal.into_boxed_slice(),
             streams,
             denial,
+            idle: idle_timeout.map(|timeout| IdleConnections::new(timeout, Instant::now())),
+            idle_released: Vec::new(),
         }
     }
 }
@@ -111,7 +119,12 @@ impl Service for Services {
             return Handler::Denied(kind);
         }
         match kind {
-            Kind::Session => Handler::Session(Session::new()),
+            Kind::Session => {
+                if let Some(idle) = &mut self.idle {
+                    idle.heard_from(key, Instant::now());
+                }
+                Handler::Session(Session::new())
+            }
             Kind::Stream => {
                 if let Some(streams) = &mut self.streams {
                     streams.hub.open(key);
@@ -139,6 +152,9 @@ impl Service for Services {
     ) -> Next {
         match conn {
             Handler::Session(session) => {
+                if let Some(idle) = &mut self.idle {
+                    idle.heard_from(key, Instant::now());
+                }
                 let status = session.receive(data, &mut self.state, out);
                 session_next(status, session)
             }
@@ -185,6 +201,9 @@ impl Service for Services {
     }
 
     fn close(&mut self, conn: &mut Handler, key: ConnKey) {
+        if let (Handler::Session(_), Some(idle)) = (&*conn, &mut self.idle) {
+            idle.forget(key);
+        }
         if let Handler::Stream = conn
             && let Some(streams) = &mut self.streams
         {
@@ -200,19 +219,31 @@ impl Service for Services {
     }
 
     fn released(&mut self) -> Vec<ConnKey> {
-        self.streams
+        let mut released = self
+            .streams
             .as_mut()
             .map(|s| s.hub.take_to_close())
-            .unwrap_or_default()
+            .unwrap_or_default();
+        released.append(&mut self.idle_released);
+        released
     }
 
     fn next_tick(&self) -> Option<std::time::Duration> {
-        self.streams
+        let streams = self
+            .streams
             .as_ref()
-            .and_then(|s| s.hub.next_tick(Now::current()))
+            .and_then(|s| s.hub.next_tick(Now::current()));
+        let idle = self.idle.as_ref().map(|i| i.next_check(Instant::now()));
+        match (streams, idle) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     fn tick(&mut self) -> Vec<ConnKey> {
+        if let Some(idle) = &mut self.idle {
+            idle.check(Instant::now(), &mut self.idle_released);
+        }
         let Some(streams) = &mut self.streams else {
             return Vec::new();
         };
@@ -247,7 +278,7 @@ mod tests {
             max_batch: 1000,
             password: None,
         };
-        let services = Services::new(registry.clone(), records, limits, 10, streams, false);
+        let services = Services::new(registry.clone(), records, limits, 10, streams, false, None);
         (services, registry)
     }
 

@@ -12,6 +12,7 @@ mod bufring;
 mod epoll;
 pub mod failure;
 pub mod handler;
+mod idle;
 mod linger;
 mod pool;
 pub mod probe;
@@ -49,6 +50,8 @@ pub struct Settings {
     /// Protected mode is in force (no password, a non-loopback bind): connections from
     /// other hosts are answered `-DENIED` and closed.
     pub protected_mode: bool,
+    /// `--timeout`: main-port connections that send nothing for this long are closed.
+    pub idle_timeout: Option<std::time::Duration>,
 }
 
 /// The `--io` choice.
@@ -290,6 +293,7 @@ impl Server {
             };
             let limits = settings.limits.clone();
             let protected_mode = settings.protected_mode;
+            let idle_timeout = settings.idle_timeout;
             let shared = shared.clone();
             let ready = ready_tx.clone();
             let events = events.clone();
@@ -313,6 +317,7 @@ impl Server {
                         shared.max_connections,
                         stream_settings,
                         protected_mode,
+                        idle_timeout,
                     );
                     let core = core.map(|c| c.id);
                     if let Some(result) =
