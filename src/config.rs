@@ -7,6 +7,9 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::Parser;
 
+mod file;
+pub use file::load;
+
 use crate::sequence::MAX_VALUE;
 use crate::server::IoChoice;
 use crate::service::auth::Password;
@@ -57,6 +60,12 @@ Try it:
 (e.g. `--log-level debug`, or per module: `--log-level seqd::server=debug`)."
 )]
 pub struct Config {
+    /// Read settings from this TOML file: each key is a flag without its dashes
+    /// (`max-connections = 500`, `in-memory = true`); the command line and the environment
+    /// override it; a key that is no flag is an error.
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<std::path::PathBuf>,
+
     /// Interface to listen on (IPv4 or IPv6 address, or a host name).
     #[arg(long, default_value = "0.0.0.0", env = "SEQD_HOST")]
     pub host: String,

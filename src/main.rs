@@ -7,7 +7,6 @@ use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::Parser;
 use seqd::cluster::{ClusterNode, Leadership};
 use seqd::commits::Commits;
 use seqd::config::Config;
@@ -21,7 +20,10 @@ use seqd::store::window::WindowPolicy;
 use signal_hook::consts::{SIGINT, SIGTERM};
 
 fn main() -> ExitCode {
-    let config = Config::parse();
+    let config = match seqd::config::load(std::env::args_os().collect()) {
+        Ok(config) => config,
+        Err(e) => e.exit(),
+    };
     // A file size limit (ulimit -f) must show up as a write error, which fails closed,
     // not as a signal that kills the server.
     // SAFETY: setting a signal's disposition to "ignore" touches no memory.
@@ -179,6 +181,11 @@ fn run(config: Config) -> anyhow::Result<()> {
         );
     }
 
+    // systemd's Type=notify: ready once every listener accepts (no-op without NOTIFY_SOCKET).
+    if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+        tracing::warn!("cannot tell the service manager seqd is ready: {e}");
+    }
+
     let mut running = threads;
     let mut failure = None;
     let mut stopping = false;
@@ -211,6 +218,7 @@ fn run(config: Config) -> anyhow::Result<()> {
                 };
                 tracing::info!("{name} received: shutting down (send it again to exit at once)");
                 stopping = true;
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
                 server.stop();
             }
             Ok(Event::Signal(_)) => {
