@@ -40,6 +40,12 @@ fn noauth_before_auth_then_served() {
         "-NOAUTH Authentication required."
     );
     assert!(send(&mut c, "HELLO 3\r\n").starts_with("-NOAUTH HELLO must be called"));
+    // Pipelined identical requests (which the server counts rather than decodes once one
+    // has joined a run) are each refused.
+    c.write_all(b"GETSEQ\r\nGETSEQ\r\nGETSEQ\r\n").unwrap();
+    for _ in 0..3 {
+        assert_eq!(read_line(&mut c), "-NOAUTH Authentication required.");
+    }
     assert_eq!(
         send(&mut c, "PING\r\n"),
         "+PONG",
