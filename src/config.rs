@@ -263,6 +263,12 @@ pub struct Config {
     #[arg(long, requires = "stream_port")]
     pub stream_port_insecure: bool,
 
+    /// Serve Prometheus metrics (text exposition, GET /metrics) on this address, e.g.
+    /// 127.0.0.1:9121, from a thread of its own. Off unless given. It has no password: bind it
+    /// where only the scraper reaches it.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics_addr: Option<SocketAddr>,
+
     /// Close a main-port connection after it sent nothing for this many seconds (Redis's
     /// `timeout`); 0 never closes idle connections. Checked about once a second.
     #[arg(long, default_value_t = 0, value_name = "SECONDS")]

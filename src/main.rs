@@ -181,6 +181,11 @@ fn run(config: Config) -> anyhow::Result<()> {
         );
     }
 
+    if let Some(addr) = config.metrics_addr {
+        let bound = server.serve_metrics(addr)?;
+        tracing::info!("metrics (Prometheus) listening on {bound}");
+    }
+
     // systemd's Type=notify: ready once every listener accepts (no-op without NOTIFY_SOCKET).
     if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
         tracing::warn!("cannot tell the service manager seqd is ready: {e}");

@@ -3,6 +3,7 @@
 //! `src/server/` that names session or stream types, so moving them touches this file alone.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use super::handler::{ConnKey, Kind, Next, Service, Until};
@@ -11,7 +12,7 @@ use crate::clock::Now;
 use crate::protocol::{Problem, Reply, text};
 use crate::sequence::Registry;
 use crate::service::stream_hub::{StreamHub, Verdict};
-use crate::service::{LoopState, Session, Status};
+use crate::service::{LoopState, Session, Status, counters};
 use crate::state::LeasesAndStreams;
 
 pub use crate::service::Limits;
@@ -116,6 +117,7 @@ impl Service for Services {
         let from_loopback = peer.is_some_and(|ip| ip.to_canonical().is_loopback());
         if self.denial.is_some() && !from_loopback {
             tracing::debug!(?peer, ?kind, "connection denied: protected mode");
+            counters::DENIED_PROTECTED_MODE.fetch_add(1, Ordering::Relaxed);
             return Handler::Denied(kind);
         }
         match kind {
@@ -242,7 +244,10 @@ impl Service for Services {
 
     fn tick(&mut self) -> Vec<ConnKey> {
         if let Some(idle) = &mut self.idle {
+            let before = self.idle_released.len();
             idle.check(Instant::now(), &mut self.idle_released);
+            let closed = (self.idle_released.len() - before) as u64;
+            counters::IDLE_CLOSED.fetch_add(closed, Ordering::Relaxed);
         }
         let Some(streams) = &mut self.streams else {
             return Vec::new();

@@ -14,6 +14,7 @@ pub mod failure;
 pub mod handler;
 mod idle;
 mod linger;
+mod metrics;
 mod pool;
 pub mod probe;
 pub mod timers;
@@ -397,6 +398,11 @@ impl Server {
     /// Wakes every event loop (they re-check shutdown and waiting requests).
     pub fn wakers(&self) -> Wakers {
         self.wakers.clone()
+    }
+
+    /// Serves the Prometheus endpoint on `addr` (its own thread); returns where it listens.
+    pub fn serve_metrics(&self, addr: SocketAddr) -> anyhow::Result<SocketAddr> {
+        metrics::spawn(addr, self.shared.clone())
     }
 
     pub fn connections(&self) -> usize {

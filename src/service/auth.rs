@@ -54,6 +54,7 @@ impl AuthState {
     /// Counts and logs a wrong password; `true` when the connection must now be closed.
     pub fn failed(&mut self) -> bool {
         self.failures += 1;
+        super::counters::AUTH_FAILURES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let closing = self.failures >= MAX_FAILURES;
         // The secret tried is never logged; the count says whether someone is guessing.
         tracing::warn!(

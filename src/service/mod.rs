@@ -5,6 +5,7 @@
 //! domain outcomes into wire replies ([`replies`]) and the stream protocol ([`stream_hub`]).
 
 pub mod auth;
+pub mod counters;
 pub mod executor;
 mod lease_requests;
 pub mod replies;
