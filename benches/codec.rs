@@ -48,6 +48,7 @@ fn session(c: &mut Criterion) {
             Arc::new(Registry::new(16, 1)),
             Limits {
                 max_batch: 1_000_000,
+                password: None,
             },
         );
         let mut out = Vec::with_capacity(4 * BUFFER);

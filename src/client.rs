@@ -100,6 +100,16 @@ impl Client {
             .map_err(|_| ClientError::Protocol(format!("sequence id {value} out of range")))
     }
 
+    /// Authenticates the connection with the server's `--requirepass` password (refused with
+    /// [`ErrorCode::WrongPass`]; the server closes a connection after 10 wrong ones). Until
+    /// then a server with a password answers every other request [`ErrorCode::NoAuth`].
+    pub fn auth(&mut self, password: &str) -> Result<(), ClientError> {
+        self.out.clear();
+        binary::encode_auth(&mut self.out, password.as_bytes());
+        self.stream.write_all(&self.out)?;
+        self.read_reply(opcode::AUTH).map(drop)
+    }
+
     /// The next number of the default sequence.
     pub fn get(&mut self) -> Result<u64, ClientError> {
         self.get_from(DEFAULT_SEQUENCE)

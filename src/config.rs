@@ -7,9 +7,26 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::Parser;
 
+mod file;
+pub use file::load;
+
 use crate::sequence::MAX_VALUE;
 use crate::server::IoChoice;
+use crate::service::auth::Password;
 use crate::store::window::DEFAULT_MAX_CRASH_GAP;
+
+fn parse_password(value: &str) -> Result<Password, String> {
+    Password::new(value).ok_or_else(|| "the password must not be empty".to_owned())
+}
+
+/// Redis's spelling of a boolean setting.
+fn parse_yes_no(value: &str) -> Result<bool, String> {
+    match value {
+        "yes" => Ok(true),
+        "no" => Ok(false),
+        other => Err(format!("{other:?}: expected yes or no")),
+    }
+}
 
 /// Where numbers are made durable unless `--data-dir` says otherwise.
 pub const DEFAULT_DATA_DIR: &str = "./seqd-data";
@@ -43,6 +60,12 @@ Try it:
 (e.g. `--log-level debug`, or per module: `--log-level seqd::server=debug`)."
 )]
 pub struct Config {
+    /// Read settings from this TOML file: each key is a flag without its dashes
+    /// (`max-connections = 500`, `in-memory = true`); the command line and the environment
+    /// override it; a key that is no flag is an error.
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<std::path::PathBuf>,
+
     /// Interface to listen on (IPv4 or IPv6 address, or a host name).
     #[arg(long, default_value = "0.0.0.0", env = "SEQD_HOST")]
     pub host: String,
@@ -217,6 +240,52 @@ pub struct Config {
     )]
     pub leader_ttl: Duration,
 
+    /// Require clients to authenticate with this password first (Redis's `AUTH password`,
+    /// `AUTH default password`, `HELLO 3 AUTH default password`; the binary protocol's AUTH
+    /// frame). Never logged, but visible to local users in the process list: prefer
+    /// --password-file.
+    #[arg(
+        long,
+        value_name = "PASSWORD",
+        value_parser = parse_password,
+        conflicts_with = "password_file"
+    )]
+    pub requirepass: Option<Password>,
+
+    /// Read the password of --requirepass from this file (its first line; a trailing newline
+    /// is not part of it). How secrets reach services: systemd credentials, Kubernetes secrets.
+    #[arg(long, value_name = "PATH")]
+    pub password_file: Option<std::path::PathBuf>,
+
+    /// Serve --stream-port on a non-loopback --host although a password is set. The stream
+    /// protocol has no credentials: with a password, seqd refuses to start a stream port that
+    /// other hosts can reach unless this says the network in front of it is trusted.
+    #[arg(long, requires = "stream_port")]
+    pub stream_port_insecure: bool,
+
+    /// Serve Prometheus metrics (text exposition, GET /metrics) on this address, e.g.
+    /// 127.0.0.1:9121, from a thread of its own. Off unless given. It has no password: bind it
+    /// where only the scraper reaches it.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics_addr: Option<SocketAddr>,
+
+    /// Close a main-port connection after it sent nothing for this many seconds (Redis's
+    /// `timeout`); 0 never closes idle connections. Checked about once a second.
+    #[arg(long, default_value_t = 0, value_name = "SECONDS")]
+    pub timeout: u64,
+
+    /// Redis's protected mode: while no password is set and --host is not a loopback address,
+    /// clients from other hosts are answered `-DENIED ...` (why, and the fixes) and closed;
+    /// clients on this host are served. `no` serves everyone who can reach the port.
+    #[arg(
+        long,
+        default_value = "yes",
+        action = clap::ArgAction::Set,
+        value_parser = parse_yes_no,
+        value_name = "yes|no"
+    )]
+    pub protected_mode: bool,
+
     /// Log filter: error, warn, info, debug or trace, or per-module directives.
     #[arg(long, default_value = "info", env = "SEQD_LOG", value_name = "FILTER")]
     pub log_level: String,
@@ -276,7 +345,41 @@ impl Config {
         if self.threads == Some(0) {
             bail!("--threads must be at least 1");
         }
+        if self.timeout > 365 * 24 * 3600 {
+            bail!("--timeout must be at most a year (31536000 seconds); 0 is off");
+        }
+        let has_password = self.requirepass.is_some() || self.password_file.is_some();
+        if has_password && self.stream_port.is_some() && !self.stream_port_insecure {
+            let addr = self.listen_addr()?;
+            if !addr.ip().is_loopback() {
+                bail!(
+                    "--stream-port on {} with a password set: the stream protocol has no \
+                     credentials, so anyone who reaches the port could take numbers. Bind \
+                     --host to a loopback address (127.0.0.1, ::1), or pass \
+                     --stream-port-insecure if the network in front of it is trusted",
+                    addr.ip()
+                );
+            }
+        }
         Ok(())
+    }
+
+    /// The password clients must give: --requirepass, or the first line of --password-file.
+    pub fn password(&self) -> anyhow::Result<Option<Password>> {
+        if let Some(password) = &self.requirepass {
+            return Ok(Some(password.clone()));
+        }
+        let Some(path) = &self.password_file else {
+            return Ok(None);
+        };
+        let contents = std::fs::read(path)
+            .with_context(|| format!("--password-file: cannot read {}", path.display()))?;
+        let line = contents.split(|&b| b == b'\n').next().unwrap_or_default();
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        match Password::new(line) {
+            Some(password) => Ok(Some(password)),
+            None => bail!("--password-file: {} holds no password", path.display()),
+        }
     }
 
     pub fn pin(&self) -> bool {

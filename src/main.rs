@@ -7,7 +7,6 @@ use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::Parser;
 use seqd::cluster::{ClusterNode, Leadership};
 use seqd::commits::Commits;
 use seqd::config::Config;
@@ -21,7 +20,10 @@ use seqd::store::window::WindowPolicy;
 use signal_hook::consts::{SIGINT, SIGTERM};
 
 fn main() -> ExitCode {
-    let config = Config::parse();
+    let config = match seqd::config::load(std::env::args_os().collect()) {
+        Ok(config) => config,
+        Err(e) => e.exit(),
+    };
     // A file size limit (ulimit -f) must show up as a write error, which fails closed,
     // not as a signal that kills the server.
     // SAFETY: setting a signal's disposition to "ignore" touches no memory.
@@ -61,6 +63,16 @@ fn run(config: Config) -> anyhow::Result<()> {
     config.validate()?;
     let cluster = config.cluster()?;
     let addr = config.listen_addr()?;
+    let password = config.password()?;
+    let protected_mode = config.protected_mode && password.is_none() && !addr.ip().is_loopback();
+    if protected_mode {
+        tracing::warn!(
+            "protected mode: no password is set and {} is not a loopback address, so only \
+             clients on this host are served; set --requirepass or --password-file to serve \
+             others (or --protected-mode no on a trusted network)",
+            addr.ip()
+        );
+    }
     let threads = config.threads.unwrap_or_else(|| {
         core_affinity::get_core_ids().map_or_else(
             || std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -129,7 +141,10 @@ fn run(config: Config) -> anyhow::Result<()> {
         io: config.io,
         limits: Limits {
             max_batch: config.max_batch,
+            password: password.clone(),
         },
+        protected_mode,
+        idle_timeout: (config.timeout > 0).then(|| Duration::from_secs(config.timeout)),
         stream: config.stream_port.map(|port| {
             (
                 std::net::SocketAddr::new(addr.ip(), port),
@@ -154,6 +169,7 @@ fn run(config: Config) -> anyhow::Result<()> {
         max_connections = settings.max_connections,
         busy_poll_us = server.busy_poll().as_micros(),
         io = %server.backend(),
+        auth = if password.is_some() { "password" } else { "none" },
         "seqd listening on {}",
         server.local_addr()
     );
@@ -163,6 +179,16 @@ fn run(config: Config) -> anyhow::Result<()> {
             burst = config.stream_burst,
             "stream protocol (seed 003) listening on {stream_addr}"
         );
+    }
+
+    if let Some(addr) = config.metrics_addr {
+        let bound = server.serve_metrics(addr)?;
+        tracing::info!("metrics (Prometheus) listening on {bound}");
+    }
+
+    // systemd's Type=notify: ready once every listener accepts (no-op without NOTIFY_SOCKET).
+    if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+        tracing::warn!("cannot tell the service manager seqd is ready: {e}");
     }
 
     let mut running = threads;
@@ -197,6 +223,7 @@ fn run(config: Config) -> anyhow::Result<()> {
                 };
                 tracing::info!("{name} received: shutting down (send it again to exit at once)");
                 stopping = true;
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
                 server.stop();
             }
             Ok(Event::Signal(_)) => {

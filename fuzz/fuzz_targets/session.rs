@@ -75,6 +75,7 @@ fn feed(pieces: &[&[u8]]) -> Vec<u8> {
         registry,
         Limits {
             max_batch: 1_000_000,
+            password: None,
         },
     );
     let mut session = Session::new();

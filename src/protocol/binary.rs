@@ -33,7 +33,12 @@ pub mod opcode {
     pub const OPEN: u8 = 0x05;
     pub const LEASE: u8 = 0x06;
     pub const ACK: u8 = 0x07;
+    pub const AUTH: u8 = 0x08;
 }
+
+/// Longest password an `AUTH` frame may carry (Redis has no limit; 512 bytes is more than any
+/// generated secret and bounds what a stranger can make the server buffer).
+pub const MAX_PASSWORD_LEN: usize = 512;
 
 /// Bytes after a `LEASE` header before the ids: client id length, request id length.
 pub const LEASE_TRAILER_LEN: usize = 2;
@@ -131,24 +136,25 @@ pub fn decode_request(buf: &[u8]) -> Result<ParseOk<Request<'_>>, ParseError<'_>
             fixed(Request::Ping { echo: None })
         }
         opcode::OPEN if header.word == 0 => {
-            if header.value > MAX_NAME_LEN as u64 {
-                return Err(ParseError::Fatal(Problem::Malformed(
-                    "OPEN name longer than 64 bytes",
-                )));
-            }
-            let len = FRAME_LEN + header.value as usize;
-            if buf.len() < len {
-                return Err(ParseError::Incomplete(Need::Bytes(len - buf.len())));
-            }
-            Ok(ParseOk {
-                message: Request::Open {
-                    name: &buf[FRAME_LEN..len],
-                },
-                consumed: len,
-            })
+            let name = payload(
+                buf,
+                header.value,
+                MAX_NAME_LEN,
+                "OPEN name longer than 64 bytes",
+            )?;
+            Ok(name.map(|name| Request::Open { name }))
+        }
+        opcode::AUTH if header.word == 0 => {
+            let password = payload(
+                buf,
+                header.value,
+                MAX_PASSWORD_LEN,
+                "AUTH password longer than 512 bytes",
+            )?;
+            Ok(password.map(|password| Request::Auth { password }))
         }
         opcode::LEASE => decode_lease(buf, target, header.value),
-        opcode::GETSEQ | opcode::CURRENT | opcode::PING | opcode::OPEN => {
+        opcode::GETSEQ | opcode::CURRENT | opcode::PING | opcode::OPEN | opcode::AUTH => {
             refused(Problem::ReservedFieldSet)
         }
         other => fixed(Request::Invalid(Problem::UnknownOpcode(other))),
@@ -197,6 +203,27 @@ fn decode_ack<'a>(
     Ok(ParseOk {
         message,
         consumed: len,
+    })
+}
+
+/// The `len` bytes after the header (`OPEN`'s name, `AUTH`'s password); longer than `max` is
+/// fatal (the frame cannot be trusted).
+fn payload<'a>(
+    buf: &'a [u8],
+    len: u64,
+    max: usize,
+    too_long: &'static str,
+) -> Result<ParseOk<&'a [u8]>, ParseError<'a>> {
+    if len > max as u64 {
+        return Err(ParseError::Fatal(Problem::Malformed(too_long)));
+    }
+    let end = FRAME_LEN + len as usize;
+    if buf.len() < end {
+        return Err(ParseError::Incomplete(Need::Bytes(end - buf.len())));
+    }
+    Ok(ParseOk {
+        message: &buf[FRAME_LEN..end],
+        consumed: end,
     })
 }
 
@@ -257,6 +284,7 @@ pub fn encode_reply(out: &mut Vec<u8>, reply: &Reply<'_>) {
         Reply::Current(n) => ok(opcode::CURRENT, 0, n),
         Reply::Pong { .. } => ok(opcode::PING, 0, 0),
         Reply::Opened(id) => ok(opcode::OPEN, 0, u64::from(id)),
+        Reply::Authenticated => ok(opcode::AUTH, 0, 0),
         // Lease sizes are capped like batches (at most u32::MAX).
         Reply::Leased { first, count, .. } => ok(
             opcode::LEASE,
@@ -322,6 +350,13 @@ pub fn encode_request(out: &mut Vec<u8>, opcode: u8, sequence: SequenceId, argum
 pub fn encode_open(out: &mut Vec<u8>, name: &[u8]) {
     encode_request(out, opcode::OPEN, 0, name.len() as u64);
     out.extend_from_slice(name);
+}
+
+/// Appends an `AUTH` request carrying `password` (client side); at most
+/// [`MAX_PASSWORD_LEN`] bytes are accepted by the server.
+pub fn encode_auth(out: &mut Vec<u8>, password: &[u8]) {
+    encode_request(out, opcode::AUTH, 0, password.len() as u64);
+    out.extend_from_slice(password);
 }
 
 /// Appends a `LEASE` request for `count` numbers of `sequence` (client side), with the

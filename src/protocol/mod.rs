@@ -56,6 +56,16 @@ pub struct ParseOk<T> {
     pub consumed: usize,
 }
 
+impl<T> ParseOk<T> {
+    /// The same bytes consumed, decoded into something else.
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> ParseOk<U> {
+        ParseOk {
+            message: f(self.message),
+            consumed: self.consumed,
+        }
+    }
+}
+
 /// Why no message could be decoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ParseError<'a> {
@@ -98,6 +108,8 @@ pub enum Request<'a> {
     Ping { echo: Option<&'a [u8]> },
     /// Resolve (creating if needed) a sequence name to the id binary requests carry.
     Open { name: &'a [u8] },
+    /// The binary protocol's `AUTH`: the password (text clients use Redis's `AUTH`).
+    Auth { password: &'a [u8] },
     /// The lease protocol's `GET_SEQUENCE_RANGE n`: `count` consecutive numbers held as a lease until
     /// acknowledged; with `ids`, a retry returns the same range.
     Lease {
@@ -158,6 +170,8 @@ pub enum Reply<'a> {
         echo: Option<&'a [u8]>,
     },
     Opened(SequenceId),
+    /// The binary `AUTH` succeeded.
+    Authenticated,
     /// A lease of `count` numbers from `first`: `first,last` in text (the lease protocol).
     Leased {
         first: u64,
@@ -203,6 +217,12 @@ pub enum ErrorCode {
     NoLease = 8,
     /// The lease expired before it was acknowledged.
     Expired = 9,
+    /// A password is set and the connection has not authenticated (`AUTH` first).
+    NoAuth = 10,
+    /// The password given to `AUTH` is wrong.
+    WrongPass = 11,
+    /// Protected mode refused a client from another host (sent in text, then closed).
+    Denied = 12,
 }
 
 impl ErrorCode {
@@ -216,6 +236,9 @@ impl ErrorCode {
             ErrorCode::Unavailable => "UNAVAILABLE",
             ErrorCode::NoLease => "NOLEASE",
             ErrorCode::Expired => "EXPIRED",
+            ErrorCode::NoAuth => "NOAUTH",
+            ErrorCode::WrongPass => "WRONGPASS",
+            ErrorCode::Denied => "DENIED",
         }
     }
 
@@ -230,6 +253,9 @@ impl ErrorCode {
             7 => ErrorCode::Fatal,
             8 => ErrorCode::NoLease,
             9 => ErrorCode::Expired,
+            10 => ErrorCode::NoAuth,
+            11 => ErrorCode::WrongPass,
+            12 => ErrorCode::Denied,
             _ => return None,
         })
     }
@@ -314,6 +340,12 @@ pub enum Problem<'a> {
     TooManyConnections {
         limit: usize,
     },
+    /// A request other than AUTH/HELLO/PING/QUIT before the connection authenticated.
+    NoAuth,
+    /// The password given does not match `--requirepass`.
+    WrongPass,
+    /// Protected mode: a client from another host while no password is set.
+    ProtectedMode,
 }
 
 /// Commands the text protocol understands, for the unknown-command reply.
@@ -349,6 +381,9 @@ impl Problem<'_> {
             | Problem::LeaseNotYours { .. }
             | Problem::LeaseMismatch { .. } => ErrorCode::NoLease,
             Problem::LeaseExpired { .. } => ErrorCode::Expired,
+            Problem::NoAuth => ErrorCode::NoAuth,
+            Problem::WrongPass => ErrorCode::WrongPass,
+            Problem::ProtectedMode => ErrorCode::Denied,
             Problem::LineTooLong { .. }
             | Problem::Malformed(_)
             | Problem::UnsupportedVersion(_)
@@ -522,6 +557,21 @@ impl fmt::Display for Problem<'_> {
                 "max number of connections ({limit}) reached (--max-connections); \
                  closing connection"
             ),
+            // Redis's wording, byte for byte: clients match on it.
+            Problem::NoAuth => write!(f, "Authentication required."),
+            Problem::WrongPass => write!(f, "invalid username-password pair or user is disabled."),
+            // Redis's protected-mode reply, with seqd's flags.
+            Problem::ProtectedMode => write!(
+                f,
+                "seqd is running in protected mode because protected mode is enabled and no \
+                 password is set for the default user. In this mode connections are only \
+                 accepted from the loopback interface. If you want to connect from external \
+                 computers to seqd you may adopt one of the following solutions: 1) Set a \
+                 password: restart seqd with --requirepass or --password-file (recommended). \
+                 2) Bind to a loopback address only: --host 127.0.0.1, and reach it through a \
+                 tunnel. 3) Disable protected mode with --protected-mode no, only if the network \
+                 in front of seqd is trusted (a firewall lets only your clients reach the port)."
+            ),
         }
     }
 }
@@ -587,10 +637,10 @@ mod tests {
 
     #[test]
     fn codes_round_trip() {
-        for code in 1..=9 {
+        for code in 1..=12 {
             assert_eq!(ErrorCode::from_u8(code).unwrap() as u8, code);
         }
         assert_eq!(ErrorCode::from_u8(0), None);
-        assert_eq!(ErrorCode::from_u8(10), None);
+        assert_eq!(ErrorCode::from_u8(13), None);
     }
 }

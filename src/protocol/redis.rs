@@ -77,6 +77,10 @@ pub enum RedisError<'a> {
     WrongPass,
     /// `AUTH pass` while no password is set.
     AuthWithoutPassword,
+    /// A command before the connection authenticated (a password is set).
+    NoAuth,
+    /// `HELLO` without `AUTH` before the connection authenticated.
+    HelloBeforeAuth,
     HelloSyntax(&'a [u8]),
     UnknownSubcommand {
         command: &'static str,
@@ -108,6 +112,7 @@ impl RedisError<'_> {
         match self {
             RedisError::NoProto => "NOPROTO",
             RedisError::WrongPass => "WRONGPASS",
+            RedisError::NoAuth | RedisError::HelloBeforeAuth => "NOAUTH",
             RedisError::ExecAbort => "EXECABORT",
             _ => "ERR",
         }
@@ -122,10 +127,15 @@ impl fmt::Display for RedisError<'_> {
             RedisError::VersionNotAnInteger => {
                 write!(f, "Protocol version is not an integer or out of range")
             }
-            RedisError::WrongPass => write!(
+            RedisError::WrongPass => {
+                write!(f, "invalid username-password pair or user is disabled.")
+            }
+            RedisError::NoAuth => write!(f, "Authentication required."),
+            RedisError::HelloBeforeAuth => write!(
                 f,
-                "invalid username-password pair or user is disabled (seqd has only the user \
-                 'default', without a password)"
+                "HELLO must be called with the client already authenticated, otherwise the \
+                 HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client \
+                 and select the RESP protocol version at the same time"
             ),
             RedisError::AuthWithoutPassword => write!(
                 f,

@@ -343,7 +343,7 @@ pub fn encode_reply(out: &mut Vec<u8>, reply: &Reply<'_>) {
             out.extend_from_slice(itoa::Buffer::new().format(first + count - 1).as_bytes());
             out.extend_from_slice(b"\r\n");
         }
-        Reply::Acked { .. } | Reply::Ok => out.extend_from_slice(b"+OK\r\n"),
+        Reply::Acked { .. } | Reply::Ok | Reply::Authenticated => out.extend_from_slice(b"+OK\r\n"),
         Reply::LeaseStats(stats) => {
             use std::io::Write;
             let t = stats;

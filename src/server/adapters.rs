@@ -3,13 +3,16 @@
 //! `src/server/` that names session or stream types, so moving them touches this file alone.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 use super::handler::{ConnKey, Kind, Next, Service, Until};
+use super::idle::IdleConnections;
 use crate::clock::Now;
 use crate::protocol::{Problem, Reply, text};
 use crate::sequence::Registry;
 use crate::service::stream_hub::{StreamHub, Verdict};
-use crate::service::{LoopState, Session, Status};
+use crate::service::{LoopState, Session, Status, counters};
 use crate::state::LeasesAndStreams;
 
 pub use crate::service::Limits;
@@ -26,6 +29,8 @@ pub enum Handler {
     Session(Session),
     /// The stream hub keeps a stream connection's state, by key.
     Stream,
+    /// Refused by protected mode: answered (sessions) and closed at its first input.
+    Denied(Kind),
 }
 
 /// The services of one event loop: sessions on the main port, and (loop 0 only) the stream
@@ -34,6 +39,11 @@ pub struct Services {
     state: LoopState,
     refusal: Box<[u8]>,
     streams: Option<StreamPort>,
+    /// Protected mode: `Some(the -DENIED reply)` while it is in force.
+    denial: Option<Box<[u8]>>,
+    /// `--timeout`: sessions' last input, and those found idle, to be released.
+    idle: Option<IdleConnections>,
+    idle_released: Vec<ConnKey>,
 }
 
 struct StreamPort {
@@ -44,15 +54,31 @@ struct StreamPort {
     tick_now: Now,
 }
 
+/// Who the main port admits, and how long it keeps an idle connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Admission {
+    /// Connections served at once (all loops); the next is refused with a message.
+    pub max_connections: usize,
+    /// Refuse peers that are not on loopback (no password and a non-loopback bind).
+    pub protected_mode: bool,
+    /// Close a connection idle this long.
+    pub idle_timeout: Option<std::time::Duration>,
+}
+
 impl Services {
     pub fn new(
         registry: Arc<Registry>,
         records: Arc<LeasesAndStreams>,
         limits: Limits,
-        max_connections: usize,
+        admission: Admission,
         streams: Option<StreamSettings>,
         stream_sequence: Option<&str>,
     ) -> Services {
+        let Admission {
+            max_connections,
+            protected_mode,
+            idle_timeout,
+        } = admission;
         let mut refusal = Vec::new();
         let problem = Problem::TooManyConnections {
             limit: max_connections,
@@ -70,10 +96,19 @@ impl Services {
         if let Some(name) = stream_sequence {
             state.reserve_for_streams(name);
         }
+        let denial = protected_mode.then(|| {
+            let mut denial = Vec::new();
+            let problem = Problem::ProtectedMode;
+            text::encode_reply(&mut denial, &Reply::Error { opcode: 0, problem });
+            denial.into_boxed_slice()
+        });
         Services {
             state,
             refusal: refusal.into_boxed_slice(),
             streams,
+            denial,
+            idle: idle_timeout.map(|timeout| IdleConnections::new(timeout, Instant::now())),
+            idle_released: Vec::new(),
         }
     }
 }
@@ -96,9 +131,21 @@ fn session_next(status: Status, session: &Session) -> Next {
 impl Service for Services {
     type Conn = Handler;
 
-    fn open(&mut self, kind: Kind, key: ConnKey) -> Handler {
+    fn open(&mut self, kind: Kind, key: ConnKey, peer: Option<std::net::IpAddr>) -> Handler {
+        // An unknown peer counts as another host: protected mode fails closed.
+        let from_loopback = peer.is_some_and(|ip| ip.to_canonical().is_loopback());
+        if self.denial.is_some() && !from_loopback {
+            tracing::debug!(?peer, ?kind, "connection denied: protected mode");
+            counters::DENIED_PROTECTED_MODE.fetch_add(1, Ordering::Relaxed);
+            return Handler::Denied(kind);
+        }
         match kind {
-            Kind::Session => Handler::Session(Session::new()),
+            Kind::Session => {
+                if let Some(idle) = &mut self.idle {
+                    idle.heard_from(key, Instant::now());
+                }
+                Handler::Session(Session::new())
+            }
             Kind::Stream => {
                 if let Some(streams) = &mut self.streams {
                     streams.hub.open(key);
@@ -126,8 +173,17 @@ impl Service for Services {
     ) -> Next {
         match conn {
             Handler::Session(session) => {
+                if let Some(idle) = &mut self.idle {
+                    idle.heard_from(key, Instant::now());
+                }
                 let status = session.receive(data, &mut self.state, out);
                 session_next(status, session)
+            }
+            Handler::Denied(kind) => {
+                if let (Kind::Session, Some(denial)) = (kind, &self.denial) {
+                    out.extend_from_slice(denial);
+                }
+                Next::Close
             }
             Handler::Stream => {
                 let Some(streams) = &mut self.streams else {
@@ -150,7 +206,7 @@ impl Service for Services {
                 let status = session.end_of_input(&mut self.state, out);
                 session_next(status, session)
             }
-            Handler::Stream => Next::Close,
+            Handler::Stream | Handler::Denied(_) => Next::Close,
         }
     }
 
@@ -161,10 +217,14 @@ impl Service for Services {
                 session_next(status, session)
             }
             Handler::Stream => Next::Read,
+            Handler::Denied(_) => Next::Close,
         }
     }
 
     fn close(&mut self, conn: &mut Handler, key: ConnKey) {
+        if let (Handler::Session(_), Some(idle)) = (&*conn, &mut self.idle) {
+            idle.forget(key);
+        }
         if let Handler::Stream = conn
             && let Some(streams) = &mut self.streams
         {
@@ -180,19 +240,34 @@ impl Service for Services {
     }
 
     fn released(&mut self) -> Vec<ConnKey> {
-        self.streams
+        let mut released = self
+            .streams
             .as_mut()
             .map(|s| s.hub.take_to_close())
-            .unwrap_or_default()
+            .unwrap_or_default();
+        released.append(&mut self.idle_released);
+        released
     }
 
     fn next_tick(&self) -> Option<std::time::Duration> {
-        self.streams
+        let streams = self
+            .streams
             .as_ref()
-            .and_then(|s| s.hub.next_tick(Now::current()))
+            .and_then(|s| s.hub.next_tick(Now::current()));
+        let idle = self.idle.as_ref().map(|i| i.next_check(Instant::now()));
+        match (streams, idle) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     fn tick(&mut self) -> Vec<ConnKey> {
+        if let Some(idle) = &mut self.idle {
+            let before = self.idle_released.len();
+            idle.check(Instant::now(), &mut self.idle_released);
+            let closed = (self.idle_released.len() - before) as u64;
+            counters::IDLE_CLOSED.fetch_add(closed, Ordering::Relaxed);
+        }
         let Some(streams) = &mut self.streams else {
             return Vec::new();
         };
@@ -223,8 +298,16 @@ mod tests {
             false => Commits::memory_only(),
         };
         let records = Arc::new(LeasesAndStreams::empty(commits, LeaseSettings::default()));
-        let limits = Limits { max_batch: 1000 };
-        let services = Services::new(registry.clone(), records, limits, 10, streams, None);
+        let limits = Limits {
+            max_batch: 1000,
+            password: None,
+        };
+        let admission = Admission {
+            max_connections: 10,
+            protected_mode: false,
+            idle_timeout: None,
+        };
+        let services = Services::new(registry.clone(), records, limits, admission, streams, None);
         (services, registry)
     }
 
@@ -242,7 +325,7 @@ mod tests {
     #[test]
     fn a_session_answers_into_the_output_and_keeps_reading() {
         let (mut services, _) = services(Registry::new(8, 1), None);
-        let mut conn = services.open(Kind::Session, 0);
+        let mut conn = services.open(Kind::Session, 0, None);
         let mut out = Vec::new();
         let next = services.receive(&mut conn, 0, b"GETSEQ\r\nGETSEQ\r\nCURRENT", &mut out);
         assert_eq!((next, out.as_slice()), (Next::Read, &b":1\r\n:2\r\n"[..]));
@@ -262,7 +345,7 @@ mod tests {
     #[test]
     fn an_unknown_protocol_is_answered_then_closed() {
         let (mut services, _) = services(Registry::new(8, 1), None);
-        let mut conn = services.open(Kind::Session, 0);
+        let mut conn = services.open(Kind::Session, 0, None);
         let mut out = Vec::new();
         assert_eq!(
             services.receive(&mut conn, 0, b"\x00\x01", &mut out),
@@ -274,7 +357,7 @@ mod tests {
     #[test]
     fn a_request_beyond_the_durable_ceiling_holds_until_woken() {
         let (mut services, registry) = services(Registry::durable(8, 1), None);
-        let mut conn = services.open(Kind::Session, 0);
+        let mut conn = services.open(Kind::Session, 0, None);
         let mut out = Vec::new();
         let held = Next::Hold {
             until: Until::Woken,
@@ -294,7 +377,7 @@ mod tests {
     #[test]
     fn a_session_holding_too_much_input_asks_to_stop_reading() {
         let (mut services, _) = services(Registry::durable(8, 1), None);
-        let mut conn = services.open(Kind::Session, 0);
+        let mut conn = services.open(Kind::Session, 0, None);
         let mut out = Vec::new();
         services.receive(&mut conn, 0, b"GETSEQ\r\n", &mut out);
         let flood = vec![b'\n'; HELD_INPUT_LIMIT + 1];
@@ -327,7 +410,7 @@ mod tests {
     #[test]
     fn stream_input_asks_for_housekeeping_once_and_end_of_input_closes() {
         let (mut services, _) = services(Registry::new(8, 1), Some(stream_settings()));
-        let mut conn = services.open(Kind::Stream, 3);
+        let mut conn = services.open(Kind::Stream, 3, None);
         let mut out = Vec::new();
         services.receive(&mut conn, 3, b"CO", &mut out);
         assert!(

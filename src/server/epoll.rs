@@ -356,6 +356,7 @@ impl<S: Service> EventLoop<S> {
                 "connection accepted"
             );
         }
+        let peer = stream.peer_addr().ok().map(|addr| addr.ip());
         let entry = self.connections.vacant_entry();
         let key = entry.key();
         if let Err(e) = self.poll.registry().register(
@@ -369,7 +370,7 @@ impl<S: Service> EventLoop<S> {
         }
         entry.insert(Connection {
             stream,
-            handler: self.service.open(kind, key),
+            handler: self.service.open(kind, key, peer),
             pending: Vec::new(),
             written: 0,
             // Input may have arrived before registration; edge-triggered epoll reports it

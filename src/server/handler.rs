@@ -21,7 +21,8 @@
 //!
 //! # What a backend must do
 //! 1. Per listener of each [`Kind`], accept; admit up to the connection limit; over it, send
-//!    [`Service::refusal`] if there is one and close.
+//!    [`Service::refusal`] if there is one and close. Pass [`Service::open`] the peer's
+//!    address (protected mode serves only loopback peers while no password is set).
 //! 2. Feed received bytes in order to [`Service::receive`]; at EOF call
 //!    [`Service::end_of_input`] once. If the connection is held ([`Next::Hold`]) at EOF, its
 //!    answer changes nothing: the hold stands, and the service, which now knows the input
@@ -39,7 +40,9 @@
 //! 5. When [`Service::take_housekeeping`] says so (checked after each receive), close at once
 //!    the connections [`Service::released`] lists and re-arm the tick for
 //!    [`Service::next_tick`]. When the tick fires, call [`Service::tick`], then
-//!    [`Service::fill`] for each returned connection that is not closing, and re-arm.
+//!    [`Service::fill`] for each returned connection that is not closing, close the
+//!    connections [`Service::released`] lists (streams let go, sessions idle past
+//!    `--timeout`), and re-arm.
 //! 6. Call [`Service::close`] exactly once per opened connection, when its slot is freed.
 //!
 //! What a backend decides alone: buffers, readiness or completion handling, lingering after
@@ -91,8 +94,8 @@ pub trait Service {
     /// The service's state for one connection, kept in the backend's connection slot.
     type Conn;
 
-    /// A connection accepted on a listener of `kind`.
-    fn open(&mut self, kind: Kind, key: ConnKey) -> Self::Conn;
+    /// A connection accepted on a listener of `kind`, from `peer` (None: unknown).
+    fn open(&mut self, kind: Kind, key: ConnKey, peer: Option<std::net::IpAddr>) -> Self::Conn;
 
     /// Bytes to send a connection of `kind` refused over the connection limit before closing
     /// it (None: close without a word).

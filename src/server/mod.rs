@@ -12,7 +12,9 @@ mod bufring;
 mod epoll;
 pub mod failure;
 pub mod handler;
+mod idle;
 mod linger;
+mod metrics;
 mod pool;
 pub mod probe;
 pub mod timers;
@@ -46,6 +48,11 @@ pub struct Settings {
     pub busy_poll: std::time::Duration,
     /// Which I/O backend to serve with.
     pub io: IoChoice,
+    /// Protected mode is in force (no password, a non-loopback bind): connections from
+    /// other hosts are answered `-DENIED` and closed.
+    pub protected_mode: bool,
+    /// `--timeout`: main-port connections that send nothing for this long are closed.
+    pub idle_timeout: Option<std::time::Duration>,
 }
 
 /// The `--io` choice.
@@ -288,6 +295,8 @@ impl Server {
             let limits = settings.limits.clone();
             // Every loop's main port refuses the stream sequence, not only the stream loop's.
             let stream_sequence = settings.stream.as_ref().map(|(_, s)| s.sequence.clone());
+            let protected_mode = settings.protected_mode;
+            let idle_timeout = settings.idle_timeout;
             let shared = shared.clone();
             let ready = ready_tx.clone();
             let events = events.clone();
@@ -308,7 +317,11 @@ impl Server {
                         shared.registry.clone(),
                         shared.records.clone(),
                         limits,
-                        shared.max_connections,
+                        adapters::Admission {
+                            max_connections: shared.max_connections,
+                            protected_mode,
+                            idle_timeout,
+                        },
                         stream_settings,
                         stream_sequence.as_deref(),
                     );
@@ -390,6 +403,11 @@ impl Server {
     /// Wakes every event loop (they re-check shutdown and waiting requests).
     pub fn wakers(&self) -> Wakers {
         self.wakers.clone()
+    }
+
+    /// Serves the Prometheus endpoint on `addr` (its own thread); returns where it listens.
+    pub fn serve_metrics(&self, addr: SocketAddr) -> anyhow::Result<SocketAddr> {
+        metrics::spawn(addr, self.shared.clone())
     }
 
     pub fn connections(&self) -> usize {

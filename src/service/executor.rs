@@ -18,6 +18,8 @@ use crate::state::LeasesAndStreams;
 pub struct Limits {
     /// Largest `GETSEQ_BATCH` count.
     pub max_batch: u64,
+    /// `--requirepass`: connections must `AUTH` first.
+    pub password: Option<super::auth::Password>,
 }
 
 /// State shared by all sessions of one event loop (never across threads).
@@ -277,6 +279,11 @@ impl<'s, 'o, 'c, W: Wire> Executor<'s, 'o, 'c, W> {
     /// queues them, so the number path pays nothing for it).
     #[inline]
     pub(super) fn handle(&mut self, request: Request<'_>, input: &[u8], len: usize) -> Flow {
+        if !self.client.auth.authenticated
+            && let Some(refused) = self.before_auth(&request)
+        {
+            return refused;
+        }
         if self.client.transaction.is_some() {
             // Between MULTI and EXEC nothing runs or joins a run: it is queued.
             return self.queue(request, &input[..len]);
@@ -323,6 +330,59 @@ impl<'s, 'o, 'c, W: Wire> Executor<'s, 'o, 'c, W> {
         Flow::Joined(count)
     }
 
+    /// A request before the connection authenticated: `Some` refusal unless it is one a
+    /// client may send first (AUTH, HELLO with AUTH, PING, QUIT). Without a password every
+    /// connection is authenticated at its first request.
+    #[cold]
+    fn before_auth(&mut self, request: &Request<'_>) -> Option<Flow> {
+        use crate::protocol::redis::{Command, RedisError};
+        if self.state.limits.password.is_none() {
+            self.client.auth.authenticated = true;
+            return None;
+        }
+        let opcode = match request {
+            Request::Redis(Command::Auth(_) | Command::Hello { auth: Some(_), .. })
+            | Request::Auth { .. }
+            | Request::Ping { .. }
+            | Request::Quit
+            | Request::Nothing
+            | Request::Invalid(_)
+            | Request::Refused { .. }
+            | Request::RedisError(_) => return None,
+            Request::Redis(Command::Hello { auth: None, .. }) => {
+                return Some(self.redis_error(RedisError::HelloBeforeAuth));
+            }
+            Request::Redis(_) | Request::RedisHandshake { .. } => {
+                return Some(self.redis_error(RedisError::NoAuth));
+            }
+            Request::Get { .. } => binary::opcode::GETSEQ,
+            Request::GetBatch { .. } => binary::opcode::GETSEQ_BATCH,
+            Request::Current { .. } => binary::opcode::CURRENT,
+            Request::Open { .. } => binary::opcode::OPEN,
+            Request::Lease { .. } => binary::opcode::LEASE,
+            Request::Ack { .. } | Request::AckAsClient { .. } => binary::opcode::ACK,
+            Request::LeaseStats => 0,
+        };
+        let problem = Problem::NoAuth;
+        W::encode(self.out, &Reply::Error { opcode, problem });
+        Some(Flow::Continue)
+    }
+
+    /// The binary `AUTH` (accepted as is when no password is set).
+    fn binary_auth(&mut self, given: &[u8]) -> Flow {
+        let opcode = binary::opcode::AUTH;
+        let Some(password) = &self.state.limits.password else {
+            return self.reply(opcode, Ok(Reply::Authenticated));
+        };
+        if password.accepts(None, given) {
+            self.client.auth.authenticated = true;
+            return self.reply(opcode, Ok(Reply::Authenticated));
+        }
+        let closing = self.client.auth.failed();
+        self.reply(opcode, Err(Problem::WrongPass));
+        if closing { Flow::Close } else { Flow::Continue }
+    }
+
     /// Whether the run in progress is on the sequence called `name` (cheaper than a lookup).
     #[inline]
     fn run_is_named(&self, name: &[u8]) -> bool {
@@ -357,6 +417,7 @@ impl<'s, 'o, 'c, W: Wire> Executor<'s, 'o, 'c, W> {
                 W::encode(self.out, &Reply::Ok);
                 return Flow::Close;
             }
+            Request::Auth { password } => return self.binary_auth(password),
             Request::Lease {
                 target,
                 count,

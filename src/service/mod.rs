@@ -4,6 +4,8 @@
 //! here: framing ([`session`]), serving requests ([`executor`], [`lease_requests`]), turning
 //! domain outcomes into wire replies ([`replies`]) and the stream protocol ([`stream_hub`]).
 
+pub mod auth;
+pub mod counters;
 pub mod executor;
 mod lease_requests;
 pub mod replies;

@@ -25,7 +25,14 @@ fn loop_state(registry: Arc<Registry>, max_batch: u64) -> LoopState {
         true => crate::commits::Commits::persisted(),
         false => crate::commits::Commits::memory_only(),
     };
-    LoopState::with_records(registry, records(commits), Limits { max_batch })
+    LoopState::with_records(
+        registry,
+        records(commits),
+        Limits {
+            max_batch,
+            password: None,
+        },
+    )
 }
 
 fn state(initial: u64) -> LoopState {

@@ -68,11 +68,11 @@ impl<S: Service> EventLoop<S> {
             self.refusals_inflight += 1;
             return self.push(entry);
         }
+        let peer = socket2::SockRef::from(&fd)
+            .peer_addr()
+            .ok()
+            .and_then(|a| a.as_socket());
         if tracing::enabled!(tracing::Level::DEBUG) {
-            let peer = socket2::SockRef::from(&fd)
-                .peer_addr()
-                .ok()
-                .and_then(|a| a.as_socket());
             tracing::debug!(
                 loop_index = self.index,
                 ?peer,
@@ -87,7 +87,7 @@ impl<S: Service> EventLoop<S> {
         slot.insert(Connection {
             fd,
             generation,
-            handler: self.service.open(kind, key),
+            handler: self.service.open(kind, key, peer.map(|addr| addr.ip())),
             pending: Vec::new(),
             sending: Vec::new(),
             sent: 0,

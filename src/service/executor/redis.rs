@@ -17,6 +17,7 @@ use super::{Executor, Flow, LoopState, Wire};
 use crate::protocol::redis::{self as resp, Command, RedisError, RedisReply, RespVersion};
 use crate::protocol::{Problem, Reply, Request, text};
 use crate::sequence::{BeyondDurable, Refusal, SequenceId};
+use crate::service::auth::AuthState;
 
 /// Most commands one transaction may queue (its bytes are held until `EXEC`).
 pub const MAX_QUEUED: usize = 1 << 20;
@@ -39,6 +40,8 @@ pub struct RedisClient {
     id: u64,
     /// `Some` between `MULTI` and `EXEC`/`DISCARD`: every request is queued, not run.
     pub(super) transaction: Option<Box<Transaction>>,
+    /// Whether the connection gave the password (any connection, not only Redis clients).
+    pub(super) auth: AuthState,
 }
 
 impl RedisClient {
@@ -84,6 +87,7 @@ fn unqueueable_name(request: &Request<'_>) -> Option<&'static [u8]> {
         Request::LeaseStats => b"LEASES",
         Request::RedisHandshake { .. } => b"CONFIG/COMMAND",
         Request::Open { .. } => b"OPEN",
+        Request::Auth { .. } => b"AUTH",
         Request::Redis(Command::Hello { .. }) => b"HELLO",
         Request::Redis(Command::Auth(_)) => b"AUTH",
         Request::Redis(Command::Select) => b"SELECT",
@@ -108,6 +112,13 @@ impl<W: Wire> Executor<'_, '_, '_, W> {
 
     pub(super) fn redis_error(&mut self, error: RedisError<'_>) -> Flow {
         self.redis_reply(RedisReply::Error(error))
+    }
+
+    /// `-WRONGPASS`, counted; the connection closes after too many.
+    fn wrong_password(&mut self) -> Flow {
+        let closing = self.client.auth.failed();
+        self.redis_error(RedisError::WrongPass);
+        if closing { Flow::Close } else { Flow::Continue }
     }
 
     /// A seqd reply in the connection's RESP version.
@@ -166,10 +177,15 @@ impl<W: Wire> Executor<'_, '_, '_, W> {
                 auth,
                 name,
             } => {
-                if let Some(auth) = auth
-                    && auth.user != Some(b"default")
-                {
-                    return self.redis_error(RedisError::WrongPass);
+                if let Some(auth) = auth {
+                    if let Some(password) = &self.state.limits.password {
+                        if !password.accepts(auth.user, auth.password) {
+                            return self.wrong_password();
+                        }
+                        self.client.auth.authenticated = true;
+                    } else if auth.user != Some(b"default") {
+                        return self.redis_error(RedisError::WrongPass);
+                    }
                 }
                 if let Some(version) = version {
                     self.client.version = version;
@@ -181,11 +197,18 @@ impl<W: Wire> Executor<'_, '_, '_, W> {
                 let version = self.client.version;
                 self.redis_reply(RedisReply::Hello { version, id })
             }
-            // seqd has one user, `default`, without a password (Redis's default).
-            Command::Auth(auth) => match auth.user {
-                None => self.redis_error(RedisError::AuthWithoutPassword),
-                Some(b"default") => self.redis_reply(RedisReply::Status("OK")),
-                Some(_) => self.redis_error(RedisError::WrongPass),
+            // seqd has one user, `default`: without a password unless --requirepass sets one.
+            Command::Auth(auth) => match (&self.state.limits.password, auth.user) {
+                (Some(password), user) => {
+                    if !password.accepts(user, auth.password) {
+                        return self.wrong_password();
+                    }
+                    self.client.auth.authenticated = true;
+                    self.redis_reply(RedisReply::Status("OK"))
+                }
+                (None, None) => self.redis_error(RedisError::AuthWithoutPassword),
+                (None, Some(b"default")) => self.redis_reply(RedisReply::Status("OK")),
+                (None, Some(_)) => self.redis_error(RedisError::WrongPass),
             },
             Command::ClientSetName(name) => {
                 self.client.name = (!name.is_empty()).then(|| name.into());
@@ -214,8 +237,11 @@ impl<W: Wire> Executor<'_, '_, '_, W> {
             }
             Command::CommandCount => self.redis_reply(RedisReply::Integer(COMMAND_COUNT)),
             Command::Reset => {
+                // The connection stays authenticated: seqd has one user, so RESET's return to
+                // the default user changes nothing.
                 *self.client = RedisClient {
                     id: self.client.id,
+                    auth: self.client.auth,
                     ..RedisClient::default()
                 };
                 self.redis_reply(RedisReply::Status("RESET"))
@@ -573,7 +599,13 @@ mod tests {
     use std::sync::Arc;
 
     fn state() -> LoopState {
-        LoopState::new(Arc::new(Registry::new(8, 1)), Limits { max_batch: 100 })
+        LoopState::new(
+            Arc::new(Registry::new(8, 1)),
+            Limits {
+                max_batch: 100,
+                password: None,
+            },
+        )
     }
 
     fn exchange(session: &mut Session, state: &mut LoopState, input: &str) -> String {
@@ -750,7 +782,13 @@ mod tests {
     fn exec_waits_for_a_durable_ceiling_and_keeps_its_numbers_consecutive() {
         let registry = Arc::new(Registry::durable(8, 1));
         registry.get(0).unwrap().raise_ceiling(3); // 1 and 2 may be issued
-        let mut st = LoopState::new(registry.clone(), Limits { max_batch: 100 });
+        let mut st = LoopState::new(
+            registry.clone(),
+            Limits {
+                max_batch: 100,
+                password: None,
+            },
+        );
         let mut s = Session::new();
         let mut out = Vec::new();
         let status = s.receive(
@@ -782,7 +820,13 @@ mod tests {
     #[test]
     fn exhausted_sequence_refuses_its_commands_in_exec_only() {
         let max = crate::sequence::MAX_VALUE;
-        let mut st = LoopState::new(Arc::new(Registry::new(8, max)), Limits { max_batch: 100 });
+        let mut st = LoopState::new(
+            Arc::new(Registry::new(8, max)),
+            Limits {
+                max_batch: 100,
+                password: None,
+            },
+        );
         let mut s = Session::new();
         let out = exchange(
             &mut s,
