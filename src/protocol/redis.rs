@@ -5,6 +5,8 @@
 //! Pure codec: the session decides what a command does; this module only turns words into a
 //! [`Command`] and a [`RedisReply`] into bytes. Reply shapes follow what `redis-server` 7
 //! answers (a connection that sent `HELLO 3` gets RESP3 maps, nulls and verbatim strings).
+//!
+//! (Over 600 lines: the last 280 are the byte-exact RESP2/RESP3 reply tests, kept beside the codec.)
 
 use std::fmt;
 

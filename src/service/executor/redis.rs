@@ -7,6 +7,8 @@
 //! answers the commands in order from those reservations: the numbers of one transaction on
 //! one sequence are consecutive, and a transaction that is discarded or aborted never
 //! reserved anything.
+//!
+//! (Over 600 lines: the last 280 are its session tests, kept beside it.)
 
 use std::fmt::Write as _;
 use std::sync::OnceLock;
