@@ -192,6 +192,8 @@ pub enum ErrorCode {
     NoLease = 8,
     /// The lease expired before it was acknowledged.
     Expired = 9,
+    /// This node is a standby: the message is the leader's `host:port` (or `unknown`).
+    NotLeader = 10,
 }
 
 impl ErrorCode {
@@ -205,6 +207,7 @@ impl ErrorCode {
             ErrorCode::Unavailable => "UNAVAILABLE",
             ErrorCode::NoLease => "NOLEASE",
             ErrorCode::Expired => "EXPIRED",
+            ErrorCode::NotLeader => "NOTLEADER",
         }
     }
 
@@ -219,6 +222,7 @@ impl ErrorCode {
             7 => ErrorCode::Fatal,
             8 => ErrorCode::NoLease,
             9 => ErrorCode::Expired,
+            10 => ErrorCode::NotLeader,
             _ => return None,
         })
     }
@@ -245,6 +249,10 @@ pub enum Problem<'a> {
     },
     UnknownSequence(SequenceId),
     Unavailable,
+    /// A standby: where the leader is (None: unknown, an election runs).
+    NotLeader {
+        leader: Option<&'static str>,
+    },
     LeaseSizeOutOfRange {
         max: u64,
     },
@@ -322,6 +330,7 @@ impl Problem<'_> {
             | Problem::TooManyClientLeases { .. }
             | Problem::TooManyLeases { .. } => ErrorCode::Limit,
             Problem::Unavailable | Problem::LeaseNotDurable => ErrorCode::Unavailable,
+            Problem::NotLeader { .. } => ErrorCode::NotLeader,
             Problem::UnknownLease { .. } | Problem::LeaseMismatch { .. } => ErrorCode::NoLease,
             Problem::LeaseExpired { .. } => ErrorCode::Expired,
             Problem::LineTooLong { .. }
@@ -396,6 +405,8 @@ impl fmt::Display for Problem<'_> {
                 "cannot issue numbers: the durable state could not be written (see server log); \
                  retry later"
             ),
+            // The whole message is the address: clients parse it.
+            Problem::NotLeader { leader } => write!(f, "{}", leader.unwrap_or("unknown")),
             Problem::LeaseSizeOutOfRange { max } => {
                 write!(f, "lease size must be between 1 and {max} (--max-batch)")
             }
@@ -546,10 +557,10 @@ mod tests {
 
     #[test]
     fn codes_round_trip() {
-        for code in 1..=9 {
+        for code in 1..=10 {
             assert_eq!(ErrorCode::from_u8(code).unwrap() as u8, code);
         }
         assert_eq!(ErrorCode::from_u8(0), None);
-        assert_eq!(ErrorCode::from_u8(10), None);
+        assert_eq!(ErrorCode::from_u8(11), None);
     }
 }
