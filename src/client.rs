@@ -335,6 +335,8 @@ pub struct LeaderClient {
     reply_timeout: Option<Duration>,
     redirects: u64,
     reconnects: u64,
+    /// Where the current connection goes.
+    target: String,
 }
 
 impl LeaderClient {
@@ -354,6 +356,7 @@ impl LeaderClient {
             reply_timeout: Some(DEFAULT_REPLY_TIMEOUT),
             redirects: 0,
             reconnects: 0,
+            target: String::new(),
         };
         client.with_retries(|c| c.ping())?;
         Ok(client)
@@ -436,7 +439,9 @@ impl LeaderClient {
                     ..
                 } => {
                     self.redirects += 1;
-                    if message == "unknown" {
+                    // A node that names itself is a restarted standby whose old lease has not
+                    // expired yet: no leader serves right now.
+                    if message == "unknown" || *message == self.target {
                         self.named_leader = None;
                         self.advance();
                         true
@@ -479,6 +484,7 @@ impl LeaderClient {
                 .named_leader
                 .clone()
                 .unwrap_or_else(|| self.endpoints[self.next].clone());
+            self.target.clone_from(&target);
             let mut client = Client::connect(target.as_str())?;
             client.set_timeout(self.reply_timeout)?;
             self.client = Some(client);
