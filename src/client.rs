@@ -11,11 +11,21 @@
 //! client.ack(orders, lease)?;
 //! # Ok::<(), seqd::client::ClientError>(())
 //! ```
+//!
+//! A cluster (docs/HA.md): [`Client::connect_any`] takes every node's address and follows
+//! the leader by itself (`NOTLEADER` redirects, dead or paused nodes). A request retried
+//! after a lost reply may skip numbers, never repeat one.
+//!
+//! ```no_run
+//! let mut client = seqd::client::Client::connect_any(&["h1:10001", "h2:10001", "h3:10001"])?;
+//! let id = client.get()?;
+//! # Ok::<(), seqd::client::ClientError>(())
+//! ```
 
 use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::ops::Range;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::protocol::binary::{self, opcode};
 use crate::protocol::{ErrorCode, ParseError};
@@ -71,6 +81,12 @@ pub struct Client {
 }
 
 impl Client {
+    /// A client of a cluster: connects to the first of `endpoints` that answers and follows
+    /// the leader from then on (see [`LeaderClient`]).
+    pub fn connect_any(endpoints: &[impl AsRef<str>]) -> Result<LeaderClient, ClientError> {
+        LeaderClient::connect(endpoints)
+    }
+
     /// Connects and disables Nagle's algorithm (requests are small and latency-bound).
     pub fn connect(addr: impl ToSocketAddrs) -> Result<Client, ClientError> {
         let stream = TcpStream::connect(addr)?;
@@ -300,6 +316,192 @@ impl Client {
             return Err(ClientError::Closed);
         }
         Ok(())
+    }
+}
+
+/// How long a [`LeaderClient`] keeps retrying one request by default (a crashed leader's
+/// lease TTL plus an election, with room to spare).
+const DEFAULT_RETRY_FOR: Duration = Duration::from_secs(15);
+/// A reply slower than this means the node is stuck (paused, partitioned): try another.
+const DEFAULT_REPLY_TIMEOUT: Duration = Duration::from_secs(3);
+/// Pause before another attempt when no node named a leader.
+const RETRY_PAUSE: Duration = Duration::from_millis(25);
+
+/// A client of a seqd cluster that follows the leader: on `NOTLEADER <addr>` it reconnects
+/// to `addr`, on `NOTLEADER unknown`, `UNAVAILABLE`, a connection error or a timeout it tries
+/// the next endpoint, and retries the request there, for up to [`LeaderClient::retry_for`].
+///
+/// A retry never replays a reply: the connection that failed is dropped with whatever it
+/// had buffered. A number request whose reply was lost may have been served (its numbers are
+/// then skipped), but the server never issues a number twice, so no retry repeats one.
+pub struct LeaderClient {
+    endpoints: Vec<String>,
+    /// The endpoint to try when no leader was named.
+    next: usize,
+    /// The leader a follower named, tried first.
+    named_leader: Option<String>,
+    client: Option<Client>,
+    retry_for: Duration,
+    reply_timeout: Option<Duration>,
+    redirects: u64,
+    reconnects: u64,
+    /// Where the current connection goes.
+    target: String,
+}
+
+impl LeaderClient {
+    /// Connects to the first of `endpoints` that accepts; fails if none does within the
+    /// retry time.
+    pub fn connect(endpoints: &[impl AsRef<str>]) -> Result<LeaderClient, ClientError> {
+        let endpoints: Vec<String> = endpoints.iter().map(|e| e.as_ref().to_owned()).collect();
+        if endpoints.is_empty() {
+            return Err(ClientError::Protocol("no endpoint given".into()));
+        }
+        let mut client = LeaderClient {
+            endpoints,
+            next: 0,
+            named_leader: None,
+            client: None,
+            retry_for: DEFAULT_RETRY_FOR,
+            reply_timeout: Some(DEFAULT_REPLY_TIMEOUT),
+            redirects: 0,
+            reconnects: 0,
+            target: String::new(),
+        };
+        client.with_retries(|c| c.ping())?;
+        Ok(client)
+    }
+
+    /// How long one request is retried before its last error is returned.
+    pub fn retry_for(&mut self, retry_for: Duration) -> &mut LeaderClient {
+        self.retry_for = retry_for;
+        self
+    }
+
+    /// How long a reply may take before the node is given up for another.
+    pub fn reply_timeout(&mut self, timeout: Option<Duration>) -> &mut LeaderClient {
+        self.reply_timeout = timeout;
+        self.client = None;
+        self
+    }
+
+    /// `NOTLEADER` replies followed so far.
+    pub fn redirects(&self) -> u64 {
+        self.redirects
+    }
+
+    /// Connections given up (errors, timeouts, refusals) so far.
+    pub fn reconnects(&self) -> u64 {
+        self.reconnects
+    }
+
+    pub fn get(&mut self) -> Result<u64, ClientError> {
+        self.with_retries(|c| c.get())
+    }
+
+    pub fn get_from(&mut self, sequence: SequenceId) -> Result<u64, ClientError> {
+        self.with_retries(|c| c.get_from(sequence))
+    }
+
+    pub fn get_batch(&mut self, count: u64) -> Result<Range<u64>, ClientError> {
+        self.with_retries(|c| c.get_batch(count))
+    }
+
+    pub fn get_batch_from(
+        &mut self,
+        sequence: SequenceId,
+        count: u64,
+    ) -> Result<Range<u64>, ClientError> {
+        self.with_retries(|c| c.get_batch_from(sequence, count))
+    }
+
+    /// The id of the sequence called `name` (ids are the same on every leader).
+    pub fn open(&mut self, name: &str) -> Result<SequenceId, ClientError> {
+        self.with_retries(|c| c.open(name))
+    }
+
+    pub fn ping(&mut self) -> Result<(), ClientError> {
+        self.with_retries(|c| c.ping())
+    }
+
+    /// Runs `request` on the leader, following redirects and retrying on another node
+    /// after a failure, until it succeeds, fails for a reason a retry cannot fix, or the
+    /// retry time is over.
+    pub fn with_retries<T>(
+        &mut self,
+        mut request: impl FnMut(&mut Client) -> Result<T, ClientError>,
+    ) -> Result<T, ClientError> {
+        let started = Instant::now();
+        loop {
+            let error = match self.connected() {
+                Ok(client) => match request(client) {
+                    Ok(value) => return Ok(value),
+                    Err(e) => e,
+                },
+                Err(e) => e,
+            };
+            // Whatever the connection had buffered is dropped with it: no reply is replayed.
+            self.client = None;
+            let pause = match &error {
+                ClientError::Server {
+                    code: ErrorCode::NotLeader,
+                    message,
+                    ..
+                } => {
+                    self.redirects += 1;
+                    // A node that names itself is a restarted standby whose old lease has not
+                    // expired yet: no leader serves right now.
+                    if message == "unknown" || *message == self.target {
+                        self.named_leader = None;
+                        self.advance();
+                        true
+                    } else {
+                        self.named_leader = Some(message.clone());
+                        false
+                    }
+                }
+                ClientError::Server {
+                    code: ErrorCode::Unavailable,
+                    ..
+                }
+                | ClientError::Io(_)
+                | ClientError::Closed
+                | ClientError::Refused(_) => {
+                    self.reconnects += 1;
+                    if self.named_leader.take().is_none() {
+                        self.advance();
+                    }
+                    true
+                }
+                _ => return Err(error),
+            };
+            if started.elapsed() >= self.retry_for {
+                return Err(error);
+            }
+            if pause {
+                std::thread::sleep(RETRY_PAUSE);
+            }
+        }
+    }
+
+    fn advance(&mut self) {
+        self.next = (self.next + 1) % self.endpoints.len();
+    }
+
+    fn connected(&mut self) -> Result<&mut Client, ClientError> {
+        if self.client.is_none() {
+            let target = self
+                .named_leader
+                .clone()
+                .unwrap_or_else(|| self.endpoints[self.next].clone());
+            self.target.clone_from(&target);
+            let mut client = Client::connect(target.as_str())?;
+            client.set_timeout(self.reply_timeout)?;
+            self.client = Some(client);
+        }
+        self.client
+            .as_mut()
+            .ok_or_else(|| ClientError::Protocol("not connected".into()))
     }
 }
 

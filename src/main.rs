@@ -13,6 +13,7 @@ use seqd::config::Config;
 use seqd::sequence::{Registry, Writers};
 use seqd::server::{Event, Server, Settings};
 use seqd::service::Limits;
+use seqd::service::auth::Password;
 use seqd::state::{LeaseKeeper, LeasesAndStreams};
 use seqd::store::persister::{Persister, Report};
 use seqd::store::recovery;
@@ -65,6 +66,10 @@ fn run(config: Config) -> anyhow::Result<()> {
     let addr = config.listen_addr()?;
     let password = config.password()?;
     let protected_mode = config.protected_mode && password.is_none() && !addr.ip().is_loopback();
+    let access = Access {
+        password: password.clone(),
+        protected_mode,
+    };
     if protected_mode {
         tracing::warn!(
             "protected mode: no password is set and {} is not a loopback address, so only \
@@ -104,7 +109,8 @@ fn run(config: Config) -> anyhow::Result<()> {
     let (registry, records, persister) = match &node {
         None => open_sequences(&config, writers)?,
         Some(node) => {
-            let Some(leadership) = wait_for_leadership(node, &events)? else {
+            let standby = server_settings(&config, addr, threads, false, &access);
+            let Some(leadership) = stand_by(node, &config, &standby, &events, &events_tx)? else {
                 signal_handle.close();
                 node.resign();
                 tracing::info!("seqd stopped (never led)");
@@ -132,26 +138,7 @@ fn run(config: Config) -> anyhow::Result<()> {
         );
     }
 
-    let settings = Settings {
-        addr,
-        threads,
-        pin: config.pin(),
-        max_connections: config.max_connections,
-        busy_poll: std::time::Duration::from_micros(config.busy_poll),
-        io: config.io,
-        limits: Limits {
-            max_batch: config.max_batch,
-            password: password.clone(),
-        },
-        protected_mode,
-        idle_timeout: (config.timeout > 0).then(|| Duration::from_secs(config.timeout)),
-        stream: config.stream_port.map(|port| {
-            (
-                std::net::SocketAddr::new(addr.ip(), port),
-                config.stream_settings(),
-            )
-        }),
-    };
+    let settings = server_settings(&config, addr, threads, true, &access);
     // Should this fail, the first windows stay on disk unused: the next start skips them
     // (the safe direction; an event loop that did start may have issued from them).
     let server = Server::start(&settings, registry.clone(), records.clone(), events_tx)?;
@@ -263,6 +250,92 @@ fn run(config: Config) -> anyhow::Result<()> {
     }
 }
 
+/// Who may use the server: the password, and whether protected mode refuses other hosts.
+struct Access {
+    password: Option<Password>,
+    protected_mode: bool,
+}
+
+fn server_settings(
+    config: &Config,
+    addr: std::net::SocketAddr,
+    threads: usize,
+    with_stream: bool,
+    access: &Access,
+) -> Settings {
+    Settings {
+        addr,
+        threads,
+        pin: config.pin(),
+        max_connections: config.max_connections,
+        busy_poll: std::time::Duration::from_micros(config.busy_poll),
+        io: config.io,
+        limits: Limits {
+            max_batch: config.max_batch,
+            password: access.password.clone(),
+        },
+        protected_mode: access.protected_mode,
+        idle_timeout: (config.timeout > 0).then(|| Duration::from_secs(config.timeout)),
+        stream: config.stream_port.filter(|_| with_stream).map(|port| {
+            (
+                std::net::SocketAddr::new(addr.ip(), port),
+                config.stream_settings(),
+            )
+        }),
+    }
+}
+
+/// Serves as a standby until this node leads (Some) or a signal asks it to stop first
+/// (None). A standby listens on the client port with an empty registry under a follower
+/// deadline and no persister: nothing is ever issuable there, and every number or lease
+/// request is refused with the leader's address (`NOTLEADER`). Once elected, the standby
+/// server is stopped (its clients reconnect) before the leader's sequences are opened.
+fn stand_by(
+    node: &ClusterNode,
+    config: &Config,
+    settings: &Settings,
+    events: &mpsc::Receiver<Event>,
+    events_tx: &mpsc::Sender<Event>,
+) -> anyhow::Result<Option<Leadership>> {
+    let registry = Registry::durable(config.max_sequences, config.initial())
+        .with_writers(Writers::for_threads(settings.threads))
+        .with_issue_deadline(node.follower_deadline());
+    let registry = Arc::new(registry);
+    let records = Arc::new(LeasesAndStreams::empty(
+        Commits::memory_only(),
+        config.lease_settings(),
+    ));
+    let server = Server::start(settings, registry, records, events_tx.clone())
+        .context("cannot listen as a standby")?;
+    tracing::info!(
+        "standby listening on {}: number requests are refused with the leader's address",
+        server.local_addr()
+    );
+    let outcome = wait_for_leadership(node, events);
+    server.stop();
+    server.join();
+    // The standby loops' exits are not the leader's; a signal that came meanwhile still
+    // stops the node.
+    let mut signalled = false;
+    while let Ok(event) = events.try_recv() {
+        match event {
+            Event::Signal(_) => signalled = true,
+            Event::LoopExited { index, result } => {
+                if let Err(e) = result {
+                    tracing::warn!(loop_index = index, "standby event loop failed: {e}");
+                }
+            }
+        }
+    }
+    match outcome? {
+        Some(_) if signalled => {
+            tracing::info!("signal received while taking over: stopping");
+            Ok(None)
+        }
+        leadership => Ok(leadership),
+    }
+}
+
 /// Campaigns until this node leads (Some) or a signal asks it to stop first (None).
 fn wait_for_leadership(
     node: &ClusterNode,
@@ -297,7 +370,13 @@ fn wait_for_leadership(
                 tracing::info!("signal received while standing by: stopping");
                 return Ok(None);
             }
-            Ok(_) | Err(mpsc::TryRecvError::Empty) => {}
+            Ok(Event::LoopExited { index, result }) => {
+                anyhow::bail!(
+                    "a standby event loop ({index}) ended: {}",
+                    result.err().map_or("no error".into(), |e| e.to_string())
+                )
+            }
+            Err(mpsc::TryRecvError::Empty) => {}
         }
     }
 }

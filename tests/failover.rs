@@ -307,3 +307,136 @@ fn a_leader_cut_off_from_etcd_stops_issuing_and_a_standby_continues_above() {
     assert_eq!(status.code(), Some(3), "log:\n{}", nodes[0].log());
     client.take(50);
 }
+
+/// The node that answers a number (the leader) and the standbys' refusals, once a leader
+/// has been elected.
+fn leader_index(nodes: &[SocketAddr]) -> usize {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        for (index, &addr) in nodes.iter().enumerate() {
+            if let Ok(mut client) = Client::connect(addr) {
+                let _ = client.set_timeout(Some(REQUEST_TIMEOUT));
+                if client.get().is_ok() {
+                    return index;
+                }
+            }
+        }
+        assert!(Instant::now() < deadline, "no leader within {PATIENCE:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Sends `request` as one text line and returns the first reply line.
+fn text_line(addr: SocketAddr, request: &str) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+    stream.set_read_timeout(Some(REQUEST_TIMEOUT)).unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut line = String::new();
+    BufReader::new(stream).read_line(&mut line).unwrap();
+    line.trim_end().to_string()
+}
+
+fn redis_cli(addr: SocketAddr, args: &[&str]) -> String {
+    let output = std::process::Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &addr.port().to_string()])
+        .args(args)
+        .output()
+        .expect("redis-cli (installed by .ci/run)");
+    String::from_utf8_lossy(&output.stdout)
+        .trim_end()
+        .to_string()
+}
+
+#[test]
+fn a_standby_answers_with_the_leaders_address_and_issues_nothing() {
+    let _serial = one_cluster_at_a_time();
+    let cluster = Cluster::start();
+    let addrs = cluster.addrs();
+    let leader = leader_index(&addrs);
+    let expected = format!("NOTLEADER {}", addrs[leader]);
+    for (index, &addr) in addrs.iter().enumerate() {
+        if index == leader {
+            assert!(redis_cli(addr, &["INFO", "seqd"]).contains("role:leader"));
+            continue;
+        }
+        // The standby's watch may still be catching up with the election: wait for the
+        // address, never for a number.
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let line = text_line(addr, "GETSEQ\r\n");
+            if line == format!("-{expected}") {
+                break;
+            }
+            assert_eq!(
+                line, "-NOTLEADER unknown",
+                "a standby issued or refused otherwise"
+            );
+            assert!(
+                Instant::now() < deadline,
+                "no leader address within {PATIENCE:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(redis_cli(addr, &["INCR", "orders"]), expected);
+        assert_eq!(redis_cli(addr, &["PING"]), "PONG");
+        let info = redis_cli(addr, &["INFO", "seqd"]);
+        assert!(info.contains("role:follower"), "{info}");
+        assert!(
+            info.contains(&format!("leader:{}", addrs[leader])),
+            "{info}"
+        );
+        let mut binary = Client::connect(addr).expect("a standby listens");
+        binary.set_timeout(Some(REQUEST_TIMEOUT)).unwrap();
+        match binary.get() {
+            Err(ClientError::Server { code, message, .. }) => {
+                assert_eq!(code, seqd::protocol::ErrorCode::NotLeader);
+                assert_eq!(message, addrs[leader].to_string());
+            }
+            other => panic!("a standby answered {other:?}"),
+        }
+        match binary.get_batch(10) {
+            Err(ClientError::Server { code, .. }) => {
+                assert_eq!(code, seqd::protocol::ErrorCode::NotLeader)
+            }
+            other => panic!("a standby answered {other:?}"),
+        }
+        binary.ping().expect("a standby answers PING");
+    }
+}
+
+#[test]
+fn the_leader_following_client_gets_unique_increasing_numbers_across_failovers() {
+    let _serial = one_cluster_at_a_time();
+    let mut cluster = Cluster::start();
+    let endpoints: Vec<String> = cluster.addrs().iter().map(|a| a.to_string()).collect();
+    let mut client = Client::connect_any(&endpoints).expect("a cluster client");
+    let mut seen: Vec<u64> = Vec::new();
+    let mut take = |client: &mut seqd::client::LeaderClient, count: usize| {
+        for _ in 0..count {
+            let number = client
+                .get()
+                .expect("the client follows the leader by itself");
+            if let Some(&last) = seen.last() {
+                assert!(number > last, "{number} after {last}");
+            }
+            seen.push(number);
+        }
+    };
+    take(&mut client, 100);
+    // kill -9, then SIGTERM, of whichever node leads: the client is never told.
+    for graceful in [false, true] {
+        let leader = leader_index(&cluster.addrs());
+        take(&mut client, 50);
+        if graceful {
+            cluster.nodes[leader].signal(libc::SIGTERM);
+            assert!(cluster.nodes[leader].wait().success());
+        } else {
+            cluster.nodes[leader].kill();
+        }
+        take(&mut client, 100);
+        cluster.nodes[leader].restart();
+    }
+    take(&mut client, 50);
+    assert!(client.redirects() + client.reconnects() > 0);
+}

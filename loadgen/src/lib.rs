@@ -2,6 +2,7 @@
 
 pub mod baseline;
 pub mod clock;
+pub mod failover;
 pub mod hgrm;
 pub mod hold;
 pub mod inprocess;

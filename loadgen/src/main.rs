@@ -69,6 +69,30 @@ enum Command {
     /// connection): prints `connected N`; on SIGUSR1 sends one request on each and prints
     /// `answered N`; exits on SIGINT/SIGTERM.
     Hold(HoldArgs),
+    /// Blocking clients that follow a seqd cluster's leader ask for numbers until the
+    /// duration passes or SIGTERM/SIGINT; prints a JSON report: numbers, duplicates (must be
+    /// 0), redirects, and every pause in the replies (bench/failover.sh matches them to the
+    /// failovers it caused). Exit 4 if a number repeated or went back.
+    Failover(FailoverArgs),
+}
+
+#[derive(Debug, Args)]
+struct FailoverArgs {
+    /// Every node of the cluster, comma-separated host:port.
+    #[arg(long, value_delimiter = ',', required = true)]
+    addr: Vec<String>,
+    /// Client threads (one connection each).
+    #[arg(short = 'c', long, default_value_t = 4)]
+    clients: usize,
+    /// Longest run (SIGTERM/SIGINT ends it earlier).
+    #[arg(short = 'd', long, value_parser = parse_duration, default_value = "600m")]
+    duration: Duration,
+    /// Pauses in the replies at least this long are reported.
+    #[arg(long, value_parser = parse_duration, default_value = "2ms")]
+    min_gap: Duration,
+    /// Write the report here (JSON) instead of standard output.
+    #[arg(short = 'o', long)]
+    output: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -282,6 +306,44 @@ struct PlotArgs {
     log_y: bool,
 }
 
+fn failover(args: FailoverArgs) -> Result<u8> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(signal, stop.clone())
+            .context("cannot install signal handlers")?;
+    }
+    let spec = loadgen::failover::FailoverSpec {
+        endpoints: args.addr,
+        clients: args.clients.max(1),
+        duration: args.duration,
+        min_gap: args.min_gap,
+    };
+    let report = loadgen::failover::run(&spec, stop)?;
+    let json = serde_json::to_string_pretty(&report).context("cannot encode the report")?;
+    match &args.output {
+        Some(path) => std::fs::write(path, json + "\n")
+            .with_context(|| format!("cannot write {}", path.display()))?,
+        None => println!("{json}"),
+    }
+    eprintln!(
+        "loadgen failover: {} numbers, {} duplicates, {} out of order, {} redirects, {} \
+         reconnects, {} failed requests, {} pauses >= {:?}",
+        report.numbers,
+        report.duplicates,
+        report.out_of_order,
+        report.redirects,
+        report.reconnects,
+        report.failed,
+        report.gaps.len(),
+        spec.min_gap
+    );
+    Ok(if report.duplicates > 0 || report.out_of_order > 0 {
+        exit::VERIFY_FAILED
+    } else {
+        0
+    })
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let command: Vec<String> = std::env::args().collect();
@@ -292,6 +354,7 @@ fn main() -> ExitCode {
         Command::Plot(args) => plot_results(args),
         Command::BaselineServer(args) => baseline_server(args),
         Command::Hold(args) => hold(args),
+        Command::Failover(args) => failover(args),
     };
     match result {
         Ok(code) => ExitCode::from(code),

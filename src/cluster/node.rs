@@ -14,7 +14,7 @@ use tokio::sync::oneshot;
 use super::etcd::{self, Campaign, CommittedCeiling, Keys, StoreError};
 use super::role::{Role, RoleCell, RoleEvent};
 use super::timing::LeaseTiming;
-use crate::sequence::{IssueDeadline, monotonic_nanos};
+use crate::sequence::{IssueDeadline, LeaderAddress, monotonic_nanos};
 use crate::store::data_dir::{StateSink, WriteError};
 use crate::store::format::State;
 
@@ -53,6 +53,8 @@ struct Shared {
     keys: Keys,
     settings: ClusterSettings,
     deadline: Arc<IssueDeadline>,
+    /// Where the leader is, as the election last saw it.
+    leader: Arc<LeaderAddress>,
     role: Arc<RoleCell>,
     term: Mutex<Option<Term>>,
 }
@@ -99,10 +101,12 @@ impl ClusterNode {
         let client = runtime
             .block_on(Client::connect(&settings.endpoints, Some(options)))
             .with_context(|| format!("cannot use etcd at {}", settings.endpoints.join(",")))?;
+        let leader = Arc::new(LeaderAddress::default());
         let shared = Arc::new(Shared {
             keys: Keys::new(&settings.prefix),
             settings,
-            deadline: Arc::new(IssueDeadline::new()),
+            deadline: Arc::new(IssueDeadline::for_candidate(leader.clone())),
+            leader,
             role: Arc::new(RoleCell::default()),
             term: Mutex::new(None),
         });
@@ -116,6 +120,12 @@ impl ClusterNode {
     /// The deadline every sequence of this node issues under.
     pub fn deadline(&self) -> Arc<IssueDeadline> {
         self.shared.deadline.clone()
+    }
+
+    /// The deadline a standby serves under: nothing is ever issuable, and every refusal
+    /// names the leader this node last saw in etcd.
+    pub fn follower_deadline(&self) -> Arc<IssueDeadline> {
+        Arc::new(IssueDeadline::follower(self.shared.leader.clone()))
     }
 
     pub fn role(&self) -> Role {
@@ -188,6 +198,14 @@ impl ClusterNode {
     }
 }
 
+/// The address in a leader key's value (`<node-id> <advertise>`).
+fn leader_address(value: &str) -> Option<&str> {
+    value
+        .split_once(' ')
+        .map(|(_, address)| address.trim())
+        .filter(|address| !address.is_empty())
+}
+
 async fn campaign_until_elected(mut client: Client, shared: Arc<Shared>) -> Leadership {
     let value = format!("{} {}", shared.settings.node_id, shared.settings.advertise);
     let timing = shared.settings.timing;
@@ -197,11 +215,13 @@ async fn campaign_until_elected(mut client: Client, shared: Arc<Shared>) -> Lead
             Ok(Campaign::Won(elected)) => break elected,
             Ok(Campaign::Lost { leader, revision }) => {
                 reported_failure = false;
+                shared.leader.set(leader_address(&leader));
                 shared.role.apply(RoleEvent::LeaderSeen { leader });
                 if let Err(e) = etcd::wait_for_vacancy(&mut client, &shared.keys, revision).await {
                     tracing::debug!("watching the leader key: {e}; campaigning again");
                     tokio::time::sleep(CAMPAIGN_RETRY).await;
                 }
+                shared.leader.set(None);
                 shared.role.apply(RoleEvent::Vacancy);
             }
             Err(e) => {
@@ -213,6 +233,7 @@ async fn campaign_until_elected(mut client: Client, shared: Arc<Shared>) -> Lead
             }
         }
     };
+    shared.leader.set(Some(&shared.settings.advertise));
     shared.role.apply(RoleEvent::Elected {
         token: elected.token,
     });

@@ -226,6 +226,8 @@ pub enum ErrorCode {
     WrongPass = 11,
     /// Protected mode refused a client from another host (sent in text, then closed).
     Denied = 12,
+    /// This node is a standby: the message is the leader's `host:port` (or `unknown`).
+    NotLeader = 13,
 }
 
 impl ErrorCode {
@@ -242,6 +244,7 @@ impl ErrorCode {
             ErrorCode::NoAuth => "NOAUTH",
             ErrorCode::WrongPass => "WRONGPASS",
             ErrorCode::Denied => "DENIED",
+            ErrorCode::NotLeader => "NOTLEADER",
         }
     }
 
@@ -259,6 +262,7 @@ impl ErrorCode {
             10 => ErrorCode::NoAuth,
             11 => ErrorCode::WrongPass,
             12 => ErrorCode::Denied,
+            13 => ErrorCode::NotLeader,
             _ => return None,
         })
     }
@@ -285,6 +289,10 @@ pub enum Problem<'a> {
     },
     UnknownSequence(SequenceId),
     Unavailable,
+    /// A standby: where the leader is (None: unknown, an election runs).
+    NotLeader {
+        leader: Option<&'static str>,
+    },
     LeaseSizeOutOfRange {
         max: u64,
     },
@@ -380,6 +388,7 @@ impl Problem<'_> {
             | Problem::TooManyClientLeases { .. }
             | Problem::TooManyLeases { .. } => ErrorCode::Limit,
             Problem::Unavailable | Problem::LeaseNotDurable => ErrorCode::Unavailable,
+            Problem::NotLeader { .. } => ErrorCode::NotLeader,
             Problem::UnknownLease { .. }
             | Problem::LeaseNotYours { .. }
             | Problem::LeaseMismatch { .. } => ErrorCode::NoLease,
@@ -461,6 +470,8 @@ impl fmt::Display for Problem<'_> {
                 "cannot issue numbers: the durable state could not be written (see server log); \
                  retry later"
             ),
+            // The whole message is the address: clients parse it.
+            Problem::NotLeader { leader } => write!(f, "{}", leader.unwrap_or("unknown")),
             Problem::LeaseSizeOutOfRange { max } => {
                 write!(f, "lease size must be between 1 and {max} (--max-batch)")
             }
@@ -640,10 +651,10 @@ mod tests {
 
     #[test]
     fn codes_round_trip() {
-        for code in 1..=12 {
+        for code in 1..=13 {
             assert_eq!(ErrorCode::from_u8(code).unwrap() as u8, code);
         }
         assert_eq!(ErrorCode::from_u8(0), None);
-        assert_eq!(ErrorCode::from_u8(13), None);
+        assert_eq!(ErrorCode::from_u8(14), None);
     }
 }

@@ -9,6 +9,7 @@
 //! leadership margin covers (see `cluster::deadline`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// Nothing may be issued yet (not elected, or no lease renewal answered).
 const NOT_YET: u64 = 0;
@@ -19,13 +20,49 @@ const REVOKED: u64 = 1;
 #[derive(Debug, Default)]
 pub struct IssueDeadline {
     until: AtomicU64,
+    /// Where the cluster's leader is (cluster mode), for refusals and INFO.
+    leader: Option<Arc<LeaderAddress>>,
+    /// A standby's deadline: revoked from the start, never extended.
+    follower: bool,
 }
 
 impl IssueDeadline {
     pub fn new() -> IssueDeadline {
         IssueDeadline {
             until: AtomicU64::new(NOT_YET),
+            leader: None,
+            follower: false,
         }
+    }
+
+    /// A leader candidate's deadline (nothing issuable until extended), knowing where the
+    /// cluster's leader is.
+    pub fn for_candidate(leader: Arc<LeaderAddress>) -> IssueDeadline {
+        IssueDeadline {
+            leader: Some(leader),
+            ..IssueDeadline::new()
+        }
+    }
+
+    /// A standby's deadline: nothing is ever issuable under it (it starts revoked, and a
+    /// revoked deadline is never extended); refusals name the leader.
+    pub fn follower(leader: Arc<LeaderAddress>) -> IssueDeadline {
+        IssueDeadline {
+            until: AtomicU64::new(REVOKED),
+            leader: Some(leader),
+            follower: true,
+        }
+    }
+
+    /// Whether this is a standby's deadline.
+    pub fn is_follower(&self) -> bool {
+        self.follower
+    }
+
+    /// The leader's address as last seen in etcd (None: unknown, e.g. during an election, or
+    /// not in cluster mode).
+    pub fn leader(&self) -> Option<&'static str> {
+        self.leader.as_ref().and_then(|leader| leader.get())
     }
 
     /// Whether a number may be issued now.
@@ -76,6 +113,41 @@ impl IssueDeadline {
     /// The current deadline in monotonic nanoseconds (0 or 1: none).
     pub fn until(&self) -> u64 {
         self.until.load(Ordering::Acquire)
+    }
+}
+
+/// Most distinct leader addresses one process keeps: each is leaked once (so a refusal can
+/// carry it without an allocation); a cluster has a handful.
+const MAX_LEADER_ADDRESSES: usize = 64;
+
+/// Where the cluster's leader is, as the election last saw it (`host:port`), shared by the
+/// election and the event loops' refusals.
+#[derive(Debug, Default)]
+pub struct LeaderAddress {
+    current: Mutex<Option<&'static str>>,
+    known: Mutex<Vec<&'static str>>,
+}
+
+impl LeaderAddress {
+    /// Records the leader's address (None: unknown).
+    pub fn set(&self, address: Option<&str>) {
+        let interned = address.and_then(|address| {
+            let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(&same) = known.iter().find(|&&k| k == address) {
+                return Some(same);
+            }
+            if known.len() >= MAX_LEADER_ADDRESSES {
+                return None;
+            }
+            let leaked: &'static str = Box::leak(address.to_owned().into_boxed_str());
+            known.push(leaked);
+            Some(leaked)
+        });
+        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = interned;
+    }
+
+    pub fn get(&self) -> Option<&'static str> {
+        *self.current.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -139,6 +211,25 @@ mod tests {
         assert!(!deadline.allows_issuing());
         assert!(!deadline.extend_to(u64::MAX));
         assert!(!deadline.allows_at(2));
+    }
+
+    #[test]
+    fn a_follower_never_issues_and_names_the_leader() {
+        let leader = Arc::new(LeaderAddress::default());
+        let deadline = IssueDeadline::follower(leader.clone());
+        assert!(deadline.is_follower());
+        assert!(!deadline.extend_to(u64::MAX));
+        assert!(!deadline.allows_issuing());
+        assert_eq!(deadline.leader(), None);
+        leader.set(Some("h1:7000"));
+        assert_eq!(deadline.leader(), Some("h1:7000"));
+        leader.set(None);
+        assert_eq!(deadline.leader(), None);
+        leader.set(Some("h1:7000"));
+        let first = deadline.leader().unwrap().as_ptr();
+        leader.set(Some("h2:7000"));
+        leader.set(Some("h1:7000"));
+        assert_eq!(deadline.leader().unwrap().as_ptr(), first, "interned once");
     }
 
     #[test]

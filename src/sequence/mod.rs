@@ -15,12 +15,12 @@ mod deadline;
 mod registry;
 mod signals;
 
-pub use deadline::{IssueDeadline, coarse_monotonic_nanos, monotonic_nanos};
+pub use deadline::{IssueDeadline, LeaderAddress, coarse_monotonic_nanos, monotonic_nanos};
 pub use registry::{
     MAX_NAME_LEN, NameError, RebuildError, RecoveredSequence, Registry, RegistryError,
     validate_name,
 };
-pub use signals::{BeyondDurable, PersisterSignals};
+pub use signals::{BeyondDurable, ClusterRole, PersisterSignals, Unissuable};
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -28,6 +28,22 @@ pub struct PersisterSignals {
     deadline: OnceLock<Arc<IssueDeadline>>,
 }
 
+/// Why a request cannot be given a number now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unissuable {
+    /// The durable state cannot be written, or this leader's deadline passed.
+    Unavailable,
+    /// This node is a standby: the leader is at `leader` (None: unknown, an election runs).
+    NotLeader { leader: Option<&'static str> },
+}
+
+/// This node's place in a cluster, for INFO.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClusterRole {
+    Leader,
+    Follower { leader: Option<&'static str> },
+}
+
 /// What to do with a request that needs what is not on disk yet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BeyondDurable {
@@ -90,6 +106,27 @@ impl PersisterSignals {
                 .deadline
                 .get()
                 .is_some_and(|deadline| !deadline.allows_issuing())
+    }
+
+    /// Why a refused request (see [`PersisterSignals::beyond_durable`]) is refused.
+    pub fn unissuable(&self) -> Unissuable {
+        match self.deadline.get() {
+            Some(deadline) if deadline.is_follower() => Unissuable::NotLeader {
+                leader: deadline.leader(),
+            },
+            _ => Unissuable::Unavailable,
+        }
+    }
+
+    /// Cluster mode: whether this node leads or stands by (None: a single node).
+    pub fn cluster_role(&self) -> Option<ClusterRole> {
+        let deadline = self.deadline.get()?;
+        Some(match deadline.is_follower() {
+            true => ClusterRole::Follower {
+                leader: deadline.leader(),
+            },
+            false => ClusterRole::Leader,
+        })
     }
 
     /// Cluster mode: requests refused past `deadline` are refused as unavailable.

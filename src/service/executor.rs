@@ -572,7 +572,7 @@ fn serve_one_by_one<W: Wire>(
                         signals.count_refusal();
                         Reply::Error {
                             opcode,
-                            problem: Problem::Unavailable,
+                            problem: replies::unissuable(signals),
                         }
                     }
                     BeyondDurable::Wait => {

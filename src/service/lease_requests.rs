@@ -50,7 +50,7 @@ impl<W: Wire> Executor<'_, '_, '_, W> {
                     BeyondDurable::Wait => Flow::AwaitCeiling(id),
                     BeyondDurable::Refuse => {
                         signals.count_refusal();
-                        self.reply(opcode, Err(Problem::Unavailable))
+                        self.reply(opcode, Err(replies::unissuable(signals)))
                     }
                 }
             }

@@ -4,7 +4,7 @@
 
 use crate::lease::{LeaseRefusal, RequestIds, TableStats};
 use crate::protocol::{LeaseIds, LeaseStats, Problem};
-use crate::sequence::RegistryError;
+use crate::sequence::{PersisterSignals, RegistryError, Unissuable};
 
 /// A lease request's ids, as the lease table takes them, from `connection`.
 #[inline]
@@ -53,6 +53,14 @@ pub fn registry_refused(error: RegistryError) -> Problem<'static> {
     match error {
         RegistryError::InvalidName(e) => Problem::InvalidName(e),
         RegistryError::TooManySequences { limit } => Problem::TooManySequences { limit },
+    }
+}
+
+/// The refusal of a request no number can be issued for now: a standby names the leader.
+pub fn unissuable(signals: &PersisterSignals) -> Problem<'static> {
+    match signals.unissuable() {
+        Unissuable::Unavailable => Problem::Unavailable,
+        Unissuable::NotLeader { leader } => Problem::NotLeader { leader },
     }
 }
 

@@ -261,7 +261,7 @@ pub struct Node {
 
 impl Node {
     /// Starts seqd with `--etcd`, a free port it also advertises, one event loop, and
-    /// `extra` arguments. It campaigns; it listens only once elected.
+    /// `extra` arguments. It listens at once (as a standby until elected) and campaigns.
     pub fn start(etcd: &Etcd, id: u64, dir: &Path, extra: &[&str]) -> Node {
         Node::start_on(&etcd.endpoints(), id, dir, extra)
     }

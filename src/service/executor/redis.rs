@@ -18,8 +18,9 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use super::{Executor, Flow, LoopState, Wire};
 use crate::protocol::redis::{self as resp, Command, RedisError, RedisReply, RespVersion};
 use crate::protocol::{Problem, Reply, Request, text};
-use crate::sequence::{BeyondDurable, Refusal, SequenceId};
+use crate::sequence::{BeyondDurable, ClusterRole, Refusal, SequenceId};
 use crate::service::auth::AuthState;
+use crate::service::replies;
 
 /// Most commands one transaction may queue (its bytes are held until `EXEC`).
 pub const MAX_QUEUED: usize = 1 << 20;
@@ -404,7 +405,7 @@ impl<W: Wire> Executor<'_, '_, '_, W> {
                 }
             }
         };
-        if first == Err(Problem::Unavailable) {
+        if matches!(first, Err(Problem::Unavailable | Problem::NotLeader { .. })) {
             self.state.registry.persister_signals().count_refusal();
         }
         let reply = first.map(|first| match as_range {
@@ -461,8 +462,9 @@ fn reserve(
         Err(Refusal::Exhausted { remaining }) => Some(Err(Problem::Exhausted { remaining })),
         // Fail closed while the disk is unavailable, as a run of GETSEQ does.
         Err(Refusal::AwaitingCeiling) => {
-            match state.registry.persister_signals().beyond_durable() {
-                BeyondDurable::Refuse => Some(Err(Problem::Unavailable)),
+            let signals = state.registry.persister_signals();
+            match signals.beyond_durable() {
+                BeyondDurable::Refuse => Some(Err(replies::unissuable(signals))),
                 BeyondDurable::Wait => None,
             }
         }
@@ -573,6 +575,17 @@ fn info(state: &LoopState, section: Option<&[u8]>) -> String {
             registry.len(),
             registry.capacity()
         );
+        match registry.persister_signals().cluster_role() {
+            None => {}
+            Some(ClusterRole::Leader) => text.push_str("role:leader\r\n"),
+            Some(ClusterRole::Follower { leader }) => {
+                let _ = write!(
+                    text,
+                    "role:follower\r\nleader:{}\r\n",
+                    leader.unwrap_or("unknown")
+                );
+            }
+        }
         for sequence in registry.iter() {
             let next = sequence.current();
             let ceiling = sequence.ceiling();
