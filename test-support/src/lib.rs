@@ -156,6 +156,13 @@ impl SeqdProcess {
             let mut addr_tx = Some(addr_tx);
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
+                // Into the log before the address is handed over: a test that reads the log
+                // as soon as `start` returns sees the listening line.
+                {
+                    let mut log = log_writer.lock().unwrap();
+                    log.push_str(&line);
+                    log.push('\n');
+                }
                 if let Some(rest) = line.split("seqd listening on ").nth(1)
                     && let Some(tx) = addr_tx.take()
                 {
@@ -166,9 +173,6 @@ impl SeqdProcess {
                         .to_string();
                     let _ = tx.send(addr);
                 }
-                let mut log = log_writer.lock().unwrap();
-                log.push_str(&line);
-                log.push('\n');
             }
         });
         let addr = match addr_rx.recv_timeout(PATIENCE) {
