@@ -22,7 +22,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 SEQD=${SEQD:-$ROOT/target/release/seqd}
 LOADGEN=${LOADGEN:-$ROOT/target/release/loadgen}
 for bin in "$SEQD" "$LOADGEN"; do
-  [ -x "$bin" ] || { echo "missing $bin: cargo build --release -p seqd -p loadgen" >&2; exit 1; }
+  [ -x "$bin" ] || { echo "missing $bin: cargo build --release -p seqd -p loadgen --features seqd/cluster" >&2; exit 1; }
 done
 command -v etcd >/dev/null || { echo "etcd not found (apt-get install etcd-server)" >&2; exit 1; }
 command -v redis-cli >/dev/null || { echo "redis-cli not found (apt-get install redis-tools)" >&2; exit 1; }

@@ -7,7 +7,9 @@ use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
 use anyhow::Context;
-use seqd::cluster::{ClusterNode, Leadership};
+use seqd::cluster::ClusterNode;
+#[cfg(feature = "cluster")]
+use seqd::cluster::Leadership;
 use seqd::commits::Commits;
 use seqd::config::Config;
 use seqd::sequence::{Registry, Writers};
@@ -108,6 +110,10 @@ fn run(config: Config) -> anyhow::Result<()> {
     let node = cluster.map(ClusterNode::connect).transpose()?;
     let (registry, records, persister) = match &node {
         None => open_sequences(&config, writers)?,
+        // A build without cluster mode has no node (ClusterNode::connect refused --etcd).
+        #[cfg(not(feature = "cluster"))]
+        Some(node) => match *node {},
+        #[cfg(feature = "cluster")]
         Some(node) => {
             let standby = server_settings(&config, addr, threads, false, &access);
             let Some(leadership) = stand_by(node, &config, &standby, &events, &events_tx)? else {
@@ -285,6 +291,7 @@ fn server_settings(
     }
 }
 
+#[cfg(feature = "cluster")]
 /// Serves as a standby until this node leads (Some) or a signal asks it to stop first
 /// (None). A standby listens on the client port with an empty registry under a follower
 /// deadline and no persister: nothing is ever issuable there, and every number or lease
@@ -336,6 +343,7 @@ fn stand_by(
     }
 }
 
+#[cfg(feature = "cluster")]
 /// Campaigns until this node leads (Some) or a signal asks it to stop first (None).
 fn wait_for_leadership(
     node: &ClusterNode,

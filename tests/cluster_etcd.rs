@@ -1,4 +1,7 @@
 //! The election, the fenced ceiling store and the renewal deadline, against a real etcd.
+//!
+//! Built with the `cluster` feature only: `cargo test --features cluster --test NAME`.
+#![cfg(feature = "cluster")]
 
 mod cluster_support;
 

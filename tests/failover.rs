@@ -1,6 +1,9 @@
 //! seqd in cluster mode: three nodes on a three-member etcd. A client follows the leader by
 //! trying every node; every number it sees must be unique and larger than all before it,
 //! across crashes (kill -9), graceful handovers (SIGTERM) and a paused leader (SIGSTOP).
+//!
+//! Built with the `cluster` feature only: `cargo test --features cluster --test NAME`.
+#![cfg(feature = "cluster")]
 
 mod cluster_support;
 

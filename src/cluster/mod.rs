@@ -4,92 +4,43 @@
 //! - [`role`]: a node's role and its transitions (pure).
 //! - [`etcd`]: the election and the fenced ceiling store, as etcd operations.
 //! - [`node`]: the runtime thread that runs them, and the store the persister writes to.
+//! - `leader`: what a newly elected leader opens and serves.
+//!
+//! The etcd parts are built with the `cluster` feature only (they need protoc and tokio);
+//! without it, `--etcd` is refused with how to get a build that has it.
 //!
 //! A node campaigns before it serves: only the leader opens its sequences, at the ceilings
 //! the previous leaders committed, and issues only while its leadership deadline holds
 //! (checked on every reservation). A leader that loses leadership never serves again in the
 //! same process: it exits, and comes back as a standby when restarted.
 
+#[cfg(not(feature = "cluster"))]
+mod disabled;
+#[cfg(feature = "cluster")]
 pub mod etcd;
+#[cfg(feature = "cluster")]
+mod leader;
+#[cfg(feature = "cluster")]
 pub mod node;
 pub mod role;
 pub mod timing;
 
-use std::sync::Arc;
+#[cfg(not(feature = "cluster"))]
+pub use disabled::ClusterNode;
+#[cfg(feature = "cluster")]
+pub use leader::open_sequences;
+#[cfg(feature = "cluster")]
+pub use node::{ClusterNode, EtcdCeilingStore, Leadership};
 
-use anyhow::Context;
+use timing::LeaseTiming;
 
-pub use node::{ClusterNode, ClusterSettings, EtcdCeilingStore, Leadership};
-
-use crate::commits::Commits;
-use crate::lease::LeaseSettings;
-use crate::sequence::{RecoveredSequence, Registry, Writers};
-use crate::state::{LeaseAndStreamRecords, LeasesAndStreams};
-use crate::store::format::{SequenceRecord, State};
-use crate::store::persister::Persister;
-use crate::store::window::WindowPolicy;
-
-/// What a new leader serves: the sequences at their committed ceilings, each issuing under
-/// the node's leadership deadline, and the persister that raises ceilings through fenced
-/// transactions (its first windows already committed, so the server starts with numbers).
-pub fn open_sequences(
-    node: &ClusterNode,
-    leadership: &Leadership,
-    max_sequences: u32,
-    initial: u64,
-    policy: WindowPolicy,
-    writers: Writers,
-    leases: LeaseSettings,
-) -> anyhow::Result<(Arc<Registry>, Arc<LeasesAndStreams>, Persister)> {
-    let recovered: Vec<RecoveredSequence> = leadership
-        .ceilings
-        .iter()
-        .map(|c| RecoveredSequence {
-            id: c.id,
-            name: c.name.clone(),
-            resume_at: c.ceiling,
-        })
-        .collect();
-    let registry = Registry::recovered(max_sequences, initial, &recovered)
-        .context("the ceilings in etcd are inconsistent")?
-        .with_writers(writers)
-        .with_issue_deadline(node.deadline());
-    let registry = Arc::new(registry);
-    // Leases and streams are not shared between nodes yet: answered from memory.
-    let records = Arc::new(LeasesAndStreams::empty(Commits::memory_only(), leases));
-    let committed = State {
-        generation: 0,
-        clean_shutdown: false,
-        written_at_ms: 0,
-        sequences: leadership
-            .ceilings
-            .iter()
-            .map(|c| SequenceRecord {
-                id: c.id,
-                name: c.name.clone(),
-                next: c.ceiling,
-                ceiling: c.ceiling,
-            })
-            .collect(),
-        leases_and_streams: LeaseAndStreamRecords::default(),
-    };
-    for c in &leadership.ceilings {
-        tracing::info!(
-            "sequence {:?} (id {}) resumes at {}, its committed ceiling",
-            c.name,
-            c.id,
-            c.ceiling
-        );
-    }
-    let mut persister = Persister::new(
-        Box::new(node.ceiling_store(leadership)),
-        registry.clone(),
-        records.clone(),
-        policy,
-        Some(&committed),
-    );
-    persister
-        .raise_now()
-        .context("cannot commit the first ceilings to etcd")?;
-    Ok((registry, records, persister))
+/// What the command line says about the cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterSettings {
+    pub endpoints: Vec<String>,
+    pub prefix: String,
+    pub node_id: u64,
+    /// Where clients reach this node (written into the leader key).
+    pub advertise: String,
+    pub timing: LeaseTiming,
 }

@@ -11,9 +11,9 @@ use anyhow::Context;
 use etcd_client::{Client, ConnectOptions};
 use tokio::sync::oneshot;
 
+use super::ClusterSettings;
 use super::etcd::{self, Campaign, CommittedCeiling, Keys, StoreError};
 use super::role::{Role, RoleCell, RoleEvent};
-use super::timing::LeaseTiming;
 use crate::sequence::{IssueDeadline, LeaderAddress, monotonic_nanos};
 use crate::store::data_dir::{StateSink, WriteError};
 use crate::store::format::State;
@@ -22,17 +22,6 @@ use crate::store::format::State;
 const ETCD_PING_INTERVAL: Duration = Duration::from_secs(10);
 /// Pause between two failed attempts to reach etcd while campaigning.
 const CAMPAIGN_RETRY: Duration = Duration::from_millis(200);
-
-/// What the command line says about the cluster.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClusterSettings {
-    pub endpoints: Vec<String>,
-    pub prefix: String,
-    pub node_id: u64,
-    /// Where clients reach this node (written into the leader key).
-    pub advertise: String,
-    pub timing: LeaseTiming,
-}
 
 /// A won election, with what the previous leaders committed.
 #[derive(Debug, Clone, PartialEq, Eq)]
