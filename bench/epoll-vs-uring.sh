@@ -5,14 +5,14 @@
 # requests/s, server CPU microseconds per request) and per load the medians and the median
 # of the rounds' epoll/io_uring throughput ratios.
 #
-#   results/epoll-vs-uring/run.sh          # ROUNDS=5 CONFIGS="1x1 50x1 50x16 50x64" DURATION=3s
+#   bench/epoll-vs-uring.sh                # ROUNDS=5 CONFIGS="1x1 50x1 50x16 50x64" DURATION=3s
 #
 # Server CPU is the process's user + system time over the load (/proc/PID/stat, in clock
 # ticks); with the default --busy-poll it includes the spinning of a loop waiting for more.
 #
 # Each server: seqd --in-memory --threads 1 pinned to CPU 0; loadgen pinned to CPU 1.
 set -euo pipefail
-cd "$(dirname "$0")/../.."
+cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-5}
 CONFIGS=${CONFIGS:-"1x1 50x1 50x16 50x64"}
 DURATION=${DURATION:-3s}
