@@ -7,6 +7,8 @@
 #
 #   bench/ab.sh NAME REV_A REV_B     # e.g. bench/ab.sh fewer-enters 1ea7741 HEAD
 #   ROUNDS=7 CONFIGS="1x1 50x1 50x64" DURATION=3s bench/ab.sh NAME REV_A REV_B
+#   SEQD_A=path SEQD_B=path bench/ab.sh NAME REV_A REV_B   # binaries already built from them
+#   NOTE="..." adds a line about the conditions of the run to the README
 #
 # Needs: git, a Rust toolchain, taskset, python3, 2+ CPUs; perf for the system-call counts.
 # Each server: seqd --in-memory --threads 1 pinned to CPU 0; the client: loadgen (built from
@@ -15,7 +17,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 
-usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 [[ $# -eq 3 ]] || usage
 NAME=$1 REV_A=$2 REV_B=$3
 [[ $NAME =~ ^[A-Za-z0-9._-]+$ ]] || { echo "ab.sh: NAME must be a plain folder name, not '$NAME'" >&2; exit 2; }
@@ -50,9 +52,16 @@ build() { # rev -> $WORK/seqd-<rev>
   cp "$ROOT/target/ab/release/seqd" "$WORK/seqd-$rev"
   git worktree remove --force "$WORK/tree"
 }
-echo "building $SHA_A and $SHA_B (target/ab)" >&2
-build "$SHA_A"
-build "$SHA_B"
+for side in A B; do
+  sha_var=SHA_$side bin_var=SEQD_$side
+  if [[ -n ${!bin_var:-} ]]; then
+    [[ -x ${!bin_var} ]] || { echo "ab.sh: $bin_var=${!bin_var} is not an executable" >&2; exit 2; }
+    cp "${!bin_var}" "$WORK/seqd-${!sha_var}"
+  else
+    echo "building ${!sha_var} (target/ab)" >&2
+    build "${!sha_var}"
+  fi
+done
 cargo build --release --locked --quiet -p loadgen
 LOADGEN=$ROOT/target/release/loadgen
 
@@ -91,12 +100,16 @@ measure() {
     kill -INT "$perf_pid"
     wait "$perf_pid" || true
   fi
+  # The server's CPU time (ns, all its threads) while it served the load: per request, it is
+  # the figure least moved by other work on the machine.
+  local cpu_ns
+  cpu_ns=$(cat /proc/"$SERVER"/task/*/schedstat | awk '{ns += $1} END {printf "%d", ns}')
   kill "$SERVER"
   wait "$SERVER" || true
   SERVER=""
-  python3 - "$WORK/run.json" "$counts" "$rev" "$config" "$round" "$PERF" >>"$ROWS" <<'PY'
+  python3 - "$WORK/run.json" "$counts" "$rev" "$config" "$round" "$PERF" "$cpu_ns" >>"$ROWS" <<'PY'
 import json, sys
-run, counts, rev, config, rnd, perf = sys.argv[1:]
+run, counts, rev, config, rnd, perf, cpu_ns = sys.argv[1:]
 totals = json.load(open(run))["totals"]
 enters = "-"
 if perf == "1":
@@ -104,7 +117,8 @@ if perf == "1":
         if "io_uring_enter" in line and line.split(",")[0].isdigit():
             # Counted from just before the load to just after: a few idle calls more.
             enters = f"{int(line.split(',')[0]) / max(1, totals['requests']):.3f}"
-print(f"{rev}\t{config}\t{rnd}\t{totals['throughput_rps']:.0f}\t{enters}")
+cpu = f"{int(cpu_ns) / max(1, totals['requests']):.1f}"
+print(f"{rev}\t{config}\t{rnd}\t{totals['throughput_rps']:.0f}\t{enters}\t{cpu}")
 PY
   tail -1 "$ROWS" >&2
 }
@@ -123,7 +137,8 @@ cp "$ROWS" "$OUT/rows.tsv"
 STARTED=$started LOAD_BEFORE=$load_before LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg) \
 CPU_MODEL=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs) NPROC=$(nproc) \
 KERNEL=$(uname -r) RUSTC=$(rustc --version) COMMAND="bench/ab.sh $*" \
-ENV_LINE="ROUNDS=$ROUNDS CONFIGS=\"$CONFIGS\" DURATION=$DURATION" \
+ENV_LINE="ROUNDS=$ROUNDS CONFIGS=\"$CONFIGS\" DURATION=$DURATION${SEQD_A:+ SEQD_A=$SEQD_A}${SEQD_B:+ SEQD_B=$SEQD_B}" \
+NOTE=${NOTE:-} \
 SHA_A=$SHA_A SHA_B=$SHA_B SUBJECT_A="$(git log -1 --format=%s "$SHA_A")" SUBJECT_B="$(git log -1 --format=%s "$SHA_B")" \
 python3 - "$OUT/rows.tsv" "$OUT/README.md" <<'PY'
 import os, statistics, sys
@@ -147,35 +162,39 @@ out = [f"# Before/after: {a} vs {b}", "",
        f"- command: `{e['ENV_LINE']} {e['COMMAND']}`",
        f"- date: {e['STARTED']}; machine: {e['NPROC']} CPUs, {e['CPU_MODEL']}, kernel {e['KERNEL']}; {e['RUSTC']}",
        f"- load average before: {e['LOAD_BEFORE']}; after: {e['LOAD_AFTER']}",
+       *([f"- conditions: {e['NOTE']}"] if e.get("NOTE") else []),
        "- each run: a fresh `seqd --in-memory --threads 1` pinned to CPU 0, `loadgen run -c C -P P` "
        "pinned to CPU 1; A and B alternate within each round (A first in odd rounds)",
        "- enters/request: `io_uring_enter` calls of the server counted by `perf stat -e "
        "syscalls:sys_enter_io_uring_enter` from just before the load to just after, over requests answered",
+       "- server ns/request: the server's CPU time (all threads, `/proc/PID/task/*/schedstat`) over "
+       "requests answered; less moved by other work on the machine than throughput is",
        "",
        "B / A is the median of the rounds' ratios: A and B of one round ran minutes apart at most, "
        "while the machine's speed may shift between rounds (see every run below).", "",
-       "| connections x pipeline | A throughput (median) | B throughput (median) | B / A (median of rounds) | A enters/request | B enters/request |",
-       "|---|---|---|---|---|---|"]
-def round_ratios(config):
+       "| connections x pipeline | A throughput (median) | B throughput (median) | B / A (median of rounds) | A enters/request | B enters/request | A ns/request | B ns/request | B / A CPU per request (median of rounds) |",
+       "|---|---|---|---|---|---|---|---|---|"]
+def round_ratios(config, col=3):
     ratios = []
     for rnd in sorted({int(r[2]) for r in rows}):
-        ra = [float(r[3]) for r in rows if r[0] == a and r[1] == config and int(r[2]) == rnd]
-        rb = [float(r[3]) for r in rows if r[0] == b and r[1] == config and int(r[2]) == rnd]
+        ra = [float(r[col]) for r in rows if r[0] == a and r[1] == config and int(r[2]) == rnd]
+        rb = [float(r[col]) for r in rows if r[0] == b and r[1] == config and int(r[2]) == rnd]
         if ra and rb and ra[0] > 0:
             ratios.append((rnd, ra[0], rb[0], rb[0] / ra[0]))
     return ratios
 for config in configs:
     ta, tb = med(pick(a, config, 3)), med(pick(b, config, 3))
     ratio = statistics.median([x[3] for x in round_ratios(config)])
+    cpu_ratio = statistics.median([x[3] for x in round_ratios(config, 5)])
     out.append(f"| {config} | {rps(ta)} | {rps(tb)} | {ratio:.2f}x | {enters(med(pick(a, config, 4)))} | "
-               f"{enters(med(pick(b, config, 4)))} |")
-out += ["", "Every run (req/s, enters/request):", "",
+               f"{enters(med(pick(b, config, 4)))} | {med(pick(a, config, 5)):.0f} | {med(pick(b, config, 5)):.0f} | {cpu_ratio:.3f}x |")
+out += ["", "Every run (req/s, enters/request, server ns/request):", "",
         "| round | connections x pipeline | A | B | B / A (this round) |", "|---|---|---|---|---|"]
 for config in configs:
     for rnd, _, _, ratio in round_ratios(config):
         ra = next(r for r in rows if r[0] == a and r[1] == config and int(r[2]) == rnd)
         rb = next(r for r in rows if r[0] == b and r[1] == config and int(r[2]) == rnd)
-        out.append(f"| {rnd} | {config} | {float(ra[3]):,.0f} ({ra[4]}) | {float(rb[3]):,.0f} ({rb[4]}) | {ratio:.2f}x |")
+        out.append(f"| {rnd} | {config} | {float(ra[3]):,.0f} ({ra[4]}, {ra[5]}) | {float(rb[3]):,.0f} ({rb[4]}, {rb[5]}) | {ratio:.2f}x |")
 open(sys.argv[2], "w").write("\n".join(out) + "\n")
 print("\n".join(out))
 PY
