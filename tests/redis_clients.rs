@@ -1,6 +1,6 @@
 //! Real Redis clients, with their default settings, against the real seqd binary: redis-py
 //! (sync, asyncio, RESP2 and RESP3, pipelines, a pool shared by threads), node-redis,
-//! ioredis, `redis-cli -3` and `redis-benchmark -t incr`. The client scripts are in
+//! ioredis, redigo (Go), `redis-cli -3` and `redis-benchmark -t incr`. The client scripts are in
 //! `tests/clients/` with their pinned versions (`requirements.txt`, `package-lock.json`);
 //! `.ci/run` installs them. A test whose client is not installed says SKIPPED.
 
@@ -78,6 +78,30 @@ fn ioredis_connects_pipelines_and_runs_a_transaction() {
     let server = SeqdProcess::start(&[]);
     let output = run("node", &["ioredis.mjs", &port(&server)]);
     assert_success("ioredis.mjs", &output);
+}
+
+/// Debian's Go sources (golang-github-gomodule-redigo-dev) live in this GOPATH.
+const DEBIAN_GOPATH: &str = "/usr/share/gocode";
+
+#[test]
+fn redigo_from_go_connects_pipelines_runs_a_transaction_and_shares_a_pool() {
+    let redigo = Path::new(DEBIAN_GOPATH).join("src/github.com/gomodule/redigo");
+    if which("go").is_none() || !redigo.is_dir() {
+        eprintln!(
+            "SKIPPED: Go or redigo is not installed (apt-get install golang-go golang-github-gomodule-redigo-dev)"
+        );
+        return;
+    }
+    let server = SeqdProcess::start(&[]);
+    // GOPATH mode: the machine has no module proxy, and Debian installs the sources there.
+    let output = Command::new("go")
+        .args(["run", "redigo.go", &port(&server)])
+        .current_dir(clients_dir().join("go"))
+        .env("GO111MODULE", "off")
+        .env("GOPATH", DEBIAN_GOPATH)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run go: {e}"));
+    assert_success("redigo.go", &output);
 }
 
 #[test]
