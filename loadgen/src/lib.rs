@@ -15,3 +15,4 @@ pub mod slo;
 pub mod target;
 pub mod verify;
 pub mod worker;
+pub mod zero_work;

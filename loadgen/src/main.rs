@@ -14,7 +14,7 @@ use loadgen::run::{RunSpec, execute, parse_cpus, preflight};
 use loadgen::search::{self, Ramp, SearchReport, SearchSettings};
 use loadgen::slo::{Slo, parse_duration};
 use loadgen::target::{Kind, Protocol};
-use loadgen::{baseline, hold, inprocess, plot, verify};
+use loadgen::{baseline, hold, inprocess, plot, verify, zero_work};
 
 /// Exit statuses, documented in `--help`.
 mod exit {
@@ -64,7 +64,13 @@ enum Command {
     /// The naive baseline server for benchmarks: blocking, one thread per connection, seqd's
     /// binary protocol, a separate counter per connection (no shared state). It marks what
     /// loopback TCP allows; runs until killed.
-    BaselineServer(BaselineArgs),
+    BaselineServer(ListenArgs),
+    /// The limit rival for benchmarks: a zero-work io_uring responder (one thread, multishot
+    /// recv into a provided buffer ring) that answers each 16-byte binary GETSEQ request with
+    /// a number from one counter and does nothing else; any other frame gets an error and the
+    /// connection is closed. It marks what an io_uring server with no work achieves; runs
+    /// until killed.
+    ZeroWorkServer(ListenArgs),
     /// Open many connections and hold them idle (to measure a server's memory per idle
     /// connection): prints `connected N`; on SIGUSR1 sends one request on each and prints
     /// `answered N`; exits on SIGINT/SIGTERM.
@@ -95,10 +101,11 @@ struct FailoverArgs {
     output: Option<PathBuf>,
 }
 
+/// The listening address of `baseline-server` and `zero-work-server`.
 #[derive(Debug, Args)]
-struct BaselineArgs {
+struct ListenArgs {
     /// Address to listen on; port 0 picks a free one. The address is printed as
-    /// `baseline listening on HOST:PORT` on standard error.
+    /// `baseline listening on HOST:PORT` (`zero-work listening on ...`) on standard error.
     #[arg(
         long,
         short = 'a',
@@ -353,6 +360,7 @@ fn main() -> ExitCode {
         Command::Verify(args) => verify_files(args),
         Command::Plot(args) => plot_results(args),
         Command::BaselineServer(args) => baseline_server(args),
+        Command::ZeroWorkServer(args) => zero_work_server(args),
         Command::Hold(args) => hold(args),
         Command::Failover(args) => failover(args),
     };
@@ -684,7 +692,7 @@ fn plot_results(args: PlotArgs) -> Result<u8> {
     Ok(0)
 }
 
-fn baseline_server(args: BaselineArgs) -> Result<u8> {
+fn baseline_server(args: ListenArgs) -> Result<u8> {
     let addr = resolve(&args.addr)?;
     let listener = baseline::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
     let local = listener
@@ -692,6 +700,18 @@ fn baseline_server(args: BaselineArgs) -> Result<u8> {
         .context("the listener has no address")?;
     eprintln!("baseline listening on {local}");
     baseline::serve(listener).context("accepting connections failed")?;
+    Ok(0)
+}
+
+fn zero_work_server(args: ListenArgs) -> Result<u8> {
+    let addr = resolve(&args.addr)?;
+    let listener = zero_work::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
+    let local = listener
+        .local_addr()
+        .context("the listener has no address")?;
+    eprintln!("zero-work listening on {local}");
+    zero_work::serve(listener)
+        .context("the io_uring event loop failed (io_uring needs Linux 6.0 or later, not blocked by seccomp)")?;
     Ok(0)
 }
 
