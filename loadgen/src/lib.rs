@@ -6,6 +6,7 @@ pub mod failover;
 pub mod hgrm;
 pub mod hold;
 pub mod inprocess;
+pub mod merge;
 pub mod plot;
 pub mod report;
 pub mod run;
