@@ -287,12 +287,18 @@ stop() { # pid: SIGTERM, wait for it
   forget "$1"
 }
 
-# ---------------------------------------------------------------- the CPU budget
+# ---------------------------------------------------------------- the CPU budget, priority
 # BUDGET_DIR is a cgroup of our own with a CFS quota of BUDGET_PERCENT of one CPU; a server is
 # moved into it (all its threads: cgroup.procs) for its budgeted rows and back to BUDGET_HOME
-# (the cgroup it started in) after them. BUDGET_KIND says which interface (v2 cpu.max, v1
-# cpu.cfs_quota_us); BUDGET_WHY, when neither is usable, says why.
-BUDGET_KIND="" BUDGET_DIR="" BUDGET_HOME="" BUDGET_WHY=""
+# after them. BUDGET_KIND says which interface (v2 cpu.max, v1 cpu.cfs_quota_us);
+# BUDGET_WHY, when neither is usable, says why.
+#
+# PRIO_CGROUP, beside it, holds every server, client and the sampler (prio_exec) with the
+# highest CPU weight: with autogrouping (kernel.sched_autogroup_enabled) niceness only orders
+# the processes of one session, so nice -20 alone would not keep other sessions' builds off
+# our CPUs; a cgroup of its own takes the suite out of autogrouping. The budget cgroup has the
+# same weight, so that the quota, not other work, is what limits a budgeted server.
+BUDGET_KIND="" BUDGET_DIR="" BUDGET_HOME="" BUDGET_WHY="" PRIO_CGROUP=""
 
 # The path of our cgroup in the hierarchy of $1 ("v2", or "v1" for the cpu controller's).
 own_cgroup() {
@@ -303,46 +309,83 @@ own_cgroup() {
   fi
 }
 
-setup_budget() {
-  if ((BUDGET_PERCENT == 0)); then BUDGET_WHY="BUDGET_PERCENT=0"; return 0; fi
+# make_cgroup KIND DIR [QUOTA_US]: a cgroup with the highest CPU weight (and a quota).
+make_cgroup() {
+  local kind=$1 dir=$2 quota=${3:-}
+  mkdir "$dir" 2>/dev/null || return 1
+  if [[ $kind == v2 ]]; then
+    echo 10000 >"$dir/cpu.weight" 2>/dev/null &&
+      { [[ -z $quota ]] || echo "$quota $BUDGET_PERIOD_US" >"$dir/cpu.max" 2>/dev/null; } && return 0
+  else
+    echo 262144 >"$dir/cpu.shares" 2>/dev/null &&
+      { [[ -z $quota ]] || { echo "$BUDGET_PERIOD_US" >"$dir/cpu.cfs_period_us" &&
+        echo "$quota" >"$dir/cpu.cfs_quota_us"; } 2>/dev/null; } && return 0
+  fi
+  rmdir "$dir" 2>/dev/null || true
+  return 1
+}
+
+setup_cgroups() {
   if ((REALTIME)); then BUDGET_WHY="--realtime: CFS quotas do not apply to SCHED_FIFO tasks"; return 0; fi
-  local quota=$((BUDGET_PERIOD_US * BUDGET_PERCENT / 100)) root dir why=()
+  local quota=$((BUDGET_PERIOD_US * BUDGET_PERCENT / 100)) root kind="" why=()
   root=$(awk '$3 == "cgroup2" {print $2; exit}' /proc/mounts)
   if [[ -n $root ]] && grep -qw cpu "$root/cgroup.controllers" 2>/dev/null; then
     grep -qw cpu "$root/cgroup.subtree_control" 2>/dev/null || echo +cpu >"$root/cgroup.subtree_control" 2>/dev/null || true
-    dir=$root/seqd-bench-$$
-    if mkdir "$dir" 2>/dev/null && echo "$quota $BUDGET_PERIOD_US" >"$dir/cpu.max" 2>/dev/null; then
-      BUDGET_KIND=v2 BUDGET_DIR=$dir BUDGET_HOME=$root$(own_cgroup v2)
-      return 0
+    if make_cgroup v2 "$root/seqd-bench-$$-probe"; then
+      rmdir "$root/seqd-bench-$$-probe"
+      kind=v2
+    else
+      why+=("cgroup v2 at $root has the cpu controller, but no child cgroup with cpu.weight could be made (not root, or delegated without cpu)")
     fi
-    rmdir "$dir" 2>/dev/null || true
-    why+=("cgroup v2 at $root has the cpu controller, but a child cgroup with cpu.max could not be made (not root, or delegated without cpu)")
   elif [[ -n $root ]]; then
     why+=("cgroup v2 at $root has no cpu controller")
   fi
-  root=$(awk '$3 == "cgroup" && $4 ~ /(^|,)cpu(,|$)/ {print $2; exit}' /proc/mounts)
-  if [[ -n $root ]]; then
-    dir=$root/seqd-bench-$$
-    if mkdir "$dir" 2>/dev/null && echo "$BUDGET_PERIOD_US" >"$dir/cpu.cfs_period_us" 2>/dev/null &&
-      echo "$quota" >"$dir/cpu.cfs_quota_us" 2>/dev/null; then
-      BUDGET_KIND=v1 BUDGET_DIR=$dir BUDGET_HOME=$root$(own_cgroup v1)
-      return 0
+  if [[ -z $kind ]]; then
+    root=$(awk '$3 == "cgroup" && $4 ~ /(^|,)cpu(,|$)/ {print $2; exit}' /proc/mounts)
+    if [[ -z $root ]]; then
+      why+=("no cgroup v1 cpu controller is mounted")
+    elif make_cgroup v1 "$root/seqd-bench-$$-probe"; then
+      rmdir "$root/seqd-bench-$$-probe"
+      kind=v1
+    else
+      why+=("cgroup v1 cpu controller at $root: no child cgroup could be made (not root?)")
     fi
-    rmdir "$dir" 2>/dev/null || true
-    why+=("cgroup v1 cpu controller at $root: a child cgroup with cpu.cfs_quota_us could not be made (not root?)")
-  else
-    why+=("no cgroup v1 cpu controller is mounted")
   fi
-  BUDGET_WHY=$(IFS=';'; echo "${why[*]}")
+  if [[ -z $kind ]]; then
+    BUDGET_WHY=$(IFS=';'; echo "${why[*]}")
+    return 0
+  fi
+  make_cgroup "$kind" "$root/seqd-bench-$$-run" && PRIO_CGROUP=$root/seqd-bench-$$-run
+  BUDGET_HOME=${PRIO_CGROUP:-$root$(own_cgroup "$kind")}
+  if ((BUDGET_PERCENT == 0)); then
+    BUDGET_WHY="BUDGET_PERCENT=0"
+  elif make_cgroup "$kind" "$root/seqd-bench-$$-budget" "$quota"; then
+    BUDGET_KIND=$kind BUDGET_DIR=$root/seqd-bench-$$-budget
+  else
+    BUDGET_WHY="cgroup $kind at $root: the quota could not be set"
+  fi
+}
+
+# prio_exec ARRAY COMMAND...: only in a background job (it execs): joins PRIO_CGROUP, then runs
+# COMMAND under the scheduling the array names (PRIO or SAMPLER_PRIO). The job's PID stays.
+prio_exec() {
+  local -n how=$1
+  shift
+  [[ -z $PRIO_CGROUP ]] || echo "$BASHPID" >"$PRIO_CGROUP/cgroup.procs" 2>/dev/null || true
+  exec "${how[@]}" "$@"
 }
 
 budget_on() { echo "$1" >"$BUDGET_DIR/cgroup.procs"; }
 budget_off() { echo "$1" >"$BUDGET_HOME/cgroup.procs" 2>/dev/null || true; }
+# Removes our cgroups once their processes are gone (moving any left to our own cgroup).
 budget_remove() {
-  [[ -n $BUDGET_DIR && -d $BUDGET_DIR ]] || return 0
-  local pid
-  while read -r pid; do budget_off "$pid"; done <"$BUDGET_DIR/cgroup.procs" 2>/dev/null || true
-  rmdir "$BUDGET_DIR" 2>/dev/null || echo "suite.sh: warning: could not remove the cgroup $BUDGET_DIR" >&2
+  local dir pid home
+  home=$(dirname "${PRIO_CGROUP:-${BUDGET_DIR:-/}}")$(own_cgroup "${BUDGET_KIND:-v1}")
+  for dir in "$BUDGET_DIR" "$PRIO_CGROUP"; do
+    [[ -n $dir && -d $dir ]] || continue
+    while read -r pid; do echo "$pid" >"$home/cgroup.procs" 2>/dev/null || true; done <"$dir/cgroup.procs" 2>/dev/null || true
+    rmdir "$dir" 2>/dev/null || echo "suite.sh: warning: could not remove the cgroup $dir" >&2
+  done
 }
 # cpu.stat's throttling counters of the budget cgroup: "periods throttled throttled_us".
 budget_throttling() {
@@ -366,7 +409,7 @@ start_seqd() {
     rm -rf "$WORK/$name-data"
     args+=(--data-dir "$WORK/$name-data")
   fi
-  "${PRIO[@]}" taskset -c "$SERVER_CPU" "$SEQD" "${args[@]}" "$@" 2>"$OUT/logs/$name.log" &
+  prio_exec PRIO taskset -c "$SERVER_CPU" "$SEQD" "${args[@]}" "$@" 2>"$OUT/logs/$name.log" &
   SEQD_PID=$!
   PIDS+=("$SEQD_PID")
   SEQD_ADDR=$(wait_log "$OUT/logs/$name.log" 'listening on [^ ]+' "seqd ($name)" | awk '{print $3}')
@@ -381,7 +424,7 @@ start_redis() {
   port=$(free_port)
   local args=(--port "$port" --bind 127.0.0.1 --save '' --appendonly no --daemonize no
     --loglevel warning --maxclients 12000)
-  "${PRIO[@]}" taskset -c "$SERVER_CPU" redis-server "${args[@]}" "$@" >"$OUT/logs/$name.log" 2>&1 &
+  prio_exec PRIO taskset -c "$SERVER_CPU" redis-server "${args[@]}" "$@" >"$OUT/logs/$name.log" 2>&1 &
   REDIS_PID=$!
   PIDS+=("$REDIS_PID")
   for _ in $(seq 200); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.05; done
@@ -391,7 +434,7 @@ start_redis() {
 }
 
 start_zerowork() {
-  "${PRIO[@]}" taskset -c "$SERVER_CPU" "$LOADGEN" zero-work-server --addr 127.0.0.1:0 2>"$OUT/logs/zerowork.log" &
+  prio_exec PRIO taskset -c "$SERVER_CPU" "$LOADGEN" zero-work-server --addr 127.0.0.1:0 2>"$OUT/logs/zerowork.log" &
   ZERO_PID=$!
   PIDS+=("$ZERO_PID")
   ZERO_ADDR=$(wait_log "$OUT/logs/zerowork.log" 'listening on [^ ]+' "the zero-work responder" | awk '{print $3}')
@@ -399,7 +442,7 @@ start_zerowork() {
 }
 
 start_baseline() {
-  "${PRIO[@]}" taskset -c "$SERVER_CPU" "$LOADGEN" baseline-server --addr 127.0.0.1:0 2>"$OUT/logs/baseline.log" &
+  prio_exec PRIO taskset -c "$SERVER_CPU" "$LOADGEN" baseline-server --addr 127.0.0.1:0 2>"$OUT/logs/baseline.log" &
   BASE_PID=$!
   PIDS+=("$BASE_PID")
   BASE_ADDR=$(wait_log "$OUT/logs/baseline.log" 'listening on [^ ]+' "the baseline server" | awk '{print $3}')
@@ -426,7 +469,7 @@ start_postgres() {
   [[ -n $user ]] && chown "$user" "$PG_DATA/socket"
   PG_OPTS=(-c listen_addresses=127.0.0.1 -p "$port" -c unix_socket_directories="$PG_DATA/socket"
     -c max_connections=120)
-  "${PRIO[@]}" taskset -c "$SERVER_CPU" "${as[@]}" "$PG_BIN/postgres" -D "$PG_DATA/data" "${PG_OPTS[@]}" \
+  prio_exec PRIO taskset -c "$SERVER_CPU" "${as[@]}" "$PG_BIN/postgres" -D "$PG_DATA/data" "${PG_OPTS[@]}" \
     >"$OUT/logs/postgres.log" 2>&1 &
   PG_PID=$!
   PIDS+=("$PG_PID")
@@ -460,13 +503,13 @@ step() {
   printf '  %-34s' "$id" >&2
   [[ $server == postgres ]] && target="$spid+" # its backends are child processes
   t0=$(date +%s%N)
-  "${PRIO[@]}" taskset -c "$CLIENT_CPU" "$@" >"$output" 2>&1 &
+  prio_exec PRIO taskset -c "$CLIENT_CPU" "$@" >"$output" 2>&1 &
   cpid=$!
   PIDS+=("$cpid")
   if [[ $server == none ]]; then
-    "${SAMPLER_PRIO[@]}" taskset -c "$CLIENT_CPU" "${SAMPLER[@]}" watch "$samples" 0.1 "client=$cpid" &
+    prio_exec SAMPLER_PRIO taskset -c "$CLIENT_CPU" "${SAMPLER[@]}" watch "$samples" 0.1 "client=$cpid" &
   else
-    "${SAMPLER_PRIO[@]}" taskset -c "$CLIENT_CPU" "${SAMPLER[@]}" watch "$samples" 0.1 "server=$target" "client=$cpid" &
+    prio_exec SAMPLER_PRIO taskset -c "$CLIENT_CPU" "${SAMPLER[@]}" watch "$samples" 0.1 "server=$target" "client=$cpid" &
   fi
   sampler=$!
   wait "$cpid" || rc=$?
@@ -525,7 +568,11 @@ if awk -v l="${LOAD_BEFORE%% *}" -v n="$NPROC" 'BEGIN { exit !(l > n / 2) }'; th
   echo "suite.sh: note: the machine is busy (load average $LOAD_BEFORE on $NPROC CPUs); figures will be noisy (recorded in the results)" >&2
 fi
 
-setup_budget
+setup_cgroups
+if [[ -n $PRIO_CGROUP ]]; then
+  PRIO_DESC+=", in a cgroup of the highest CPU weight ($PRIO_CGROUP: out of autogrouping)"
+  echo "  priority: $PRIO_DESC" >&2
+fi
 if [[ -n $BUDGET_KIND ]]; then
   echo "  CPU budget: $BUDGET_PERCENT% of CPU $SERVER_CPU per server (cgroup $BUDGET_KIND, $BUDGET_DIR: quota $((BUDGET_PERIOD_US * BUDGET_PERCENT / 100)) us per $BUDGET_PERIOD_US us)" >&2
 else
@@ -696,7 +743,7 @@ for server in seqd redis; do
   # Memory first, on the fresh server: a server that has already served a load has freed
   # memory that new connections could fill without growing its RSS.
   rss0=$(steady_rss "$pid")
-  "${PRIO[@]}" taskset -c "$CLIENT_CPU" "$LOADGEN" hold --target "$target" --addr "$addr" -c "$IDLE_CONNECTIONS" \
+  prio_exec PRIO taskset -c "$CLIENT_CPU" "$LOADGEN" hold --target "$target" --addr "$addr" -c "$IDLE_CONNECTIONS" \
     >"$OUT/idle/$server-hold.txt" 2>&1 &
   hold_pid=$!
   PIDS+=("$hold_pid")
