@@ -518,8 +518,7 @@ step() {
   ((BUDGETED)) && throttle1=$(budget_throttling)
   kill -TERM "$sampler" 2>/dev/null || true
   wait "$sampler" 2>/dev/null || true
-  local window status=ok
-  window=$("${SAMPLER[@]}" window "$samples" "$SKIP")
+  local status=ok
   if [[ " $OK_STATUSES " != *" $rc "* ]]; then
     status=failed
     FAILED+=("$id (exit $rc; see ${output#"$ROOT"/})")
@@ -529,11 +528,16 @@ step() {
   cmd=${cmd//$ROOT\/target\/release\//}
   cmd=${cmd//$OUT\//\$OUT/}
   cmd=${cmd//$WORK/\$TMP}
+  # One Python for the CPU window (bench/lib/sample.py) and the record: on a busy machine each
+  # interpreter start costs a noticeable part of a second.
   python3 - "$MEASUREMENTS" "$id" "$server" "${output#"$OUT"/}" "$rc" "$status" "$t0" "$t1" \
-    "$window" "$cmd" "$throttle0" "$throttle1" <<'PY'
+    "$samples" "$SKIP" "$cmd" "$throttle0" "$throttle1" "$ROOT/bench/lib" <<'PY'
 import json, sys
-path, id_, server, output, rc, status, t0, t1, window, cmd, th0, th1 = sys.argv[1:]
-window = json.loads(window)
+path, id_, server, output, rc, status, t0, t1, samples, skip, cmd, th0, th1, lib = sys.argv[1:]
+sys.dont_write_bytecode = True
+sys.path.insert(0, lib)
+from sample import window_figures
+window = window_figures(samples, float(skip))
 record = {"id": id_, "server": server, "output": output, "exit": int(rc), "status": status,
           "wall_s": round((int(t1) - int(t0)) / 1e9, 3),
           "server_cpu": window.get("server"), "client_cpu": window.get("client"),
