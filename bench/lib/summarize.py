@@ -313,7 +313,8 @@ class Run:
         elif (boundary_busy or 0) >= SATURATED:
             bound = "client (saturated in the failing probe above)"
         else:
-            bound = f"server (p99 over 1 ms with the client {fmt_pct(boundary_busy)} busy)"
+            bound = (f"not the client (p99 over 1 ms with the client {fmt_pct(boundary_busy)} busy): the "
+                     "server, or on a busy machine the wait for a CPU")
         return {"server": server, "capacity_rps": capacity, "method": data.get("method"), "bound": bound,
                 "boundary_probe_rate": boundary["rate"] if boundary else None,
                 "boundary_client_busy_percent": boundary.get("client_cpu_percent") * per_cpu
