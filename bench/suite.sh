@@ -4,7 +4,7 @@
 # responder), measured in one run on one machine, judged as ratios against the goals in the
 # issues. One command does everything:
 #
-#   bench/suite.sh              # the full matrix (about 25 minutes); writes results/<date>-<host>/
+#   bench/suite.sh              # the full matrix (about 20 minutes); writes results/<date>-<host>/
 #                               # and regenerates the summary table in results/README.md
 #   bench/suite.sh --quick      # the same matrix, short runs (about two minutes); writes
 #                               # results/<date>-<host>-quick/ (git-ignored); CI runs this
@@ -33,7 +33,7 @@ usage() {
   cat <<'EOF'
 usage: bench/suite.sh [--quick] [--rounds N] [--out DIR] [--realtime] [--no-install] [--skip-build]
 
-  --quick        short runs (CI): same matrix, about 1.5 minutes; output results/<date>-<host>-quick/
+  --quick        short runs (CI): same matrix, about two minutes; output results/<date>-<host>-quick/
   --rounds N     rounds of the closed-loop, RESP and durability rows (median reported);
                  default 3, or 1 with --quick
   --out DIR      write the results here instead
