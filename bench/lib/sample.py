@@ -92,6 +92,11 @@ def watch(out, interval, specs):
 
 
 def window(out, skip):
+    print(json.dumps(window_figures(out, skip)))
+
+
+def window_figures(out, skip):
+    """The figures `window` prints, as a dict (bench/suite.sh's step calls it in-process)."""
     # label -> tid -> [(time, cpu, wait), ...]; label -> sample times
     threads, times, cpus = {}, {}, {}
     try:
@@ -137,7 +142,7 @@ def window(out, skip):
                          # any of them waiting means its CPUs were busy all the while.
                          "runnable_percent": round(min(100.0, 100.0 * (cpu + wait) / span / n), 1),
                          "window_s": round(span / 1e9, 3), "cpus": n}
-    print(json.dumps(result))
+    return result
 
 
 def main():

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Summarises one run of bench/suite.sh: reads the files the run wrote, judges the goals of
-issue 6, writes summary.json and README.md into the run's folder and, with --index, regenerates
+issues 6 and 16, writes summary.json and README.md into the run's folder and, with --index, regenerates
 the summary table in results/README.md.
 
     bench/lib/summarize.py results/2026-11-22-vm [--index results/README.md]
@@ -21,11 +21,38 @@ import tempfile
 # A side runnable (on a CPU or waiting for one) this share of the time saturated its core
 # (the threshold of loadgen's own CPU-bound warning).
 SATURATED = 90.0
+# In a budgeted row the client must keep headroom: busy more than this share of its CPUs, the
+# row may measure the client (issue 16).
+CLIENT_HEADROOM = 75.0
 CONFIGS = ["1x1", "50x1", "50x16", "50x64", "1x4096"]
+BUDGET_CONFIGS = ["50x1", "50x16", "50x64"]
+BUDGET_RESP = [("c50", "P64"), ("c50", "P1")]
+CLOSED_SERVERS = ("seqd", "baseline", "zerowork", "redis")
 RESP = [("c50", "P1"), ("c50", "P16"), ("c50", "P64"), ("c1", "P1")]
 BOTH = "server and client"
-SERVER_NAMES = {"seqd": "seqd", "baseline": "naive baseline", "redis": "Redis INCR",
-                "postgres": "PostgreSQL nextval"}
+SERVER_NAMES = {"seqd": "seqd", "baseline": "naive baseline", "zerowork": "zero-work io_uring",
+                "redis": "Redis INCR", "postgres": "PostgreSQL nextval"}
+
+
+def round_of(path):
+    """The round number in a file name like `seqd-50x64-r2.json` (None without one)."""
+    found = re.search(r"-r(\d+)$", pathlib.Path(path).stem)
+    return int(found.group(1)) if found else None
+
+
+def per_round_ratio(a, b):
+    """The median of a.rps / b.rps per round, pairing the rounds by number: the machine's speed
+    drifts between rounds, so a ratio within a round is the figure to trust. Rows without round
+    numbers fall back to the ratio of their medians."""
+    if a is None or b is None:
+        return None
+    ours = {r.get("round"): r.get("throughput_rps") for r in a.rounds}
+    theirs = {r.get("round"): r.get("throughput_rps") for r in b.rounds}
+    ratios = [ours[k] / theirs[k] for k in ours
+              if k is not None and k in theirs and ours[k] and theirs[k]]
+    if ratios:
+        return statistics.median(ratios)
+    return a.rps / b.rps if a.rps and b.rps else None
 
 
 def load_json(path):
@@ -45,11 +72,12 @@ class Row:
     over the measured part: `cpu` on a CPU in percent of one core, `runnable` on a CPU or
     waiting for one in percent of the CPUs the side was pinned to (bench/lib/sample.py)."""
 
-    def __init__(self, server, rps, rounds, extra=None):
+    def __init__(self, server, rps, rounds, extra=None, client_cpus=1, budget_percent=None):
         self.server = server
         self.rps = rps
         self.rounds = rounds
         self.extra = extra or {}
+        self.budget_percent = budget_percent
         self.client_cpu = median([r.get("client_cpu_percent") for r in rounds])
         self.client_runnable = median([r.get("client_runnable_percent") for r in rounds])
         self.server_cpu = median([r.get("server_cpu_percent") for r in rounds])
@@ -59,6 +87,22 @@ class Row:
         self.server_ns = median([r["server_cpu_percent"] / 100 * 1e9 / r["throughput_rps"]
                                  for r in rounds
                                  if r.get("server_cpu_percent") and r.get("throughput_rps")])
+        # The client's busy share: on a CPU, in percent of the CPUs it had (the highest round,
+        # so that one round over the line marks the row).
+        busy = [r["client_cpu_percent"] / max(1, client_cpus) for r in rounds
+                if r.get("client_cpu_percent") is not None]
+        self.client_busy = max(busy) if busy else None
+
+    @property
+    def client_over_headroom(self):
+        return self.client_busy is not None and self.client_busy > CLIENT_HEADROOM
+
+    @property
+    def budget_used(self):
+        """A budgeted row's server CPU in percent of its budget (None at full core)."""
+        if not self.budget_percent or self.server_cpu is None:
+            return None
+        return 100.0 * self.server_cpu / self.budget_percent
 
     @property
     def bound(self):
@@ -71,24 +115,33 @@ class Row:
 
     @property
     def client_saturated(self):
+        # Under a budget the client must keep headroom; at full core it saturated when it was
+        # runnable (nearly) all the time.
+        if self.budget_percent:
+            return self.client_over_headroom
         return self.bound in ("client", BOTH)
 
     def to_json(self):
         return {"server": self.server, "throughput_rps": self.rps,
                 "client_cpu_percent": self.client_cpu, "client_runnable_percent": self.client_runnable,
                 "server_cpu_percent": self.server_cpu, "server_runnable_percent": self.server_runnable,
-                "server_ns_per_request": self.server_ns, "bound": self.bound, "rounds": self.rounds, **self.extra}
+                "server_ns_per_request": self.server_ns, "bound": self.bound,
+                "client_busy_percent": self.client_busy, "client_over_headroom": self.client_over_headroom,
+                "budget_percent": self.budget_percent, "budget_used_percent": self.budget_used,
+                "rounds": self.rounds, **self.extra}
 
 
 def judge_ratio(seqd, rival, threshold):
-    """A ratio goal: met, missed, or inconclusive when a client-bound side decides it."""
+    """A ratio goal (the median of per-round ratios): met, missed, or inconclusive when a
+    client-bound side decides it."""
     if seqd is None or rival is None or not seqd.rps or not rival.rps:
         return {"verdict": "not measured", "ratio": None}
-    ratio = seqd.rps / rival.rps
+    ratio = per_round_ratio(seqd, rival)
     met = ratio >= threshold
     seqd_cb, rival_cb = seqd.client_saturated, rival.client_saturated
     if seqd_cb and rival_cb:
-        verdict, why = "inconclusive", "the client saturated on both sides: the ratio compares the client with itself"
+        verdict, why = "inconclusive", ("the client exceeded 75% busy on both sides" if seqd.budget_percent else
+                                        "the client saturated on both sides: the ratio compares the client with itself")
     elif met and rival_cb:
         verdict, why = "inconclusive", "the client saturated against the rival, whose figure is only a lower bound"
     elif not met and seqd_cb:
@@ -144,8 +197,22 @@ class Run:
         m = self.measurements.get(step_id)
         return m["command"] if m else None
 
+    @property
+    def client_cpus(self):
+        return max(1, int(self.meta.get("client_threads") or 1))
+
+    @property
+    def budget_percent(self):
+        """The CPU budget of the budgeted rows in percent of one CPU; None when none ran."""
+        budget = self.meta.get("budget") or {}
+        return budget.get("percent") if budget.get("kind") else None
+
+    def row(self, server, rounds, budgeted):
+        return Row(server, median([r["throughput_rps"] for r in rounds]), rounds,
+                   client_cpus=self.client_cpus, budget_percent=self.budget_percent if budgeted else None)
+
     # -- loadgen results
-    def loadgen_row(self, server, ids_and_files):
+    def loadgen_row(self, server, ids_and_files, budgeted=False):
         rounds = []
         for step_id, path in ids_and_files:
             data = load_json(path)
@@ -158,28 +225,36 @@ class Run:
                            "p50_us": data["latency_us"]["p50"], "p99_us": data["latency_us"]["p99"],
                            "p99_9_us": data["latency_us"]["p99_9"], "max_us": data["latency_us"]["max"],
                            "errors": data["errors"]["total"], "file": str(path.relative_to(self.folder)),
+                           "round": round_of(path), "budget": self.budget(step_id),
                            "command": self.command(step_id)})
         if not rounds:
             return None
-        return Row(server, median([r["throughput_rps"] for r in rounds]), rounds)
+        return self.row(server, rounds, budgeted)
 
-    def closed(self, server, config):
-        files = sorted((self.folder / "closed").glob(f"{server}-{config}-r*.json"))
-        pairs = [(f"closed-{f.stem}", f) for f in files]
-        return self.loadgen_row(server, pairs)
+    def budget(self, step_id):
+        """The budget cgroup's throttling over a budgeted step (None at full core)."""
+        return (self.measurements.get(step_id) or {}).get("budget")
 
-    def resp(self, server, c, p):
+    def closed(self, server, config, budgeted=False):
+        folder, prefix = ("closed-budget", "budget-closed-") if budgeted else ("closed", "closed-")
+        files = sorted((self.folder / folder).glob(f"{server}-{config}-r*.json"))
+        pairs = [(f"{prefix}{f.stem}", f) for f in files]
+        return self.loadgen_row(server, pairs, budgeted)
+
+    def resp(self, server, c, p, budgeted=False):
+        folder, prefix = ("resp-budget", "budget-resp-") if budgeted else ("resp", "resp-")
         rounds = []
-        for path in sorted((self.folder / "resp").glob(f"{server}-{c}-{p}-r*.csv")):
-            step_id = f"resp-{path.stem}"
+        for path in sorted((self.folder / folder).glob(f"{server}-{c}-{p}-r*.csv")):
+            step_id = f"{prefix}{path.stem}"
             value = parse_redis_benchmark(path)
             if value is None:
                 continue
             rounds.append({"throughput_rps": value["rps"], **value, **self.cpu(step_id),
+                           "round": round_of(path), "budget": self.budget(step_id),
                            "file": str(path.relative_to(self.folder)), "command": self.command(step_id)})
         if not rounds:
             return None
-        return Row(server, median([r["throughput_rps"] for r in rounds]), rounds)
+        return self.row(server, rounds, budgeted)
 
     def pgbench(self, c):
         path = self.folder / "pgbench" / f"nextval-c{c}.txt"
@@ -191,12 +266,12 @@ class Run:
                                       "file": str(path.relative_to(self.folder)),
                                       "command": self.command(step_id)}])
 
-    def open_loop(self, server, pct):
-        path = self.folder / "open" / f"{server}-{pct}.json"
+    def open_loop(self, server, rate):
+        path = self.folder / "open" / f"{server}-{rate}.json"
         data = load_json(path)
         if not data:
             return None
-        cpu = self.cpu(f"open-{server}-{pct}")
+        cpu = self.cpu(f"open-{server}-{rate}")
         client = cpu["client_runnable_percent"]
         lag = data.get("send_lag_us") or {}
         return {"server": server, "rate": data["config"]["rate"],
@@ -210,7 +285,9 @@ class Run:
                 "client_fell_behind": bool((client or 0) >= SATURATED
                                            or ((lag.get("p99") or 0) > 1000
                                                and not data["totals"]["held_by_pipeline"])),
-                "file": str(path.relative_to(self.folder)), "command": self.command(f"open-{server}-{pct}")}
+                "held": (data["totals"].get("achieved_ratio") or 0) >= 0.99,
+                "bound": open_loop_bound(data, cpu),
+                "file": str(path.relative_to(self.folder)), "command": self.command(f"open-{server}-{rate}")}
 
     def capacity(self, server):
         path = self.folder / "capacity" / f"{server}-p99-1ms.json"
@@ -229,7 +306,16 @@ class Run:
                                and st.get("rate") and (capacity is None or st["rate"] > capacity)),
                               key=lambda st: st["rate"])
         boundary = failed_above[0] if failed_above else None
-        return {"server": server, "capacity_rps": capacity, "method": data.get("method"),
+        boundary_busy = (boundary.get("client_cpu_percent") * per_cpu
+                         if boundary and boundary.get("client_cpu_percent") is not None else None)
+        if boundary is None:
+            bound = "the probes' limit (no failing probe above the capacity)"
+        elif (boundary_busy or 0) >= SATURATED:
+            bound = "client (saturated in the failing probe above)"
+        else:
+            bound = (f"not the client (p99 over 1 ms with the client {fmt_pct(boundary_busy)} busy): the "
+                     "server, or on a busy machine the wait for a CPU")
+        return {"server": server, "capacity_rps": capacity, "method": data.get("method"), "bound": bound,
                 "boundary_probe_rate": boundary["rate"] if boundary else None,
                 "boundary_client_busy_percent": boundary.get("client_cpu_percent") * per_cpu
                 if boundary and boundary.get("client_cpu_percent") is not None else None,
@@ -263,11 +349,12 @@ class Run:
         rows = {}
         for mode in ("durable", "in-memory"):
             files = sorted((self.folder / "durability").glob(f"{mode}-r*.json"))
-            rows[mode] = self.loadgen_row("seqd", [(f"durability-{f.stem}", f) for f in files])
+            rows[mode] = self.loadgen_row("seqd", [(f"durability-{f.stem}", f) for f in files],
+                                          budgeted=bool(self.budget(f"durability-{mode}-r1")))
         if not rows["durable"] or not rows["in-memory"]:
             return None
         return {"durable": rows["durable"].to_json(), "in_memory": rows["in-memory"].to_json(),
-                "ratio": rows["durable"].rps / rows["in-memory"].rps,
+                "ratio": per_round_ratio(rows["durable"], rows["in-memory"]),
                 "durable_row": rows["durable"], "in_memory_row": rows["in-memory"]}
 
     def in_process(self, name):
@@ -277,6 +364,20 @@ class Run:
         return {"reservations_per_s": data["reservations_per_s"], "numbers_per_s": data["numbers_per_s"],
                 "batch": data["batch"], "ns_per_reservation": data["ns_per_reservation"],
                 "command": self.command(f"inprocess-{name}")}
+
+
+def open_loop_bound(data, cpu):
+    """What bounded an open-loop row's latency: the client (saturated, or late with its sends
+    while the pipeline had room), the server (saturated, or holding back replies so that
+    requests waited for pipeline room), or neither (the figures are the round trips)."""
+    totals = data["totals"]
+    lag = (data.get("send_lag_us") or {}).get("p99") or 0
+    if (cpu.get("client_runnable_percent") or 0) >= SATURATED or (lag > 1000 and not totals["held_by_pipeline"]):
+        return "client"
+    # Not the server's runnable share: a busy-polling server is runnable all the time.
+    if totals["held_by_pipeline"] or (totals.get("achieved_ratio") or 0) < 0.99:
+        return "server"
+    return "neither (round trips)"
 
 
 def parse_redis_benchmark(path):
@@ -306,10 +407,14 @@ def parse_pgbench(path):
 # ---------------------------------------------------------------- the goals
 
 def evaluate(run):
-    closed = {(s, c): run.closed(s, c) for s in ("seqd", "baseline", "redis") for c in CONFIGS}
+    closed = {(s, c): run.closed(s, c) for s in CLOSED_SERVERS for c in CONFIGS}
     resp = {(s, c, p): run.resp(s, c, p) for s in ("seqd", "redis") for c, p in RESP}
+    bclosed = {(s, c): run.closed(s, c, budgeted=True) for s in CLOSED_SERVERS for c in BUDGET_CONFIGS}
+    bresp = {(s, c, p): run.resp(s, c, p, budgeted=True) for s in ("seqd", "redis") for c, p in BUDGET_RESP}
+    budget = run.budget_percent
     pg = {c: run.pgbench(c) for c in (1, 50)}
-    opened = {(s, p): run.open_loop(s, p) for s in ("seqd", "redis") for p in (50, 80)}
+    rates = run.meta.get("open_rates") or []
+    opened = {(s, r): run.open_loop(s, r) for s in ("seqd", "redis") for r in rates}
     capacity = {s: run.capacity(s) for s in ("seqd", "redis")}
     idle = {s: run.idle(s) for s in ("seqd", "redis")}
     durability = run.durability()
@@ -319,22 +424,42 @@ def evaluate(run):
 
     def ratio_goal(name, seqd, rival, threshold, rival_name):
         result = judge_ratio(seqd, rival, threshold)
-        result.update(goal=name, threshold=f">= {threshold:g}x", kind="ratio",
-                      figure=(f"{fmt_ratio(result['ratio'])} ({fmt_rps(seqd.rps)} vs {rival_name} "
-                              f"{fmt_rps(rival.rps)}; bound: seqd {seqd.bound}, {rival_name} {rival.bound}; "
-                              f"server CPU per request {fmt_ns(seqd.server_ns)} vs {fmt_ns(rival.server_ns)})"
-                              if result["ratio"] is not None else "-"))
+        if result["ratio"] is None:
+            figure = "-"
+        elif seqd.budget_percent:
+            figure = (f"{fmt_ratio(result['ratio'])} (median of per-round ratios; medians {fmt_rps(seqd.rps)} vs "
+                      f"{rival_name} {fmt_rps(rival.rps)}; client busy {fmt_pct(seqd.client_busy)} vs "
+                      f"{fmt_pct(rival.client_busy)}; server CPU {fmt_pct(seqd.server_cpu)} vs "
+                      f"{fmt_pct(rival.server_cpu)} of a core)")
+        else:
+            figure = (f"{fmt_ratio(result['ratio'])} (median of per-round ratios; medians {fmt_rps(seqd.rps)} vs "
+                      f"{rival_name} {fmt_rps(rival.rps)}; bound: seqd {seqd.bound}, {rival_name} {rival.bound}; "
+                      f"server CPU per request {fmt_ns(seqd.server_ns)} vs {fmt_ns(rival.server_ns)})")
+        result.update(goal=name, threshold=f">= {threshold:g}x", kind="ratio", figure=figure,
+                      budgeted=bool(seqd and seqd.budget_percent))
         goals.append(result)
 
-    for config, rival, threshold in [("50x64", "redis", 6.0), ("50x64", "baseline", 1.3),
-                                     ("50x1", "baseline", 1.3), ("50x1", "redis", 1.3),
-                                     ("1x1", "baseline", 1.0), ("1x1", "redis", 1.3),
+    # Issue 16's throughput goals, under the equal CPU budget; without one (no usable cgroup, or
+    # --realtime) on the full-core rows, where client-bound rows stay inconclusive.
+    where = f" at {budget}% of a CPU each" if budget else " (full core: no CPU budget in this run)"
+    tp_closed = bclosed if budget else closed
+    tp_resp = bresp if budget else resp
+    for config, rival, threshold in [("50x64", "redis", 7.0), ("50x64", "baseline", 2.0),
+                                     ("50x64", "zerowork", 1.0),
+                                     ("50x16", "baseline", 2.0), ("50x16", "zerowork", 1.0),
+                                     ("50x1", "baseline", 2.0), ("50x1", "zerowork", 1.0),
+                                     ("50x1", "redis", 1.5)]:
+        ratio_goal(f"binary {config}{where}: seqd / {SERVER_NAMES[rival]}", tp_closed[("seqd", config)],
+                   tp_closed[(rival, config)], threshold, SERVER_NAMES[rival])
+    for p, threshold in [("P64", 3.0), ("P1", 1.2)]:
+        ratio_goal(f"RESP (redis-benchmark -c 50 -{p[0]} {p[1:]}){where}: seqd GETSEQ / Redis INCR",
+                   tp_resp[("seqd", "c50", p)], tp_resp[("redis", "c50", p)], threshold, "Redis INCR")
+    # Issue 6's single-connection goals, at full core (decided there: neither side saturates
+    # the client at 1x1).
+    for config, rival, threshold in [("1x1", "baseline", 1.0), ("1x1", "redis", 1.3),
                                      ("1x4096", "baseline", 1.0)]:
-        ratio_goal(f"binary {config}: seqd / {SERVER_NAMES[rival]}", closed[("seqd", config)],
+        ratio_goal(f"binary {config} (full core): seqd / {SERVER_NAMES[rival]}", closed[("seqd", config)],
                    closed[(rival, config)], threshold, SERVER_NAMES[rival])
-    for p, threshold in [("P64", 2.0), ("P1", 1.2)]:
-        ratio_goal(f"RESP (redis-benchmark -c 50 -{p[0]} {p[1:]}): seqd GETSEQ / Redis INCR",
-                   resp[("seqd", "c50", p)], resp[("redis", "c50", p)], threshold, "Redis INCR")
 
     cs, cr = capacity["seqd"], capacity["redis"]
     name = "capacity at p99 <= 1 ms: seqd / Redis"
@@ -374,13 +499,22 @@ def evaluate(run):
                           "figure": figure,
                           "why": "neither server met p99 <= 1 ms at any rate tried (a busy machine?)"})
 
-    o = opened[("seqd", 80)]
+    o, r = opened.get(("seqd", 300000)), opened.get(("redis", 300000))
     result = judge_at_most(o["latency_us"]["p99_9"] if o else None, 1000.0,
                            client_bound=bool(o and o["client_fell_behind"]))
-    result.update(goal="open loop at 80% of seqd's maximum: p99.9", kind="absolute", threshold="<= 1 ms",
-                  figure=(f"{fmt_us(o['latency_us']['p99_9'])} at {fmt_rps(o['rate'])} "
-                          f"(p99 {fmt_us(o['latency_us']['p99'])}, client runnable {fmt_pct(o['client_runnable_percent'])}, "
-                          f"send lag p99 {fmt_us(o['send_lag_p99_us'])})") if o else "-")
+    result.update(goal="open loop at 300 k/s (full core): seqd p99.9", kind="absolute", threshold="<= 1 ms",
+                  figure=(f"{fmt_us(o['latency_us']['p99_9'])} (p99 {fmt_us(o['latency_us']['p99'])}, achieved "
+                          f"{fmt_rps(o['throughput_rps'])}, client runnable {fmt_pct(o['client_runnable_percent'])}, "
+                          f"send lag p99 {fmt_us(o['send_lag_p99_us'])}; bound: {o['bound']})") if o else "-")
+    goals.append(result)
+    ratio = (o["latency_us"]["p99_9"] / r["latency_us"]["p99_9"]
+             if o and r and r["latency_us"]["p99_9"] else None)
+    result = judge_at_most(ratio, 0.5, client_bound=bool(o and r and (o["client_fell_behind"] or r["client_fell_behind"])))
+    result.update(goal="open loop at 300 k/s (full core): seqd p99.9 / Redis p99.9", kind="ratio",
+                  threshold="<= 0.5x",
+                  figure=(f"{fmt_ratio(ratio)} (seqd {fmt_us(o['latency_us']['p99_9'])}, Redis "
+                          f"{fmt_us(r['latency_us']['p99_9'])}; Redis achieved {fmt_rps(r['throughput_rps'])}, "
+                          f"bound: {r['bound']})") if ratio is not None else "-")
     goals.append(result)
 
     i = idle["seqd"]
@@ -424,13 +558,17 @@ def evaluate(run):
         "goals": goals,
         "closed": {f"{s} {c}": (r.to_json() if r else None) for (s, c), r in closed.items()},
         "resp": {f"{s} -c {c[1:]} -P {p[1:]}": (r.to_json() if r else None) for (s, c, p), r in resp.items()},
+        "budget": run.meta.get("budget"),
+        "closed_budgeted": {f"{s} {c}": (r.to_json() if r else None) for (s, c), r in bclosed.items()},
+        "resp_budgeted": {f"{s} -c {c[1:]} -P {p[1:]}": (r.to_json() if r else None) for (s, c, p), r in bresp.items()},
         "pgbench": {f"-c {c}": (r.to_json() if r else None) for c, r in pg.items()},
-        "open_loop": {f"{s} {p}%": o for (s, p), o in opened.items()},
+        "open_loop": {f"{s} {r}/s": o for (s, r), o in opened.items()},
         "capacity": capacity,
         "idle": idle,
         "durability": durability,
         "in_process": inproc,
         "_rows": (closed, resp, pg),
+        "_budgeted": (bclosed, bresp),
     }
 
 
@@ -503,7 +641,10 @@ def machine_lines(meta):
            "the machine hardly interfered. The kernel pauses a real-time process that keeps its CPU busy "
            "for 50 ms in each second (`kernel.sched_rt_runtime_us`): on rows where a side saturated, "
            "tails near 50 ms are that pause, not the servers" if meta.get("realtime") else
-           "; normal scheduling (other work on the machine competes for both CPUs)"),
+           (f"; every server and client at {meta['priority']} (other work on the machine still competes "
+            "for both CPUs: it is shared)" if meta.get("priority", "normal") != "normal" else
+            "; normal scheduling (other work on the machine competes for both CPUs)")),
+        budget_line(meta),
         f"- seqd commit {meta.get('commit', '?')} ({meta.get('seqd_binary', 'target/release/seqd')}); {v.get('seqd', '?')}, {v.get('loadgen', '?')}, {v.get('rustc', '?')}",
         f"- rivals: {v.get('redis', '?')}; {v.get('redis_benchmark', '?')}; {v.get('postgres', '?')}; {v.get('pgbench', '?')}",
         f"- durability in this seqd build: {'yes (the matrix runs seqd with persistence on, a fresh --data-dir)' if meta.get('seqd_durability_in_build') else 'no (in memory only)'}",
@@ -569,37 +710,43 @@ def readme(run, result):
     w("")
     w("## Goals")
     w("")
-    w("Each goal is a ratio between figures of this run (or an absolute figure where the goal is one). "
-      "A row where the load generator saturated (client runnable >= 90% of the time; whether or not the "
-      "server did too, since CPU alone cannot then tell which set the pace) decides a goal only where the "
-      "verdict stands anyway (met by seqd, or missed against a rival); otherwise it says *inconclusive*.")
+    w("Each goal is a ratio between figures of this run, the median of per-round ratios (or an absolute "
+      "figure where the goal is one). The throughput goals are judged under the equal CPU budget where the "
+      f"run had one: there a row whose client was over {CLIENT_HEADROOM:.0f}% busy counts as client-bound. "
+      "At full core, a row where the load generator saturated (client runnable >= 90% of the time; whether "
+      "or not the server did too, since CPU alone cannot then tell which set the pace) is client-bound. A "
+      "client-bound row decides a goal only where the verdict stands anyway (met by seqd, or missed "
+      "against a rival); otherwise it says *inconclusive*.")
     w("")
     out.extend(goals_table(result["goals"]))
     w("")
-    w("## Closed loop, binary protocol (loadgen; Redis driven with INCR by the same tool)")
+    out.extend(budget_section(run, result))
+    w("## Closed loop at full core, binary protocol (loadgen; Redis driven with INCR by the same tool)")
     w("")
     w("Throughput (median of rounds), then client / server CPU: percent of one core on a CPU, and in "
       "parentheses on a CPU *or waiting for one* (runnable, in percent of the CPUs the side was pinned to), over the measured part (bench/lib/sample.py "
       "reads every thread's schedstat). A side runnable >= 90% of the time saturated; on a shared machine "
       "the gap between the two figures is the share other work took from it.")
     w("")
-    w("| connections x pipeline | seqd | CPU c/s | bound | naive baseline | CPU c/s | bound | Redis INCR | CPU c/s | bound | seqd / baseline | seqd / Redis |")
-    w("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    w("| connections x pipeline | seqd | CPU c/s | bound | naive baseline | CPU c/s | bound | zero-work | CPU c/s | bound | Redis INCR | CPU c/s | bound | seqd / baseline | seqd / zero-work | seqd / Redis |")
+    w("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for c in CONFIGS:
-        s, b, r = closed[("seqd", c)], closed[("baseline", c)], closed[("redis", c)]
-        cells = [c] + row_cells(s) + row_cells(b) + row_cells(r)
-        cells.append(fmt_ratio(s.rps / b.rps) if s and b and b.rps else "-")
-        cells.append(fmt_ratio(s.rps / r.rps) if s and r and r.rps else "-")
+        s, b, z, r = (closed[(x, c)] for x in CLOSED_SERVERS)
+        cells = [c] + row_cells(s) + row_cells(b) + row_cells(z) + row_cells(r)
+        cells += [fmt_ratio(per_round_ratio(s, x)) for x in (b, z, r)]
         w("| " + " | ".join(cells) + " |")
+    w("")
+    w("Ratios here and below are medians of per-round ratios (each round measures every server "
+      "back to back).")
     w("")
     w("Latency (closed loop, from each request's send; the round with the median throughput is not "
       "singled out: these are medians of each percentile over rounds):")
     w("")
-    w("| connections x pipeline | seqd p50 / p99 / p99.9 | baseline p50 / p99 / p99.9 | Redis p50 / p99 / p99.9 |")
-    w("|---|---|---|---|")
+    w("| connections x pipeline | seqd p50 / p99 / p99.9 | baseline p50 / p99 / p99.9 | zero-work p50 / p99 / p99.9 | Redis p50 / p99 / p99.9 |")
+    w("|---|---|---|---|---|")
     for c in CONFIGS:
         cells = [c]
-        for srv in ("seqd", "baseline", "redis"):
+        for srv in CLOSED_SERVERS:
             row = closed[(srv, c)]
             if row:
                 cells.append(" / ".join(fmt_us(median([x[k] for x in row.rounds])) for k in ("p50_us", "p99_us", "p99_9_us")))
@@ -611,13 +758,13 @@ def readme(run, result):
       "Unlike throughput it hardly depends on what else the machine runs, so its inverse ratio estimates "
       "how the servers would compare with a core each to themselves, where the server is what saturates:")
     w("")
-    w("| connections x pipeline | seqd | naive baseline | Redis INCR | baseline / seqd | Redis / seqd |")
-    w("|---|---|---|---|---|---|")
+    w("| connections x pipeline | seqd | naive baseline | zero-work | Redis INCR | baseline / seqd | zero-work / seqd | Redis / seqd |")
+    w("|---|---|---|---|---|---|---|---|")
     for c in CONFIGS:
-        s_, b, r = closed[("seqd", c)], closed[("baseline", c)], closed[("redis", c)]
+        s_, b, z, r = (closed[(x, c)] for x in CLOSED_SERVERS)
         ns = lambda row: row.server_ns if row else None  # noqa: E731
         per = lambda row: fmt_ratio(ns(row) / ns(s_)) if ns(row) and ns(s_) else "-"  # noqa: E731
-        w(f"| {c} | {fmt_ns(ns(s_))} | {fmt_ns(ns(b))} | {fmt_ns(ns(r))} | {per(b)} | {per(r)} |")
+        w(f"| {c} | {fmt_ns(ns(s_))} | {fmt_ns(ns(b))} | {fmt_ns(ns(z))} | {fmt_ns(ns(r))} | {per(b)} | {per(z)} | {per(r)} |")
     w("")
     w("Plots (latency by percentile, last round): " + ", ".join(
         f"[{c}](closed-{c}.svg)" for c in CONFIGS if (run.folder / f"closed-{c}.svg").exists()) + ".")
@@ -629,7 +776,7 @@ def readme(run, result):
     for c, p in RESP:
         s, r = resp[("seqd", c, p)], resp[("redis", c, p)]
         cells = [f"-c {c[1:]} -P {p[1:]}"] + row_cells(s) + row_cells(r)
-        cells.append(fmt_ratio(s.rps / r.rps) if s and r and r.rps else "-")
+        cells.append(fmt_ratio(per_round_ratio(s, r)))
         cells.append(f"{fmt_ns(s.server_ns)} / {fmt_ns(r.server_ns)}" if s and r else "-")
         w("| " + " | ".join(cells) + " |")
     w("")
@@ -646,34 +793,42 @@ def readme(run, result):
     w("")
     w("## Open loop (50 connections, at most 64 in flight each; latency from the planned send time)")
     w("")
-    w("The rate is a share of the server's highest closed-loop throughput with 50 connections in this run.")
+    w("Fixed rates, the same for both servers, at full core (no quota: its throttling would be in the "
+      "latency); the client wakes up at most every `--send-granularity` and sends what fell due. *bound* "
+      "says what limited the row: the client (saturated, or late with its sends while the pipeline had "
+      "room), the server (requests waited for pipeline room, or the rate was not achieved), or neither "
+      "(the figures are the round trips).")
     w("")
-    w("| server | planned rate | achieved | p50 | p99 | p99.9 | max | service p99.9 | send lag p99 | client / server CPU (runnable) | client fell behind |")
+    w("| server | planned rate | achieved | p50 | p99 | p99.9 | max | service p99.9 | send lag p99 | client / server CPU (runnable) | bound |")
     w("|---|---|---|---|---|---|---|---|---|---|---|")
-    for (srv, pct), o in [((s, p), result["open_loop"][f"{s} {p}%"]) for s in ("seqd", "redis") for p in (50, 80)]:
-        if not o:
-            w(f"| {SERVER_NAMES[srv]} {pct}% | - | - | - | - | - | - | - | - | - | - |")
-            continue
-        lat, svc = o["latency_us"], o["service_time_us"]
-        w(f"| {SERVER_NAMES[srv]} {pct}% | {fmt_rps(o['rate'])} | {fmt_rps(o['throughput_rps'])} | {fmt_us(lat['p50'])} | "
-          f"{fmt_us(lat['p99'])} | {fmt_us(lat['p99_9'])} | {fmt_us(lat['max'])} | {fmt_us(svc['p99_9'])} | "
-          f"{fmt_us(o['send_lag_p99_us'])} | {cpu_cell(o)} / {cpu_cell(o, 'server')} | "
-          f"{'yes' if o['client_fell_behind'] else 'no'} |")
+    rates = meta.get("open_rates") or []
+    for rate in rates:
+        for srv in ("seqd", "redis"):
+            o = result["open_loop"].get(f"{srv} {rate}/s")
+            if not o:
+                w(f"| {SERVER_NAMES[srv]} | {fmt_rps(rate)} | - | - | - | - | - | - | - | - | - |")
+                continue
+            lat, svc = o["latency_us"], o["service_time_us"]
+            w(f"| {SERVER_NAMES[srv]} | {fmt_rps(o['rate'])} | {fmt_rps(o['throughput_rps'])} | {fmt_us(lat['p50'])} | "
+              f"{fmt_us(lat['p99'])} | {fmt_us(lat['p99_9'])} | {fmt_us(lat['max'])} | {fmt_us(svc['p99_9'])} | "
+              f"{fmt_us(o['send_lag_p99_us'])} | {cpu_cell(o)} / {cpu_cell(o, 'server')} | {o['bound']} |")
     w("")
-    w("Plots: " + ", ".join(f"[{p}%](open-{p}.svg)" for p in (50, 80) if (run.folder / f"open-{p}.svg").exists()) + ".")
+    w("Plots: " + ", ".join(f"[{fmt_rps(r)}](open-{r}.svg)" for r in rates if (run.folder / f"open-{r}.svg").exists()) + ".")
     w("")
     w("## Capacity: highest rate with p99 <= 1 ms (50 connections, at most 64 in flight each)")
     w("")
-    w("| server | capacity | closed-loop maximum (upper bound) | probes | failing probe above it: rate, client busy | how |")
-    w("|---|---|---|---|---|---|")
+    w("Full core, with `--send-granularity` so that the client's own wake-ups are not the limit.")
+    w("")
+    w("| server | capacity | closed-loop maximum (upper bound) | probes | failing probe above it: rate, client busy | bounded by | how |")
+    w("|---|---|---|---|---|---|---|")
     for srv in ("seqd", "redis"):
         cap = result["capacity"][srv]
         if not cap:
-            w(f"| {SERVER_NAMES[srv]} | - | - | - | - | - |")
+            w(f"| {SERVER_NAMES[srv]} | - | - | - | - | - | - |")
             continue
         w(f"| {SERVER_NAMES[srv]} | {fmt_rps(cap['capacity_rps']) if cap['capacity_rps'] else 'none found'} | "
           f"{fmt_rps(cap['closed_loop_max_rps'])} | {cap['probes']} | "
-          f"{fmt_rps(cap['boundary_probe_rate'])}, {fmt_pct(cap['boundary_client_busy_percent'])} | {cap['method']} |")
+          f"{fmt_rps(cap['boundary_probe_rate'])}, {fmt_pct(cap['boundary_client_busy_percent'])} | {cap['bound']} | {cap['method']} |")
     w("")
     w(f"## {meta.get('idle_connections', 10000):,} idle connections")
     w("")
@@ -738,6 +893,58 @@ def readme(run, result):
     return "\n".join(out) + "\n"
 
 
+def budget_line(meta):
+    b = meta.get("budget") or {}
+    if b.get("kind"):
+        return (f"- CPU budget: each server in turn moved into one cgroup ({b['kind']}, "
+                f"{'cpu.max' if b['kind'] == 'v2' else 'cpu.cfs_quota_us'}: {b['quota_us']} us per "
+                f"{b['period_us']} us, i.e. {b['percent']}% of its CPU) for the budgeted rows; the client on "
+                f"its own CPU without a quota; a budgeted row whose client was over {CLIENT_HEADROOM:.0f}% busy "
+                f"is marked")
+    return f"- CPU budget: **none in this run** ({b.get('unusable_because') or 'not recorded'})"
+
+
+def budget_section(run, result):
+    """The budgeted rows: README lines."""
+    bclosed, bresp = result["_budgeted"]
+    budget = run.budget_percent
+    lines = ["## Closed loop under an equal CPU budget (the throughput goals)", ""]
+    if not budget:
+        lines += [budget_line(run.meta)[2:] + ".", ""]
+        return lines
+    lines += [f"Every server at {budget}% of one CPU (CFS quota), the client on its own CPU without one. "
+              "*client busy* is the load generator's time on a CPU in percent of its CPUs (the highest round); "
+              f"over {CLIENT_HEADROOM:.0f}% the row may measure the client and is marked. *server CPU* is in "
+              "percent of one core (at most the budget); *throttled* is the share of quota periods that ran "
+              "out (warm-up included).", "",
+              "| connections x pipeline | seqd | naive baseline | zero-work | Redis INCR | seqd / baseline | seqd / zero-work | seqd / Redis |",
+              "|---|---|---|---|---|---|---|---|"]
+
+    def cell(row):
+        if row is None:
+            return "-"
+        mark = " **client over 75%**" if row.client_over_headroom else ""
+        throttled = [r["budget"]["throttled_periods"] / r["budget"]["periods"] for r in row.rounds
+                     if r.get("budget") and r["budget"].get("periods")]
+        t = f", throttled {100 * median(throttled):.0f}%" if throttled else ""
+        return (f"{fmt_rps(row.rps)} (client busy {fmt_pct(row.client_busy)}, server CPU "
+                f"{fmt_pct(row.server_cpu)}{t}){mark}")
+    for c in BUDGET_CONFIGS:
+        s, b, z, r = (bclosed[(x, c)] for x in CLOSED_SERVERS)
+        lines.append(f"| {c} | {cell(s)} | {cell(b)} | {cell(z)} | {cell(r)} | "
+                     + " | ".join(fmt_ratio(per_round_ratio(s, x)) for x in (b, z, r)) + " |")
+    lines += ["", "| redis-benchmark | seqd GETSEQ | Redis INCR | seqd / Redis |", "|---|---|---|---|"]
+    for c, p in BUDGET_RESP:
+        s, r = bresp[("seqd", c, p)], bresp[("redis", c, p)]
+        lines.append(f"| -c {c[1:]} -P {p[1:]} | {cell(s)} | {cell(r)} | {fmt_ratio(per_round_ratio(s, r))} |")
+    plots = [f"[{c}](closed-budget-{c}.svg)" for c in BUDGET_CONFIGS
+             if (run.folder / f"closed-budget-{c}.svg").exists()]
+    if plots:
+        lines += ["", "Plots (latency by percentile, last round): " + ", ".join(plots) + "."]
+    lines.append("")
+    return lines
+
+
 def index_section(run, result):
     folder = run.folder.name
     lines = ["<!-- generated by bench/lib/summarize.py from the latest full run; do not edit by hand -->",
@@ -747,23 +954,31 @@ def index_section(run, result):
     lines.append("")
     lines.extend(goals_table(result["goals"]))
     closed, resp, _ = result["_rows"]
+    bclosed, _ = result["_budgeted"]
+    flag = lambda row: " (client saturated)" if row and row.client_saturated else ""  # noqa: E731
+    if run.budget_percent:
+        lines.append("")
+        lines.append(f"| binary, closed loop, {run.budget_percent}% of a CPU each | seqd | naive baseline | zero-work | "
+                     "Redis INCR | seqd / baseline | seqd / zero-work | seqd / Redis |")
+        lines.append("|---|---|---|---|---|---|---|---|")
+        for c in BUDGET_CONFIGS:
+            rows = [bclosed[(x, c)] for x in CLOSED_SERVERS]
+            lines.append(f"| {c} | " + " | ".join(f"{fmt_rps(x.rps if x else None)}{flag(x)}" for x in rows) + " | "
+                         + " | ".join(fmt_ratio(per_round_ratio(rows[0], x)) for x in rows[1:]) + " |")
     lines.append("")
-    lines.append("| binary, closed loop | seqd | naive baseline | Redis INCR (loadgen) | seqd / baseline | seqd / Redis |")
-    lines.append("|---|---|---|---|---|---|")
+    lines.append("| binary, closed loop, full core | seqd | naive baseline | zero-work | Redis INCR (loadgen) | seqd / baseline | seqd / zero-work | seqd / Redis |")
+    lines.append("|---|---|---|---|---|---|---|---|")
     for c in CONFIGS:
-        s, b, r = closed[("seqd", c)], closed[("baseline", c)], closed[("redis", c)]
-        flag = lambda row: " (client saturated)" if row and row.client_saturated else ""  # noqa: E731
-        lines.append(f"| {c} | {fmt_rps(s.rps if s else None)}{flag(s)} | {fmt_rps(b.rps if b else None)}{flag(b)} | "
-                     f"{fmt_rps(r.rps if r else None)}{flag(r)} | "
-                     f"{fmt_ratio(s.rps / b.rps) if s and b and b.rps else '-'} | "
-                     f"{fmt_ratio(s.rps / r.rps) if s and r and r.rps else '-'} |")
+        rows = [closed[(x, c)] for x in CLOSED_SERVERS]
+        lines.append(f"| {c} | " + " | ".join(f"{fmt_rps(x.rps if x else None)}{flag(x)}" for x in rows) + " | "
+                     + " | ".join(fmt_ratio(per_round_ratio(rows[0], x)) for x in rows[1:]) + " |")
     lines.append("")
     lines.append("| redis-benchmark | seqd GETSEQ | Redis INCR | ratio |")
     lines.append("|---|---|---|---|")
     for c, p in RESP:
         s, r = resp[("seqd", c, p)], resp[("redis", c, p)]
         lines.append(f"| -c {c[1:]} -P {p[1:]} | {fmt_rps(s.rps if s else None)} | {fmt_rps(r.rps if r else None)} | "
-                     f"{fmt_ratio(s.rps / r.rps) if s and r and r.rps else '-'} |")
+                     f"{fmt_ratio(per_round_ratio(s, r))} |")
     return lines
 
 
@@ -818,6 +1033,17 @@ def self_test():
             found = Run(folder).capacity("seqd")
             check(found["client_bound"] is bound, f"capacity: 120% client CPU over {threads} client thread(s) -> client_bound {bound}")
             check(found["failures_client_bound"] is bound, f"capacity: failing runs at 120% over {threads} thread(s) -> failures_client_bound {bound}")
+    # Ratios are medians of per-round ratios, not ratios of medians.
+    a = Row("a", 100, [{"round": 1, "throughput_rps": 100}, {"round": 2, "throughput_rps": 300},
+                       {"round": 3, "throughput_rps": 200}])
+    b = Row("b", 100, [{"round": 1, "throughput_rps": 50}, {"round": 2, "throughput_rps": 300},
+                       {"round": 3, "throughput_rps": 400}])
+    check(per_round_ratio(a, b) == 1.0, "per_round_ratio: median of 2.0, 1.0, 0.5 is 1.0")
+    # Under a budget the client must keep 25% headroom (its CPU per client CPU, highest round).
+    busy = Row("x", 100, [{"client_cpu_percent": 60.0}, {"client_cpu_percent": 80.0}], budget_percent=50)
+    calm = Row("x", 100, [{"client_cpu_percent": 140.0}], client_cpus=2, budget_percent=50)
+    check(busy.client_saturated and not calm.client_saturated, "budgeted: client over 75% busy is client-bound")
+    check(judge_ratio(busy, calm, 1.5)["verdict"] == "inconclusive", "budgeted: missed against a client-bound seqd row is inconclusive")
     both = Row("x", 100, [{"client_runnable_percent": 95.0, "server_runnable_percent": 95.0}])
     # Both saturated: either may have set the pace, so seqd's figure is only a lower bound.
     check(both.bound == BOTH and both.client_saturated, 'both saturated: server and client')

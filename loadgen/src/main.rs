@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
@@ -14,7 +14,7 @@ use loadgen::run::{RunSpec, execute, parse_cpus, preflight};
 use loadgen::search::{self, Ramp, SearchReport, SearchSettings};
 use loadgen::slo::{Slo, parse_duration};
 use loadgen::target::{Kind, Protocol};
-use loadgen::{baseline, hold, inprocess, plot, verify};
+use loadgen::{baseline, hold, inprocess, merge, plot, verify, zero_work};
 
 /// Exit statuses, documented in `--help`.
 mod exit {
@@ -61,10 +61,21 @@ enum Command {
     Verify(VerifyArgs),
     /// Plot latency by percentile from several results (JSON or .hgrm), overlaid, as SVG.
     Plot(PlotArgs),
+    /// Merge the interval logs (.hlog) of several `loadgen run` processes that drove one
+    /// server together (on one machine or several) into one result: the latency histograms
+    /// summed (never percentiles averaged), the rate summed over the window every process was
+    /// measuring. Writes PREFIX.json, PREFIX.hgrm and PREFIX.svg.
+    Merge(MergeArgs),
     /// The naive baseline server for benchmarks: blocking, one thread per connection, seqd's
     /// binary protocol, a separate counter per connection (no shared state). It marks what
     /// loopback TCP allows; runs until killed.
-    BaselineServer(BaselineArgs),
+    BaselineServer(ListenArgs),
+    /// The limit rival for benchmarks: a zero-work io_uring responder (one thread, multishot
+    /// recv into a provided buffer ring) that answers each 16-byte binary GETSEQ request with
+    /// a number from one counter and does nothing else; any other frame gets an error and the
+    /// connection is closed. It marks what an io_uring server with no work achieves; runs
+    /// until killed.
+    ZeroWorkServer(ListenArgs),
     /// Open many connections and hold them idle (to measure a server's memory per idle
     /// connection): prints `connected N`; on SIGUSR1 sends one request on each and prints
     /// `answered N`; exits on SIGINT/SIGTERM.
@@ -95,10 +106,11 @@ struct FailoverArgs {
     output: Option<PathBuf>,
 }
 
+/// The listening address of `baseline-server` and `zero-work-server`.
 #[derive(Debug, Args)]
-struct BaselineArgs {
+struct ListenArgs {
     /// Address to listen on; port 0 picks a free one. The address is printed as
-    /// `baseline listening on HOST:PORT` on standard error.
+    /// `baseline listening on HOST:PORT` (`zero-work listening on ...`) on standard error.
     #[arg(
         long,
         short = 'a',
@@ -201,6 +213,14 @@ struct RunArgs {
     #[arg(long, default_value = "0s", value_name = "DURATION", value_parser = parse_duration)]
     send_granularity: Duration,
 
+    /// Start at this wall-clock time (the warm-up begins then, once connected), so that runs
+    /// in several processes or on several machines line up for `loadgen merge`: Unix
+    /// milliseconds (1764684000000) or RFC 3339 in UTC (2026-12-02T14:00:00Z). Give every
+    /// process the same time, --warmup and --duration; keep the machines' clocks in sync (NTP).
+    #[arg(long, value_name = "TIME", value_parser = parse_start_at,
+          conflicts_with_all = ["slo", "ramp"])]
+    start_at: Option<SystemTime>,
+
     /// Capacity search: find the highest open-loop rate meeting this objective with no
     /// errors and >= 95% of the planned rate kept, e.g. 'p99<=1ms' or 'p99<=500us,p99.9<=2ms'.
     #[arg(long, value_name = "OBJECTIVE", conflicts_with_all = ["rate", "requests"])]
@@ -291,6 +311,16 @@ struct VerifyArgs {
 }
 
 #[derive(Debug, Args)]
+struct MergeArgs {
+    /// Interval logs written by `loadgen run -o PREFIX` (PREFIX.hlog), one per process.
+    #[arg(required = true, value_name = "HLOG")]
+    inputs: Vec<PathBuf>,
+    /// Write PREFIX.json, PREFIX.hgrm and PREFIX.svg.
+    #[arg(long, short = 'o', value_name = "PREFIX", default_value = "merged")]
+    output: PathBuf,
+}
+
+#[derive(Debug, Args)]
 struct PlotArgs {
     /// Results to overlay: loadgen JSON results or .hgrm files (milliseconds, as loadgen and
     /// wrk2 write them), each optionally PATH=LABEL.
@@ -352,7 +382,9 @@ fn main() -> ExitCode {
         Command::InProcess(args) => in_process(args, &command),
         Command::Verify(args) => verify_files(args),
         Command::Plot(args) => plot_results(args),
+        Command::Merge(args) => merge_logs(args),
         Command::BaselineServer(args) => baseline_server(args),
+        Command::ZeroWorkServer(args) => zero_work_server(args),
         Command::Hold(args) => hold(args),
         Command::Failover(args) => failover(args),
     };
@@ -462,6 +494,7 @@ fn run(args: RunArgs, command: &[String]) -> Result<u8> {
         connect_timeout,
         verify: args.verify || args.verify_file.is_some(),
         send_granularity: args.send_granularity,
+        start_at: args.start_at,
     };
     if let Some(rate) = spec.rate {
         loadgen::schedule::Schedule::new(rate, spec.connections)?;
@@ -684,7 +717,7 @@ fn plot_results(args: PlotArgs) -> Result<u8> {
     Ok(0)
 }
 
-fn baseline_server(args: BaselineArgs) -> Result<u8> {
+fn baseline_server(args: ListenArgs) -> Result<u8> {
     let addr = resolve(&args.addr)?;
     let listener = baseline::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
     let local = listener
@@ -692,6 +725,57 @@ fn baseline_server(args: BaselineArgs) -> Result<u8> {
         .context("the listener has no address")?;
     eprintln!("baseline listening on {local}");
     baseline::serve(listener).context("accepting connections failed")?;
+    Ok(0)
+}
+
+fn merge_logs(args: MergeArgs) -> Result<u8> {
+    let logs = args
+        .inputs
+        .iter()
+        .map(|p| merge::Log::read(p))
+        .collect::<Result<Vec<_>>>()?;
+    let merged = merge::merge(&logs)?;
+    print!("{}", merge::summary(&merged));
+    let files = merge::write(&args.output, &merged, &logs)?;
+    let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+    eprintln!("wrote {}", names.join(", "));
+    Ok(0)
+}
+
+/// `--start-at`: Unix milliseconds, or RFC 3339 (UTC); a time already past is refused.
+fn parse_start_at(text: &str) -> std::result::Result<SystemTime, String> {
+    let at = if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        let ms: u64 = text
+            .parse()
+            .map_err(|_| format!("{text:?} is too large for Unix milliseconds"))?;
+        UNIX_EPOCH + Duration::from_millis(ms)
+    } else {
+        humantime::parse_rfc3339_weak(text).map_err(|e| {
+            format!(
+                "{text:?} is neither Unix milliseconds nor an RFC 3339 time such as \
+                 2026-12-02T14:00:00Z ({e})"
+            )
+        })?
+    };
+    if let Err(past) = at.duration_since(SystemTime::now()) {
+        return Err(format!(
+            "{text:?} was {:.3} s ago: give a time far enough ahead for every process to start \
+             and connect (e.g. `date -d '+10 seconds' +%s%3N`)",
+            past.duration().as_secs_f64()
+        ));
+    }
+    Ok(at)
+}
+
+fn zero_work_server(args: ListenArgs) -> Result<u8> {
+    let addr = resolve(&args.addr)?;
+    let listener = zero_work::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
+    let local = listener
+        .local_addr()
+        .context("the listener has no address")?;
+    eprintln!("zero-work listening on {local}");
+    zero_work::serve(listener)
+        .context("the io_uring event loop failed (io_uring needs Linux 6.0 or later, not blocked by seccomp)")?;
     Ok(0)
 }
 

@@ -577,6 +577,7 @@ mod tests {
             connect_timeout: Duration::from_secs(1),
             verify: true,
             send_granularity: Duration::from_micros(20),
+            start_at: None,
         };
         let mut latency = new_histogram();
         for v in [10_000, 20_000, 30_000] {

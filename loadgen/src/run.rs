@@ -42,6 +42,9 @@ pub struct RunSpec {
     pub verify: bool,
     /// Open loop: the shortest sleep between sends; requests due meanwhile go out together.
     pub send_granularity: Duration,
+    /// Start (the warm-up) at this wall-clock time, once connected, so that several
+    /// processes' runs line up.
+    pub start_at: Option<SystemTime>,
 }
 
 /// One second (or the last, shorter interval) of the measured part of a run.
@@ -207,6 +210,16 @@ pub fn execute(spec: &RunSpec, stop: Arc<AtomicBool>) -> Result<Measured> {
     drop(tx);
 
     plan.ready.wait();
+    if let Some(at) = spec.start_at {
+        match at.duration_since(SystemTime::now()) {
+            Ok(wait) => std::thread::sleep(wait),
+            Err(late) => eprintln!(
+                "loadgen: warning: --start-at passed {:.3} s before the connections were \
+                 open; starting now, out of step with the other processes",
+                late.duration().as_secs_f64()
+            ),
+        }
+    }
     // Start a little in the future so every thread sees the same start.
     let start_ns = now_ns() + 1_000_000;
     plan.start_ns.store(start_ns, Ordering::Release);

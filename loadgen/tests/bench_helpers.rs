@@ -1,5 +1,5 @@
 //! The benchmark suite's helpers, run as the suite runs them: `loadgen baseline-server` (the
-//! naive rival) and `loadgen hold` (idle connections).
+//! naive rival), `loadgen zero-work-server` (the limit) and `loadgen hold` (idle connections).
 
 mod support;
 
@@ -74,8 +74,16 @@ impl Drop for Running {
 }
 
 fn baseline() -> (Running, SocketAddr) {
-    let server = Running::start(&["baseline-server", "--addr", "127.0.0.1:0"], true);
-    let line = server.expect_line("baseline listening on ");
+    listening("baseline-server", "baseline listening on ")
+}
+
+fn zero_work() -> (Running, SocketAddr) {
+    listening("zero-work-server", "zero-work listening on ")
+}
+
+fn listening(command: &str, line: &str) -> (Running, SocketAddr) {
+    let server = Running::start(&[command, "--addr", "127.0.0.1:0"], true);
+    let line = server.expect_line(line);
     let addr = line
         .rsplit(' ')
         .next()
@@ -145,17 +153,23 @@ fn baseline_answers_frames_with_a_counter_per_connection() {
     assert_eq!(read_exactly(&mut a, 16), expected);
 }
 
-#[test]
-fn loadgen_drives_the_baseline_like_seqd() {
-    let (_server, addr) = baseline();
-    let dir = temp_dir("baseline");
-    let prefix = dir.join("baseline");
-    let out = loadgen(&[
+/// `loadgen run` against `addr` as the suite runs it, 2000 requests on `connections` (plus
+/// `extra`); its JSON result.
+fn run_against(
+    addr: SocketAddr,
+    name: &str,
+    connections: &str,
+    extra: &[&str],
+) -> serde_json::Value {
+    let dir = temp_dir(name);
+    let prefix = dir.join(name);
+    let addr = addr.to_string();
+    let mut args = vec![
         "run",
         "--addr",
-        &addr.to_string(),
+        &addr,
         "-c",
-        "4",
+        connections,
         "-P",
         "8",
         "-n",
@@ -163,13 +177,67 @@ fn loadgen_drives_the_baseline_like_seqd() {
         "--warmup",
         "0s",
         "--no-pin",
-        "-o",
-        prefix.to_str().expect("utf-8 path"),
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    args.extend(["-o", prefix.to_str().expect("utf-8 path")]);
+    let out = loadgen(&args);
     expect_exit(&out, 0);
-    let result = json(&dir.join("baseline.json"));
+    json(&dir.join(format!("{name}.json")))
+}
+
+#[test]
+fn loadgen_drives_the_baseline_like_seqd() {
+    let (_server, addr) = baseline();
+    let result = run_against(addr, "baseline", "4", &[]);
     assert_eq!(result["totals"]["requests"], 2000);
     assert_eq!(result["errors"]["total"], 0);
+}
+
+#[test]
+fn zero_work_answers_getseq_from_one_counter_and_closes_on_anything_else() {
+    let (_server, addr) = zero_work();
+    let mut a = TcpStream::connect(addr).expect("connect");
+    let mut b = TcpStream::connect(addr).expect("connect");
+    // Three requests, the second split across two writes.
+    let burst: Vec<u8> = (0..3).flat_map(|_| request(opcode::GETSEQ, 0)).collect();
+    a.write_all(&burst[..20]).expect("write");
+    std::thread::sleep(Duration::from_millis(20));
+    a.write_all(&burst[20..]).expect("write");
+    let mut expected = Vec::new();
+    for n in 1..=3 {
+        binary::encode_reply(&mut expected, &Reply::Number(n));
+    }
+    assert_eq!(read_exactly(&mut a, expected.len()), expected);
+    // One counter for every connection.
+    b.write_all(&request(opcode::GETSEQ, 0)).expect("write");
+    expected.clear();
+    binary::encode_reply(&mut expected, &Reply::Number(4));
+    assert_eq!(read_exactly(&mut b, 16), expected);
+    // Anything but GETSEQ: an error reply, then the connection is closed.
+    b.write_all(&request(opcode::PING, 0)).expect("write");
+    let header = read_exactly(&mut b, 16);
+    assert_ne!(header[3], binary::STATUS_OK);
+    let message_len = u32::from_be_bytes([header[4], header[5], header[6], header[7]]) as usize;
+    read_exactly(&mut b, message_len);
+    let mut rest = Vec::new();
+    b.read_to_end(&mut rest).expect("the server closes");
+    assert!(rest.is_empty());
+    // The other connection is unaffected.
+    a.write_all(&request(opcode::GETSEQ, 0)).expect("write");
+    expected.clear();
+    binary::encode_reply(&mut expected, &Reply::Number(5));
+    assert_eq!(read_exactly(&mut a, 16), expected);
+}
+
+#[test]
+fn loadgen_verify_accepts_the_zero_work_replies() {
+    let (_server, addr) = zero_work();
+    // Several connections: the numbers are unique across them, not only on each.
+    let result = run_against(addr, "zero-work", "8", &["--verify"]);
+    assert_eq!(result["totals"]["requests"], 2000);
+    assert_eq!(result["errors"]["total"], 0);
+    assert_eq!(result["verify"]["duplicates"], 0, "{result}");
+    assert_eq!(result["verify"]["non_increasing"], 0, "{result}");
 }
 
 #[test]
