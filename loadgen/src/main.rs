@@ -75,7 +75,7 @@ enum Command {
     /// a number from one counter and does nothing else; any other frame gets an error and the
     /// connection is closed. It marks what an io_uring server with no work achieves; runs
     /// until killed.
-    ZeroWorkServer(ListenArgs),
+    ZeroWorkServer(ZeroWorkArgs),
     /// Open many connections and hold them idle (to measure a server's memory per idle
     /// connection): prints `connected N`; on SIGUSR1 sends one request on each and prints
     /// `answered N`; exits on SIGINT/SIGTERM.
@@ -118,6 +118,17 @@ struct ListenArgs {
         value_name = "HOST:PORT"
     )]
     addr: String,
+}
+
+#[derive(Debug, Args)]
+struct ZeroWorkArgs {
+    #[command(flatten)]
+    listen: ListenArgs,
+    /// After handling completions, how many microseconds to keep watching for more before
+    /// sleeping: the same trade seqd's `--busy-poll` makes (and its default), so the limit
+    /// rival does not pay wake-ups seqd does not pay. 0 sleeps at once.
+    #[arg(long, default_value_t = 50, value_name = "MICROSECONDS")]
+    busy_poll: u64,
 }
 
 #[derive(Debug, Args)]
@@ -767,14 +778,14 @@ fn parse_start_at(text: &str) -> std::result::Result<SystemTime, String> {
     Ok(at)
 }
 
-fn zero_work_server(args: ListenArgs) -> Result<u8> {
-    let addr = resolve(&args.addr)?;
+fn zero_work_server(args: ZeroWorkArgs) -> Result<u8> {
+    let addr = resolve(&args.listen.addr)?;
     let listener = zero_work::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
     let local = listener
         .local_addr()
         .context("the listener has no address")?;
     eprintln!("zero-work listening on {local}");
-    zero_work::serve(listener)
+    zero_work::serve(listener, std::time::Duration::from_micros(args.busy_poll))
         .context("the io_uring event loop failed (io_uring needs Linux 6.0 or later, not blocked by seccomp)")?;
     Ok(0)
 }

@@ -16,6 +16,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::os::fd::{AsRawFd, RawFd};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::{Duration, Instant};
 
 use io_uring::types::{BufRingEntry, Fd};
 use io_uring::{IoUring, cqueue, opcode, squeue};
@@ -55,8 +56,9 @@ struct Conn {
     closing: bool,
 }
 
-/// Serves connections forever. Returns only if the ring or the listener fails for good.
-pub fn serve(listener: TcpListener) -> io::Result<()> {
+/// Serves connections forever, spinning up to `busy_poll` for more completions before it
+/// sleeps. Returns only if the ring or the listener fails for good.
+pub fn serve(listener: TcpListener, busy_poll: Duration) -> io::Result<()> {
     let mut ring: IoUring = IoUring::builder().build(RING_ENTRIES)?;
     let bufs = BufRing::new(BUFFER_GROUP, BUFFERS, BUFFER_SIZE)?;
     bufs.register(&ring.submitter())?;
@@ -68,12 +70,35 @@ pub fn serve(listener: TcpListener) -> io::Result<()> {
     };
     responder.arm_accept(&mut ring)?;
     loop {
-        ring.submit_and_wait(1)?;
+        wait_for_completions(&mut ring, busy_poll)?;
         let completions: Vec<cqueue::Entry> = ring.completion().collect();
         for cqe in completions {
             responder.complete(&mut ring, &cqe)?;
         }
     }
+}
+
+/// Submits what is queued, then waits for a completion: spinning on the completion queue for
+/// up to `busy_poll` first (as seqd's loop does), sleeping in the kernel after that.
+fn wait_for_completions(ring: &mut IoUring, busy_poll: Duration) -> io::Result<()> {
+    if busy_poll.is_zero() {
+        ring.submit_and_wait(1)?;
+        return Ok(());
+    }
+    ring.submit()?;
+    let deadline = Instant::now() + busy_poll;
+    while Instant::now() < deadline {
+        // Runs deferred task work so completions can appear without a sleep.
+        if ring.submission().taskrun() {
+            ring.submit()?;
+        }
+        if !ring.completion().is_empty() {
+            return Ok(());
+        }
+        std::hint::spin_loop();
+    }
+    ring.submit_and_wait(1)?;
+    Ok(())
 }
 
 struct Responder {
