@@ -14,10 +14,10 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 /// A PEM file that could not be used, and why.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsFileError {
-    #[error("cannot read {}: {source}", path.display())]
+    #[error("cannot read {}: {error}", path.display())]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{} is not valid PEM: {detail}", path.display())]
     Pem { path: PathBuf, detail: String },
@@ -32,6 +32,18 @@ pub enum TlsFileError {
     },
     #[error("{}: {detail}", path.display())]
     Unusable { path: PathBuf, detail: String },
+}
+
+impl TlsFileError {
+    /// The file at fault.
+    pub fn path(&self) -> &Path {
+        match self {
+            TlsFileError::Read { path, .. }
+            | TlsFileError::Pem { path, .. }
+            | TlsFileError::Missing { path, .. }
+            | TlsFileError::Unusable { path, .. } => path,
+        }
+    }
 }
 
 /// The crypto provider of every TLS configuration seqd builds.
@@ -81,9 +93,9 @@ pub fn trusted_roots(path: &Path) -> Result<RootCertStore, TlsFileError> {
 
 fn pem_error(path: &Path, error: pem::Error) -> TlsFileError {
     match error {
-        pem::Error::Io(source) => TlsFileError::Read {
+        pem::Error::Io(error) => TlsFileError::Read {
             path: path.to_owned(),
-            source,
+            error,
         },
         other => TlsFileError::Pem {
             path: path.to_owned(),

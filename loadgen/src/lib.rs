@@ -13,5 +13,6 @@ pub mod schedule;
 pub mod search;
 pub mod slo;
 pub mod target;
+pub mod tls;
 pub mod verify;
 pub mod worker;
