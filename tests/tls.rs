@@ -320,3 +320,39 @@ fn bad_tls_files_stop_the_start_and_are_named() {
     assert!(!status.success());
     assert!(log.contains("--tls-cert-file"), "{log}");
 }
+
+#[test]
+fn redis_py_over_tls_with_a_password_and_a_client_certificate() {
+    let clients = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients");
+    let python = |args: &[&str]| {
+        Command::new("python3")
+            .args(args)
+            .current_dir(&clients)
+            .output()
+            .expect("python3 runs")
+    };
+    if which("python3").is_none() || !python(&["-c", "import redis"]).status.success() {
+        eprintln!(
+            "SKIPPED: redis-py is not installed (pip install -r tests/clients/requirements.txt)"
+        );
+        return;
+    }
+    let pki = Pki::new();
+    let ca = format!("--tls-ca-cert-file={}", pki.arg("ca.crt"));
+    let server = tls_only(&pki, &[&ca, "--requirepass=sesame"]);
+    let port = server.tls_addr().port().to_string();
+    let output = python(&[
+        "redis_py_tls.py",
+        &port,
+        &pki.arg("ca.crt"),
+        "sesame",
+        &pki.arg("client.crt"),
+        &pki.arg("client.key"),
+    ]);
+    assert!(
+        output.status.success(),
+        "redis_py_tls.py failed:\nstdout:\n{}\nstderr:\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

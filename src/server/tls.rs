@@ -173,14 +173,10 @@ impl<S: Service> Tls<S> {
             }
             if state.peer_has_closed() && !tls.input_ended {
                 tls.input_ended = true;
-                if through(tls, out, |out| self.inner.end_of_input(inner, key, out)) == Next::Close
-                {
-                    return close(tls, out);
-                }
+                through(tls, out, |out| self.inner.end_of_input(inner, key, out));
             }
         }
-        flush(tls, out);
-        tls.last
+        settle(tls, out)
     }
 }
 
@@ -204,6 +200,20 @@ fn flush(tls: &mut TlsState, out: &mut Vec<u8>) {
         // Writing into a Vec cannot fail.
         if tls.connection.write_tls(out).is_err() {
             break;
+        }
+    }
+}
+
+/// What the backend is told after the inner service answered `tls.last`: a session that is
+/// done, or that reads on after its input ended (the peer's close_notify: a TCP connection
+/// may stay open after it, and clients such as Python's asyncio wait for ours), is closed.
+fn settle(tls: &mut TlsState, out: &mut Vec<u8>) -> Next {
+    match tls.last {
+        Next::Close => close(tls, out),
+        Next::Read if tls.input_ended => close(tls, out),
+        next => {
+            flush(tls, out);
+            next
         }
     }
 }
@@ -280,10 +290,8 @@ impl<S: Service> Service for Tls<S> {
         }
         tls.input_ended = true;
         let inner = &mut conn.inner;
-        match through(tls, out, |out| self.inner.end_of_input(inner, key, out)) {
-            Next::Close => close(tls, out),
-            next => next,
-        }
+        through(tls, out, |out| self.inner.end_of_input(inner, key, out));
+        settle(tls, out)
     }
 
     fn resume(&mut self, conn: &mut Conn<S::Conn>, key: ConnKey, out: &mut Vec<u8>) -> Next {
@@ -296,10 +304,8 @@ impl<S: Service> Service for Tls<S> {
             return Next::Close;
         }
         let inner = &mut conn.inner;
-        match through(tls, out, |out| self.inner.resume(inner, key, out)) {
-            Next::Close => close(tls, out),
-            next => next,
-        }
+        through(tls, out, |out| self.inner.resume(inner, key, out));
+        settle(tls, out)
     }
 
     fn close(&mut self, conn: &mut Conn<S::Conn>, key: ConnKey) {
