@@ -346,3 +346,193 @@ impl<S: Service> Service for Tls<S> {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The layer alone, over an in-memory rustls client and a stand-in for the sessions.
+    use std::io::Read;
+
+    use super::*;
+    use crate::server::handler::Until;
+    use rustls::{ClientConfig, ClientConnection, RootCertStore};
+
+    /// Echoes what it receives; remembers how long the output queue was when it was called.
+    #[derive(Default)]
+    struct Echo {
+        queue_seen: usize,
+        received: usize,
+        answer: Option<Next>,
+        ended: bool,
+    }
+
+    impl Service for Echo {
+        type Conn = ();
+        fn open(&mut self, _: Kind, _: ConnKey, _: Option<IpAddr>) {}
+        fn refusal(&self, _: Kind) -> Option<&[u8]> {
+            None
+        }
+        fn receive(&mut self, _: &mut (), _: ConnKey, data: &[u8], out: &mut Vec<u8>) -> Next {
+            self.queue_seen = out.len();
+            self.received += 1;
+            out.extend_from_slice(data);
+            self.answer.unwrap_or(Next::Read)
+        }
+        fn end_of_input(&mut self, _: &mut (), _: ConnKey, _: &mut Vec<u8>) -> Next {
+            self.ended = true;
+            Next::Read
+        }
+        fn resume(&mut self, _: &mut (), _: ConnKey, out: &mut Vec<u8>) -> Next {
+            out.extend_from_slice(b"resumed");
+            Next::Read
+        }
+        fn close(&mut self, _: &mut (), _: ConnKey) {}
+        fn take_housekeeping(&mut self) -> bool {
+            false
+        }
+        fn released(&mut self) -> Vec<ConnKey> {
+            Vec::new()
+        }
+        fn next_tick(&self) -> Option<Duration> {
+            None
+        }
+        fn tick(&mut self) -> Vec<ConnKey> {
+            Vec::new()
+        }
+        fn fill(&mut self, _: &mut (), _: ConnKey, _: &mut Vec<u8>) {}
+    }
+
+    struct Pair {
+        service: Tls<Echo>,
+        conn: Conn<()>,
+        client: ClientConnection,
+        _files: tempfile::TempDir,
+    }
+
+    /// A server layer and a client with the handshake done.
+    fn pair() -> Pair {
+        let files = tempfile::tempdir().unwrap();
+        let made = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        let (cert, key) = (files.path().join("c.pem"), files.path().join("k.pem"));
+        std::fs::write(&cert, made.cert.pem()).unwrap();
+        std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
+        let config = server_config(&cert, &key, None).unwrap();
+        let mut service = Tls::new(Echo::default(), Some(config));
+        let conn = service.open(Kind::TlsSession, 0, None);
+        let mut roots = RootCertStore::empty();
+        roots.add(made.cert.der().clone()).unwrap();
+        let trusting = ClientConfig::builder_with_provider(tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let name = "localhost".try_into().unwrap();
+        let client = ClientConnection::new(Arc::new(trusting), name).unwrap();
+        let mut pair = Pair {
+            service,
+            conn,
+            client,
+            _files: files,
+        };
+        while pair.client.is_handshaking() {
+            pair.send();
+        }
+        pair
+    }
+
+    impl Pair {
+        /// What the client has to send.
+        fn records(&mut self) -> Vec<u8> {
+            let mut records = Vec::new();
+            while self.client.wants_write() {
+                self.client.write_tls(&mut records).unwrap();
+            }
+            records
+        }
+
+        /// Feeds `bytes` to the layer and the layer's answer to the client; the plaintext.
+        fn feed(&mut self, bytes: &[u8]) -> (Next, Vec<u8>) {
+            let mut out = Vec::new();
+            let next = self.service.receive(&mut self.conn, 0, bytes, &mut out);
+            (next, self.deliver(&out))
+        }
+
+        fn send(&mut self) -> (Next, Vec<u8>) {
+            let records = self.records();
+            self.feed(&records)
+        }
+
+        /// Hands the layer's `out` to the client; the plaintext it decrypts.
+        fn deliver(&mut self, mut out: &[u8]) -> Vec<u8> {
+            while !out.is_empty() {
+                self.client.read_tls(&mut out).unwrap();
+                self.client.process_new_packets().unwrap();
+            }
+            let mut plaintext = Vec::new();
+            let _ = self.client.reader().read_to_end(&mut plaintext);
+            plaintext
+        }
+    }
+
+    #[test]
+    fn replies_are_encrypted_after_what_is_already_queued() {
+        let mut pair = pair();
+        pair.client.writer().write_all(b"GETSEQ\r\n").unwrap();
+        let records = pair.records();
+        let mut out = b"earlier".to_vec();
+        let next = pair.service.receive(&mut pair.conn, 0, &records, &mut out);
+        assert_eq!(next, Next::Read);
+        assert_eq!(
+            pair.service.inner.queue_seen, 7,
+            "the session sees the unsent bytes already queued (its backpressure counts them)"
+        );
+        assert!(out.starts_with(b"earlier") && !out[7..].windows(6).any(|w| w == b"GETSEQ"));
+        assert_eq!(pair.deliver(&out[7..]), b"GETSEQ\r\n");
+    }
+
+    #[test]
+    fn a_hold_stands_while_only_part_of_a_record_arrives() {
+        let mut pair = pair();
+        let held = Next::Hold {
+            until: Until::Woken,
+            keep_reading: true,
+        };
+        pair.service.inner.answer = Some(held);
+        pair.client.writer().write_all(b"GETSEQ\r\n").unwrap();
+        let records = pair.records();
+        assert_eq!(pair.feed(&records).0, held);
+        pair.client.writer().write_all(b"PING\r\n").unwrap();
+        let records = pair.records();
+        assert_eq!(pair.feed(&records[..3]), (held, Vec::new()));
+        assert_eq!(pair.feed(&records[3..]), (held, b"PING\r\n".to_vec()));
+        let mut out = Vec::new();
+        assert_eq!(pair.service.resume(&mut pair.conn, 0, &mut out), Next::Read);
+        assert_eq!(pair.deliver(&out), b"resumed");
+    }
+
+    #[test]
+    fn close_notify_ends_the_input_and_is_answered() {
+        let mut pair = pair();
+        pair.client.send_close_notify();
+        let (next, _) = pair.send();
+        assert_eq!(next, Next::Close);
+        assert!(pair.service.inner.ended);
+        let state = pair.client.process_new_packets().unwrap();
+        assert!(state.peer_has_closed(), "the server's close_notify arrived");
+    }
+
+    #[test]
+    fn garbage_is_refused_with_an_alert_and_never_reaches_the_session() {
+        let mut pair = pair();
+        let mut out = Vec::new();
+        let next = pair
+            .service
+            .receive(&mut pair.conn, 0, b"\x17\x03\x03\x00\x05hello", &mut out);
+        assert_eq!(next, Next::Close);
+        assert!(!out.is_empty(), "an alert says why");
+        assert_eq!(pair.service.inner.received, 0);
+        assert_eq!(
+            pair.service.receive(&mut pair.conn, 0, b"more", &mut out),
+            Next::Close
+        );
+    }
+}
