@@ -9,7 +9,7 @@
 #
 # Needs: a Rust toolchain, openssl (makes a throwaway CA and server certificate), taskset,
 # python3, 2+ CPUs, root for nice -n -20. Each server: seqd --in-memory --threads 1 at
-# nice -20 pinned to CPU 0; the client: loadgen --target binary pinned to CPU 1, with
+# nice -20 pinned to CPU 0; the client: loadgen --target binary at nice -20 pinned to CPU 1, with
 # --tls --tls-ca-cert-file for the TLS runs (connections and handshakes are made before the
 # measured part, so this is the cost of encrypting the traffic, not of handshakes).
 set -euo pipefail
@@ -29,7 +29,7 @@ done
 ((ROUNDS >= 1)) || { echo "tls-cost.sh: ROUNDS must be at least 1" >&2; exit 2; }
 NICE=(nice -n -20)
 if [[ $(id -u) -ne 0 ]]; then
-  echo "tls-cost.sh: not root: the server runs at the default priority" >&2
+  echo "tls-cost.sh: not root: server and client run at the default priority" >&2
   NICE=()
 fi
 
@@ -77,7 +77,7 @@ measure() {
   if [[ $kind == tls ]]; then
     target=(--addr "127.0.0.1:$TLS_PORT" --tls --tls-ca-cert-file "$WORK/ca.crt")
   fi
-  taskset -c 1 "$LOADGEN" run "${target[@]}" -c "$c" -P "$p" -d "$DURATION" --warmup 0s \
+  "${NICE[@]}" taskset -c 1 "$LOADGEN" run "${target[@]}" -c "$c" -P "$p" -d "$DURATION" --warmup 0s \
     --cpus 1 -o "$WORK/run" >"$WORK/loadgen.txt" 2>&1 || { cat "$WORK/loadgen.txt" >&2; exit 1; }
   kill "$SERVER"
   wait "$SERVER" || true
@@ -127,8 +127,8 @@ out = ["# The cost of TLS: seqd over --tls-port / over the plaintext port", "",
        f"- date: {e['STARTED']}; machine: {e['NPROC']} CPUs, {e['CPU_MODEL']}, kernel {e['KERNEL']}; {e['RUSTC']}",
        f"- load average before: {e['LOAD_BEFORE']}; after: {e['LOAD_AFTER']}",
        "- each run: a fresh `seqd --in-memory --threads 1 --port P --tls-port T ...` at `nice -n -20`, "
-       "pinned to CPU 0 (`taskset -c 0`); `loadgen run --target binary -c C -P P --cpus 1` pinned to CPU 1 "
-       "(`taskset -c 1`), with `--tls --tls-ca-cert-file` for TLS; plaintext first in odd rounds",
+       "pinned to CPU 0 (`taskset -c 0`); `loadgen run --target binary -c C -P P --cpus 1` at `nice -n -20`, "
+       "pinned to CPU 1 (`taskset -c 1`), with `--tls --tls-ca-cert-file` for TLS; plaintext first in odd rounds",
        "- TLS: rustls (ring) on both ends with its defaults (TLS 1.3), an ECDSA P-256 certificate; "
        "connections are opened and their handshakes done before the measured part",
        "",
