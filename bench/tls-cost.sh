@@ -64,6 +64,9 @@ ROWS=$WORK/rows.tsv
 measure() {
   local kind=$1 config=$2 round=$3 log=$WORK/seqd.log c p
   c=${config%x*} p=${config#*x}
+  # Emptied here, not by the server's redirection: that may happen after the wait below has
+  # read the previous server's log.
+  : >"$log"
   "${NICE[@]}" taskset -c 0 "$SEQD" --in-memory --host 127.0.0.1 --port "$PORT" --threads 1 \
     --tls-port "$TLS_PORT" --tls-cert-file "$WORK/server.crt" --tls-key-file "$WORK/server.key" \
     2>"$log" &
