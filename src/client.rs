@@ -16,6 +16,9 @@
 //! the leader by itself (`NOTLEADER` redirects, dead or paused nodes). A request retried
 //! after a lost reply may skip numbers, never repeat one.
 //!
+//! TLS (the server's `--tls-port`): [`Client::connect_tls`] with a configuration from
+//! [`tls::client_config`].
+//!
 //! ```no_run
 //! let mut client = seqd::client::Client::connect_any(&["h1:10001", "h2:10001", "h3:10001"])?;
 //! let id = client.get()?;
@@ -25,7 +28,11 @@
 use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::ops::Range;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+pub mod tls;
+use tls::Transport;
 
 use crate::protocol::binary::{self, opcode};
 use crate::protocol::{ErrorCode, ParseError};
@@ -73,7 +80,7 @@ pub enum Response {
 }
 
 pub struct Client {
-    stream: TcpStream,
+    stream: Transport,
     out: Vec<u8>,
     input: Vec<u8>,
     /// Start of undecoded bytes in `input`.
@@ -91,18 +98,35 @@ impl Client {
     pub fn connect(addr: impl ToSocketAddrs) -> Result<Client, ClientError> {
         let stream = TcpStream::connect(addr)?;
         stream.set_nodelay(true)?;
-        Ok(Client {
+        Ok(Client::over(Transport::Plain(stream)))
+    }
+
+    /// Connects to a TLS port (`--tls-port`) and completes the handshake: `config` says whom
+    /// to trust (see [`tls::client_config`]), `server_name` is the host name or IP address
+    /// the server's certificate must carry.
+    pub fn connect_tls(
+        addr: impl ToSocketAddrs,
+        config: Arc<rustls::ClientConfig>,
+        server_name: &str,
+    ) -> Result<Client, ClientError> {
+        let stream = TcpStream::connect(addr)?;
+        stream.set_nodelay(true)?;
+        Ok(Client::over(Transport::tls(stream, config, server_name)?))
+    }
+
+    fn over(stream: Transport) -> Client {
+        Client {
             stream,
             out: Vec::with_capacity(4096),
             input: Vec::with_capacity(64 * 1024),
             start: 0,
-        })
+        }
     }
 
     /// Fails reads and writes that take longer than `timeout` (default: wait forever).
     pub fn set_timeout(&mut self, timeout: Option<Duration>) -> Result<(), ClientError> {
-        self.stream.set_read_timeout(timeout)?;
-        self.stream.set_write_timeout(timeout)?;
+        self.stream.tcp().set_read_timeout(timeout)?;
+        self.stream.tcp().set_write_timeout(timeout)?;
         Ok(())
     }
 

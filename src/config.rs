@@ -13,7 +13,7 @@ mod file;
 pub use file::load;
 
 use crate::sequence::MAX_VALUE;
-use crate::server::IoChoice;
+use crate::server::{IoChoice, TlsPort};
 use crate::service::auth::Password;
 use crate::store::window::DEFAULT_MAX_CRASH_GAP;
 
@@ -72,9 +72,37 @@ pub struct Config {
     #[arg(long, default_value = "0.0.0.0", env = "SEQD_HOST")]
     pub host: String,
 
-    /// TCP port to listen on. 0 picks a free port (it is logged).
+    /// TCP port to listen on. 0 picks a free port (it is logged); with --tls-port, 0 serves
+    /// no plaintext port at all: TLS only, as Redis's `port 0`.
     #[arg(long, default_value_t = 10001, env = "SEQD_PORT")]
     pub port: u16,
+
+    /// Also serve the main port's protocols (binary, text, RESP) over TLS on this port, on
+    /// --host (Redis's tls-port; `redis-cli --tls`); 0 picks a free port (it is logged).
+    /// Needs --tls-cert-file and --tls-key-file. Add --port 0 to serve TLS only.
+    #[arg(
+        long,
+        value_name = "PORT",
+        requires_all = ["tls_cert_file", "tls_key_file"]
+    )]
+    pub tls_port: Option<u16>,
+
+    /// The certificate --tls-port presents (PEM; a chain: the server's certificate first,
+    /// then the intermediates).
+    #[arg(long, value_name = "PATH", requires = "tls_port")]
+    pub tls_cert_file: Option<std::path::PathBuf>,
+
+    /// The private key of --tls-cert-file (PEM: PKCS#8, PKCS#1 RSA or SEC1 EC). Keep it
+    /// readable by seqd alone.
+    #[arg(long, value_name = "PATH", requires = "tls_port")]
+    pub tls_key_file: Option<std::path::PathBuf>,
+
+    /// Require every TLS client to present a certificate signed by one of the certificate
+    /// authorities in this PEM file (Redis's tls-ca-cert-file with tls-auth-clients yes); a
+    /// client without one, or with another, fails the handshake. Without it, any TLS client
+    /// is served (the password, if set, still applies).
+    #[arg(long, value_name = "PATH", requires = "tls_port")]
+    pub tls_ca_cert_file: Option<std::path::PathBuf>,
 
     /// First number a new sequence issues [default: 1]. Sequences recovered from the data
     /// directory continue where they were; a value below one of them is refused.
@@ -364,6 +392,36 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// Whether the plaintext main port is served: always, but with --tls-port and --port 0.
+    pub fn serves_plaintext(&self) -> bool {
+        !(self.port == 0 && self.tls_port.is_some())
+    }
+
+    /// The TLS port's address and configuration, its files read and checked (None: no
+    /// --tls-port).
+    pub fn tls_port(&self, host: std::net::IpAddr) -> anyhow::Result<Option<TlsPort>> {
+        let (Some(port), Some(certificate), Some(key)) =
+            (self.tls_port, &self.tls_cert_file, &self.tls_key_file)
+        else {
+            return Ok(None);
+        };
+        let ca = self.tls_ca_cert_file.as_deref();
+        let config = crate::server::tls::server_config(certificate, key, ca).map_err(|e| {
+            let flag = if e.path() == certificate.as_path() {
+                "--tls-cert-file"
+            } else if e.path() == key.as_path() {
+                "--tls-key-file"
+            } else {
+                "--tls-ca-cert-file"
+            };
+            anyhow::anyhow!("cannot serve --tls-port: {flag}: {e}")
+        })?;
+        Ok(Some(TlsPort {
+            addr: SocketAddr::new(host, port),
+            config,
+        }))
     }
 
     /// The password clients must give: --requirepass, or the first line of --password-file.

@@ -5,6 +5,8 @@
 pub mod clock;
 pub mod commits;
 pub mod sequence;
+// TLS material (PEM files, the crypto provider), for the server and the clients.
+pub mod tls;
 // Domain state machines.
 pub mod lease;
 pub mod stream;

@@ -71,6 +71,8 @@ fn run(config: Config) -> anyhow::Result<()> {
     let access = Access {
         password: password.clone(),
         protected_mode,
+        plaintext: config.serves_plaintext(),
+        tls: config.tls_port(addr.ip())?,
     };
     if protected_mode {
         tracing::warn!(
@@ -164,7 +166,7 @@ fn run(config: Config) -> anyhow::Result<()> {
         io = %server.backend(),
         auth = if password.is_some() { "password" } else { "none" },
         "seqd listening on {}",
-        server.local_addr()
+        listening(&server)
     );
     if let Some(stream_addr) = server.stream_addr() {
         tracing::info!(
@@ -260,6 +262,20 @@ fn run(config: Config) -> anyhow::Result<()> {
 struct Access {
     password: Option<Password>,
     protected_mode: bool,
+    /// Serve the plaintext main port (not with `--port 0 --tls-port ...`).
+    plaintext: bool,
+    tls: Option<seqd::server::TlsPort>,
+}
+
+/// Where clients connect: the main port, then the TLS port marked `(TLS)`.
+fn listening(server: &Server) -> String {
+    let plaintext = server.local_addr().map(|addr| addr.to_string());
+    let tls = server.tls_addr().map(|addr| format!("{addr} (TLS)"));
+    [plaintext, tls]
+        .into_iter()
+        .flatten()
+        .collect::<Vec<_>>()
+        .join(" and ")
 }
 
 fn server_settings(
@@ -270,7 +286,8 @@ fn server_settings(
     access: &Access,
 ) -> Settings {
     Settings {
-        addr,
+        addr: access.plaintext.then_some(addr),
+        tls: access.tls.clone(),
         threads,
         pin: config.pin(),
         max_connections: config.max_connections,
@@ -316,7 +333,7 @@ fn stand_by(
         .context("cannot listen as a standby")?;
     tracing::info!(
         "standby listening on {}: number requests are refused with the leader's address",
-        server.local_addr()
+        listening(&server)
     );
     let outcome = wait_for_leadership(node, events);
     server.stop();

@@ -14,6 +14,8 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("clock", &[]),
     ("commits", &[]),
     ("sequence", &[]),
+    // TLS material: PEM files read into rustls types, the crypto provider.
+    ("tls", &[]),
     // Domain state machines: pure, they know no wire, no disk and no thread.
     ("lease", &["sequence", "clock", "commits"]),
     ("stream", &["sequence", "clock", "commits"]),
@@ -41,11 +43,11 @@ const LAYERS: &[(&str, &[&str])] = &[
         "server",
         &[
             "service", "store", "state", "protocol", "lease", "stream", "sequence", "clock",
-            "commits",
+            "commits", "tls",
         ],
     ),
     // Clients of the wire protocols (they share the codecs, not the server).
-    ("client", &["protocol", "sequence"]),
+    ("client", &["protocol", "sequence", "tls"]),
     ("stream_client", &["protocol", "clock"]),
     // Cluster mode: the election and the fenced ceiling store the persister writes to.
     (

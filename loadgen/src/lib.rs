@@ -14,6 +14,7 @@ pub mod schedule;
 pub mod search;
 pub mod slo;
 pub mod target;
+pub mod tls;
 pub mod verify;
 pub mod worker;
 pub mod zero_work;

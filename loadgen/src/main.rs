@@ -274,6 +274,9 @@ struct RunArgs {
     /// How long to wait for each connection to open.
     #[arg(long, default_value = "3s", value_name = "DURATION", value_parser = parse_duration)]
     connect_timeout: Duration,
+
+    #[command(flatten)]
+    tls: loadgen::tls::TlsArgs,
 }
 
 #[derive(Debug, Args)]
@@ -464,10 +467,19 @@ fn run(args: RunArgs, command: &[String]) -> Result<u8> {
     let addr = resolve(&args.server.addr)?;
     let connect_timeout = args.connect_timeout.max(Duration::from_millis(1));
     preflight(addr, connect_timeout)?;
+    let tls = args.tls.target(loadgen::tls::host_of(&args.server.addr))?;
     let sequence_id = match (&args.sequence, args.server.target) {
         (Some(name), Kind::Binary) => {
-            let mut client = seqd::client::Client::connect(addr)
-                .with_context(|| format!("cannot connect to {addr} to OPEN {name:?}"))?;
+            let client = match &tls {
+                None => seqd::client::Client::connect(addr),
+                Some(tls) => seqd::client::Client::connect_tls(
+                    addr,
+                    tls.config.clone(),
+                    &tls.server_name.to_str(),
+                ),
+            };
+            let mut client =
+                client.with_context(|| format!("cannot connect to {addr} to OPEN {name:?}"))?;
             client.set_timeout(Some(connect_timeout.max(Duration::from_secs(1))))?;
             client
                 .open(name)
@@ -503,6 +515,7 @@ fn run(args: RunArgs, command: &[String]) -> Result<u8> {
         drain_timeout: args.drain_timeout,
         reply_timeout: args.reply_timeout.max(Duration::from_millis(1)),
         connect_timeout,
+        tls,
         verify: args.verify || args.verify_file.is_some(),
         send_granularity: args.send_granularity,
         start_at: args.start_at,

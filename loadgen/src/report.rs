@@ -575,6 +575,7 @@ mod tests {
             drain_timeout: Duration::from_secs(1),
             reply_timeout: Duration::from_secs(1),
             connect_timeout: Duration::from_secs(1),
+            tls: None,
             verify: true,
             send_granularity: Duration::from_micros(20),
             start_at: None,

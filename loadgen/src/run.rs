@@ -39,6 +39,8 @@ pub struct RunSpec {
     pub drain_timeout: Duration,
     pub reply_timeout: Duration,
     pub connect_timeout: Duration,
+    /// `--tls`: connect with TLS.
+    pub tls: Option<crate::tls::TlsTarget>,
     pub verify: bool,
     /// Open loop: the shortest sleep between sends; requests due meanwhile go out together.
     pub send_granularity: Duration,
@@ -181,6 +183,7 @@ pub fn execute(spec: &RunSpec, stop: Arc<AtomicBool>) -> Result<Measured> {
         drain_ns: spec.drain_timeout.as_nanos() as u64,
         reply_timeout_ns: spec.reply_timeout.as_nanos() as u64,
         connect_timeout: spec.connect_timeout,
+        tls: spec.tls.clone(),
         verify: spec.verify,
         start_ns: AtomicU64::new(0),
         ready: Barrier::new(threads + 1),

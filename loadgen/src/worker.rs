@@ -20,7 +20,6 @@ use std::sync::{Arc, Barrier, mpsc};
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
-use mio::net::TcpStream;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use serde::{Deserialize, Serialize};
@@ -28,6 +27,7 @@ use serde::{Deserialize, Serialize};
 use crate::clock::{Timer, now_ns, thread_cpu_ns};
 use crate::schedule::{Schedule, quota_of_connection};
 use crate::target::{Outcome, Parsed, Protocol};
+use crate::tls::{Stream, TlsTarget};
 use crate::verify::StreamLog;
 
 /// Largest value the latency histograms track (one hour, in nanoseconds); larger values are
@@ -64,6 +64,8 @@ pub struct Plan {
     /// A connection whose oldest request waits longer than this is dropped.
     pub reply_timeout_ns: u64,
     pub connect_timeout: Duration,
+    /// `--tls`: connect with TLS.
+    pub tls: Option<TlsTarget>,
     pub verify: bool,
     /// Absolute monotonic start time, set by the coordinator between the two barriers.
     pub start_ns: AtomicU64,
@@ -152,7 +154,7 @@ pub struct WorkerResult {
 
 struct Conn {
     index: usize,
-    stream: Option<TcpStream>,
+    stream: Option<Stream>,
     out: Vec<u8>,
     out_pos: usize,
     input: Box<[u8]>,
@@ -384,6 +386,13 @@ impl Worker<'_> {
         let Some(stream) = conn.stream.as_mut() else {
             return;
         };
+        // TLS records still waiting for the socket go first.
+        if let Err(e) = stream.flush()
+            && e.kind() != io::ErrorKind::WouldBlock
+        {
+            let detail = format!("the server closed or reset the connection: {e}");
+            return self.kill(i, Death::Closed, detail);
+        }
         while conn.out_pos < conn.out.len() {
             match stream.write(&conn.out[conn.out_pos..]) {
                 Ok(n) => {
@@ -685,7 +694,11 @@ pub fn run(
             if event.is_readable() || event.is_read_closed() || event.is_error() {
                 worker.read_ready(i, now);
             }
-            if event.is_writable() && worker.conns[i].out_pos < worker.conns[i].out.len() {
+            let conn = &worker.conns[i];
+            let pending = conn.out_pos < conn.out.len();
+            if event.is_writable()
+                && (pending || conn.stream.as_ref().is_some_and(Stream::wants_write))
+            {
                 worker.flush(i);
             }
         }
@@ -764,27 +777,25 @@ fn setup<'a>(
         due: BinaryHeap::with_capacity(connections.len()),
     };
     for (slot, &index) in connections.iter().enumerate() {
-        let stream = match StdTcpStream::connect_timeout(&plan.addr, plan.connect_timeout) {
-            Ok(s) => Some(s),
+        let stream = StdTcpStream::connect_timeout(&plan.addr, plan.connect_timeout)
+            .and_then(|s| connected(s, plan.tls.as_ref(), plan.connect_timeout));
+        let stream = match stream {
+            Ok(mut s) => {
+                let interest = Interest::READABLE | Interest::WRITABLE;
+                match &mut s {
+                    Stream::Plain(tcp) => poll.registry().register(tcp, Token(slot), interest)?,
+                    Stream::Tls(tls) => {
+                        poll.registry()
+                            .register(tls.tcp_mut(), Token(slot), interest)?
+                    }
+                }
+                Some(s)
+            }
             Err(e) => {
                 worker.rec.errors.connect_failed += 1;
                 worker.note_error(format!("cannot connect to {}: {e}", plan.addr));
                 None
             }
-        };
-        let stream = match stream {
-            Some(s) => {
-                s.set_nodelay(true)?;
-                s.set_nonblocking(true)?;
-                let mut s = TcpStream::from_std(s);
-                poll.registry().register(
-                    &mut s,
-                    Token(slot),
-                    Interest::READABLE | Interest::WRITABLE,
-                )?;
-                Some(s)
-            }
-            None => None,
         };
         worker.conns.push(Conn {
             index,
@@ -806,4 +817,21 @@ fn setup<'a>(
         });
     }
     Ok((worker, poll))
+}
+
+/// A connected socket made ready for the loop: non-blocking, after the TLS handshake (given
+/// at most `timeout`) with `tls`.
+fn connected(tcp: StdTcpStream, tls: Option<&TlsTarget>, timeout: Duration) -> io::Result<Stream> {
+    tcp.set_nodelay(true)?;
+    match tls {
+        None => {
+            tcp.set_nonblocking(true)?;
+            Ok(Stream::Plain(mio::net::TcpStream::from_std(tcp)))
+        }
+        Some(target) => {
+            tcp.set_read_timeout(Some(timeout))?;
+            tcp.set_write_timeout(Some(timeout))?;
+            Ok(Stream::Tls(Box::new(Stream::tls(tcp, target)?)))
+        }
+    }
 }

@@ -140,7 +140,7 @@ impl Service for Services {
             return Handler::Denied(kind);
         }
         match kind {
-            Kind::Session => {
+            Kind::Session | Kind::TlsSession => {
                 if let Some(idle) = &mut self.idle {
                     idle.heard_from(key, Instant::now());
                 }
@@ -158,6 +158,8 @@ impl Service for Services {
     fn refusal(&self, kind: Kind) -> Option<&[u8]> {
         match kind {
             Kind::Session => Some(&self.refusal),
+            // A TLS client could not read it in plaintext: closed without a word.
+            Kind::TlsSession => None,
             // The stream protocol has no error message: closing says it all.
             Kind::Stream => None,
         }
@@ -180,7 +182,7 @@ impl Service for Services {
                 session_next(status, session)
             }
             Handler::Denied(kind) => {
-                if let (Kind::Session, Some(denial)) = (kind, &self.denial) {
+                if let (Kind::Session | Kind::TlsSession, Some(denial)) = (kind, &self.denial) {
                     out.extend_from_slice(denial);
                 }
                 Next::Close

@@ -59,6 +59,9 @@ pub type ConnKey = usize;
 pub enum Kind {
     /// The main port: binary, text and RESP sessions.
     Session,
+    /// `--tls-port`: sessions as on the main port, over TLS (`server/tls.rs` decrypts before
+    /// and encrypts after the session).
+    TlsSession,
     /// `--stream-port`: the stream protocol.
     Stream,
 }

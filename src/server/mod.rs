@@ -18,6 +18,7 @@ mod metrics;
 mod pool;
 pub mod probe;
 pub mod timers;
+pub mod tls;
 mod uring;
 
 use std::io;
@@ -37,7 +38,10 @@ use crate::state::LeasesAndStreams;
 /// How the server is to run.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    pub addr: SocketAddr,
+    /// Where the main port listens (None: only the TLS port, `--port 0` with `--tls-port`).
+    pub addr: Option<SocketAddr>,
+    /// Where `--tls-port` listens, and with which certificate.
+    pub tls: Option<TlsPort>,
     pub threads: usize,
     pub pin: bool,
     pub max_connections: usize,
@@ -53,6 +57,13 @@ pub struct Settings {
     pub protected_mode: bool,
     /// `--timeout`: main-port connections that send nothing for this long are closed.
     pub idle_timeout: Option<std::time::Duration>,
+}
+
+/// The TLS port: the main port's protocols over TLS.
+#[derive(Debug, Clone)]
+pub struct TlsPort {
+    pub addr: SocketAddr,
+    pub config: Arc<rustls::ServerConfig>,
 }
 
 /// The `--io` choice.
@@ -194,7 +205,8 @@ impl Wakers {
 }
 
 pub struct Server {
-    local_addr: SocketAddr,
+    local_addr: Option<SocketAddr>,
+    tls_addr: Option<SocketAddr>,
     stream_addr: Option<SocketAddr>,
     shared: Arc<Shared>,
     wakers: Wakers,
@@ -214,12 +226,15 @@ impl Server {
     ) -> anyhow::Result<Server> {
         ensure_fd_limit(settings.max_connections, settings.threads);
         let backend = choose_backend(settings.io);
-        let listeners = bind_listeners(settings.addr, settings.threads)?;
-        let local_addr = listeners[0]
-            .local_addr()
-            .ok()
-            .and_then(|a| a.as_socket())
-            .context("listener has no address")?;
+        let (mut listeners, local_addr) = match settings.addr {
+            Some(addr) => bind_listeners(addr, settings.threads, "--port")?,
+            None => (Vec::new(), None),
+        };
+        let (mut tls_listeners, tls_addr) = match &settings.tls {
+            Some(tls) => bind_listeners(tls.addr, settings.threads, "--tls-port")?,
+            None => (Vec::new(), None),
+        };
+        let tls_config = settings.tls.as_ref().map(|tls| tls.config.clone());
         let mut stream = match &settings.stream {
             Some((addr, stream_settings)) => {
                 let listener = bind_stream_listener(*addr)?;
@@ -276,9 +291,15 @@ impl Server {
 
         let (ready_tx, ready_rx) = mpsc::channel();
         let mut threads = Vec::with_capacity(settings.threads);
-        for (index, listener) in listeners.into_iter().enumerate() {
+        for index in 0..settings.threads {
             let core = (!cores.is_empty()).then(|| cores[index % cores.len()]);
-            let mut loop_listeners = vec![(listener.into(), handler::Kind::Session)];
+            let mut loop_listeners = Vec::new();
+            if let Some(listener) = listeners.pop() {
+                loop_listeners.push((listener.into(), handler::Kind::Session));
+            }
+            if let Some(listener) = tls_listeners.pop() {
+                loop_listeners.push((listener.into(), handler::Kind::TlsSession));
+            }
             let mut stream_settings = None;
             if index == 0
                 && let Some((listener, s, _)) = stream.take()
@@ -297,6 +318,7 @@ impl Server {
             let stream_sequence = settings.stream.as_ref().map(|(_, s)| s.sequence.clone());
             let protected_mode = settings.protected_mode;
             let idle_timeout = settings.idle_timeout;
+            let tls_config = tls_config.clone();
             let shared = shared.clone();
             let ready = ready_tx.clone();
             let events = events.clone();
@@ -313,7 +335,7 @@ impl Server {
                         );
                     }
                     // Built in the loop's own (pinned) thread, like everything the loop owns.
-                    let service = adapters::Services::new(
+                    let sessions = adapters::Services::new(
                         shared.registry.clone(),
                         shared.records.clone(),
                         limits,
@@ -325,6 +347,7 @@ impl Server {
                         stream_settings,
                         stream_sequence.as_deref(),
                     );
+                    let service = tls::Tls::new(sessions, tls_config);
                     let core = core.map(|c| c.id);
                     if let Some(result) =
                         serve_loop(backend, loop_settings, service, shared, core, &ready)
@@ -340,6 +363,7 @@ impl Server {
 
         let mut server = Server {
             local_addr,
+            tls_addr,
             stream_addr,
             shared,
             wakers,
@@ -380,8 +404,14 @@ impl Server {
         Ok(server)
     }
 
-    pub fn local_addr(&self) -> SocketAddr {
+    /// Where the main port listens (None: TLS only).
+    pub fn local_addr(&self) -> Option<SocketAddr> {
         self.local_addr
+    }
+
+    /// Where the TLS port listens, if there is one.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_addr
     }
 
     /// How long an idle loop busy-polls: `Settings::busy_poll`, or zero where the kernel lacks
@@ -486,12 +516,17 @@ fn ensure_fd_limit(max_connections: usize, threads: usize) {
     }
 }
 
-/// Binds `count` SO_REUSEPORT listeners to `addr`. The port must not already be served by
-/// another process: SO_REUSEPORT would otherwise let two servers share it silently, and two
-/// sequencers on one port would hand out the same numbers.
-fn bind_listeners(addr: SocketAddr, count: usize) -> anyhow::Result<Vec<Socket>> {
+/// Binds `count` SO_REUSEPORT listeners to `addr` (the port of `flag`), and says where they
+/// listen. The port must not already be served by another process: SO_REUSEPORT would
+/// otherwise let two servers share it silently, and two sequencers on one port would hand out
+/// the same numbers.
+fn bind_listeners(
+    addr: SocketAddr,
+    count: usize,
+    flag: &str,
+) -> anyhow::Result<(Vec<Socket>, Option<SocketAddr>)> {
     let new_socket = |reuse_port| new_socket(addr, reuse_port);
-    let in_use = |e, addr| in_use(e, addr, "--port");
+    let in_use = |e, addr| in_use(e, addr, flag);
 
     // Exclusive probe: fails if anything listens on the port, reuseport group or not.
     let probe = new_socket(false).context("cannot create a socket")?;
@@ -510,7 +545,7 @@ fn bind_listeners(addr: SocketAddr, count: usize) -> anyhow::Result<Vec<Socket>>
         socket.listen(4096).map_err(|e| in_use(e, addr))?;
         listeners.push(socket);
     }
-    Ok(listeners)
+    Ok((listeners, Some(addr)))
 }
 
 /// Binds the stream protocol's listener: one socket, no SO_REUSEPORT group, because one

@@ -13,6 +13,8 @@
 //!   its default backend. [`test_io`] tells a test which backend was asked for.
 //! - `SEQD_LOG` is removed from every seqd's environment: the tests read the default log.
 
+pub mod pki;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -212,23 +214,45 @@ impl SeqdProcess {
     /// Where the stream protocol listens (started with `--stream-port`): the address on the
     /// log line that says "stream protocol ... listening on ADDR".
     pub fn stream_addr(&self) -> SocketAddr {
+        self.logged_addr("the stream protocol", |line| {
+            line.contains("stream protocol")
+                .then(|| {
+                    line.split("listening on ")
+                        .nth(1)?
+                        .split_whitespace()
+                        .next()
+                })
+                .flatten()
+        })
+    }
+
+    /// Where the TLS port listens (started with `--tls-port`): the address before "(TLS)" on
+    /// the line that says "seqd listening on ...".
+    pub fn tls_addr(&self) -> SocketAddr {
+        self.logged_addr("the TLS port", |line| {
+            let listening = line.split("seqd listening on ").nth(1)?;
+            let before = listening
+                .split(" (TLS)")
+                .next()
+                .filter(|_| listening.contains(" (TLS)"))?;
+            before.split_whitespace().last()
+        })
+    }
+
+    /// The address `find` picks from a line of the log, once it is there.
+    fn logged_addr(&self, what: &str, find: impl Fn(&str) -> Option<&str>) -> SocketAddr {
         let deadline = Instant::now() + PATIENCE;
         loop {
             let log = self.log();
-            let addr = log
-                .lines()
-                .filter(|line| line.contains("stream protocol"))
-                .find_map(|line| line.split("listening on ").nth(1))
-                .and_then(|rest| rest.split_whitespace().next())
-                .map(|addr| {
-                    addr.parse()
-                        .unwrap_or_else(|_| panic!("no stream address in the log:\n{log}"))
-                });
+            let addr = log.lines().find_map(&find).map(|addr| {
+                addr.parse()
+                    .unwrap_or_else(|_| panic!("no address of {what} in the log:\n{log}"))
+            });
             if let Some(addr) = addr {
                 return addr;
             }
             if Instant::now() > deadline {
-                panic!("seqd never logged where the stream protocol listens; log:\n{log}");
+                panic!("seqd never logged where {what} listens; log:\n{log}");
             }
             std::thread::sleep(Duration::from_millis(10));
         }
