@@ -91,10 +91,10 @@ pub struct DataDir {
     written: Written,
 }
 
-/// The journal appended to, and what it holds.
+/// The journal appended to, and what it holds. It is opened for each append rather than
+/// held open: a file open for writing keeps its filesystem from being remounted read-only.
 #[derive(Debug)]
 struct OpenJournal {
-    file: File,
     len: u64,
     /// The state the state file and the journal's entries make: what the next entry is
     /// the difference from.
@@ -343,21 +343,29 @@ impl DataDir {
             return None;
         }
         let path = self.path.join(JOURNAL_FILE);
-        failpoint::hit(failpoint::APPEND[0]);
-        let appended = open.file.write_all(&entry).map_err(|source| WriteError {
-            step: "append to",
+        let fail = |step, source| WriteError {
+            step,
             path: path.clone(),
             source,
-        });
-        let appended = appended.and_then(|()| {
+        };
+        let appended = (|| {
+            let mut file = OpenOptions::new()
+                .append(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&path)
+                .map_err(|e| fail("open", e))?;
+            // Anything but the length this process left means someone else wrote there.
+            let len = file.metadata().map_err(|e| fail("inspect", e))?.len();
+            if len != open.len {
+                let what = format!("{len} bytes where this seqd wrote {}", open.len);
+                return Err(fail("append to", io::Error::other(what)));
+            }
+            failpoint::hit(failpoint::APPEND[0]);
+            file.write_all(&entry).map_err(|e| fail("append to", e))?;
             failpoint::hit(failpoint::APPEND[1]);
             self.fsyncs += 1;
-            open.file.sync_data().map_err(|source| WriteError {
-                step: "fsync",
-                path,
-                source,
-            })
-        });
+            file.sync_data().map_err(|e| fail("fsync", e))
+        })();
         match appended {
             Ok(()) => {
                 failpoint::hit(failpoint::APPEND[2]);
@@ -381,14 +389,13 @@ impl DataDir {
         let bytes = format::encode(state);
         self.replace(TEMP_FILE, STATE_FILE, &bytes, &failpoint::STATE_WRITE)?;
         let header = journal::encode_header(state.generation);
-        let file = self.replace(
+        self.replace(
             JOURNAL_TEMP_FILE,
             JOURNAL_FILE,
             &header,
             &failpoint::NEW_JOURNAL,
         )?;
         self.journal = Some(OpenJournal {
-            file,
             len: header.len() as u64,
             state: state.clone(),
             state_file_len: bytes.len() as u64,
@@ -399,8 +406,7 @@ impl DataDir {
     }
 
     /// Makes `bytes` the content of `target`: written to `temp` (created afresh), fsync'd,
-    /// renamed over `target`, and the directory fsync'd. Returns the file, open for writing
-    /// at its end. `points` names its crash points: before the write, after it, after the
+    /// renamed over `target`, and the directory fsync'd. `points` names its crash points: before the write, after it, after the
     /// fsync and after the rename.
     fn replace(
         &mut self,
@@ -408,7 +414,7 @@ impl DataDir {
         target: &str,
         bytes: &[u8],
         points: &[&'static str; 4],
-    ) -> Result<File, WriteError> {
+    ) -> Result<(), WriteError> {
         let [before_write, after_write, after_fsync, after_rename] = *points;
         let (temp, target) = (self.path.join(temp), self.path.join(target));
         let fail = |step, path: &Path, source| WriteError {
@@ -439,23 +445,18 @@ impl DataDir {
             self.fsyncs += 1;
             file.sync_all().map_err(|e| fail("fsync", &temp, e))?;
             failpoint::hit(after_fsync);
-            std::fs::rename(&temp, &target).map_err(|e| fail("rename over", &target, e))?;
-            Ok(file)
+            std::fs::rename(&temp, &target).map_err(|e| fail("rename over", &target, e))
         })();
-        let file = match written {
-            Ok(file) => file,
-            Err(e) => {
-                // Best effort: a partial file should not hold on to space on a full disk.
-                let _ = std::fs::remove_file(&temp);
-                return Err(e);
-            }
-        };
+        if let Err(e) = written {
+            // Best effort: a partial file should not hold on to space on a full disk.
+            let _ = std::fs::remove_file(&temp);
+            return Err(e);
+        }
         failpoint::hit(after_rename);
         self.fsyncs += 1;
         self.dir
             .sync_all()
-            .map_err(|e| fail("fsync directory", &self.path, e))?;
-        Ok(file)
+            .map_err(|e| fail("fsync directory", &self.path, e))
     }
 }
 

@@ -10,8 +10,8 @@
 //!
 //! Each entry is framed by its length and a CRC-32, and written and fsync'd whole before the
 //! next one begins, so only the last entry can be torn by a crash: an entry that runs past
-//! the end of the file, or fails its checksum with nothing but zeros after it, is that torn
-//! write, dropped. Nothing that depended on it was acknowledged (its ceilings were not raised,
+//! the end of the file, or fails its checksum with nothing but zeros after where it ends, is
+//! that torn write, dropped. Nothing that depended on it was acknowledged (its ceilings were not raised,
 //! its leases not answered). A failing entry with data after it cannot be a torn write and
 //! stops the start, like a damaged state file.
 
@@ -259,8 +259,9 @@ pub fn decode(bytes: &[u8]) -> Result<Journal, JournalError> {
         crc.update(&rest[..4]);
         crc.update(&rest[FRAME_LEN..FRAME_LEN + len]);
         if crc.finalize() != stored {
-            let last = FRAME_LEN + len == rest.len();
-            if last || rest.iter().all(|&b| b == 0) {
+            // Only zeros after it: nothing was written after this entry, so it is the last
+            // write, torn (its length may have reached the disk before all its data).
+            if rest[FRAME_LEN + len..].iter().all(|&b| b == 0) {
                 journal.torn_bytes = Some(rest.len());
                 break;
             }
