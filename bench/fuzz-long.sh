@@ -9,6 +9,7 @@
 #   bench/fuzz-long.sh 600                          # every target, 10 min each
 #   TARGETS=journal_decoder bench/fuzz-long.sh 600  # one target (the others' rows are kept)
 #   RESULTS=/elsewhere/results/fuzz-long bench/fuzz-long.sh 600
+#   UNIT_TIMEOUT=120 (default): libFuzzer's -timeout per unit, in seconds
 #
 # The built binaries are run directly rather than through `cargo fuzz run`, which would
 # rebuild first: the tree may change while a long run is going. A crash stops that target,
@@ -21,6 +22,7 @@ ROOT=$PWD
 SECONDS_PER_TARGET=${1:?usage: bench/fuzz-long.sh SECONDS}
 TARGETS=${TARGETS:-"binary_decoder text_decoder stream_decoder state_decoder journal_decoder session"}
 RESULTS=${RESULTS:-$ROOT/results/fuzz-long}
+UNIT_TIMEOUT=${UNIT_TIMEOUT:-120}
 mkdir -p "$RESULTS"
 
 cd fuzz
@@ -46,9 +48,12 @@ for target in $TARGETS; do
   load_before=$(cut -d' ' -f1-3 /proc/loadavg)
   echo "== fuzz $target for ${SECONDS_PER_TARGET}s ($started)"
   status=0
+  # At nice 19 on a loaded machine a unit can wait tens of seconds for a CPU: a short
+  # -timeout stops the run on a starved unit, not a slow one (each timeout input is rerun
+  # alone below to tell which).
   nice -n 19 "$BIN_DIR/$target" "corpus/$target" "seeds/$target" \
-    -artifact_prefix="artifacts/$target/" -max_total_time="$SECONDS_PER_TARGET" -timeout=10 \
-    -print_final_stats=1 >"$log" 2>&1 || status=$?
+    -artifact_prefix="artifacts/$target/" -max_total_time="$SECONDS_PER_TARGET" \
+    -timeout="$UNIT_TIMEOUT" -print_final_stats=1 >"$log" 2>&1 || status=$?
   load_after=$(cut -d' ' -f1-3 /proc/loadavg)
   execs=$(grep -oE '^stat::number_of_executed_units: *[0-9]+' "$log" | grep -oE '[0-9]+$' || echo "?")
   rate=$(grep -oE '^stat::average_exec_per_sec: *[0-9]+' "$log" | grep -oE '[0-9]+$' || echo "?")
@@ -61,7 +66,20 @@ for target in $TARGETS; do
   outcome="no crash"
   if ((status != 0)); then
     outcome="CRASH (exit $status; input in fuzz/artifacts/$target/)"
-    failed+=("$target")
+    timeout_input=$(grep -oE "artifacts/$target/timeout-[0-9a-f]+" "$log" | tail -1 || true)
+    if [ -n "$timeout_input" ]; then
+      # Rerun alone, at normal priority, with libFuzzer's default 10 s per unit.
+      rerun_started=$(date +%s.%N)
+      if "$BIN_DIR/$target" -timeout=10 "$timeout_input" >"logs/long-$target-rerun.log" 2>&1; then
+        rerun=$(python3 -c "import time; print(f'{time.time() - $rerun_started:.2f}')")
+        outcome="stopped early by a unit over ${UNIT_TIMEOUT} s at nice 19; that input alone runs in ${rerun} s (starved, not a hang)"
+      else
+        outcome="TIMEOUT: $timeout_input also fails alone"
+        failed+=("$target")
+      fi
+    else
+      failed+=("$target")
+    fi
     grep -E -A20 'panicked|ERROR: libFuzzer|SUMMARY' "$log" | head -40 >&2 || true
   fi
   cat >"$RESULTS/$target.txt" <<EOF
@@ -113,7 +131,7 @@ out.append("overflow is a crash), at `nice -n 19` on a machine shared with other
 out.append("far below an idle core's, and so are the execs a run of a given length reaches.\n")
 out.append(f"- Machine: `nproc` {os.cpu_count()}, kernel `{platform.release()}`, CPU \"{cpu}\"; shared (load averages per target below)")
 out.append(f"- Toolchain: {nightly}; {fuzz_version}")
-out.append(f"- Command: `bench/fuzz-long.sh SECONDS` (per target: `nice -n 19 fuzz/target/.../TARGET corpus/TARGET seeds/TARGET -max_total_time=SECONDS -timeout=10 -print_final_stats=1`)")
+out.append(f"- Command: `bench/fuzz-long.sh {seconds}` (per target: `nice -n 19 fuzz/target/.../TARGET corpus/TARGET seeds/TARGET -max_total_time=SECONDS -timeout=UNIT_TIMEOUT -print_final_stats=1`; UNIT_TIMEOUT 120 s by default, since a unit at nice 19 can wait long for a CPU; a timeout input is rerun alone to tell a starved unit from a hang)")
 out.append(f"- Last build of the targets took {build_seconds} s\n")
 out.append("| target | started (UTC) | seconds | execs | execs/s | ≥ 10⁸ execs? | cov start → end | ft start → end | corpus files | load avg before → after | code | outcome |")
 out.append("|---|---|---:|---:|---:|---|---|---|---:|---|---|---|")

@@ -651,6 +651,51 @@ mod tests {
         bytes
     }
 
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// The example in docs/STATE.md ("The journal"), byte for byte.
+    #[test]
+    fn matches_the_documented_example() {
+        let entry = Entry {
+            generation: 8,
+            written_at_ms: 1_700_000_001_000,
+            changes: vec![
+                Change::Sequence(sequence(0, "default", 2000, 3048)),
+                Change::LeaseGone {
+                    sequence: 0,
+                    first: 1001,
+                },
+            ],
+        };
+        let expected = concat!(
+            "534551444a524e4c", // magic "SEQDJRNL"
+            "0001",             // version 1
+            "0000000000000007", // continues state file generation 7
+            "e0aa31b2",         // CRC-32 of the 18 bytes above
+            "00000048",         // entry: 72 bytes
+            "f2336c68",         // CRC-32 of the length and the 72 bytes
+            "0000000000000008", // makes generation 8
+            "0000018bcfe56be8", // written at 1700000001000 ms
+            "00000002",         // 2 changes
+            "0001",             // kind 1: sequence
+            "0000001c",         // 28-byte payload
+            "00000000",         // id 0
+            "00000000000007d0", // next 2000
+            "0000000000000be8", // ceiling 3048
+            "07",               // name length 7
+            "64656661756c74",   // "default"
+            "0006",             // kind 6: lease gone
+            "0000000c",         // 12-byte payload
+            "00000000",         // sequence 0
+            "00000000000003e9", // first 1001
+        );
+        let bytes = journal_bytes(7, std::slice::from_ref(&entry));
+        assert_eq!(hex(&bytes), expected);
+        assert_eq!(decode(&bytes).unwrap().entries, [entry]);
+    }
+
     #[test]
     fn diff_holds_only_what_changed_and_replays_to_the_new_state() {
         let (old, new) = (before(), after());
