@@ -55,7 +55,11 @@ pub struct WriteError {
     pub source: io::Error,
 }
 
-/// Where the persister writes states: the data directory, or a stand-in in tests.
+/// Where the persister writes states: the data directory, cluster mode's etcd store, or a
+/// stand-in in tests. The persister hands over the whole state each time; how it is made
+/// durable is the sink's business: the data directory appends the difference from the last
+/// state to its journal ([`super::journal::diff`]) or compacts, another store may write only
+/// the records that changed.
 pub trait StateSink: Send {
     /// Makes `state` the durable state: when this returns `Ok`, it survives a crash or
     /// power loss.

@@ -1,0 +1,76 @@
+#!/usr/bin/env python3
+"""Lease writes against a running seqd (text protocol), for bench/lease-journal.sh.
+
+  lease_writes.py fill HOST PORT N        # N leases with ids, pipelined (left outstanding)
+  lease_writes.py measure HOST PORT PID SECONDS
+      # one lease at a time (each answered only once durable) for SECONDS; prints one JSON
+      # line: leases, seconds, and the seqd process's /proc/PID/io deltas (wchar: bytes
+      # passed to write calls; write_bytes: bytes of page cache dirtied, i.e. sent to disk)
+"""
+import json
+import socket
+import sys
+import time
+
+
+def connect(host, port):
+    sock = socket.create_connection((host, int(port)))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock, sock.makefile("rb")
+
+
+def expect_range(line):
+    text = line.decode().strip()
+    first, _, last = text.partition(",")
+    if not (first.isdigit() and last.isdigit()):
+        sys.exit(f"lease_writes.py: not a range: {text!r}")
+
+
+def fill(host, port, n):
+    sock, replies = connect(host, port)
+    chunk = 500
+    for start in range(0, n, chunk):
+        count = min(chunk, n - start)
+        sock.sendall(b"".join(
+            b"GET_SEQUENCE_RANGE 1 filler-%d r%d\r\n" % (i % 1000, i)
+            for i in range(start, start + count)))
+        for _ in range(count):
+            expect_range(replies.readline())
+
+
+def proc_io(pid):
+    values = {}
+    with open(f"/proc/{pid}/io") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            values[key] = int(value)
+    return values
+
+
+def measure(host, port, pid, seconds):
+    sock, replies = connect(host, port)
+    before = proc_io(pid)
+    started = time.monotonic()
+    leases = 0
+    while time.monotonic() - started < seconds:
+        sock.sendall(b"GET_SEQUENCE_RANGE 1 bench r%d\r\n" % leases)
+        expect_range(replies.readline())
+        leases += 1
+    elapsed = time.monotonic() - started
+    after = proc_io(pid)
+    print(json.dumps({
+        "leases": leases,
+        "seconds": elapsed,
+        "wchar": after["wchar"] - before["wchar"],
+        "write_bytes": after["write_bytes"] - before["write_bytes"],
+        "syscw": after["syscw"] - before["syscw"],
+    }))
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["fill"]:
+        fill(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+    elif sys.argv[1:2] == ["measure"]:
+        measure(sys.argv[2], sys.argv[3], sys.argv[4], float(sys.argv[5]))
+    else:
+        sys.exit(__doc__)
