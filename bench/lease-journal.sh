@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # What a lease write costs with 10,000 leases outstanding, before and after the journal
 # (issue 20 item 6): two revisions built side by side, measured alternately round by round on
-# fresh data directories. Each round fills a server with FILL leases (client and request
-# ids, outstanding for an hour), then takes one lease at a time for SECONDS (each answered
+# fresh data directories. Each round fills a server with FILL leases (64-byte client ids and
+# 63-byte request ids, the longest allowed: 164-byte records, so 10,000 make the 1.64 MB
+# state file of issue 20; outstanding for an hour), then takes one lease at a time for SECONDS (each answered
 # only once durable: one persister write each) and records the server's /proc/PID/io deltas.
 # Writes results/lease-journal/README.md (never edit that file by hand: rerun this script).
 #
@@ -41,11 +42,18 @@ fs_type=$(stat -f -c %T "$WORK")
 NICE=()
 [[ $(id -u) -eq 0 ]] && NICE=(nice -n -20)
 
-# Both revisions build in one target directory (as bench/ab.sh), dependencies once.
+# Both revisions build in one target directory (as bench/ab.sh), dependencies once; a
+# revision's binary is kept in target/ab/bin/ and reused by later runs.
 build() { # rev -> $WORK/seqd-<rev>
   local rev=$1
+  if [[ -x $ROOT/target/ab/bin/seqd-$rev ]]; then
+    cp "$ROOT/target/ab/bin/seqd-$rev" "$WORK/seqd-$rev"
+    return
+  fi
   git worktree add --detach --quiet "$WORK/tree" "$rev"
   (cd "$WORK/tree" && CARGO_TARGET_DIR=$ROOT/target/ab nice -n 5 cargo build --release --locked --quiet -p seqd)
+  mkdir -p "$ROOT/target/ab/bin"
+  cp "$ROOT/target/ab/release/seqd" "$ROOT/target/ab/bin/seqd-$rev"
   cp "$ROOT/target/ab/release/seqd" "$WORK/seqd-$rev"
   git worktree remove --force "$WORK/tree"
 }
@@ -121,7 +129,7 @@ lines.append(f"Before: `{a}` (every lease write rewrites the whole state file). 
 lines.append("lease write appends one journal entry; the state file is rewritten only at compactions).\n")
 lines.append(f"- Date: {started}; {rounds} rounds, the two revisions alternated (A B, B A, ...), each on a fresh data directory ({fs})")
 lines.append(f"- Machine: `nproc` {os.cpu_count()}, kernel `{platform.release()}`, CPU \"{cpu}\"; **shared** with other builds (load average {load_before} before, {load_after} after): the rates are indicative, the bytes are not affected")
-lines.append(f"- Each round: seqd (`--threads 1 --max-leases 1000000 --max-leases-per-client 1000000 --lease-timeout 1h`, pinned to CPU 0) is filled with {fill} leases with client and request ids (`GET_SEQUENCE_RANGE 1 filler-K rI`, pipelined), then one client (CPU 1) takes one lease at a time for {seconds} s, each answered only once it is durable (so one persister write per lease). Bytes from the seqd process's `/proc/PID/io` over those {seconds} s, divided by the leases taken: `wchar` is what seqd passed to write calls (the few bytes of each reply included if the socket write is counted there), `write_bytes` the page cache it dirtied (what goes to the disk, in 4 KiB pages)")
+lines.append(f"- Each round: seqd (`--threads 1 --max-leases 1000000 --max-leases-per-client 1000000 --lease-timeout 1h`, pinned to CPU 0) is filled with {fill} leases with client and request ids (`GET_SEQUENCE_RANGE 1 CLIENT REQUEST` with a 64-byte client id, one per 10 leases, and a 63-byte request id: 164-byte lease records; pipelined), then one client (CPU 1) takes one lease at a time for {seconds} s, each answered only once it is durable (so one persister write per lease). Bytes from the seqd process's `/proc/PID/io` over those {seconds} s, divided by the leases taken: `wchar` is what seqd passed to write calls (the few bytes of each reply included if the socket write is counted there), `write_bytes` the page cache it dirtied (what goes to the disk, in 4 KiB pages)")
 lines.append(f"- Command: `bench/lease-journal.sh {a} {b}` (ROUNDS={rounds} SECONDS_PER_ROUND={seconds} FILL={fill})\n")
 lines.append("| round | rev | leases | lease writes/s | bytes written per lease write (wchar) | bytes to disk per lease write (write_bytes) | write calls per lease | state file after the fill |")
 lines.append("|---:|---|---:|---:|---:|---:|---:|---:|")

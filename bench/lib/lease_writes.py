@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Lease writes against a running seqd (text protocol), for bench/lease-journal.sh.
 
-  lease_writes.py fill HOST PORT N        # N leases with ids, pipelined (left outstanding)
+  lease_writes.py fill HOST PORT N        # N leases with the longest ids, pipelined (left outstanding)
   lease_writes.py measure HOST PORT PID SECONDS
       # one lease at a time (each answered only once durable) for SECONDS; prints one JSON
       # line: leases, seconds, and the seqd process's /proc/PID/io deltas (wchar: bytes
@@ -26,13 +26,23 @@ def expect_range(line):
         sys.exit(f"lease_writes.py: not a range: {text!r}")
 
 
+def client_id(k):
+    """64 bytes, the longest a lease client id may be."""
+    return b"client-%057d" % k
+
+
+def request_id(i):
+    """63 bytes: with a 64-byte client id, a 164-byte lease record (as in issue 20)."""
+    return b"request-%055d" % i
+
+
 def fill(host, port, n):
     sock, replies = connect(host, port)
     chunk = 500
     for start in range(0, n, chunk):
         count = min(chunk, n - start)
         sock.sendall(b"".join(
-            b"GET_SEQUENCE_RANGE 1 filler-%d r%d\r\n" % (i % 1000, i)
+            b"GET_SEQUENCE_RANGE 1 %s %s\r\n" % (client_id(i % 1000), request_id(i))
             for i in range(start, start + count)))
         for _ in range(count):
             expect_range(replies.readline())
@@ -53,7 +63,7 @@ def measure(host, port, pid, seconds):
     started = time.monotonic()
     leases = 0
     while time.monotonic() - started < seconds:
-        sock.sendall(b"GET_SEQUENCE_RANGE 1 bench r%d\r\n" % leases)
+        sock.sendall(b"GET_SEQUENCE_RANGE 1 %s %s\r\n" % (client_id(1000), request_id(leases)))
         expect_range(replies.readline())
         leases += 1
     elapsed = time.monotonic() - started

@@ -764,6 +764,24 @@ mod tests {
         assert_eq!(journal.torn_bytes, Some(bytes.len() - first_end));
     }
 
+    /// Found by the journal_decoder fuzz target (an assumption of the target, not a decoder
+    /// bug): an entry whose last bytes are zeros, cut there and zero-filled, is the entry
+    /// itself, and decodes whole.
+    #[test]
+    fn a_cut_entry_whose_missing_bytes_were_zeros_is_whole() {
+        let entry = Entry {
+            generation: 8,
+            written_at_ms: 1,
+            changes: vec![],
+        };
+        let bytes = journal_bytes(7, std::slice::from_ref(&entry));
+        assert_eq!(bytes.last(), Some(&0), "the change count's last byte");
+        let mut zeroed = bytes[..bytes.len() - 1].to_vec();
+        assert_eq!(decode(&zeroed).unwrap().entries, []);
+        zeroed.push(0);
+        assert_eq!(decode(&zeroed).unwrap().entries, [entry]);
+    }
+
     #[test]
     fn a_damaged_entry_before_the_last_stops_the_start() {
         let entries = [entry_between(&before(), &after())];
