@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Lease writes against a running seqd (text protocol), for bench/lease-journal.sh.
 
-  lease_writes.py fill HOST PORT N        # N leases with the longest ids, pipelined (left outstanding)
+  lease_writes.py fill HOST PORT N        # N leases with the longest ids, over 50 connections (left outstanding)
   lease_writes.py measure HOST PORT PID SECONDS
       # one lease at a time (each answered only once durable) for SECONDS; prints one JSON
       # line: leases, seconds, and the seqd process's /proc/PID/io deltas (wchar: bytes
@@ -36,15 +36,16 @@ def request_id(i):
     return b"request-%055d" % i
 
 
-def fill(host, port, n):
-    sock, replies = connect(host, port)
-    chunk = 500
-    for start in range(0, n, chunk):
-        count = min(chunk, n - start)
+def fill(host, port, n, connections=50):
+    """A connection answers its leases one after another (each once durable), so the fill
+    runs over many connections at once: one write serves a lease of each."""
+    socks = [connect(host, port) for _ in range(connections)]
+    for k, (sock, _) in enumerate(socks):
         sock.sendall(b"".join(
             b"GET_SEQUENCE_RANGE 1 %s %s\r\n" % (client_id(i % 1000), request_id(i))
-            for i in range(start, start + count)))
-        for _ in range(count):
+            for i in range(k, n, connections)))
+    for k, (_, replies) in enumerate(socks):
+        for _ in range(k, n, connections):
             expect_range(replies.readline())
 
 

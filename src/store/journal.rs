@@ -472,7 +472,11 @@ pub fn replay(state: &mut State, journal: &Journal) -> Result<Replay, JournalErr
     let mut counters = records.lease_counters;
     let mut result = Ok(Replay::Applied(journal.entries.len()));
     for (index, entry) in journal.entries.iter().enumerate() {
-        let expected = state.generation + 1;
+        let inconsistent = |what| JournalError::Inconsistent { index, what };
+        let Some(expected) = state.generation.checked_add(1) else {
+            result = Err(inconsistent("it follows the last generation there can be"));
+            break;
+        };
         if entry.generation != expected {
             result = Err(JournalError::OutOfOrder {
                 index,
@@ -481,7 +485,6 @@ pub fn replay(state: &mut State, journal: &Journal) -> Result<Replay, JournalErr
             });
             break;
         }
-        let inconsistent = |what| JournalError::Inconsistent { index, what };
         let applied = entry.changes.iter().try_for_each(|change| match change {
             Change::Sequence(sequence) => {
                 let at = sequence.id as usize;
@@ -841,6 +844,22 @@ mod tests {
         let journal = decode(&journal_bytes(7, &[unknown])).unwrap();
         let err = replay(&mut before(), &journal).unwrap_err().to_string();
         assert!(err.contains("a stream the state does not hold"), "{err}");
+    }
+
+    /// Found by the journal_decoder fuzz target: a journal continuing generation 2^64 - 1
+    /// made `generation + 1` overflow (a panic with debug assertions, a wrap without).
+    #[test]
+    fn an_entry_after_the_last_generation_is_refused() {
+        let mut state = before();
+        state.generation = u64::MAX;
+        let entry = Entry {
+            generation: 0,
+            written_at_ms: 0,
+            changes: vec![],
+        };
+        let journal = decode(&journal_bytes(u64::MAX, &[entry])).unwrap();
+        let err = replay(&mut state, &journal).unwrap_err().to_string();
+        assert!(err.contains("the last generation there can be"), "{err}");
     }
 
     #[test]
