@@ -80,7 +80,7 @@ def block_bytes(block):
         if m:
             out += hex_bytes(m.group(1))
     return out
-files = [block_bytes(b) for b in blocks if b.startswith("53 45 51 44")]
+files = [block_bytes(b) for b in blocks if b.startswith("53 45 51 44 53 54 41 54")]
 ledgers = [block_bytes(b) for b in blocks if b.startswith("00 02  00 00 00 2a")]
 for i, f in enumerate(files):
     write("state_decoder", f"doc-file-{i}", b"\x00" + f)
@@ -90,3 +90,14 @@ for i, f in enumerate(files):
         body[32:36] = (len(body) - 36).to_bytes(4, "big")
         whole = bytes(body) + zlib.crc32(bytes(body)).to_bytes(4, "big")
         write("state_decoder", f"doc-file-{i}-ledger-{j}", b"\x00" + whole)
+
+# Journals: the documented one as it is (mode 0), cut inside its entry (a torn append), and
+# as the target's framed input (mode 1: base generation, then each entry payload behind a
+# 2-byte length).
+journals = [block_bytes(b) for b in blocks if b.startswith("53 45 51 44 4a 52 4e 4c")]
+for i, j in enumerate(journals):
+    write("journal_decoder", f"doc-journal-{i}", b"\x00" + j)
+    write("journal_decoder", f"doc-journal-{i}-torn", b"\x00" + j[:-5])
+    payload = j[22 + 8:]
+    framed = j[10:18] + len(payload).to_bytes(2, "big") + payload
+    write("journal_decoder", f"doc-journal-{i}-framed", b"\x01" + framed + framed[8:])

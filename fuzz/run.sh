@@ -21,7 +21,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 SECONDS_PER_TARGET=${1:?usage: fuzz/run.sh SECONDS}
-TARGETS=${TARGETS:-"binary_decoder text_decoder stream_decoder state_decoder session"}
+TARGETS=${TARGETS:-"binary_decoder text_decoder stream_decoder state_decoder journal_decoder session"}
 FLAGS=(--debug-assertions --sanitizer "${FUZZ_SANITIZER:-none}")
 
 cargo +nightly fuzz build "${FLAGS[@]}"

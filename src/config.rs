@@ -158,7 +158,7 @@ pub struct Config {
     pub max_leases_per_client: u32,
 
     /// Most leases the server remembers at once (unacknowledged ones, and finished ones kept
-    /// for retries); every lease change rewrites the state file, which grows with this.
+    /// for retries); the state file, rewritten at each journal compaction, grows with this.
     #[arg(long, default_value_t = crate::lease::DEFAULT_MAX_TRACKED, value_name = "N")]
     pub max_leases: usize,
 

@@ -285,7 +285,9 @@ fn value(buf: &[u8], pos: usize) -> (Value<'_>, usize) {
         Some((b'+', text)) => (Value::Status(text), next),
         Some((b'-', text)) => (Value::Error(text), next),
         Some((b':', digits)) => (Value::Integer(digits), next),
-        Some((b'$', len)) => match number(len) {
+        // RESP3 (after `HELLO 3`): a null, and a verbatim string framed like a bulk one.
+        Some((b'_', _)) => (Value::Bulk, next),
+        Some((b'$' | b'=', len)) => match number(len) {
             -1 => (Value::Bulk, next),
             n => {
                 let end = next + n as usize;
@@ -297,10 +299,12 @@ fn value(buf: &[u8], pos: usize) -> (Value<'_>, usize) {
                 (Value::Bulk, end + 2)
             }
         },
-        Some((b'*', len)) => {
+        // An array, and RESP3's map (two values per entry), set and push.
+        Some((kind @ (b'*' | b'%' | b'~' | b'>'), len)) => {
+            let per_entry = if *kind == b'%' { 2 } else { 1 };
             let mut items = Vec::new();
             let mut at = next;
-            for _ in 0..number(len).max(0) {
+            for _ in 0..number(len).max(0) * per_entry {
                 let (item, after) = value(buf, at);
                 items.push(item);
                 at = after;

@@ -1,7 +1,13 @@
-//! The data directory: its lock, and reading and atomically replacing its state file.
+//! The data directory: its lock, its state file (read, and atomically replaced) and the
+//! journal appended after it.
 //!
-//! Every write goes to `state.tmp`, is fsync'd, renamed over `state`, and the directory is
-//! fsync'd. The rename is atomic, so `state` only ever holds a complete file that was on disk
+//! A write that follows another is appended to the journal as one entry holding what changed
+//! (the persister batches every change made before it starts; one fsync per entry). The first
+//! write after start-up, a clean shutdown's, the first after a failed write, and one that
+//! would grow the journal past its bound (the larger of [`JOURNAL_MIN_BOUND`] and the last
+//! state file's size) instead rewrite the whole state file and start a new journal: a
+//! compaction. Every state file write goes to `state.tmp`, is fsync'd, renamed over `state`,
+//! and the directory is fsync'd. The rename is atomic, so `state` only ever holds a complete file that was on disk
 //! before it got its name: a crash mid-write leaves the previous `state` in force and an
 //! unfinished `state.tmp`, which recovery removes. Any damage found in `state` itself can
 //! therefore not be a torn write; it is corruption and stops the start (see docs/STATE.md for
@@ -19,7 +25,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 
+use super::failpoint;
 use super::format::{self, State};
+use super::journal::{self, Entry, Replay};
 
 /// The state file, relative to the data directory.
 pub const STATE_FILE: &str = "state";
@@ -27,6 +35,15 @@ pub const STATE_FILE: &str = "state";
 pub const TEMP_FILE: &str = "state.tmp";
 /// Held (flock) by the seqd using the directory; holds its pid.
 pub const LOCK_FILE: &str = "seqd.lock";
+/// The changes made since the state file was written, appended one entry per write.
+pub const JOURNAL_FILE: &str = "journal";
+/// Where a compaction writes the new, empty journal before it is renamed over
+/// [`JOURNAL_FILE`].
+pub const JOURNAL_TEMP_FILE: &str = "journal.tmp";
+/// The journal is compacted into the state file once an append would take it past this or
+/// the last state file's size, whichever is larger: so appends cost at most about as much
+/// again in compactions, and recovery replays at most about a state file's worth.
+pub const JOURNAL_MIN_BOUND: u64 = 1 << 20;
 
 /// A failed state write: which step, on which path, and the OS error.
 #[derive(Debug, thiserror::Error)]
@@ -38,7 +55,11 @@ pub struct WriteError {
     pub source: io::Error,
 }
 
-/// Where the persister writes states: the data directory, or a stand-in in tests.
+/// Where the persister writes states: the data directory, cluster mode's etcd store, or a
+/// stand-in in tests. The persister hands over the whole state each time; how it is made
+/// durable is the sink's business: the data directory appends the difference from the last
+/// state to its journal ([`super::journal::diff`]) or compacts, another store may write only
+/// the records that changed.
 pub trait StateSink: Send {
     /// Makes `state` the durable state: when this returns `Ok`, it survives a crash or
     /// power loss.
@@ -63,6 +84,38 @@ pub struct DataDir {
     /// Our pid is in the lock file (written after our first durable state).
     owner_recorded: bool,
     fsyncs: u64,
+    /// The journal being appended to, and the state its entries lead to; None until the
+    /// first write of this process, and after a failed write (the next one compacts: after
+    /// a failure the journal's tail is unknown, and fsync'ing the same file again could
+    /// report success for pages that were lost).
+    journal: Option<OpenJournal>,
+    /// Compact once an append would take the journal past this many bytes (at least).
+    journal_bound: u64,
+    /// What was written, by kind, for the persister's report and the benchmark.
+    written: Written,
+}
+
+/// The journal appended to, and what it holds. It is opened for each append rather than
+/// held open: a file open for writing keeps its filesystem from being remounted read-only.
+#[derive(Debug)]
+struct OpenJournal {
+    len: u64,
+    /// The state the state file and the journal's entries make: what the next entry is
+    /// the difference from.
+    state: State,
+    /// Size of the state file the journal continues.
+    state_file_len: u64,
+}
+
+/// Counts of what a data directory wrote.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Written {
+    /// Whole state files (with a new journal each).
+    pub compactions: u64,
+    pub compaction_bytes: u64,
+    /// Journal entries.
+    pub appends: u64,
+    pub append_bytes: u64,
 }
 
 impl DataDir {
@@ -139,7 +192,25 @@ impl DataDir {
             had_owner,
             owner_recorded: false,
             fsyncs: 0,
+            journal: None,
+            journal_bound: failpoint::journal_bound_override().unwrap_or(JOURNAL_MIN_BOUND),
+            written: Written::default(),
         })
+    }
+
+    /// Compacts once the journal would pass `bytes` (or the state file's size, if larger).
+    pub fn with_journal_bound(mut self, bytes: u64) -> DataDir {
+        self.journal_bound = bytes;
+        self
+    }
+
+    /// What this data directory wrote so far.
+    pub fn written(&self) -> Written {
+        self.written
+    }
+
+    pub fn journal_path(&self) -> PathBuf {
+        self.path.join(JOURNAL_FILE)
     }
 
     pub fn path(&self) -> &Path {
@@ -155,44 +226,80 @@ impl DataDir {
         self.had_owner
     }
 
-    /// Reads the state, if there is one. An unfinished write (`state.tmp`) is removed: it
-    /// never took effect. A state file that cannot be read or decoded is an error naming it.
+    /// Reads the state, if there is one: the state file, with the journal's entries applied
+    /// (a torn last entry is dropped, with a warning). Unfinished writes (`state.tmp`,
+    /// `journal.tmp`) are removed: they never took effect. A state file or journal that
+    /// cannot be read or decoded is an error naming it.
     pub fn read_state(&self) -> anyhow::Result<Option<State>> {
-        let temp = self.path.join(TEMP_FILE);
-        match std::fs::remove_file(&temp) {
-            Ok(()) => tracing::warn!(
-                "removed {}: a state write that a crash interrupted (it never took effect)",
-                temp.display()
-            ),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => {
-                return Err(e).with_context(|| format!("cannot remove {}", temp.display()));
+        for (name, what) in [(TEMP_FILE, "state"), (JOURNAL_TEMP_FILE, "journal")] {
+            let temp = self.path.join(name);
+            match std::fs::remove_file(&temp) {
+                Ok(()) => tracing::warn!(
+                    "removed {}: a {what} write that a crash interrupted (it never took effect)",
+                    temp.display()
+                ),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(e).with_context(|| format!("cannot remove {}", temp.display()));
+                }
             }
         }
         let path = self.state_path();
-        let read = OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&path)
-            .and_then(|mut file| {
-                let mut bytes = Vec::new();
-                file.read_to_end(&mut bytes).map(|_| bytes)
-            });
-        let bytes = match read {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => {
-                return Err(e)
-                    .with_context(|| format!("cannot read state file {}", path.display()));
+        let journal_path = self.journal_path();
+        let Some(bytes) = read_file(&path, "state file")? else {
+            if std::fs::symlink_metadata(&journal_path).is_ok() {
+                bail!(
+                    "state file {} is missing but its journal {} is there: the journal only \
+                     holds changes to a state file, so seqd cannot tell where its sequences \
+                     stand; restore the state file (see docs/STATE.md, \"Recovery\")",
+                    path.display(),
+                    journal_path.display()
+                );
             }
+            return Ok(None);
         };
-        let state = format::decode(&bytes).with_context(|| {
+        let mut state = format::decode(&bytes).with_context(|| {
             format!(
                 "state file {} is unusable; seqd will not guess where its sequences stand \
                  (see docs/STATE.md, \"Recovery\")",
                 path.display()
             )
         })?;
+        let Some(bytes) = read_file(&journal_path, "journal")? else {
+            return Ok(Some(state));
+        };
+        let base = state.generation;
+        let unusable = || {
+            format!(
+                "journal {} (after state file generation {}) is unusable; seqd will not guess \
+                 where its sequences stand (see docs/STATE.md, \"Recovery\")",
+                journal_path.display(),
+                base
+            )
+        };
+        let journal = journal::decode(&bytes).with_context(unusable)?;
+        match journal::replay(&mut state, &journal).with_context(unusable)? {
+            Replay::Stale => tracing::info!(
+                "journal {} continues state generation {}, older than the state file's ({base}): \
+                 a compaction was interrupted after its state file was in place, so the state \
+                 file holds everything; the journal is replaced at the first write",
+                journal_path.display(),
+                journal.base_generation,
+            ),
+            Replay::Applied(entries) => tracing::info!(
+                "replayed {entries} journal entries ({} bytes) onto state file generation \
+                 {base}: generation {}",
+                journal.valid_len,
+                state.generation
+            ),
+        }
+        if let Some(torn) = journal.torn_bytes {
+            tracing::warn!(
+                "dropped the last {torn} bytes of journal {}: an entry a crash interrupted \
+                 (nothing that depended on it was acknowledged)",
+                journal_path.display()
+            );
+        }
         Ok(Some(state))
     }
 
@@ -222,19 +329,107 @@ impl DataDir {
     }
 }
 
-impl StateSink for DataDir {
-    fn write_state(&mut self, state: &State) -> Result<(), WriteError> {
-        let temp = self.path.join(TEMP_FILE);
-        let target = self.state_path();
+impl DataDir {
+    /// Appends `state`'s difference from the last one to the journal, if a journal is open
+    /// and the entry fits under its bound. `None`: compact instead.
+    fn try_append(&mut self, state: &State) -> Option<Result<(), WriteError>> {
+        let open = self.journal.as_mut()?;
+        if state.clean_shutdown {
+            return None;
+        }
+        let entry = journal::encode_entry(&Entry {
+            generation: state.generation,
+            written_at_ms: state.written_at_ms,
+            changes: journal::diff(&open.state, state),
+        });
+        let bound = self.journal_bound.max(open.state_file_len);
+        if open.len + entry.len() as u64 > bound {
+            return None;
+        }
+        let path = self.path.join(JOURNAL_FILE);
+        let fail = |step, source| WriteError {
+            step,
+            path: path.clone(),
+            source,
+        };
+        let appended = (|| {
+            let mut file = OpenOptions::new()
+                .append(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&path)
+                .map_err(|e| fail("open", e))?;
+            // Anything but the length this process left means someone else wrote there.
+            let len = file.metadata().map_err(|e| fail("inspect", e))?.len();
+            if len != open.len {
+                let what = format!("{len} bytes where this seqd wrote {}", open.len);
+                return Err(fail("append to", io::Error::other(what)));
+            }
+            failpoint::hit(failpoint::APPEND[0]);
+            file.write_all(&entry).map_err(|e| fail("append to", e))?;
+            failpoint::hit(failpoint::APPEND[1]);
+            self.fsyncs += 1;
+            file.sync_data().map_err(|e| fail("fsync", e))
+        })();
+        match appended {
+            Ok(()) => {
+                failpoint::hit(failpoint::APPEND[2]);
+                open.len += entry.len() as u64;
+                open.state = state.clone();
+                self.written.appends += 1;
+                self.written.append_bytes += entry.len() as u64;
+                Some(Ok(()))
+            }
+            Err(e) => {
+                self.journal = None;
+                Some(Err(e))
+            }
+        }
+    }
+
+    /// Replaces the state file with `state` (write, fsync, rename, fsync the directory),
+    /// then the journal with an empty one continuing it. Returns the state file's size.
+    fn compact(&mut self, state: &State) -> Result<u64, WriteError> {
+        self.journal = None;
         let bytes = format::encode(state);
+        self.replace(TEMP_FILE, STATE_FILE, &bytes, &failpoint::STATE_WRITE)?;
+        let header = journal::encode_header(state.generation);
+        self.replace(
+            JOURNAL_TEMP_FILE,
+            JOURNAL_FILE,
+            &header,
+            &failpoint::NEW_JOURNAL,
+        )?;
+        self.journal = Some(OpenJournal {
+            len: header.len() as u64,
+            state: state.clone(),
+            state_file_len: bytes.len() as u64,
+        });
+        self.written.compactions += 1;
+        self.written.compaction_bytes += (bytes.len() + header.len()) as u64;
+        Ok(bytes.len() as u64)
+    }
+
+    /// Makes `bytes` the content of `target`: written to `temp` (created afresh), fsync'd,
+    /// renamed over `target`, and the directory fsync'd. `points` names its crash points: before the write, after it, after the
+    /// fsync and after the rename.
+    fn replace(
+        &mut self,
+        temp: &str,
+        target: &str,
+        bytes: &[u8],
+        points: &[&'static str; 4],
+    ) -> Result<(), WriteError> {
+        let [before_write, after_write, after_fsync, after_rename] = *points;
+        let (temp, target) = (self.path.join(temp), self.path.join(target));
         let fail = |step, path: &Path, source| WriteError {
             step,
             path: path.to_path_buf(),
             source,
         };
         let written = (|| {
-            // Whatever is at `state.tmp` is not ours to write through (a symlink planted
-            // there would redirect the write): remove it and create a new file exclusively.
+            // Whatever is at the temporary path is not ours to write through (a symlink
+            // planted there would redirect the write): remove it and create a new file
+            // exclusively.
             match std::fs::remove_file(&temp) {
                 Err(e) if e.kind() != io::ErrorKind::NotFound => {
                     return Err(fail("remove", &temp, e));
@@ -248,10 +443,12 @@ impl StateSink for DataDir {
                 .custom_flags(libc::O_NOFOLLOW)
                 .open(&temp)
                 .map_err(|e| fail("create", &temp, e))?;
-            file.write_all(&bytes)
-                .map_err(|e| fail("write", &temp, e))?;
+            failpoint::hit(before_write);
+            file.write_all(bytes).map_err(|e| fail("write", &temp, e))?;
+            failpoint::hit(after_write);
             self.fsyncs += 1;
             file.sync_all().map_err(|e| fail("fsync", &temp, e))?;
+            failpoint::hit(after_fsync);
             std::fs::rename(&temp, &target).map_err(|e| fail("rename over", &target, e))
         })();
         if let Err(e) = written {
@@ -259,10 +456,20 @@ impl StateSink for DataDir {
             let _ = std::fs::remove_file(&temp);
             return Err(e);
         }
+        failpoint::hit(after_rename);
         self.fsyncs += 1;
         self.dir
             .sync_all()
-            .map_err(|e| fail("fsync directory", &self.path, e))?;
+            .map_err(|e| fail("fsync directory", &self.path, e))
+    }
+}
+
+impl StateSink for DataDir {
+    fn write_state(&mut self, state: &State) -> Result<(), WriteError> {
+        if let Some(appended) = self.try_append(state) {
+            return appended;
+        }
+        self.compact(state)?;
         if !self.owner_recorded {
             self.record_owner()?;
         }
@@ -325,6 +532,23 @@ fn read_owner(lock: &mut File) -> Option<u32> {
     text.trim().parse().ok()
 }
 
+/// The bytes of `path` (never through a symlink), or None if there is no such file.
+fn read_file(path: &Path, what: &str) -> anyhow::Result<Option<Vec<u8>>> {
+    let read = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .and_then(|mut file| {
+            let mut bytes = Vec::new();
+            file.read_to_end(&mut bytes).map(|_| bytes)
+        });
+    match read {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("cannot read {what} {}", path.display())),
+    }
+}
+
 fn fsync_dir(path: &Path) -> io::Result<()> {
     File::open(path)?.sync_all()
 }
@@ -357,11 +581,117 @@ mod tests {
         assert!(!dir.had_owner());
         assert_eq!(dir.read_state().unwrap(), None);
         dir.write_state(&state(1, 100)).unwrap();
-        assert_eq!(dir.fsyncs(), 3, "file, directory and the lock file's pid");
+        assert_eq!(
+            dir.fsyncs(),
+            5,
+            "state file and directory, journal and directory, the lock file's pid"
+        );
         dir.write_state(&state(2, 200)).unwrap();
-        assert_eq!(dir.fsyncs(), 5, "file and directory, per write");
+        assert_eq!(dir.fsyncs(), 6, "one per journal entry");
         assert_eq!(dir.read_state().unwrap(), Some(state(2, 200)));
         assert!(!path.join(TEMP_FILE).exists());
+        assert!(!path.join(JOURNAL_TEMP_FILE).exists());
+    }
+
+    /// `state(generation, ceiling)` with a lease per generation, so each write changes more
+    /// than the ceiling.
+    fn state_with_leases(generation: u64) -> State {
+        let mut state = state(generation, 1000 * generation);
+        state.leases_and_streams.leases = (1..=generation)
+            .map(|i| crate::lease::LeaseRecord {
+                sequence: 0,
+                first: 10 * i,
+                count: 10,
+                status: crate::lease::LeaseStatus::Outstanding,
+                time_ms: i,
+                client: String::new(),
+                request: String::new(),
+            })
+            .collect();
+        state
+    }
+
+    #[test]
+    fn writes_after_the_first_are_appended_and_compacted_past_the_bound() {
+        let parent = tempfile::tempdir().unwrap();
+        let mut dir = DataDir::open(parent.path())
+            .unwrap()
+            .with_journal_bound(400);
+        for generation in 1..=12 {
+            dir.write_state(&state_with_leases(generation)).unwrap();
+            assert_eq!(
+                dir.read_state().unwrap(),
+                Some(state_with_leases(generation)),
+                "after generation {generation}"
+            );
+        }
+        let written = dir.written();
+        assert!(written.compactions >= 2, "{written:?}");
+        assert!(written.appends >= 6, "{written:?}");
+        let journal = std::fs::metadata(dir.journal_path()).unwrap().len();
+        assert!(journal <= 400, "{journal} bytes");
+        // A clean shutdown's write always compacts: the journal is empty after it.
+        let mut clean = state_with_leases(13);
+        clean.clean_shutdown = true;
+        dir.write_state(&clean).unwrap();
+        let journal = std::fs::metadata(dir.journal_path()).unwrap().len();
+        assert_eq!(journal, journal::HEADER_LEN as u64);
+        assert_eq!(dir.read_state().unwrap(), Some(clean));
+    }
+
+    #[test]
+    fn a_torn_journal_entry_is_dropped_and_the_next_start_compacts() {
+        let parent = tempfile::tempdir().unwrap();
+        let mut dir = DataDir::open(parent.path()).unwrap();
+        dir.write_state(&state_with_leases(1)).unwrap();
+        dir.write_state(&state_with_leases(2)).unwrap();
+        dir.write_state(&state_with_leases(3)).unwrap();
+        drop(dir);
+        let path = parent.path().join(JOURNAL_FILE);
+        let bytes = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &bytes[..bytes.len() - 3]).unwrap();
+        let mut dir = DataDir::open(parent.path()).unwrap();
+        assert_eq!(dir.read_state().unwrap(), Some(state_with_leases(2)));
+        dir.write_state(&state_with_leases(3)).unwrap();
+        assert_eq!(dir.written().compactions, 1, "the first write of a process");
+        assert_eq!(dir.read_state().unwrap(), Some(state_with_leases(3)));
+    }
+
+    #[test]
+    fn a_journal_older_than_the_state_file_is_ignored_and_one_without_it_refused() {
+        let parent = tempfile::tempdir().unwrap();
+        let mut dir = DataDir::open(parent.path()).unwrap();
+        dir.write_state(&state_with_leases(1)).unwrap();
+        dir.write_state(&state_with_leases(2)).unwrap();
+        // A compaction whose state file was renamed into place, and then the crash.
+        std::fs::write(
+            parent.path().join(STATE_FILE),
+            format::encode(&state_with_leases(3)),
+        )
+        .unwrap();
+        assert_eq!(dir.read_state().unwrap(), Some(state_with_leases(3)));
+        std::fs::remove_file(parent.path().join(STATE_FILE)).unwrap();
+        let err = format!("{:#}", dir.read_state().unwrap_err());
+        assert!(err.contains("is missing but its journal"), "{err}");
+    }
+
+    #[test]
+    fn a_damaged_journal_is_an_error_naming_it() {
+        let parent = tempfile::tempdir().unwrap();
+        let mut dir = DataDir::open(parent.path()).unwrap();
+        for generation in 1..=3 {
+            dir.write_state(&state_with_leases(generation)).unwrap();
+        }
+        let path = parent.path().join(JOURNAL_FILE);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[journal::HEADER_LEN + journal::FRAME_LEN + 3] ^= 0x40;
+        std::fs::write(&path, &bytes).unwrap();
+        let err = format!("{:#}", dir.read_state().unwrap_err());
+        assert!(err.contains(&path.display().to_string()), "{err}");
+        assert!(
+            err.contains("fails its checksum but is not the last"),
+            "{err}"
+        );
     }
 
     #[test]

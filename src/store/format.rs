@@ -123,18 +123,10 @@ pub enum FormatError {
 /// Encodes `state` as a complete file.
 pub fn encode(state: &State) -> Vec<u8> {
     let mut records = Vec::with_capacity(state.sequences.len() * 48);
+    let mut payload = Vec::with_capacity(SEQUENCE_FIXED_LEN + 64);
     for sequence in &state.sequences {
-        let name = sequence.name.as_bytes();
-        // Names are validated to at most 64 bytes long before they reach a record.
-        let name_len = u8::try_from(name.len()).unwrap_or(u8::MAX);
-        let name = &name[..usize::from(name_len)];
-        records.extend_from_slice(&kind::SEQUENCE.to_be_bytes());
-        records.extend_from_slice(&((SEQUENCE_FIXED_LEN + name.len()) as u32).to_be_bytes());
-        records.extend_from_slice(&sequence.id.to_be_bytes());
-        records.extend_from_slice(&sequence.next.to_be_bytes());
-        records.extend_from_slice(&sequence.ceiling.to_be_bytes());
-        records.push(name_len);
-        records.extend_from_slice(name);
+        sequence_payload(sequence, &mut payload);
+        put_record(&mut records, kind::SEQUENCE, &payload);
     }
     let count =
         state.sequences.len() + encode_leases_and_streams(&state.leases_and_streams, &mut records);
@@ -157,67 +149,105 @@ pub fn encode(state: &State) -> Vec<u8> {
     out
 }
 
-/// Appends the leases_and_streams's records; returns how many.
+/// Appends one record: `kind | payload length | payload`.
+pub(super) fn put_record(out: &mut Vec<u8>, kind: u16, payload: &[u8]) {
+    out.extend_from_slice(&kind.to_be_bytes());
+    out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    out.extend_from_slice(payload);
+}
+
+/// Replaces `payload` with a sequence record's payload.
+pub(super) fn sequence_payload(sequence: &SequenceRecord, payload: &mut Vec<u8>) {
+    payload.clear();
+    let name = sequence.name.as_bytes();
+    // Names are validated to at most 64 bytes long before they reach a record.
+    let name_len = u8::try_from(name.len()).unwrap_or(u8::MAX);
+    payload.extend_from_slice(&sequence.id.to_be_bytes());
+    payload.extend_from_slice(&sequence.next.to_be_bytes());
+    payload.extend_from_slice(&sequence.ceiling.to_be_bytes());
+    payload.push(name_len);
+    payload.extend_from_slice(&name[..usize::from(name_len)]);
+}
+
+/// Replaces `payload` with a lease record's payload.
+pub(super) fn lease_payload(lease: &LeaseRecord, payload: &mut Vec<u8>) {
+    payload.clear();
+    payload.extend_from_slice(&lease.sequence.to_be_bytes());
+    payload.extend_from_slice(&lease.first.to_be_bytes());
+    payload.extend_from_slice(&lease.count.to_be_bytes());
+    payload.push(lease.status as u8);
+    payload.extend_from_slice(&lease.time_ms.to_be_bytes());
+    for id in [&lease.client, &lease.request] {
+        // Ids are validated to at most 64 bytes before they reach a record.
+        let id = &id.as_bytes()[..id.len().min(MAX_LEASE_ID)];
+        payload.push(id.len() as u8);
+        payload.extend_from_slice(id);
+    }
+}
+
+/// Replaces `payload` with a pooled range record's payload.
+pub(super) fn pooled_range_payload(range: &PooledRange, payload: &mut Vec<u8>) {
+    payload.clear();
+    payload.extend_from_slice(&range.sequence.to_be_bytes());
+    payload.extend_from_slice(&range.first.to_be_bytes());
+    payload.extend_from_slice(&range.count.to_be_bytes());
+}
+
+/// Replaces `payload` with the lease counters record's payload.
+pub(super) fn lease_counters_payload(counters: &LeaseCounters, payload: &mut Vec<u8>) {
+    payload.clear();
+    for value in [
+        counters.granted,
+        counters.acknowledged,
+        counters.retired,
+        counters.returned,
+        counters.reused,
+    ] {
+        payload.extend_from_slice(&value.to_be_bytes());
+    }
+}
+
+/// Replaces `payload` with a stream record's payload.
+pub(super) fn stream_payload(stream: &StreamRecord, payload: &mut Vec<u8>) {
+    payload.clear();
+    payload.extend_from_slice(&stream.sequence.to_be_bytes());
+    payload.extend_from_slice(&stream.first.to_be_bytes());
+    payload.extend_from_slice(&stream.count.to_be_bytes());
+    payload.extend_from_slice(&stream.acked.to_be_bytes());
+    payload.extend_from_slice(&stream.last_active_ms.to_be_bytes());
+    // The stream protocol bounds client ids to 256 bytes.
+    let id = &stream.client_id[..stream.client_id.len().min(MAX_STREAM_CLIENT_ID)];
+    payload.extend_from_slice(&(id.len() as u16).to_be_bytes());
+    payload.extend_from_slice(id);
+}
+
+/// Appends the lease and stream records; returns how many.
 fn encode_leases_and_streams(
     leases_and_streams: &LeaseAndStreamRecords,
     records: &mut Vec<u8>,
 ) -> usize {
     let mut count = 0;
-    let mut record = |kind: u16, payload: &[u8]| {
-        records.extend_from_slice(&kind.to_be_bytes());
-        records.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-        records.extend_from_slice(payload);
-        count += 1;
-    };
     let mut payload = Vec::with_capacity(LEASE_FIXED_LEN + 2 + 2 * MAX_LEASE_ID);
     for lease in &leases_and_streams.leases {
-        payload.clear();
-        payload.extend_from_slice(&lease.sequence.to_be_bytes());
-        payload.extend_from_slice(&lease.first.to_be_bytes());
-        payload.extend_from_slice(&lease.count.to_be_bytes());
-        payload.push(lease.status as u8);
-        payload.extend_from_slice(&lease.time_ms.to_be_bytes());
-        for id in [&lease.client, &lease.request] {
-            // Ids are validated to at most 64 bytes before they reach a record.
-            let id = &id.as_bytes()[..id.len().min(MAX_LEASE_ID)];
-            payload.push(id.len() as u8);
-            payload.extend_from_slice(id);
-        }
-        record(kind::LEASE, &payload);
+        lease_payload(lease, &mut payload);
+        put_record(records, kind::LEASE, &payload);
+        count += 1;
     }
     for range in &leases_and_streams.pool {
-        payload.clear();
-        payload.extend_from_slice(&range.sequence.to_be_bytes());
-        payload.extend_from_slice(&range.first.to_be_bytes());
-        payload.extend_from_slice(&range.count.to_be_bytes());
-        record(kind::POOLED_RANGE, &payload);
+        pooled_range_payload(range, &mut payload);
+        put_record(records, kind::POOLED_RANGE, &payload);
+        count += 1;
     }
-    let counters = leases_and_streams.lease_counters;
-    if counters != LeaseCounters::default() {
-        payload.clear();
-        for value in [
-            counters.granted,
-            counters.acknowledged,
-            counters.retired,
-            counters.returned,
-            counters.reused,
-        ] {
-            payload.extend_from_slice(&value.to_be_bytes());
-        }
-        record(kind::LEASE_COUNTERS, &payload);
+    let counters = &leases_and_streams.lease_counters;
+    if *counters != LeaseCounters::default() {
+        lease_counters_payload(counters, &mut payload);
+        put_record(records, kind::LEASE_COUNTERS, &payload);
+        count += 1;
     }
     for stream in &leases_and_streams.streams {
-        payload.clear();
-        payload.extend_from_slice(&stream.sequence.to_be_bytes());
-        payload.extend_from_slice(&stream.first.to_be_bytes());
-        payload.extend_from_slice(&stream.count.to_be_bytes());
-        payload.extend_from_slice(&stream.acked.to_be_bytes());
-        payload.extend_from_slice(&stream.last_active_ms.to_be_bytes());
-        // The stream protocol bounds client ids to 256 bytes.
-        let id = &stream.client_id[..stream.client_id.len().min(MAX_STREAM_CLIENT_ID)];
-        payload.extend_from_slice(&(id.len() as u16).to_be_bytes());
-        payload.extend_from_slice(id);
-        record(kind::STREAM, &payload);
+        stream_payload(stream, &mut payload);
+        put_record(records, kind::STREAM, &payload);
+        count += 1;
     }
     count
 }
@@ -277,66 +307,18 @@ pub fn decode(bytes: &[u8]) -> Result<State, FormatError> {
         if records.remaining() < len {
             return Err(bad("its payload runs past the end of the records"));
         }
-        let mut payload = Reader::new(records.take(len));
-        match kind {
-            kind::SEQUENCE => {
-                if len < SEQUENCE_FIXED_LEN {
-                    return Err(bad("a sequence record is shorter than its fixed fields"));
+        match decode_record(kind, records.take(len)).map_err(bad)? {
+            Some(Record::Sequence(sequence)) => sequences.push(sequence),
+            Some(Record::Lease(lease)) => leases_and_streams.leases.push(lease),
+            Some(Record::PooledRange(range)) => leases_and_streams.pool.push(range),
+            Some(Record::LeaseCounters(counters)) => {
+                if std::mem::replace(&mut counters_seen, true) {
+                    return Err(bad("a second lease counters record"));
                 }
-                let id = payload.u32();
-                let next = payload.u64();
-                let ceiling = payload.u64();
-                let name_len = usize::from(payload.u8());
-                if payload.remaining() != name_len {
-                    return Err(bad("the name length does not match the record length"));
-                }
-                let name = std::str::from_utf8(payload.take(name_len))
-                    .map_err(|_| bad("the name is not UTF-8"))?;
-                if next > ceiling {
-                    return Err(bad("next is above the ceiling"));
-                }
-                if ceiling > END_OF_SPACE {
-                    return Err(bad("the ceiling is beyond the number space"));
-                }
-                sequences.push(SequenceRecord {
-                    id,
-                    name: name.to_owned(),
-                    next,
-                    ceiling,
-                });
+                leases_and_streams.lease_counters = counters;
             }
-            kind::LEASE => leases_and_streams
-                .leases
-                .push(decode_lease(&mut payload).map_err(bad)?),
-            kind::POOLED_RANGE => {
-                if len != POOLED_RANGE_LEN {
-                    return Err(bad("a pooled range record has the wrong length"));
-                }
-                let range = PooledRange {
-                    sequence: payload.u32(),
-                    first: payload.u64(),
-                    count: payload.u64(),
-                };
-                check_range(range.first, range.count).map_err(bad)?;
-                leases_and_streams.pool.push(range);
-            }
-            kind::LEASE_COUNTERS => {
-                if len != LEASE_COUNTERS_LEN || counters_seen {
-                    return Err(bad("a second or malformed lease counters record"));
-                }
-                counters_seen = true;
-                leases_and_streams.lease_counters = LeaseCounters {
-                    granted: payload.u64(),
-                    acknowledged: payload.u64(),
-                    retired: payload.u64(),
-                    returned: payload.u64(),
-                    reused: payload.u64(),
-                };
-            }
-            kind::STREAM => leases_and_streams
-                .streams
-                .push(decode_stream(&mut payload).map_err(bad)?),
-            kind => return Err(FormatError::UnknownRecordKind { index, kind }),
+            Some(Record::Stream(stream)) => leases_and_streams.streams.push(stream),
+            None => return Err(FormatError::UnknownRecordKind { index, kind }),
         }
         index += 1;
     }
@@ -353,6 +335,79 @@ pub fn decode(bytes: &[u8]) -> Result<State, FormatError> {
         sequences,
         leases_and_streams,
     })
+}
+
+/// One record of the state file (or of a journal entry), decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Record {
+    Sequence(SequenceRecord),
+    Lease(LeaseRecord),
+    PooledRange(PooledRange),
+    LeaseCounters(LeaseCounters),
+    Stream(StreamRecord),
+}
+
+/// Decodes the payload of a record of kind `kind`, checking every field; `None` for a kind
+/// the state file does not have.
+pub(super) fn decode_record(kind: u16, payload: &[u8]) -> Result<Option<Record>, &'static str> {
+    let len = payload.len();
+    let mut payload = Reader::new(payload);
+    let record = match kind {
+        kind::SEQUENCE => {
+            if len < SEQUENCE_FIXED_LEN {
+                return Err("a sequence record is shorter than its fixed fields");
+            }
+            let id = payload.u32();
+            let next = payload.u64();
+            let ceiling = payload.u64();
+            let name_len = usize::from(payload.u8());
+            if payload.remaining() != name_len {
+                return Err("the name length does not match the record length");
+            }
+            let name =
+                std::str::from_utf8(payload.take(name_len)).map_err(|_| "the name is not UTF-8")?;
+            if next > ceiling {
+                return Err("next is above the ceiling");
+            }
+            if ceiling > END_OF_SPACE {
+                return Err("the ceiling is beyond the number space");
+            }
+            Record::Sequence(SequenceRecord {
+                id,
+                name: name.to_owned(),
+                next,
+                ceiling,
+            })
+        }
+        kind::LEASE => Record::Lease(decode_lease(&mut payload)?),
+        kind::POOLED_RANGE => {
+            if len != POOLED_RANGE_LEN {
+                return Err("a pooled range record has the wrong length");
+            }
+            let range = PooledRange {
+                sequence: payload.u32(),
+                first: payload.u64(),
+                count: payload.u64(),
+            };
+            check_range(range.first, range.count)?;
+            Record::PooledRange(range)
+        }
+        kind::LEASE_COUNTERS => {
+            if len != LEASE_COUNTERS_LEN {
+                return Err("a malformed lease counters record");
+            }
+            Record::LeaseCounters(LeaseCounters {
+                granted: payload.u64(),
+                acknowledged: payload.u64(),
+                retired: payload.u64(),
+                returned: payload.u64(),
+                reused: payload.u64(),
+            })
+        }
+        kind::STREAM => Record::Stream(decode_stream(&mut payload)?),
+        _ => return Ok(None),
+    };
+    Ok(Some(record))
 }
 
 /// A lease's or pooled range's numbers: at least one, all inside the number space.
@@ -449,22 +504,22 @@ fn decode_stream(payload: &mut Reader<'_>) -> Result<StreamRecord, &'static str>
 }
 
 /// Reads big-endian integers from a slice whose length the caller has checked.
-struct Reader<'a>(&'a [u8]);
+pub(super) struct Reader<'a>(&'a [u8]);
 
 impl<'a> Reader<'a> {
-    fn new(bytes: &'a [u8]) -> Reader<'a> {
+    pub(super) fn new(bytes: &'a [u8]) -> Reader<'a> {
         Reader(bytes)
     }
 
-    fn is_empty(&self) -> bool {
+    pub(super) fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
 
-    fn remaining(&self) -> usize {
+    pub(super) fn remaining(&self) -> usize {
         self.0.len()
     }
 
-    fn take(&mut self, n: usize) -> &'a [u8] {
+    pub(super) fn take(&mut self, n: usize) -> &'a [u8] {
         let (head, rest) = self.0.split_at(n);
         self.0 = rest;
         head
@@ -476,19 +531,19 @@ impl<'a> Reader<'a> {
         out
     }
 
-    fn u8(&mut self) -> u8 {
+    pub(super) fn u8(&mut self) -> u8 {
         self.take(1)[0]
     }
 
-    fn u16(&mut self) -> u16 {
+    pub(super) fn u16(&mut self) -> u16 {
         u16::from_be_bytes(self.array())
     }
 
-    fn u32(&mut self) -> u32 {
+    pub(super) fn u32(&mut self) -> u32 {
         u32::from_be_bytes(self.array())
     }
 
-    fn u64(&mut self) -> u64 {
+    pub(super) fn u64(&mut self) -> u64 {
         u64::from_be_bytes(self.array())
     }
 }

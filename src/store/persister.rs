@@ -2,7 +2,8 @@
 //! demand, so event loops never wait for the disk in steady state.
 //!
 //! Ordering is what makes numbers unique across crashes: a ceiling is raised in memory only
-//! after the state holding it is durable (file fsync'd, renamed, directory fsync'd), and a
+//! after the state holding it is durable (its journal entry fsync'd, or its state file
+//! fsync'd, renamed and the directory fsync'd: see [`super::data_dir`]), and a
 //! number is issued only below the in-memory ceiling. So every number ever issued is below a
 //! ceiling on disk, and a restart that resumes at the on-disk ceilings cannot reissue one.
 //! A new sequence begins with its ceiling at its first number, so nothing is issued from it
