@@ -15,6 +15,7 @@ pub mod handler;
 mod idle;
 mod linger;
 mod metrics;
+mod output;
 mod pool;
 pub mod probe;
 pub mod timers;
@@ -31,6 +32,7 @@ use anyhow::Context;
 use socket2::{Domain, Protocol, Socket, Type};
 
 pub use self::adapters::{Limits, StreamSettings};
+pub use self::output::OutputLimits;
 use crate::sequence::Registry;
 use crate::state::LeasesAndStreams;
 
@@ -53,6 +55,8 @@ pub struct Settings {
     pub protected_mode: bool,
     /// `--timeout`: main-port connections that send nothing for this long are closed.
     pub idle_timeout: Option<std::time::Duration>,
+    /// `--client-output-limit` and `--maxmemory-clients`.
+    pub output: OutputLimits,
 }
 
 /// The `--io` choice.
@@ -161,8 +165,11 @@ fn serve_loop<S: handler::Service>(
 struct Shared {
     registry: Arc<Registry>,
     records: Arc<LeasesAndStreams>,
-    connections: AtomicUsize,
+    /// Open connections, all loops together (the process-wide count `INFO` reads too).
+    connections: &'static AtomicUsize,
     max_connections: usize,
+    /// `--client-output-limit` and `--maxmemory-clients` (the metrics endpoint shows them).
+    output: OutputLimits,
     shutdown: AtomicBool,
 }
 
@@ -213,6 +220,7 @@ impl Server {
         events: mpsc::Sender<Event>,
     ) -> anyhow::Result<Server> {
         ensure_fd_limit(settings.max_connections, settings.threads);
+        pool::return_freed_memory();
         let backend = choose_backend(settings.io);
         let listeners = bind_listeners(settings.addr, settings.threads)?;
         let local_addr = listeners[0]
@@ -240,8 +248,9 @@ impl Server {
         let shared = Arc::new(Shared {
             registry,
             records,
-            connections: AtomicUsize::new(0),
+            connections: &crate::service::counters::CONNECTED,
             max_connections: settings.max_connections,
+            output: settings.output,
             shutdown: AtomicBool::new(false),
         });
         let cores = if settings.pin {
@@ -291,6 +300,8 @@ impl Server {
                 listeners: loop_listeners,
                 wake_fd: wake_fds[index],
                 busy_poll: settings.busy_poll,
+                output: settings.output,
+                loops: settings.threads,
             };
             let limits = settings.limits.clone();
             // Every loop's main port refuses the stream sequence, not only the stream loop's.
