@@ -11,9 +11,8 @@
 # What runs (bench/lib/soak.py does it, and writes the results): a release seqd (durable,
 # one event loop, CPU 0, nice -5); on CPU 1 churners, vanishing clients, a never-reading
 # client every 20 s and a probe timing one GETSEQ every 100 ms, started first; then seqd's
-# capacity beside them: the highest open-loop rate loadgen's capacity search finds with p99
-# <= 100 ms (50 x 64 pipelined GETSEQ; on a machine too busy for any, the closed-loop peak);
-# then loadgen open loop at LOAD (0.8) of that rate for the whole soak. Written to OUT
+# capacity beside them, what it answers flat out (loadgen closed loop, 50 x 64 pipelined
+# GETSEQ, 10 s); then loadgen open loop at LOAD (0.8) of that rate for the whole soak. Written to OUT
 # (results/soak): README.md (command, machine, verdict, table), samples.tsv (every 10 s), soak.svg (the plot: no
 # matplotlib needed), loadgen.json. Exit status 1 when RSS or fds grew or anything failed.
 #
