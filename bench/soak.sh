@@ -36,6 +36,6 @@ command -v taskset >/dev/null || { echo "soak: taskset (util-linux) is not insta
 cargo build --release --locked --quiet -p seqd -p loadgen
 commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 if ! git diff --quiet HEAD -- src 2>/dev/null; then commit="$commit (with uncommitted changes)"; fi
-exec python3 bench/lib/soak.py --seqd "$PWD/target/release/seqd" --loadgen "$PWD/target/release/loadgen" \
+exec nice -n -5 python3 bench/lib/soak.py --seqd "$PWD/target/release/seqd" --loadgen "$PWD/target/release/loadgen" \
   --minutes "$MINUTES" --load "$LOAD" --out "$OUT" --commit "$commit" \
   --command "bench/soak.sh --minutes $MINUTES"

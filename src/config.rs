@@ -731,4 +731,31 @@ mod tests {
         let c = parse(&["--host=[::1]", "--port=5"]);
         assert_eq!(c.listen_addr().unwrap(), "[::1]:5".parse().unwrap());
     }
+
+    #[test]
+    fn output_limits_take_redis_units_and_zero_is_none() {
+        assert_eq!(parse_bytes("4mb"), Ok(4 << 20));
+        assert_eq!(parse_bytes("512KB"), Ok(512 << 10));
+        assert_eq!(parse_bytes("1g"), Ok(1_000_000_000));
+        assert_eq!(parse_bytes("65536"), Ok(65536));
+        assert!(parse_bytes("4mib").unwrap_err().contains("unknown unit"));
+        assert!(parse_bytes("mb").is_err());
+        let c = parse(&[]);
+        assert_eq!(c.output_limits().per_connection, Some(4 << 20));
+        assert_eq!(c.output_limits().total, Some(256 << 20));
+        assert_eq!(
+            c.held_output(),
+            usize::MAX,
+            "the limit closes, nothing holds"
+        );
+        let c = parse(&["--client-output-limit=0", "--maxmemory-clients=0"]);
+        assert_eq!(c.output_limits().per_connection, None);
+        assert_eq!(c.output_limits().total, None);
+        assert_eq!(c.held_output(), crate::service::OUTPUT_HIGH_WATER);
+        c.validate().unwrap();
+        let err = parse(&["--client-output-limit=1kb"])
+            .validate()
+            .unwrap_err();
+        assert!(err.to_string().contains("64kb"), "{err}");
+    }
 }
