@@ -49,6 +49,7 @@ fn session(c: &mut Criterion) {
             Limits {
                 max_batch: 1_000_000,
                 password: None,
+                held_output: seqd::service::OUTPUT_HIGH_WATER,
             },
         );
         let mut out = Vec::with_capacity(4 * BUFFER);

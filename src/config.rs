@@ -30,6 +30,33 @@ fn parse_yes_no(value: &str) -> Result<bool, String> {
     }
 }
 
+/// A size in bytes, with Redis's units: `4096`, `512kb` (1024 bytes each), `4mb`, `1gb`;
+/// `k`, `m` and `g` alone are powers of 1000, as in redis.conf.
+fn parse_bytes(value: &str) -> Result<u64, String> {
+    let lower = value.trim().to_ascii_lowercase();
+    let digits = lower.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let unit: u64 = match &lower[digits.len()..] {
+        "" | "b" => 1,
+        "k" => 1000,
+        "kb" => 1 << 10,
+        "m" => 1_000_000,
+        "mb" => 1 << 20,
+        "g" => 1_000_000_000,
+        "gb" => 1 << 30,
+        other => {
+            return Err(format!(
+                "{value:?}: unknown unit {other:?} (use bytes, or kb, mb, gb as in redis.conf)"
+            ));
+        }
+    };
+    let number: u64 = digits
+        .parse()
+        .map_err(|_| format!("{value:?}: expected a size such as 4mb, 512kb or 1048576"))?;
+    number
+        .checked_mul(unit)
+        .ok_or_else(|| format!("{value:?}: too large"))
+}
+
 /// Where numbers are made durable unless `--data-dir` says otherwise.
 pub const DEFAULT_DATA_DIR: &str = "./seqd-data";
 
@@ -304,6 +331,20 @@ pub struct Config {
     #[arg(long, default_value_t = 0, value_name = "SECONDS")]
     pub timeout: u64,
 
+    /// Close a client whose unsent replies reach this size: it sends requests without
+    /// reading the replies (Redis's client-output-buffer-limit; 4mb is ~400,000 GETSEQ
+    /// replies beyond what the kernel's socket buffers hold). Logged with the client's
+    /// address. 0 never closes such a client: it is held instead, its requests no longer
+    /// decoded once 1mb of replies waits. Units as in redis.conf: 512kb, 4mb, 1gb.
+    #[arg(long, default_value = "4mb", value_parser = parse_bytes, value_name = "BYTES")]
+    pub client_output_limit: u64,
+
+    /// All clients' unsent replies together (Redis 7's maxmemory-clients): once over it, the
+    /// clients holding the most are closed (and logged) until the total is under it again.
+    /// 0: no cap (each client is still bounded by --client-output-limit).
+    #[arg(long, default_value = "256mb", value_parser = parse_bytes, value_name = "BYTES")]
+    pub maxmemory_clients: u64,
+
     /// Redis's protected mode: while no password is set and --host is not a loopback address,
     /// clients from other hosts are answered `-DENIED ...` (why, and the fixes) and closed;
     /// clients on this host are served. `no` serves everyone who can reach the port.
@@ -374,6 +415,20 @@ impl Config {
             .map_err(|e| anyhow::anyhow!("--stream-sequence: {e}"))?;
         if self.threads == Some(0) {
             bail!("--threads must be at least 1");
+        }
+        if self.client_output_limit != 0 && self.client_output_limit < 64 << 10 {
+            bail!(
+                "--client-output-limit {} is below 64kb: replies to one receive of pipelined \
+                 requests can be that large, so every pipelining client would be closed. Use \
+                 64kb or more, or 0 to hold non-reading clients instead",
+                self.client_output_limit
+            );
+        }
+        if self.maxmemory_clients != 0 && self.maxmemory_clients < 1 << 20 {
+            bail!(
+                "--maxmemory-clients {} is below 1mb; use 1mb or more, or 0 for no cap",
+                self.maxmemory_clients
+            );
         }
         if self.timeout > 365 * 24 * 3600 {
             bail!("--timeout must be at most a year (31536000 seconds); 0 is off");
@@ -521,6 +576,28 @@ impl Config {
             .with_context(|| format!("cannot resolve --host={}", self.host))?
             .next()
             .with_context(|| format!("--host={} resolves to no address", self.host))
+    }
+}
+
+impl Config {
+    /// `--client-output-limit` and `--maxmemory-clients` for the server (0 is none).
+    pub fn output_limits(&self) -> crate::server::OutputLimits {
+        let bytes = |n: u64| (n > 0).then(|| usize::try_from(n).unwrap_or(usize::MAX));
+        crate::server::OutputLimits {
+            per_connection: bytes(self.client_output_limit),
+            total: bytes(self.maxmemory_clients),
+        }
+    }
+
+    /// How much unsent output a session accumulates before it stops decoding: with a
+    /// per-connection limit, no pause at all (the limit closes the client instead); without
+    /// one, the session holds the client at OUTPUT_HIGH_WATER.
+    pub fn held_output(&self) -> usize {
+        if self.client_output_limit > 0 {
+            usize::MAX
+        } else {
+            crate::service::OUTPUT_HIGH_WATER
+        }
     }
 }
 
@@ -711,5 +788,32 @@ mod tests {
         assert_eq!(c.listen_addr().unwrap(), "[::1]:5".parse().unwrap());
         let c = parse(&["--host=[::1]", "--port=5"]);
         assert_eq!(c.listen_addr().unwrap(), "[::1]:5".parse().unwrap());
+    }
+
+    #[test]
+    fn output_limits_take_redis_units_and_zero_is_none() {
+        assert_eq!(parse_bytes("4mb"), Ok(4 << 20));
+        assert_eq!(parse_bytes("512KB"), Ok(512 << 10));
+        assert_eq!(parse_bytes("1g"), Ok(1_000_000_000));
+        assert_eq!(parse_bytes("65536"), Ok(65536));
+        assert!(parse_bytes("4mib").unwrap_err().contains("unknown unit"));
+        assert!(parse_bytes("mb").is_err());
+        let c = parse(&[]);
+        assert_eq!(c.output_limits().per_connection, Some(4 << 20));
+        assert_eq!(c.output_limits().total, Some(256 << 20));
+        assert_eq!(
+            c.held_output(),
+            usize::MAX,
+            "the limit closes, nothing holds"
+        );
+        let c = parse(&["--client-output-limit=0", "--maxmemory-clients=0"]);
+        assert_eq!(c.output_limits().per_connection, None);
+        assert_eq!(c.output_limits().total, None);
+        assert_eq!(c.held_output(), crate::service::OUTPUT_HIGH_WATER);
+        c.validate().unwrap();
+        let err = parse(&["--client-output-limit=1kb"])
+            .validate()
+            .unwrap_err();
+        assert!(err.to_string().contains("64kb"), "{err}");
     }
 }

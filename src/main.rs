@@ -296,9 +296,11 @@ fn server_settings(
         limits: Limits {
             max_batch: config.max_batch,
             password: access.password.clone(),
+            held_output: config.held_output(),
         },
         protected_mode: access.protected_mode,
         idle_timeout: (config.timeout > 0).then(|| Duration::from_secs(config.timeout)),
+        output: config.output_limits(),
         stream: config.stream_port.filter(|_| with_stream).map(|port| {
             (
                 std::net::SocketAddr::new(addr.ip(), port),

@@ -19,6 +19,19 @@ fn metrics_addr(server: &SeqdProcess) -> SocketAddr {
         .unwrap_or_else(|| panic!("no metrics address in the log:\n{log}"))
 }
 
+/// A RESP bulk string's text (`$len` then the bytes), as INFO answers an inline request.
+fn read_bulk(stream: &mut TcpStream) -> String {
+    let header = read_line(stream);
+    let len: usize = header
+        .strip_prefix('$')
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("not a bulk string: {header:?}"));
+    let bytes = common::read_exactly(stream, len + 2);
+    String::from_utf8(bytes[..len].to_vec())
+        .unwrap()
+        .replace("\r\n", "\n")
+}
+
 fn scrape(addr: SocketAddr) -> String {
     let mut stream = TcpStream::connect(addr).unwrap();
     stream
@@ -50,6 +63,14 @@ fn metrics_are_valid_exposition_and_count_what_happened() {
         "seqd_sequence_next{sequence=\"default\"} 2",
         "seqd_sequence_next{sequence=\"orders\"} 2",
         "seqd_sequences 2",
+        "seqd_connections_received_total 1",
+        "seqd_rejected_connections_total 0",
+        "seqd_requests_total{protocol=\"inline\"} 4",
+        "seqd_requests_total{protocol=\"binary\"} 0",
+        "seqd_errors_total{kind=\"WRONGPASS\"} 1",
+        "seqd_client_output_limit_bytes 4194304",
+        "seqd_maxmemory_clients_bytes 268435456",
+        "seqd_client_output_limit_disconnections_total 0",
     ] {
         assert!(
             body.lines().any(|l| l == expected),
@@ -57,6 +78,33 @@ fn metrics_are_valid_exposition_and_count_what_happened() {
         );
     }
     assert!(body.contains("seqd_sequence_ceiling_headroom{sequence=\"default\"}"));
+
+    // INFO reads the same counters (the INFO request itself is counted once it is answered).
+    c.write_all(b"INFO\r\n").unwrap();
+    let info = read_bulk(&mut c);
+    for expected in [
+        "connected_clients:1",
+        "total_connections_received:1",
+        "total_commands_processed:4",
+        "rejected_connections:0",
+        "total_error_replies:1",
+        "client_output_buffer_limit_disconnections:0",
+        "evicted_clients:0",
+        "seqd_requests_inline:4",
+        "errorstat_WRONGPASS:count=1",
+        "seqd_auth_failures:1",
+    ] {
+        assert!(
+            info.lines().any(|l| l == expected),
+            "no {expected:?} in INFO:\n{info}"
+        );
+    }
+    let body = scrape(metrics_addr(&server));
+    assert!(
+        body.lines()
+            .any(|l| l == "seqd_requests_total{protocol=\"inline\"} 5"),
+        "INFO is a request too:\n{body}"
+    );
 
     if which("promtool").is_none() {
         eprintln!("SKIPPED promtool check: promtool is not installed (apt-get install prometheus)");

@@ -1,6 +1,7 @@
 //! Real Redis clients, with their default settings, against the real seqd binary: redis-py
 //! (sync, asyncio, RESP2 and RESP3, pipelines, a pool shared by threads), node-redis,
-//! ioredis, redigo (Go), `redis-cli -3` and `redis-benchmark -t incr`. The client scripts are in
+//! ioredis (each also with a password: `--requirepass`), redigo (Go), `redis-cli -3` and
+//! `redis-benchmark -t incr`. The client scripts are in
 //! `tests/clients/` with their pinned versions (`requirements.txt`, `package-lock.json`);
 //! `.ci/run` installs them. A test whose client is not installed says SKIPPED.
 
@@ -102,6 +103,31 @@ fn redigo_from_go_connects_pipelines_runs_a_transaction_and_shares_a_pool() {
         .output()
         .unwrap_or_else(|e| panic!("cannot run go: {e}"));
     assert_success("redigo.go", &output);
+}
+
+/// The password seqd is started with for the clients' password options.
+const PASSWORD: &str = "client-secret";
+
+#[test]
+fn node_redis_with_a_password() {
+    if !node_package("redis") {
+        eprintln!("SKIPPED: node-redis is not installed (npm ci in tests/clients)");
+        return;
+    }
+    let server = SeqdProcess::start(&[&format!("--requirepass={PASSWORD}")]);
+    let output = run("node", &["node_redis_auth.mjs", &port(&server), PASSWORD]);
+    assert_success("node_redis_auth.mjs", &output);
+}
+
+#[test]
+fn ioredis_with_a_password() {
+    if !node_package("ioredis") {
+        eprintln!("SKIPPED: ioredis is not installed (npm ci in tests/clients)");
+        return;
+    }
+    let server = SeqdProcess::start(&[&format!("--requirepass={PASSWORD}")]);
+    let output = run("node", &["ioredis_auth.mjs", &port(&server), PASSWORD]);
+    assert_success("ioredis_auth.mjs", &output);
 }
 
 #[test]

@@ -1,7 +1,8 @@
-//! A client that sends without ever reading: seqd stops decoding its requests once about
-//! 1 MiB of replies waits (OUTPUT_HIGH_WATER), then stops reading it once about 1 MiB of its
-//! input is held, so its memory stays bounded however much it sends; other clients are served
-//! meanwhile. Both backends.
+//! A client that sends without ever reading, with `--client-output-limit 0` (no limit: such
+//! clients are held, not closed; tests/output_limits.rs has the default): seqd stops
+//! decoding its requests once about 1 MiB of replies waits (OUTPUT_HIGH_WATER), then stops
+//! reading it once about 1 MiB of its input is held, so its memory stays bounded however
+//! much it sends; other clients are served meanwhile. Both backends.
 
 mod common;
 
@@ -10,17 +11,6 @@ use std::time::Duration;
 
 use common::{SeqdProcess, read_line};
 
-/// Resident memory of a process, in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|kib| kib.parse().ok())
-        .unwrap()
-}
-
 fn never_reading_client_is_held_with_bounded_memory(io: &str) {
     let io = format!("--io={io}");
     let server = SeqdProcess::start_exact(&[
@@ -28,9 +18,10 @@ fn never_reading_client_is_held_with_bounded_memory(io: &str) {
         "--port=0",
         "--threads=1",
         "--in-memory",
+        "--client-output-limit=0",
         &io,
     ]);
-    let before = rss_kib(server.pid());
+    let before = server.rss_kib();
     let mut greedy = server.connect();
     greedy
         .set_write_timeout(Some(Duration::from_secs(2)))
@@ -49,7 +40,7 @@ fn never_reading_client_is_held_with_bounded_memory(io: &str) {
         sent < 256 << 20,
         "the server kept reading a client that never reads"
     );
-    let grown = rss_kib(server.pid()).saturating_sub(before);
+    let grown = server.rss_kib().saturating_sub(before);
     assert!(
         grown < 64 * 1024,
         "seqd grew by {grown} KiB for one client that does not read"

@@ -88,6 +88,7 @@ fn feed(pieces: &[&[u8]]) -> Vec<u8> {
         Limits {
             max_batch: 1_000_000,
             password: None,
+            held_output: seqd::service::OUTPUT_HIGH_WATER,
         },
     );
     let mut session = Session::new();

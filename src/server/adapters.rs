@@ -303,6 +303,7 @@ mod tests {
         let limits = Limits {
             max_batch: 1000,
             password: None,
+            held_output: crate::service::OUTPUT_HIGH_WATER,
         };
         let admission = Admission {
             max_connections: 10,

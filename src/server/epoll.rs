@@ -36,9 +36,11 @@ use super::accept::{ACCEPT_RETRY, AcceptPolicy, AcceptStep, EPISODE_QUIET};
 use super::failure::Failure;
 use super::handler::{Kind, Next, Service, Until};
 use super::linger::{LINGER, SHUTDOWN_GRACE, socket_is_quiet};
+use super::output::{OutputAccount, Verdict, largest_offenders};
 use super::pool::OutputPool;
 use super::timers::{Timer, TimerTable};
 use super::uring::LoopSettings;
+use crate::service::counters;
 
 /// What the start-up log says of this backend.
 pub(super) const DESCRIPTION: &str =
@@ -50,10 +52,6 @@ const EVENTS: usize = 1024;
 const READ_BUFFER: usize = 64 * 1024;
 /// Reads one connection gets per turn before the others have their turn.
 const READS_PER_TURN: usize = 4;
-/// Output buffers kept for reuse, the largest one worth keeping, and a new one's size.
-const SPARE_BUFFERS: usize = 256;
-const SPARE_BUFFER_MAX: usize = 1 << 20;
-const FRESH_BUFFER: usize = 4096;
 
 /// Tokens that belong to no connection (connections use their slab key, far below): the
 /// wake-up eventfd, and listener `i` at `FIRST_LISTENER + i`.
@@ -91,11 +89,19 @@ struct Connection<C> {
     /// What a held connection waits for.
     held: Option<Until>,
     closing: Closing,
+    peer: Option<std::net::SocketAddr>,
+    /// Its queued bytes as last reported to the loop's output account.
+    accounted: usize,
 }
 
 impl<C> Connection<C> {
     fn has_output(&self) -> bool {
         self.written < self.pending.len()
+    }
+
+    /// Reply bytes held for it that the kernel has not taken.
+    fn queued(&self) -> usize {
+        self.pending.len() - self.written
     }
 
     fn wants_reading(&self) -> bool {
@@ -135,6 +141,8 @@ pub(super) struct EventLoop<S: Service> {
     /// Connections lingering after close, with their deadlines.
     lingering: Vec<(usize, Instant)>,
     spare: OutputPool,
+    /// Its connections' unsent replies, against the output limits.
+    output: OutputAccount,
     timers: TimerTable,
     draining: bool,
     busy_poll: Duration,
@@ -180,7 +188,8 @@ impl<S: Service> EventLoop<S> {
             dirty: Vec::with_capacity(1024),
             parked: Vec::new(),
             lingering: Vec::new(),
-            spare: OutputPool::new(SPARE_BUFFERS, SPARE_BUFFER_MAX, FRESH_BUFFER),
+            spare: OutputPool::for_event_loop(),
+            output: OutputAccount::new(settings.output, settings.loops),
             timers: TimerTable::default(),
             draining: false,
             busy_poll: settings.busy_poll,
@@ -213,6 +222,7 @@ impl<S: Service> EventLoop<S> {
             self.dispatch_events()?;
             self.read_ready()?;
             self.run_timers()?;
+            self.enforce_output_cap();
             if had_events && !self.busy_poll.is_zero() && !self.draining {
                 spin_until = Some(Instant::now() + self.busy_poll);
             }
@@ -336,9 +346,11 @@ impl<S: Service> EventLoop<S> {
             return Ok(());
         };
         let kind = *kind;
+        counters::CONNECTIONS_RECEIVED.fetch_add(1, Ordering::Relaxed);
         let count = self.shared.connections.fetch_add(1, Ordering::AcqRel);
         if count >= self.shared.max_connections {
             self.shared.connections.fetch_sub(1, Ordering::AcqRel);
+            counters::REJECTED_CONNECTIONS.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(
                 limit = self.shared.max_connections,
                 ?kind,
@@ -359,7 +371,7 @@ impl<S: Service> EventLoop<S> {
                 "connection accepted"
             );
         }
-        let peer = stream.peer_addr().ok().map(|addr| addr.ip());
+        let peer = stream.peer_addr().ok();
         let entry = self.connections.vacant_entry();
         let key = entry.key();
         if let Err(e) = self.poll.registry().register(
@@ -373,7 +385,7 @@ impl<S: Service> EventLoop<S> {
         }
         entry.insert(Connection {
             stream,
-            handler: self.service.open(kind, key, peer),
+            handler: self.service.open(kind, key, peer.map(|addr| addr.ip())),
             pending: Vec::new(),
             written: 0,
             // Input may have arrived before registration; edge-triggered epoll reports it
@@ -385,6 +397,8 @@ impl<S: Service> EventLoop<S> {
             peer_closed: false,
             held: None,
             closing: Closing::No,
+            peer,
+            accounted: 0,
         });
         self.to_read.push(key);
         Ok(())
@@ -487,8 +501,47 @@ impl<S: Service> EventLoop<S> {
         self.maybe_release(key)
     }
 
+    /// Reports connection `key`'s queued bytes to the output account; closes it at once when
+    /// they are over `--client-output-limit` (then returns true).
+    fn account_output(&mut self, key: usize) -> bool {
+        let conn = &mut self.connections[key];
+        let queued = conn.queued();
+        if queued == conn.accounted {
+            return false;
+        }
+        match self.output.report(&mut conn.accounted, queued, conn.peer) {
+            Verdict::Within => false,
+            Verdict::OverLimit => {
+                self.release(key);
+                true
+            }
+        }
+    }
+
+    /// Closes this loop's largest offenders when all clients' unsent replies are over
+    /// `--maxmemory-clients` (once per turn).
+    fn enforce_output_cap(&mut self) {
+        let excess = self.output.publish();
+        if excess == 0 {
+            return;
+        }
+        let queued = self
+            .connections
+            .iter()
+            .map(|(key, conn)| (key, conn.accounted))
+            .collect();
+        for key in largest_offenders(queued, excess) {
+            let conn = &self.connections[key];
+            self.output.evicted(conn.accounted, conn.peer);
+            self.release(key);
+        }
+    }
+
     /// Acts on what the service asked for after a call.
     fn after_service(&mut self, key: usize, next: Next) -> io::Result<()> {
+        if self.account_output(key) {
+            return Ok(());
+        }
         let conn = &mut self.connections[key];
         if conn.has_output() {
             self.dirty.push(key);
@@ -552,6 +605,13 @@ impl<S: Service> EventLoop<S> {
                 if conn.has_output() {
                     // The socket's buffer is full: the writable edge brings the rest.
                     conn.writable = false;
+                    if conn.written >= conn.pending.len() / 2 {
+                        // Drop what is sent once it is half the buffer, so a reader that
+                        // never quite catches up holds at most twice its unsent bytes.
+                        conn.pending.drain(..conn.written);
+                        conn.written = 0;
+                    }
+                    self.account_output(key);
                     return Ok(());
                 }
             }
@@ -571,6 +631,10 @@ impl<S: Service> EventLoop<S> {
         }
         conn.pending.clear();
         conn.written = 0;
+        if self.account_output(key) {
+            return Ok(());
+        }
+        let conn = &mut self.connections[key];
         if conn.held == Some(Until::Drained) && conn.closing == Closing::No {
             let next = self
                 .service
@@ -644,6 +708,7 @@ impl<S: Service> EventLoop<S> {
         }
         let mut conn = self.connections.remove(key);
         tracing::debug!(key, fd = conn.stream.as_raw_fd(), "connection closed");
+        self.output.forget(&mut conn.accounted);
         let _ = self.poll.registry().deregister(&mut conn.stream);
         self.service.close(&mut conn.handler, key);
         self.spare.give(conn.pending);
@@ -800,6 +865,7 @@ impl<S: Service> EventLoop<S> {
             self.service.fill(&mut conn.handler, key, &mut conn.pending);
             if conn.pending.len() > before {
                 self.dirty.push(key);
+                self.account_output(key);
             }
         }
         self.close_released();

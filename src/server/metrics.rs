@@ -97,20 +97,77 @@ fn render(shared: &Shared) -> String {
         "The --max-connections limit",
         gauge(shared.max_connections as u64),
     );
+    let count = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed);
+    metrics.register(
+        "connections_received",
+        "Connections accepted since start, refused ones included",
+        counter(count(&counters::CONNECTIONS_RECEIVED)),
+    );
+    metrics.register(
+        "rejected_connections",
+        "Connections refused by --max-connections",
+        counter(count(&counters::REJECTED_CONNECTIONS)),
+    );
     metrics.register(
         "auth_failures",
         "Wrong passwords given",
-        counter(counters::AUTH_FAILURES.load(Ordering::Relaxed)),
+        counter(count(&counters::AUTH_FAILURES)),
     );
     metrics.register(
         "denied_protected_mode",
         "Connections refused by protected mode",
-        counter(counters::DENIED_PROTECTED_MODE.load(Ordering::Relaxed)),
+        counter(count(&counters::DENIED_PROTECTED_MODE)),
     );
     metrics.register(
         "idle_closed",
         "Connections closed by --timeout",
-        counter(counters::IDLE_CLOSED.load(Ordering::Relaxed)),
+        counter(count(&counters::IDLE_CLOSED)),
+    );
+    metrics.register(
+        "client_output_bytes",
+        "Reply bytes waiting to be sent, all clients together",
+        gauge(counters::CLIENT_OUTPUT_BYTES.load(Ordering::Relaxed) as u64),
+    );
+    let limit = |bytes: Option<usize>| gauge(bytes.unwrap_or(0) as u64);
+    metrics.register(
+        "client_output_limit_bytes",
+        "The --client-output-limit (0: none)",
+        limit(shared.output.per_connection),
+    );
+    metrics.register(
+        "maxmemory_clients_bytes",
+        "The --maxmemory-clients cap (0: none)",
+        limit(shared.output.total),
+    );
+    metrics.register(
+        "client_output_limit_disconnections",
+        "Clients closed for unsent replies over --client-output-limit",
+        counter(count(&counters::OUTPUT_LIMIT_DISCONNECTIONS)),
+    );
+    metrics.register(
+        "evicted_clients",
+        "Clients closed to bring all unsent replies under --maxmemory-clients",
+        counter(count(&counters::EVICTED_CLIENTS)),
+    );
+    let requests = Family::<Vec<(&'static str, &'static str)>, Counter>::default();
+    for protocol in counters::Protocol::ALL {
+        requests
+            .get_or_create(&vec![("protocol", protocol.name())])
+            .inc_by(counters::requests(protocol));
+    }
+    metrics.register(
+        "requests",
+        "Main-port requests received, by protocol",
+        requests,
+    );
+    let errors = Family::<Vec<(&'static str, &'static str)>, Counter>::default();
+    for (kind, n) in counters::errors() {
+        errors.get_or_create(&vec![("kind", kind)]).inc_by(n);
+    }
+    metrics.register(
+        "errors",
+        "Error replies sent, by kind (the reply's first word, as Redis names errors)",
+        errors,
     );
     let next = Family::<SequenceLabel, Gauge>::default();
     let headroom = Family::<SequenceLabel, Gauge>::default();

@@ -15,6 +15,7 @@ pub mod handler;
 mod idle;
 mod linger;
 mod metrics;
+mod output;
 mod pool;
 pub mod probe;
 pub mod timers;
@@ -32,6 +33,7 @@ use anyhow::Context;
 use socket2::{Domain, Protocol, Socket, Type};
 
 pub use self::adapters::{Limits, StreamSettings};
+pub use self::output::OutputLimits;
 use crate::sequence::Registry;
 use crate::state::LeasesAndStreams;
 
@@ -57,6 +59,8 @@ pub struct Settings {
     pub protected_mode: bool,
     /// `--timeout`: main-port connections that send nothing for this long are closed.
     pub idle_timeout: Option<std::time::Duration>,
+    /// `--client-output-limit` and `--maxmemory-clients`.
+    pub output: OutputLimits,
 }
 
 /// The TLS port: the main port's protocols over TLS.
@@ -172,8 +176,11 @@ fn serve_loop<S: handler::Service>(
 struct Shared {
     registry: Arc<Registry>,
     records: Arc<LeasesAndStreams>,
-    connections: AtomicUsize,
+    /// Open connections, all loops together (the process-wide count `INFO` reads too).
+    connections: &'static AtomicUsize,
     max_connections: usize,
+    /// `--client-output-limit` and `--maxmemory-clients` (the metrics endpoint shows them).
+    output: OutputLimits,
     shutdown: AtomicBool,
 }
 
@@ -225,6 +232,7 @@ impl Server {
         events: mpsc::Sender<Event>,
     ) -> anyhow::Result<Server> {
         ensure_fd_limit(settings.max_connections, settings.threads);
+        pool::return_freed_memory();
         let backend = choose_backend(settings.io);
         let (mut listeners, local_addr) = match settings.addr {
             Some(addr) => bind_listeners(addr, settings.threads, "--port")?,
@@ -255,8 +263,9 @@ impl Server {
         let shared = Arc::new(Shared {
             registry,
             records,
-            connections: AtomicUsize::new(0),
+            connections: &crate::service::counters::CONNECTED,
             max_connections: settings.max_connections,
+            output: settings.output,
             shutdown: AtomicBool::new(false),
         });
         let cores = if settings.pin {
@@ -312,6 +321,8 @@ impl Server {
                 listeners: loop_listeners,
                 wake_fd: wake_fds[index],
                 busy_poll: settings.busy_poll,
+                output: settings.output,
+                loops: settings.threads,
             };
             let limits = settings.limits.clone();
             // Every loop's main port refuses the stream sequence, not only the stream loop's.

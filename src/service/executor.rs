@@ -8,6 +8,7 @@ use std::marker::PhantomData;
 
 pub(super) mod redis;
 
+use super::counters::{self, LoopCounters, Protocol};
 use super::replies;
 use crate::protocol::{ParseError, ParseOk, Problem, Reply, Request, Target, binary, text};
 use crate::sequence::{BeyondDurable, DEFAULT_SEQUENCE, Refusal, Registry, Sequence, SequenceId};
@@ -20,6 +21,10 @@ pub struct Limits {
     pub max_batch: u64,
     /// `--requirepass`: connections must `AUTH` first.
     pub password: Option<super::auth::Password>,
+    /// Stop decoding a client's requests once this many reply bytes wait for it to read
+    /// ([`OUTPUT_HIGH_WATER`](super::OUTPUT_HIGH_WATER); `usize::MAX` with a
+    /// `--client-output-limit`, which the backend enforces by closing the client instead).
+    pub held_output: usize,
 }
 
 /// State shared by all sessions of one event loop (never across threads).
@@ -36,6 +41,8 @@ pub struct LoopState {
     /// read it (`CURRENT`) but not take numbers from it, since the stream protocol's numbers
     /// must fit 32 bits and a main-port client could otherwise drain that range for good.
     reserved_for_streams: Option<&'static str>,
+    /// This loop's request counts (the metrics endpoint and `INFO` sum every loop's).
+    pub(super) counters: std::sync::Arc<LoopCounters>,
 }
 
 impl LoopState {
@@ -63,6 +70,7 @@ impl LoopState {
             names: HashMap::new(),
             run: Vec::with_capacity(1024),
             reserved_for_streams: None,
+            counters: LoopCounters::register(),
         }
     }
 
@@ -149,6 +157,16 @@ pub(super) trait Wire {
     fn encode(out: &mut Vec<u8>, reply: &Reply<'_>);
     /// Replies to `count` consecutive `GETSEQ`s: the numbers `first..first + count`.
     fn encode_numbers(out: &mut Vec<u8>, first: u64, count: u64);
+    /// The protocol a frame of this wire is in (`frame` is not empty).
+    fn protocol(frame: &[u8]) -> Protocol;
+}
+
+/// Counts an error reply by its kind, for the metrics and `INFO errorstats`.
+#[inline(always)]
+fn count_error(reply: &Reply<'_>) {
+    if let Reply::Error { problem, .. } = reply {
+        counters::error_reply(problem.code().text_prefix());
+    }
 }
 
 pub(super) struct BinaryWire;
@@ -162,12 +180,18 @@ impl Wire for BinaryWire {
 
     #[inline(always)]
     fn encode(out: &mut Vec<u8>, reply: &Reply<'_>) {
+        count_error(reply);
         binary::encode_reply(out, reply)
     }
 
     #[inline(always)]
     fn encode_numbers(out: &mut Vec<u8>, first: u64, count: u64) {
         binary::encode_numbers(out, first, count)
+    }
+
+    #[inline(always)]
+    fn protocol(_frame: &[u8]) -> Protocol {
+        Protocol::Binary
     }
 }
 
@@ -179,12 +203,22 @@ impl Wire for TextWire {
 
     #[inline(always)]
     fn encode(out: &mut Vec<u8>, reply: &Reply<'_>) {
+        count_error(reply);
         text::encode_reply(out, reply)
     }
 
     #[inline(always)]
     fn encode_numbers(out: &mut Vec<u8>, first: u64, count: u64) {
         text::encode_numbers(out, first, count)
+    }
+
+    #[inline(always)]
+    fn protocol(frame: &[u8]) -> Protocol {
+        if frame.first() == Some(&b'*') {
+            Protocol::Resp
+        } else {
+            Protocol::Inline
+        }
     }
 }
 
@@ -273,6 +307,12 @@ impl<'s, 'o, 'c, W: Wire> Executor<'s, 'o, 'c, W> {
             connection,
             wire: PhantomData,
         }
+    }
+
+    /// Counts `n` requests like `frame` as received.
+    #[inline(always)]
+    pub(super) fn count(&self, frame: &[u8], n: u64) {
+        self.state.counters.count(W::protocol(frame), n);
     }
 
     /// Serves `request`, the first `len` bytes of `input` (sliced only if a transaction

@@ -14,8 +14,9 @@ use super::lease_requests::answer_when_durable;
 use crate::protocol::{self, ParseError, Problem, Reply, binary, text};
 use crate::sequence::SequenceId;
 
-/// Stop decoding new requests once this many reply bytes wait to be sent: the client is not
-/// reading. Decoding resumes when the backlog has been sent.
+/// Stop decoding new requests once this many reply bytes wait to be sent (at least; see
+/// [`Limits::held_output`](super::Limits::held_output)): the client is not reading.
+/// Decoding resumes when the backlog has been sent.
 pub const OUTPUT_HIGH_WATER: usize = 1 << 20;
 
 /// What the driver should do with the connection after a call.
@@ -31,7 +32,7 @@ pub enum Status {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pause {
-    /// The output backlog is over [`OUTPUT_HIGH_WATER`]: resume once it has been sent.
+    /// The output backlog is over `held_output`: resume once it has been sent.
     Backpressure,
     /// A request needs numbers above this sequence's durable ceiling: resume once it rises.
     AwaitingCeiling(SequenceId),
@@ -131,7 +132,7 @@ impl Session {
             self.carry.extend_from_slice(data);
             return Status::Paused(pause);
         }
-        if out.len() >= OUTPUT_HIGH_WATER {
+        if out.len() >= state.limits.held_output {
             self.carry.extend_from_slice(data);
             return self.paused(Pause::Backpressure);
         }
@@ -170,7 +171,7 @@ impl Session {
         let Some(codec) = self.codec else {
             return Status::Open;
         };
-        if out.len() >= OUTPUT_HIGH_WATER {
+        if out.len() >= state.limits.held_output {
             return self.paused(Pause::Backpressure);
         }
         match codec {
@@ -225,6 +226,7 @@ impl Session {
                 Ok(parsed) => {
                     flow = executor.handle(parsed.message, rest, parsed.consumed);
                     if flow.consumed() {
+                        executor.count(rest, 1);
                         start += parsed.consumed;
                     }
                 }
@@ -268,6 +270,7 @@ impl Session {
                     Ok(parsed) => {
                         flow = executor.handle(parsed.message, rest, parsed.consumed);
                         if flow.consumed() {
+                            executor.count(rest, 1);
                             pos += parsed.consumed;
                         }
                         if let Flow::Joined(count) = flow {
@@ -277,6 +280,7 @@ impl Session {
                             let frame = &data[pos - parsed.consumed..pos];
                             let repeats = count_repeats(&data[pos..], frame);
                             executor.run.push(count, repeats as u64);
+                            executor.count(frame, repeats as u64);
                             pos += repeats * frame.len();
                         }
                     }

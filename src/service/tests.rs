@@ -31,6 +31,7 @@ fn loop_state(registry: Arc<Registry>, max_batch: u64) -> LoopState {
         Limits {
             max_batch,
             password: None,
+            held_output: crate::service::OUTPUT_HIGH_WATER,
         },
     )
 }

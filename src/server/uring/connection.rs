@@ -14,6 +14,8 @@ use super::token::{Generation, Op, Token};
 use crate::server::failure::Failure;
 use crate::server::handler::{Next, Service, Until};
 use crate::server::linger::{LINGER, socket_is_quiet};
+use crate::server::output::{Verdict, largest_offenders};
+use crate::service::counters;
 
 pub(super) struct Connection<C> {
     fd: OwnedFd,
@@ -28,11 +30,19 @@ pub(super) struct Connection<C> {
     /// Bytes of `sending` the kernel has accepted.
     sent: usize,
     life: Lifecycle,
+    peer: Option<std::net::SocketAddr>,
+    /// Its queued bytes as last reported to the loop's output account.
+    accounted: usize,
 }
 
 impl<C> Connection<C> {
     fn has_output(&self) -> bool {
         !self.pending.is_empty() || self.life.send_inflight
+    }
+
+    /// Reply bytes held for it that the kernel has not taken.
+    fn queued(&self) -> usize {
+        self.pending.len() + (self.sending.len() - self.sent)
     }
 }
 
@@ -48,9 +58,11 @@ impl<S: Service> EventLoop<S> {
             return Ok(()); // dropping the descriptor closes it
         }
         let kind = self.listeners[index].kind;
+        counters::CONNECTIONS_RECEIVED.fetch_add(1, Ordering::Relaxed);
         let count = self.shared.connections.fetch_add(1, Ordering::AcqRel);
         if count >= self.shared.max_connections {
             self.shared.connections.fetch_sub(1, Ordering::AcqRel);
+            counters::REJECTED_CONNECTIONS.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(
                 limit = self.shared.max_connections,
                 ?kind,
@@ -92,6 +104,8 @@ impl<S: Service> EventLoop<S> {
             sending: Vec::new(),
             sent: 0,
             life: Lifecycle::default(),
+            peer,
+            accounted: 0,
         });
         self.arm_recv(key)
     }
@@ -201,8 +215,46 @@ impl<S: Service> EventLoop<S> {
         self.maybe_release(key)
     }
 
+    /// Reports connection `key`'s queued bytes to the output account; closes it at once when
+    /// they are over `--client-output-limit` (then returns true).
+    fn account_output(&mut self, key: usize) -> io::Result<bool> {
+        let conn = &mut self.connections[key];
+        let queued = conn.queued();
+        if queued == conn.accounted {
+            return Ok(false);
+        }
+        match self.output.report(&mut conn.accounted, queued, conn.peer) {
+            Verdict::Within => Ok(false),
+            Verdict::OverLimit => self.close_now(key).map(|()| true),
+        }
+    }
+
+    /// Closes this loop's largest offenders when all clients' unsent replies are over
+    /// `--maxmemory-clients` (once per turn).
+    pub(super) fn enforce_output_cap(&mut self) -> io::Result<()> {
+        let excess = self.output.publish();
+        if excess == 0 {
+            return Ok(());
+        }
+        let queued = self
+            .connections
+            .iter()
+            .filter(|(_, conn)| conn.life.phase != Phase::Closing)
+            .map(|(key, conn)| (key, conn.accounted))
+            .collect();
+        for key in largest_offenders(queued, excess) {
+            let conn = &self.connections[key];
+            self.output.evicted(conn.accounted, conn.peer);
+            self.close_now(key)?;
+        }
+        Ok(())
+    }
+
     /// Acts on what the service answered.
     fn after_service(&mut self, key: usize, next: Next) -> io::Result<()> {
+        if self.account_output(key)? {
+            return Ok(());
+        }
         let conn = &mut self.connections[key];
         if !conn.pending.is_empty() {
             self.dirty.push(key);
@@ -252,18 +304,20 @@ impl<S: Service> EventLoop<S> {
     }
 
     /// Appends what the service has due for connection `key` after a tick.
-    pub(super) fn fill(&mut self, key: usize) {
+    pub(super) fn fill(&mut self, key: usize) -> io::Result<()> {
         let Some(conn) = self.connections.get_mut(key) else {
-            return;
+            return Ok(());
         };
         if !conn.life.serving() {
-            return;
+            return Ok(());
         }
         let before = conn.pending.len();
         self.service.fill(&mut conn.handler, key, &mut conn.pending);
         if conn.pending.len() > before {
             self.dirty.push(key);
+            self.account_output(key)?;
         }
+        Ok(())
     }
 
     /// Closes the connections the service no longer serves (a stream taken over by a newer
@@ -334,6 +388,10 @@ impl<S: Service> EventLoop<S> {
                 return self.close_now(key);
             }
         }
+        if conn.life.phase != Phase::Closing && self.account_output(key)? {
+            return Ok(());
+        }
+        let conn = &mut self.connections[key];
         if conn.sent < conn.sending.len() {
             if conn.life.phase == Phase::Closing {
                 return self.maybe_release(key);
@@ -378,6 +436,8 @@ impl<S: Service> EventLoop<S> {
         let send = self.connection_token(Op::Send, key);
         let conn = &mut self.connections[key];
         conn.life.close_now();
+        // Its queued output is dropped: it no longer counts.
+        self.output.forget(&mut conn.accounted);
         let send_inflight = conn.life.send_inflight;
         self.stop_reading(key)?;
         if send_inflight {
@@ -417,6 +477,7 @@ impl<S: Service> EventLoop<S> {
         if self.connections[key].life.may_free() {
             let mut conn = self.connections.remove(key);
             tracing::debug!(key, fd = conn.fd.as_raw_fd(), "connection closed");
+            self.output.forget(&mut conn.accounted);
             self.service.close(&mut conn.handler, key);
             // Queued output is dropped with the connection: the pool empties the buffers.
             self.spare.give(conn.pending);

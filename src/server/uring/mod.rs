@@ -36,6 +36,7 @@ use super::bufring::BufRing;
 use super::failure::Failure;
 use super::handler::{Kind, Service};
 use super::linger::SHUTDOWN_GRACE;
+use super::output::{OutputAccount, OutputLimits};
 use super::pool::OutputPool;
 use super::probe::{self, Features};
 use super::timers::{Arming, Timer, TimerTable};
@@ -47,10 +48,6 @@ const BUFFER_GROUP: u16 = 0;
 /// holds a buffer only while its completion is handled).
 const RECV_BUFFERS: u16 = 1024;
 const RECV_BUFFER_SIZE: u32 = 16 * 1024;
-/// Output buffers kept for reuse, the largest one worth keeping, and a new one's size.
-const SPARE_BUFFERS: usize = 256;
-const SPARE_BUFFER_MAX: usize = 1 << 20;
-const FRESH_BUFFER: usize = 4096;
 
 pub(super) struct LoopSettings {
     pub index: usize,
@@ -59,6 +56,10 @@ pub(super) struct LoopSettings {
     pub listeners: Vec<(std::net::TcpListener, Kind)>,
     pub wake_fd: RawFd,
     pub busy_poll: Duration,
+    /// `--client-output-limit` and `--maxmemory-clients`.
+    pub output: OutputLimits,
+    /// Event loops in the process (each acts on its share of the output cap).
+    pub loops: usize,
 }
 
 struct Listener {
@@ -100,6 +101,8 @@ pub(super) struct EventLoop<S: Service> {
     /// Connections held until a wake-up (a durable ceiling or record); retried when woken.
     parked: Vec<Token>,
     spare: OutputPool,
+    /// Its connections' unsent replies, against the output limits.
+    output: OutputAccount,
     generations: Generations,
     draining: bool,
 }
@@ -146,7 +149,8 @@ impl<S: Service> EventLoop<S> {
             lingering: Vec::new(),
             dirty: Vec::with_capacity(1024),
             parked: Vec::new(),
-            spare: OutputPool::new(SPARE_BUFFERS, SPARE_BUFFER_MAX, FRESH_BUFFER),
+            spare: OutputPool::for_event_loop(),
+            output: OutputAccount::new(settings.output, settings.loops),
             generations: Generations::default(),
             draining: false,
         })
@@ -181,6 +185,7 @@ impl<S: Service> EventLoop<S> {
             for &(user_data, result, flags) in &completions {
                 self.complete(Token::from_user_data(user_data), result, flags)?;
             }
+            self.enforce_output_cap()?;
         }
     }
 
@@ -501,7 +506,7 @@ impl<S: Service> EventLoop<S> {
             return Ok(());
         }
         for key in self.service.tick() {
-            self.fill(key);
+            self.fill(key)?;
         }
         self.close_released()?;
         self.schedule_service_tick()

@@ -20,7 +20,7 @@ use crate::protocol::redis::{self as resp, Command, RedisError, RedisReply, Resp
 use crate::protocol::{Problem, Reply, Request, text};
 use crate::sequence::{BeyondDurable, ClusterRole, Refusal, SequenceId};
 use crate::service::auth::AuthState;
-use crate::service::replies;
+use crate::service::{counters, replies};
 
 /// Most commands one transaction may queue (its bytes are held until `EXEC`).
 pub const MAX_QUEUED: usize = 1 << 20;
@@ -109,6 +109,9 @@ fn unqueueable_name(request: &Request<'_>) -> Option<&'static [u8]> {
 
 impl<W: Wire> Executor<'_, '_, '_, W> {
     fn redis_reply(&mut self, reply: RedisReply<'_>) -> Flow {
+        if let RedisReply::Error(error) = &reply {
+            counters::error_reply(error.prefix());
+        }
         resp::encode(self.out, &reply, self.client.version);
         Flow::Continue
     }
@@ -127,6 +130,7 @@ impl<W: Wire> Executor<'_, '_, '_, W> {
     /// A seqd reply in the connection's RESP version.
     fn seqd_reply(&mut self, reply: Result<Reply<'_>, Problem<'_>>) -> Flow {
         let reply = reply.unwrap_or_else(|problem| Reply::Error { opcode: 0, problem });
+        super::count_error(&reply);
         resp::encode_reply(self.out, &reply, self.client.version);
         Flow::Continue
     }
@@ -541,8 +545,21 @@ fn info(state: &LoopState, section: Option<&[u8]>) -> String {
             uptime / 86_400,
         );
     }
+    let count = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
     if wanted("clients") {
-        let _ = write!(text, "# Clients\r\nblocked_clients:0\r\n\r\n");
+        let _ = write!(
+            text,
+            "# Clients\r\nconnected_clients:{}\r\nblocked_clients:0\r\n\r\n",
+            counters::CONNECTED.load(Ordering::Relaxed)
+        );
+    }
+    if wanted("memory") {
+        // The unsent replies of every client: what --maxmemory-clients caps.
+        let _ = write!(
+            text,
+            "# Memory\r\nmem_clients_normal:{}\r\n\r\n",
+            counters::CLIENT_OUTPUT_BYTES.load(Ordering::Relaxed)
+        );
     }
     if wanted("persistence") {
         let _ = write!(
@@ -554,12 +571,39 @@ fn info(state: &LoopState, section: Option<&[u8]>) -> String {
     }
     if wanted("stats") {
         let stats = state.records.leases.stats();
+        let requests = counters::Protocol::ALL.map(counters::requests);
+        let errors: u64 = counters::errors().iter().map(|(_, n)| n).sum();
         let _ = write!(
             text,
-            "# Stats\r\nleases_outstanding:{}\r\nleases_granted:{}\r\nleases_acknowledged:{}\r\n\
-             \r\n",
+            "# Stats\r\ntotal_connections_received:{}\r\ntotal_commands_processed:{}\r\n\
+             rejected_connections:{}\r\ntotal_error_replies:{errors}\r\n\
+             client_output_buffer_limit_disconnections:{}\r\nevicted_clients:{}\r\n\
+             seqd_auth_failures:{}\r\nseqd_denied_protected_mode:{}\r\n\
+             seqd_idle_closed:{}\r\n",
+            count(&counters::CONNECTIONS_RECEIVED),
+            requests.iter().sum::<u64>(),
+            count(&counters::REJECTED_CONNECTIONS),
+            count(&counters::OUTPUT_LIMIT_DISCONNECTIONS),
+            count(&counters::EVICTED_CLIENTS),
+            count(&counters::AUTH_FAILURES),
+            count(&counters::DENIED_PROTECTED_MODE),
+            count(&counters::IDLE_CLOSED),
+        );
+        for (protocol, n) in counters::Protocol::ALL.iter().zip(requests) {
+            let _ = write!(text, "seqd_requests_{}:{n}\r\n", protocol.name());
+        }
+        let _ = write!(
+            text,
+            "leases_outstanding:{}\r\nleases_granted:{}\r\nleases_acknowledged:{}\r\n\r\n",
             stats.outstanding, stats.totals.granted, stats.totals.acknowledged
         );
+    }
+    if wanted("errorstats") {
+        text.push_str("# Errorstats\r\n");
+        for (kind, n) in counters::errors() {
+            let _ = write!(text, "errorstat_{kind}:count={n}\r\n");
+        }
+        text.push_str("\r\n");
     }
     if wanted("keyspace") {
         let _ = write!(text, "# Keyspace\r\n");
@@ -619,6 +663,7 @@ mod tests {
             Limits {
                 max_batch: 100,
                 password: None,
+                held_output: crate::service::OUTPUT_HIGH_WATER,
             },
         )
     }
@@ -802,6 +847,7 @@ mod tests {
             Limits {
                 max_batch: 100,
                 password: None,
+                held_output: crate::service::OUTPUT_HIGH_WATER,
             },
         );
         let mut s = Session::new();
@@ -840,6 +886,7 @@ mod tests {
             Limits {
                 max_batch: 100,
                 password: None,
+                held_output: crate::service::OUTPUT_HIGH_WATER,
             },
         );
         let mut s = Session::new();
