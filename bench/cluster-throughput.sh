@@ -6,11 +6,15 @@
 # Writes OUT/rows.tsv (every run) and OUT/README.md (never edit it by hand: rerun this).
 #
 #   bench/cluster-throughput.sh [OUT]          (default results/cluster-throughput)
-#   ROUNDS=5 DURATION=5s CONFIG=50x64 QUOTA=50 bench/cluster-throughput.sh
+#   ROUNDS=5 DURATION=5s CONFIG=50x64 QUOTA=20 bench/cluster-throughput.sh   (the defaults)
 #
 # QUOTA is the server's CPU budget in percent of one core (cgroup v1 cpu.cfs_quota_us, or v2
 # cpu.max). The server runs pinned to CPU 0; loadgen and etcd (one member, docs/HA.md's
-# timing) run on CPU 1, outside the quota. Needs root (cgroups), taskset, etcd, python3, and
+# timing) run on CPU 1, outside the quota. Server and loadgen run at nice -20 so that on a
+# shared machine the quota, not the other tenants, bounds the server (each row says how often
+# the quota throttled it; no SCHED_FIFO: quotas do not apply to real-time tasks). At 50 % of
+# a core the one loadgen thread, not the quota, was the bottleneck on a 2-core VM (the rows
+# showed no throttling), hence 20 % by default. Needs root (cgroups), taskset, etcd, python3, and
 # the release builds: cargo build --release --features cluster -p seqd -p loadgen
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,7 +23,7 @@ OUT=${1:-results/cluster-throughput}
 ROUNDS=${ROUNDS:-5}
 DURATION=${DURATION:-5s}
 CONFIG=${CONFIG:-50x64}
-QUOTA=${QUOTA:-50}
+QUOTA=${QUOTA:-20}
 SEQD=${SEQD:-$ROOT/target/release/seqd}
 LOADGEN=${LOADGEN:-$ROOT/target/release/loadgen}
 for bin in "$SEQD" "$LOADGEN"; do
@@ -84,24 +88,29 @@ measure() {
   : >"$log"
   # The shell joins the cgroup first, so seqd and every thread it starts run under the quota.
   sh -c 'echo $$ >"$1/cgroup.procs"; shift; exec "$@"' sh "$CG" \
-    taskset -c 0 "$SEQD" --host 127.0.0.1 --port "$PORT" --threads 1 "${args[@]}" 2>"$log" &
+    nice -n -20 taskset -c 0 "$SEQD" --host 127.0.0.1 --port "$PORT" --threads 1 "${args[@]}" 2>"$log" &
   SERVER=$!
   for _ in $(seq 1 400); do
     grep -q "seqd listening" "$log" && break
     sleep 0.05
   done
   grep -q "seqd listening" "$log" || { cat "$log" >&2; exit 1; }
-  taskset -c 1 "$LOADGEN" run --addr "127.0.0.1:$PORT" -c "$c" -P "$p" -d "$DURATION" --warmup 1s \
-    --cpus 1 -o "$WORK/run" >"$WORK/loadgen.txt" 2>&1 || { cat "$WORK/loadgen.txt" >&2; exit 1; }
+  local throttled_before rc=0
+  throttled_before=$(awk '$1 == "nr_throttled" {print $2}' "$CG/cpu.stat")
+  # Exit 3 is a run with errors: kept, and counted in the row.
+  nice -n -20 taskset -c 1 "$LOADGEN" run --addr "127.0.0.1:$PORT" -c "$c" -P "$p" -d "$DURATION" --warmup 1s \
+    --cpus 1 -o "$WORK/run" >"$WORK/loadgen.txt" 2>&1 || rc=$?
+  [ "$rc" = 0 ] || [ "$rc" = 3 ] || { cat "$WORK/loadgen.txt" >&2; exit 1; }
+  local throttled=$(( $(awk '$1 == "nr_throttled" {print $2}' "$CG/cpu.stat") - throttled_before ))
   kill -TERM "$SERVER"
   wait "$SERVER" || true
   SERVER=""
-  python3 - "$WORK/run.json" "$mode" "$round" >>"$ROWS" <<'PY'
+  python3 - "$WORK/run.json" "$mode" "$round" "$throttled" >>"$ROWS" <<'PY'
 import json, sys
-run, mode, rnd = sys.argv[1:]
+run, mode, rnd, throttled = sys.argv[1:]
 report = json.load(open(run))
 totals = report["totals"]
-print(f"{mode}\t{rnd}\t{totals['throughput_rps']:.0f}\t{report['errors']['total']}")
+print(f"{mode}\t{rnd}\t{totals['throughput_rps']:.0f}\t{report['errors']['total']}\t{throttled}")
 PY
   tail -1 "$ROWS" >&2
 }
@@ -135,16 +144,21 @@ out = ["# Cluster mode / single node: throughput under the same CPU budget", "",
        f"- date: {e['STARTED']}; machine: {e['NPROC']} CPUs, {e['CPU_MODEL']}, kernel {e['KERNEL']}; {e['ETCD_VERSION']}",
        f"- load average before: {e['LOAD_BEFORE']}; after: {e['LOAD_AFTER']} (the machine was shared "
        "with other engineers' builds and tests: indicative figures)",
-       "- server: `seqd --threads 1` pinned to CPU 0 inside a cgroup with a CPU quota "
+       "- server: `nice -n -20 seqd --threads 1` pinned to CPU 0 inside a cgroup with a CPU quota "
        f"({e['COMMAND'].split('QUOTA=')[1].split()[0]}% of one core, the whole process); single node with "
        "`--data-dir` (state file, fsync), cluster node `--etcd` (the only node, so the leader; "
        "ceilings in a 1-member etcd)",
-       "- client: `loadgen run` pinned to CPU 1, with etcd; the two modes alternate within each round",
+       "- client: `nice -n -20 loadgen run` pinned to CPU 1, with etcd; the two modes alternate within each round",
        "",
        f"**cluster / single: {ratio:.3f}** (median of the rounds' ratios); errors in all runs: {errors}", "",
+       "Every run (errors; times the quota throttled the server during the load, from the "
+       "cgroup's `nr_throttled`: proof the budget bound it):", "",
        "| round | single node | cluster leader | cluster / single |", "|---|---|---|---|"]
+def extra(mode, rnd):
+    r = next(r for r in rows if r[0] == mode and int(r[1]) == rnd)
+    return f"{r[3]} errors, throttled {r[4]}x"
 for rnd, s, c in ratios:
-    out.append(f"| {rnd} | {k(s)} | {k(c)} | {c / s:.3f} |")
+    out.append(f"| {rnd} | {k(s)} ({extra('single', rnd)}) | {k(c)} ({extra('cluster', rnd)}) | {c / s:.3f} |")
 open(sys.argv[2], "w").write("\n".join(out) + "\n")
 print("\n".join(out))
 PY

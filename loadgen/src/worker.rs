@@ -200,6 +200,9 @@ struct Conn {
     target: SocketAddr,
     target_index: usize,
     reconnect_at: u64,
+    /// Following a leader: reopened and no reply yet, so a failure means the node is down
+    /// (or not serving yet), not that a server dropped requests.
+    connecting: bool,
 }
 
 impl Conn {
@@ -266,6 +269,13 @@ impl Worker<'_> {
 
     /// Drops a connection: whatever it had in flight is lost.
     fn kill(&mut self, i: usize, why: Death, detail: String) {
+        if self.follow && self.conns[i].connecting && self.conns[i].alive() {
+            // A reopened connection that failed before any reply: the node is down or not
+            // serving yet, and nothing sent on it reached a server. Try the next one.
+            let abandoned = self.leave(i);
+            self.rec.errors.redirects += abandoned as u64;
+            return self.schedule_reconnect(i, None, now_ns());
+        }
         let conn = &mut self.conns[i];
         let Some(stream) = conn.stream.take() else {
             return;
@@ -294,7 +304,9 @@ impl Worker<'_> {
     fn schedule_reconnect(&mut self, i: usize, leader: Option<SocketAddr>, now: u64) {
         let addrs = &self.plan.addrs;
         let conn = &mut self.conns[i];
-        match leader {
+        // A node that names itself (a restarted leader whose old lease has not expired yet)
+        // is no lead to follow at once: that would reconnect in a loop.
+        match leader.filter(|&leader| leader != conn.target) {
             Some(leader) => {
                 conn.target = leader;
                 if let Some(index) = addrs.iter().position(|&a| a == leader) {
@@ -318,6 +330,14 @@ impl Worker<'_> {
     /// opened again where the refusal points.
     /// The refusal itself is counted with the abandoned requests.
     fn redirect(&mut self, i: usize, leader: Option<SocketAddr>, now: u64) {
+        let abandoned = self.leave(i);
+        self.rec.errors.redirects += 1 + abandoned as u64;
+        self.schedule_reconnect(i, leader, now);
+    }
+
+    /// Following a leader: closes connection `i`, abandoning what it has in flight (no
+    /// number of it is counted); returns how many requests that was.
+    fn leave(&mut self, i: usize) -> usize {
         let conn = &mut self.conns[i];
         conn.stream = None;
         let abandoned = conn.in_flight.len();
@@ -325,8 +345,7 @@ impl Worker<'_> {
         conn.in_start = 0;
         conn.in_end = 0;
         self.in_flight -= abandoned;
-        self.rec.errors.redirects += 1 + abandoned as u64;
-        self.schedule_reconnect(i, leader, now);
+        abandoned
     }
 
     /// Following a leader: opens the connections whose reconnect time has come (a
@@ -357,6 +376,7 @@ impl Worker<'_> {
                 Ok(stream) => {
                     let conn = &mut self.conns[i];
                     conn.stream = Some(stream);
+                    conn.connecting = true;
                     conn.out.clear();
                     conn.out_pos = 0;
                     if self.plan.schedule.is_none() {
@@ -498,6 +518,9 @@ impl Worker<'_> {
         }
         let answered = before - conn.in_flight.len();
         self.in_flight -= answered;
+        if answered > 0 {
+            conn.connecting = false;
+        }
         if let Some(leader) = refused_by {
             self.redirect(i, leader, now);
             return false;
@@ -983,6 +1006,7 @@ fn setup<'a>(
             target: first,
             target_index: 0,
             reconnect_at: NOT_PENDING,
+            connecting: false,
         });
         if retry_elsewhere {
             let conn = &mut worker.conns[slot];
