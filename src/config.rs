@@ -287,11 +287,14 @@ pub struct Config {
     pub etcd_prefix: String,
 
     /// Cluster mode: TTL of the leader's lease, in whole seconds. A crashed leader is
-    /// replaced after about this long; the leader renews every third of it and stops issuing
-    /// a quarter of it before its lease could have expired.
+    /// replaced after about this long (plus up to 0.5 s, etcd's expiry check); the leader
+    /// renews every third of it and stops issuing a quarter of it before its lease could have
+    /// expired. etcd raises a TTL below 1.5 x its --election-timeout to that minimum: the
+    /// default 1s needs etcd run with --heartbeat-interval=50 --election-timeout=500
+    /// (docs/HA.md); with etcd's defaults it becomes 2 s.
     #[arg(
         long,
-        default_value = "2s",
+        default_value = "1s",
         value_parser = humantime::parse_duration,
         value_name = "DURATION"
     )]

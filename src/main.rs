@@ -219,6 +219,9 @@ fn run(config: Config) -> anyhow::Result<()> {
                 tracing::info!("{name} received: shutting down (send it again to exit at once)");
                 stopping = true;
                 let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+                if let Some(node) = &node {
+                    node.stop_issuing();
+                }
                 server.stop();
             }
             Ok(Event::Signal(_)) => {

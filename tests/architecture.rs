@@ -49,10 +49,13 @@ const LAYERS: &[(&str, &[&str])] = &[
     // Clients of the wire protocols (they share the codecs, not the server).
     ("client", &["protocol", "sequence", "tls"]),
     ("stream_client", &["protocol", "clock"]),
-    // Cluster mode: the election and the fenced ceiling store the persister writes to.
+    // Cluster mode: the election and the fenced store (ceilings, lease and stream records)
+    // the persister writes to.
     (
         "cluster",
-        &["store", "state", "lease", "sequence", "clock", "commits"],
+        &[
+            "store", "state", "lease", "stream", "sequence", "clock", "commits",
+        ],
     ),
     // The command line: it builds every layer's settings.
     (

@@ -14,7 +14,8 @@ use seqd::cluster::role::Role;
 use seqd::cluster::timing::LeaseTiming;
 use seqd::cluster::{ClusterNode, ClusterSettings, Leadership};
 
-const TTL: Duration = Duration::from_secs(2);
+/// seqd's default (cluster_support runs etcd with the timing that grants it).
+const TTL: Duration = seqd::cluster::timing::DEFAULT_TTL;
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()

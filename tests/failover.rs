@@ -117,7 +117,7 @@ impl Cluster {
         let logs = log_dir();
         let prefix = format!("--etcd-prefix=/failover-{}", std::process::id());
         let nodes = (1..=3)
-            .map(|id| Node::start(&etcd, id, logs.path(), &[&prefix, "--leader-ttl=2s"]))
+            .map(|id| Node::start(&etcd, id, logs.path(), &[&prefix]))
             .collect();
         Cluster {
             nodes,
@@ -272,7 +272,7 @@ fn a_leader_cut_off_from_etcd_stops_issuing_and_a_standby_continues_above() {
     let logs = log_dir();
     let urls = etcd.urls();
     let prefix = format!("--etcd-prefix=/partition-{}", std::process::id());
-    let args = [prefix.as_str(), "--leader-ttl=2s"];
+    let args = [prefix.as_str()];
     // Node 1 reaches etcd only through member 0; it starts first and leads.
     let mut nodes = vec![Node::start_on(&urls[0], 1, logs.path(), &args)];
     let mut client = Follower::new(vec![nodes[0].addr]);

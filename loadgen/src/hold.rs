@@ -82,7 +82,7 @@ pub fn request_each(
                     ..
                 } => break,
                 Parsed::Reply {
-                    outcome: Outcome::ServerError(message),
+                    outcome: Outcome::ServerError(message) | Outcome::NotServing { message, .. },
                     ..
                 } => bail!(
                     "connection {i}: the server refused the request: {}",

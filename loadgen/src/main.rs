@@ -151,7 +151,9 @@ struct ServerArgs {
     #[arg(long, value_enum, default_value = "binary")]
     target: Kind,
 
-    /// Server address, host:port (IPv4, [IPv6] or a host name).
+    /// Server address, host:port (IPv4, [IPv6] or a host name). `run` takes several,
+    /// comma-separated: the nodes of a seqd cluster, whose leader every connection follows
+    /// (NOTLEADER redirects, dropped connections; counted as redirects and reconnects).
     #[arg(
         long,
         short = 'a',
@@ -464,10 +466,18 @@ fn run(args: RunArgs, command: &[String]) -> Result<u8> {
     // Parse everything the user typed before touching the network.
     let slo = args.slo.as_deref().map(Slo::parse).transpose()?;
     let ramp = args.ramp.as_deref().map(Ramp::parse).transpose()?;
-    let addr = resolve(&args.server.addr)?;
+    let cluster = args
+        .server
+        .addr
+        .split(',')
+        .map(|a| resolve(a.trim()))
+        .collect::<Result<Vec<_>>>()?;
+    let addr = cluster[0];
     let connect_timeout = args.connect_timeout.max(Duration::from_millis(1));
-    preflight(addr, connect_timeout)?;
-    let tls = args.tls.target(loadgen::tls::host_of(&args.server.addr))?;
+    preflight(&cluster, connect_timeout)?;
+    // Every node's certificate must name the host of the first address (or use --tls-insecure).
+    let first_host = args.server.addr.split(',').next().unwrap_or_default().trim();
+    let tls = args.tls.target(loadgen::tls::host_of(first_host))?;
     let sequence_id = match (&args.sequence, args.server.target) {
         (Some(name), Kind::Binary) => {
             let client = match &tls {
@@ -503,6 +513,11 @@ fn run(args: RunArgs, command: &[String]) -> Result<u8> {
     }
     let spec = RunSpec {
         addr,
+        cluster: if cluster.len() > 1 {
+            cluster
+        } else {
+            Vec::new()
+        },
         protocol,
         connections: args.connections,
         pipeline: args.pipeline,

@@ -433,6 +433,13 @@ impl RunReport {
             e.server_error,
             e.lost
         );
+        if e.redirects + e.reconnects > 0 {
+            let _ = writeln!(
+                s,
+                "  leader       followed: {} requests redirected, {} reconnects",
+                e.redirects, e.reconnects
+            );
+        }
         for first in &self.errors.first {
             let _ = writeln!(s, "    {first}");
         }
@@ -563,6 +570,7 @@ mod tests {
     fn full_report() -> RunReport {
         let spec = RunSpec {
             addr: "127.0.0.1:10001".parse().unwrap(),
+            cluster: Vec::new(),
             protocol: Protocol::new(Kind::Binary, 1, None, 0).unwrap(),
             connections: 2,
             pipeline: 4,

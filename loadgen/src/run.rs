@@ -25,6 +25,9 @@ const SECOND: u64 = 1_000_000_000;
 #[derive(Debug, Clone)]
 pub struct RunSpec {
     pub addr: SocketAddr,
+    /// Every node of a seqd cluster (`--addr a,b,c`, `addr` first): the connections follow
+    /// the leader among them. Empty for one server.
+    pub cluster: Vec<SocketAddr>,
     pub protocol: Protocol,
     pub connections: usize,
     pub pipeline: usize,
@@ -146,9 +149,20 @@ pub fn parse_cpus(text: &str) -> Result<Vec<usize>> {
     Ok(cpus)
 }
 
-/// Checks that the server answers a TCP connect at all, so a wrong port fails in one clear
-/// line instead of as N connection errors.
-pub fn preflight(addr: SocketAddr, timeout: Duration) -> Result<()> {
+/// Checks that the server (one of a cluster's nodes, at least) answers a TCP connect at all,
+/// so a wrong port fails in one clear line instead of as N connection errors.
+pub fn preflight(addrs: &[SocketAddr], timeout: Duration) -> Result<()> {
+    let mut failure = None;
+    for &addr in addrs {
+        match preflight_one(addr, timeout) {
+            Ok(()) => return Ok(()),
+            Err(e) => failure = Some(e),
+        }
+    }
+    Err(failure.unwrap_or_else(|| anyhow!("no --addr given")))
+}
+
+fn preflight_one(addr: SocketAddr, timeout: Duration) -> Result<()> {
     TcpStream::connect_timeout(&addr, timeout)
         .map(drop)
         .map_err(|e| {
@@ -171,7 +185,11 @@ pub fn execute(spec: &RunSpec, stop: Arc<AtomicBool>) -> Result<Measured> {
         None => None,
     };
     let plan = Arc::new(Plan {
-        addr: spec.addr,
+        addrs: if spec.cluster.len() > 1 {
+            spec.cluster.clone()
+        } else {
+            vec![spec.addr]
+        },
         protocol: spec.protocol.clone(),
         connections: spec.connections,
         pipeline: spec.pipeline.max(1),

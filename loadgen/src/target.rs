@@ -6,7 +6,7 @@ use anyhow::{Result, bail};
 use clap::ValueEnum;
 use seqd::protocol::binary::{self, opcode};
 use seqd::protocol::text::{self, ClientReply};
-use seqd::protocol::{ParseError, ParseOk};
+use seqd::protocol::{ErrorCode, ParseError, ParseOk};
 use seqd::sequence::{DEFAULT_SEQUENCE, SequenceId, validate_name};
 use serde::Serialize;
 
@@ -45,6 +45,37 @@ pub enum Outcome<'a> {
     Numbers { first: u64, count: u64 },
     /// The server refused the request; its message.
     ServerError(&'a [u8]),
+    /// A seqd cluster node that does not issue numbers now (docs/HA.md): a standby
+    /// (`NOTLEADER host:port`, `leader` is the address; `NOTLEADER unknown` during an
+    /// election) or a node that cannot reach etcd (`UNAVAILABLE`); `leader` is `None` when the
+    /// refusal names no leader. `message` is the whole refusal.
+    NotServing {
+        leader: Option<&'a [u8]>,
+        message: &'a [u8],
+    },
+}
+
+/// The refusal `message` (text, without the `-`) as an [`Outcome`]: `NotServing` for the
+/// two refusals a cluster node gives instead of numbers.
+fn text_refusal(message: &[u8]) -> Outcome<'_> {
+    let name = |code: ErrorCode| code.text_prefix().as_bytes();
+    let word_end = message
+        .iter()
+        .position(|&b| b == b' ')
+        .unwrap_or(message.len());
+    let (word, rest) = message.split_at(word_end);
+    if word == name(ErrorCode::NotLeader) {
+        let address = rest.trim_ascii();
+        let leader = (!address.is_empty() && address != b"unknown").then_some(address);
+        Outcome::NotServing { leader, message }
+    } else if word == name(ErrorCode::Unavailable) {
+        Outcome::NotServing {
+            leader: None,
+            message,
+        }
+    } else {
+        Outcome::ServerError(message)
+    }
 }
 
 /// The result of looking at the front of the receive buffer.
@@ -180,7 +211,19 @@ impl Protocol {
         }
         match binary::decode_reply(buf) {
             Ok(ParseOk { message, consumed }) => {
-                let outcome = if message.status != binary::STATUS_OK {
+                let outcome = if message.status == ErrorCode::NotLeader as u8 {
+                    let address = message.message;
+                    let leader = (!address.is_empty() && address != b"unknown").then_some(address);
+                    Outcome::NotServing {
+                        leader,
+                        message: address,
+                    }
+                } else if message.status == ErrorCode::Unavailable as u8 {
+                    Outcome::NotServing {
+                        leader: None,
+                        message: message.message,
+                    }
+                } else if message.status != binary::STATUS_OK {
                     Outcome::ServerError(message.message)
                 } else {
                     let expected = if self.batch == 1 {
@@ -221,7 +264,7 @@ impl Protocol {
         let numbers = match (reply, self.kind, self.batch) {
             (ClientReply::Error(message), ..) => {
                 return Parsed::Reply {
-                    outcome: Outcome::ServerError(message),
+                    outcome: text_refusal(message),
                     consumed,
                 };
             }
@@ -377,5 +420,55 @@ mod tests {
             bin.parse(b"\x9f\x01\x01\x00\x00\x00\x00\x01\x00\x00\x00\x00\x00\x00\x00\x01"),
             Parsed::Malformed(_)
         ));
+    }
+
+    #[test]
+    fn a_cluster_node_that_does_not_serve_says_where_the_leader_is() {
+        let resp = Protocol::new(Kind::Resp, 1, None, 0).unwrap();
+        let standby = |reply: &'static [u8]| match resp.parse(reply) {
+            Parsed::Reply {
+                outcome: Outcome::NotServing { leader, .. },
+                ..
+            } => leader,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            standby(b"-NOTLEADER 10.0.0.1:10001\r\n"),
+            Some(&b"10.0.0.1:10001"[..])
+        );
+        assert_eq!(standby(b"-NOTLEADER unknown\r\n"), None);
+        assert_eq!(standby(b"-UNAVAILABLE lease lost\r\n"), None);
+        assert!(matches!(
+            resp.parse(b"-NOTLEADERS x\r\n"),
+            Parsed::Reply {
+                outcome: Outcome::ServerError(_),
+                ..
+            }
+        ));
+
+        let bin = Protocol::new(Kind::Binary, 1, None, 0).unwrap();
+        for (leader, expected) in [
+            (Some("10.0.0.2:10001"), Some(&b"10.0.0.2:10001"[..])),
+            (None, None),
+        ] {
+            let mut reply = Vec::new();
+            binary::encode_reply(
+                &mut reply,
+                &Reply::Error {
+                    opcode: opcode::GETSEQ,
+                    problem: seqd::protocol::Problem::NotLeader { leader },
+                },
+            );
+            match bin.parse(&reply) {
+                Parsed::Reply {
+                    outcome: Outcome::NotServing { leader, .. },
+                    consumed,
+                } => {
+                    assert_eq!(leader, expected);
+                    assert_eq!(consumed, reply.len());
+                }
+                other => panic!("{other:?}"),
+            }
+        }
     }
 }

@@ -10,6 +10,12 @@
 //! read. Open loop: each connection sends every request whose planned time has come (at most
 //! `pipeline` in flight), and latency is measured from the planned time (coordinated-omission
 //! correction, as wrk2 does) as well as from the actual send (the service time).
+//!
+//! Given several addresses (the nodes of a seqd cluster), each connection follows the leader:
+//! on a `NOTLEADER host:port` refusal it reconnects to that address at once, on `NOTLEADER
+//! unknown`, `UNAVAILABLE` or a dropped connection to the next address after a short pause
+//! (non-blocking connects, so the other connections keep going). What was in flight on the
+//! connection left behind gets no number, so none is ever counted twice.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
@@ -20,8 +26,9 @@ use std::sync::{Arc, Barrier, mpsc};
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
+use mio::net::TcpStream;
 use mio::unix::SourceFd;
-use mio::{Events, Interest, Poll, Token};
+use mio::{Events, Interest, Poll, Registry, Token};
 use serde::{Deserialize, Serialize};
 
 use crate::clock::{Timer, now_ns, thread_cpu_ns};
@@ -38,6 +45,11 @@ pub const SIGFIG: u8 = 3;
 const RECEIVE_BUFFER: usize = 64 * 1024;
 const TIMER: Token = Token(usize::MAX);
 const SECOND: u64 = 1_000_000_000;
+/// Following a leader: the pause before trying the next address after a refusal that names
+/// no leader or a dropped connection (a redirect to a named leader goes at once).
+const RETRY_PAUSE_NS: u64 = 25_000_000;
+/// No reconnect is scheduled for the connection.
+const NOT_PENDING: u64 = u64::MAX;
 
 pub fn new_histogram() -> Histogram<u64> {
     // Bounds are constants known to be valid.
@@ -46,7 +58,9 @@ pub fn new_histogram() -> Histogram<u64> {
 
 /// What every worker of a run shares.
 pub struct Plan {
-    pub addr: SocketAddr,
+    /// The server, or every node of a cluster whose leader the connections follow (the
+    /// first is tried first).
+    pub addrs: Vec<SocketAddr>,
     pub protocol: Protocol,
     pub connections: usize,
     pub pipeline: usize,
@@ -92,6 +106,15 @@ pub struct Errors {
     /// Requests in flight on a connection that died, or still unanswered when the drain
     /// timeout ran out.
     pub lost: u64,
+    /// Following a leader (several --addr): refusals of a node that does not serve
+    /// (`NOTLEADER`, `UNAVAILABLE`) followed to another node, plus the requests abandoned in
+    /// flight with them (refused too, or never answered: no number was counted). Not in
+    /// [`Errors::total`]: they are the failover, not a fault.
+    #[serde(default)]
+    pub redirects: u64,
+    /// Following a leader: connections opened again (after a redirect or a drop).
+    #[serde(default)]
+    pub reconnects: u64,
 }
 
 impl Errors {
@@ -102,6 +125,8 @@ impl Errors {
         self.server_error += o.server_error;
         self.timed_out += o.timed_out;
         self.lost += o.lost;
+        self.redirects += o.redirects;
+        self.reconnects += o.reconnects;
     }
 
     pub fn total(&self) -> u64 {
@@ -169,9 +194,18 @@ struct Conn {
     quota: Option<u64>,
     /// Closed loop: already on the list of connections to top up.
     queued: bool,
-    /// Open loop: out of the schedule heap until a reply makes room under `pipeline`.
+    /// Open loop: out of the schedule heap until a reply makes room under `pipeline` (or
+    /// until it is connected again).
     waiting_for_room: bool,
     log: StreamLog,
+    /// Following a leader: the address this connection goes to, its index in the plan's
+    /// addresses (where the rotation continues), and when to reconnect ([`NOT_PENDING`]).
+    target: SocketAddr,
+    target_index: usize,
+    reconnect_at: u64,
+    /// Following a leader: reopened and no reply yet, so a failure means the node is down
+    /// (or not serving yet), not that a server dropped requests.
+    connecting: bool,
 }
 
 impl Conn {
@@ -202,6 +236,12 @@ impl Recorder {
 
 struct Worker<'a> {
     plan: &'a Plan,
+    /// Where reconnected streams are registered.
+    registry: Registry,
+    /// Several addresses: connections follow the leader.
+    follow: bool,
+    /// Connections waiting to reconnect.
+    pending: Vec<usize>,
     thread: usize,
     conns: Vec<Conn>,
     rec: Recorder,
@@ -232,6 +272,13 @@ impl Worker<'_> {
 
     /// Drops a connection: whatever it had in flight is lost.
     fn kill(&mut self, i: usize, why: Death, detail: String) {
+        if self.follow && self.conns[i].connecting && self.conns[i].alive() {
+            // A reopened connection that failed before any reply: the node is down or not
+            // serving yet, and nothing sent on it reached a server. Try the next one.
+            let abandoned = self.leave(i);
+            self.rec.errors.redirects += abandoned as u64;
+            return self.schedule_reconnect(i, None, now_ns());
+        }
         let conn = &mut self.conns[i];
         let Some(stream) = conn.stream.take() else {
             return;
@@ -250,6 +297,121 @@ impl Worker<'_> {
         self.note_error(format!(
             "connection {index}: {detail} ({lost} requests in flight lost)"
         ));
+        if self.follow {
+            self.schedule_reconnect(i, None, now_ns());
+        }
+    }
+
+    /// Following a leader: connection `i` goes to `leader` at once, or (`None`) to the next
+    /// address after [`RETRY_PAUSE_NS`]. Its stream must be gone already.
+    fn schedule_reconnect(&mut self, i: usize, leader: Option<SocketAddr>, now: u64) {
+        let addrs = &self.plan.addrs;
+        let conn = &mut self.conns[i];
+        // A node that names itself (a restarted leader whose old lease has not expired yet)
+        // is no lead to follow at once: that would reconnect in a loop.
+        match leader.filter(|&leader| leader != conn.target) {
+            Some(leader) => {
+                conn.target = leader;
+                if let Some(index) = addrs.iter().position(|&a| a == leader) {
+                    conn.target_index = index;
+                }
+                conn.reconnect_at = now;
+            }
+            None => {
+                conn.target_index = (conn.target_index + 1) % addrs.len();
+                conn.target = addrs[conn.target_index];
+                conn.reconnect_at = now.saturating_add(RETRY_PAUSE_NS);
+            }
+        }
+        if !self.pending.contains(&i) {
+            self.pending.push(i);
+        }
+    }
+
+    /// Following a leader: a node refused with `NOTLEADER` or `UNAVAILABLE`. The connection
+    /// is left (what it still has in flight would be refused too, or is abandoned) and
+    /// opened again where the refusal points.
+    /// The refusal itself is counted with the abandoned requests.
+    fn redirect(&mut self, i: usize, leader: Option<SocketAddr>, now: u64) {
+        let abandoned = self.leave(i);
+        self.rec.errors.redirects += 1 + abandoned as u64;
+        self.schedule_reconnect(i, leader, now);
+    }
+
+    /// Following a leader: closes connection `i`, abandoning what it has in flight (no
+    /// number of it is counted); returns how many requests that was.
+    fn leave(&mut self, i: usize) -> usize {
+        let conn = &mut self.conns[i];
+        conn.stream = None;
+        let abandoned = conn.in_flight.len();
+        conn.in_flight.clear();
+        conn.in_start = 0;
+        conn.in_end = 0;
+        self.in_flight -= abandoned;
+        abandoned
+    }
+
+    /// Following a leader: opens the connections whose reconnect time has come (a
+    /// non-blocking connect; a failure shows as an error on the stream and moves on).
+    fn reconnect_due(&mut self, now: u64) {
+        let mut k = 0;
+        while k < self.pending.len() {
+            let i = self.pending[k];
+            if self.conns[i].reconnect_at > now {
+                k += 1;
+                continue;
+            }
+            self.pending.swap_remove(k);
+            let conn = &mut self.conns[i];
+            conn.reconnect_at = NOT_PENDING;
+            self.rec.errors.reconnects += 1;
+            let target = conn.target;
+            let opened = match &self.plan.tls {
+                // A non-blocking connect: a failure shows as an error on the stream.
+                None => TcpStream::connect(target).and_then(|stream| {
+                    stream.set_nodelay(true)?;
+                    Ok(Stream::Plain(stream))
+                }),
+                // The TLS handshake needs the connection: this thread waits for it (at most
+                // the connect timeout twice), which only happens while following a leader.
+                Some(tls) => StdTcpStream::connect_timeout(&target, self.plan.connect_timeout)
+                    .and_then(|tcp| connected(tcp, Some(tls), self.plan.connect_timeout)),
+            }
+            .and_then(|mut stream| {
+                register(&self.registry, &mut stream, Token(i))?;
+                Ok(stream)
+            });
+            match opened {
+                Ok(stream) => {
+                    let conn = &mut self.conns[i];
+                    conn.stream = Some(stream);
+                    conn.connecting = true;
+                    conn.out.clear();
+                    conn.out_pos = 0;
+                    if self.plan.schedule.is_none() {
+                        if !conn.queued {
+                            conn.queued = true;
+                            self.ready.push(i);
+                        }
+                    } else if conn.waiting_for_room {
+                        conn.waiting_for_room = false;
+                        self.due.push(Reverse((conn.next_planned_ns, i)));
+                    }
+                }
+                Err(e) => {
+                    self.note_error(format!("cannot connect to {target}: {e}"));
+                    self.schedule_reconnect(i, None, now);
+                }
+            }
+        }
+    }
+
+    /// The earliest scheduled reconnect, if any.
+    fn next_reconnect(&self) -> Option<u64> {
+        self.pending
+            .iter()
+            .map(|&i| self.conns[i].reconnect_at)
+            .min()
     }
 
     /// Reads every reply that has arrived on connection `i` and records it.
@@ -310,6 +472,7 @@ impl Worker<'_> {
         let measure_start = self.measure_start_ns;
         let before = conn.in_flight.len();
         let mut failure = None;
+        let mut refused_by = None;
         while conn.in_start < conn.in_end {
             let buf = &conn.input[conn.in_start..conn.in_end];
             match protocol.parse(buf) {
@@ -336,7 +499,12 @@ impl Worker<'_> {
                                 conn.log.record(first, count);
                             }
                         }
-                        Outcome::ServerError(message) => {
+                        Outcome::NotServing { leader, .. } if self.follow => {
+                            refused_by = Some(leader.and_then(leader_address));
+                            conn.in_start += consumed;
+                            break;
+                        }
+                        Outcome::ServerError(message) | Outcome::NotServing { message, .. } => {
                             rec.errors.server_error += 1;
                             if self.first_errors.len() < MAX_FIRST_ERRORS {
                                 let message = format!(
@@ -359,6 +527,13 @@ impl Worker<'_> {
         }
         let answered = before - conn.in_flight.len();
         self.in_flight -= answered;
+        if answered > 0 {
+            conn.connecting = false;
+        }
+        if let Some(leader) = refused_by {
+            self.redirect(i, leader, now);
+            return false;
+        }
         if answered > 0 && failure.is_none() {
             // Room for more requests on this connection.
             if self.plan.schedule.is_none() {
@@ -424,6 +599,8 @@ impl Worker<'_> {
         let template = self.plan.protocol.request();
         let conn = &mut self.conns[i];
         if !conn.alive() {
+            // Out of the schedule; a reconnect puts it back.
+            conn.waiting_for_room = true;
             return;
         }
         let before = conn.in_flight.len();
@@ -498,7 +675,8 @@ impl Worker<'_> {
     /// Whether connection `i` has nothing more to do (`--requests` reached and all answered).
     fn done(&self, i: usize) -> bool {
         let conn = &self.conns[i];
-        !conn.alive() || (conn.quota == Some(0) && conn.in_flight.is_empty())
+        (!conn.alive() && conn.reconnect_at == NOT_PENDING)
+            || (conn.quota == Some(0) && conn.in_flight.is_empty())
     }
 
     fn take_interval(
@@ -522,6 +700,17 @@ impl Worker<'_> {
             cpu_ns,
         }
     }
+}
+
+/// The leader's address in a `NOTLEADER` refusal (a host name is resolved: advertised
+/// addresses may be names).
+fn leader_address(address: &[u8]) -> Option<SocketAddr> {
+    let address = std::str::from_utf8(address).ok()?;
+    address.parse().ok().or_else(|| {
+        std::net::ToSocketAddrs::to_socket_addrs(address)
+            .ok()?
+            .next()
+    })
 }
 
 #[derive(Clone, Copy)]
@@ -615,6 +804,9 @@ pub fn run(
             end_ns = now;
         }
         let sending = now < end_ns;
+        if sending && !worker.pending.is_empty() {
+            worker.reconnect_due(now);
+        }
         if sending {
             if plan.schedule.is_some() {
                 while let Some(&Reverse((due, i))) = worker.due.peek() {
@@ -665,6 +857,9 @@ pub fn run(
         let mut wake = next_boundary.min(drain_deadline);
         if sending {
             wake = wake.min(end_ns);
+            if let Some(at) = worker.next_reconnect() {
+                wake = wake.min(at);
+            }
             if let Some(&Reverse((due, _))) = worker.due.peek() {
                 // With a granularity, requests due within it wait for one wake-up and go out
                 // together (late, and their latency says so) instead of one wake-up each.
@@ -760,8 +955,12 @@ fn setup<'a>(
 ) -> io::Result<(Worker<'a>, Poll)> {
     let poll = Poll::new()?;
     let template_len = plan.protocol.request().len();
+    let follow = plan.addrs.len() > 1;
     let mut worker = Worker {
         plan,
+        registry: poll.registry().try_clone()?,
+        follow,
+        pending: Vec::new(),
         thread,
         conns: Vec::with_capacity(connections.len()),
         rec: Recorder::new(),
@@ -776,24 +975,25 @@ fn setup<'a>(
         ready: Vec::with_capacity(connections.len()),
         due: BinaryHeap::with_capacity(connections.len()),
     };
+    let first = plan.addrs[0];
     for (slot, &index) in connections.iter().enumerate() {
-        let stream = StdTcpStream::connect_timeout(&plan.addr, plan.connect_timeout)
+        let mut retry_elsewhere = false;
+        let stream = StdTcpStream::connect_timeout(&first, plan.connect_timeout)
             .and_then(|s| connected(s, plan.tls.as_ref(), plan.connect_timeout));
         let stream = match stream {
             Ok(mut s) => {
-                let interest = Interest::READABLE | Interest::WRITABLE;
-                match &mut s {
-                    Stream::Plain(tcp) => poll.registry().register(tcp, Token(slot), interest)?,
-                    Stream::Tls(tls) => {
-                        poll.registry()
-                            .register(tls.tcp_mut(), Token(slot), interest)?
-                    }
-                }
+                register(poll.registry(), &mut s, Token(slot))?;
                 Some(s)
             }
             Err(e) => {
-                worker.rec.errors.connect_failed += 1;
-                worker.note_error(format!("cannot connect to {}: {e}", plan.addr));
+                worker.note_error(format!("cannot connect to {first}: {e}"));
+                if follow {
+                    // Tried again on the next address once the run starts.
+                    worker.pending.push(slot);
+                    retry_elsewhere = true;
+                } else {
+                    worker.rec.errors.connect_failed += 1;
+                }
                 None
             }
         };
@@ -814,7 +1014,17 @@ fn setup<'a>(
             queued: false,
             waiting_for_room: false,
             log: StreamLog::default(),
+            target: first,
+            target_index: 0,
+            reconnect_at: NOT_PENDING,
+            connecting: false,
         });
+        if retry_elsewhere {
+            let conn = &mut worker.conns[slot];
+            conn.target_index = 1;
+            conn.target = plan.addrs[1];
+            conn.reconnect_at = 0;
+        }
     }
     Ok((worker, poll))
 }
@@ -826,12 +1036,21 @@ fn connected(tcp: StdTcpStream, tls: Option<&TlsTarget>, timeout: Duration) -> i
     match tls {
         None => {
             tcp.set_nonblocking(true)?;
-            Ok(Stream::Plain(mio::net::TcpStream::from_std(tcp)))
+            Ok(Stream::Plain(TcpStream::from_std(tcp)))
         }
         Some(target) => {
             tcp.set_read_timeout(Some(timeout))?;
             tcp.set_write_timeout(Some(timeout))?;
             Ok(Stream::Tls(Box::new(Stream::tls(tcp, target)?)))
         }
+    }
+}
+
+/// Registers a connection's socket for reads and writes under `token`.
+fn register(registry: &Registry, stream: &mut Stream, token: Token) -> io::Result<()> {
+    let interest = Interest::READABLE | Interest::WRITABLE;
+    match stream {
+        Stream::Plain(tcp) => registry.register(tcp, token, interest),
+        Stream::Tls(tls) => registry.register(tls.tcp_mut(), token, interest),
     }
 }

@@ -375,6 +375,57 @@ fn server_closing_mid_run_is_counted_and_fails_the_run() {
 }
 
 #[test]
+fn several_addresses_follow_the_leader_past_a_dead_node_and_a_standby() {
+    use seqd::protocol::binary::{self, opcode};
+    use seqd::protocol::{Problem, Reply};
+    let seqd = Server::seqd(&[]);
+    // A standby as a cluster node answers: every binary request refused with NOTLEADER and
+    // the leader's address (the real seqd).
+    let leader: &'static str = Box::leak(seqd.addr.to_string().into_boxed_str());
+    let mut refusal = Vec::new();
+    binary::encode_reply(
+        &mut refusal,
+        &Reply::Error {
+            opcode: opcode::GETSEQ,
+            problem: Problem::NotLeader {
+                leader: Some(leader),
+            },
+        },
+    );
+    let standby = TcpListener::bind("127.0.0.1:0").unwrap();
+    let standby_addr = standby.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for stream in standby.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let refusal = refusal.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 16];
+                while stream.read_exact(&mut buf).is_ok() {
+                    if stream.write_all(&refusal).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    let dead = format!("127.0.0.1:{}", support::free_port());
+    let addrs = format!("{dead},{standby_addr},{leader}");
+    let result = loadgen_json(
+        &[
+            "run", "--addr", &addrs, "-c", "4", "-P", "8", "-d", "500ms", "--warmup", "0s",
+            "--verify", "--no-pin", "--json",
+        ],
+        0,
+    );
+    // Each connection: the dead node (refused), then the standby, redirected to the leader.
+    assert_eq!(result["errors"]["total"], 0, "{}", result["errors"]);
+    assert!(result["errors"]["redirects"].as_u64().unwrap() >= 4);
+    assert!(result["errors"]["reconnects"].as_u64().unwrap() >= 8);
+    assert!(result["totals"]["numbers"].as_u64().unwrap() > 0);
+    assert_eq!(result["verify"]["duplicates"], 0);
+}
+
+#[test]
 fn malformed_replies_are_counted_and_fail_the_run() {
     // A fake server that answers every binary request with text.
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();

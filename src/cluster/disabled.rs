@@ -20,6 +20,10 @@ impl ClusterNode {
         match *self {}
     }
 
+    pub fn stop_issuing(&self) {
+        match *self {}
+    }
+
     pub fn is_deposed(&self) -> bool {
         match *self {}
     }

@@ -7,6 +7,8 @@
 //! - `<prefix>/ceilings/<id, 10 digits>`: `<ceiling> <name>`, the durable ceiling of one
 //!   sequence: no number at or above it was issued. Written only by a transaction that
 //!   compares the leader key's create revision with the writer's token.
+//! - leases, streams and the lease table (`super::records`), written by the same fenced
+//!   transactions.
 
 use std::time::Duration;
 
@@ -16,7 +18,9 @@ use etcd_client::{
 };
 
 use crate::sequence::{SequenceId, monotonic_nanos};
+use crate::state::LeaseAndStreamRecords;
 
+use super::records::{self, RecordKeys};
 use super::timing::LeaseTiming;
 
 /// Most puts in one transaction (etcd's `--max-txn-ops` defaults to 128). A raise that
@@ -27,8 +31,11 @@ pub const MAX_PUTS_PER_TXN: usize = 100;
 /// The keys of one cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Keys {
+    /// Everything of this cluster is under it.
+    pub prefix: String,
     pub leader: String,
     pub ceilings: String,
+    pub records: RecordKeys,
 }
 
 impl Keys {
@@ -36,8 +43,10 @@ impl Keys {
     pub fn new(prefix: &str) -> Keys {
         let prefix = prefix.trim_end_matches('/');
         Keys {
+            prefix: format!("{prefix}/"),
             leader: format!("{prefix}/leader"),
             ceilings: format!("{prefix}/ceilings/"),
+            records: RecordKeys::new(prefix),
         }
     }
 
@@ -67,6 +76,8 @@ pub enum StoreError {
     NotLeader { token: i64 },
     #[error("{key} holds {value:?}, which is not `<ceiling> <name>`")]
     Malformed { key: String, value: String },
+    #[error(transparent)]
+    MalformedRecord(#[from] records::Malformed),
 }
 
 /// Runs `operation` with a bound on how long etcd may take.
@@ -88,6 +99,8 @@ pub struct Elected {
     pub token: i64,
     /// Until when (monotonic nanoseconds) the lease is certainly ours, from the grant.
     pub deadline: u64,
+    /// The TTL etcd granted: more than asked for when etcd's minimum is higher.
+    pub granted_ttl: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -147,6 +160,7 @@ pub async fn campaign(
             lease,
             token,
             deadline: timing.deadline(sent, granted),
+            granted_ttl: granted,
         }));
     }
     let _ = bounded(limit, client.lease_revoke(lease)).await;
@@ -184,6 +198,38 @@ pub async fn wait_for_vacancy(
     Err(StoreError::Etcd(etcd_client::Error::WatchError(
         "the watch on the leader key ended".into(),
     )))
+}
+
+/// What the previous leaders committed: every ceiling (in id order) and every lease and
+/// stream record, in one linearizable read (etcd's default) of the whole prefix.
+pub async fn read_committed(
+    client: &mut Client,
+    keys: &Keys,
+    limit: Duration,
+) -> Result<(Vec<CommittedCeiling>, LeaseAndStreamRecords), StoreError> {
+    let response = bounded(
+        limit,
+        client.get(keys.prefix.as_str(), Some(GetOptions::new().with_prefix())),
+    )
+    .await?;
+    let mut ceilings = Vec::new();
+    let mut others = Vec::new();
+    for kv in response.kvs() {
+        let key = String::from_utf8_lossy(kv.key()).into_owned();
+        let value = String::from_utf8_lossy(kv.value()).into_owned();
+        if key.starts_with(&keys.ceilings) {
+            let parsed = parse_ceiling(&keys.ceilings, &key, &value);
+            ceilings.push(parsed.ok_or(StoreError::Malformed { key, value })?);
+        } else {
+            others.push((key, value));
+        }
+    }
+    ceilings.sort_by_key(|c| c.id);
+    let records = records::decode(
+        &keys.records,
+        others.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+    )?;
+    Ok((ceilings, records))
 }
 
 /// Every committed ceiling, in id order. A linearizable read (etcd's default): everything
@@ -231,24 +277,37 @@ pub async fn write_ceilings(
     ceilings: &[CommittedCeiling],
     limit: Duration,
 ) -> Result<(), StoreError> {
-    for part in ceilings.chunks(MAX_PUTS_PER_TXN) {
-        let puts: Vec<TxnOp> = part
-            .iter()
-            .map(|c| {
-                TxnOp::put(
-                    keys.ceiling(c.id),
-                    format!("{} {}", c.ceiling, c.name),
-                    None,
-                )
-            })
-            .collect();
+    let puts: Vec<(String, String)> = ceilings
+        .iter()
+        .map(|c| (keys.ceiling(c.id), format!("{} {}", c.ceiling, c.name)))
+        .collect();
+    write_fenced(client, keys, token, &puts, &[], limit).await
+}
+
+/// Puts `puts` and deletes `deletes`, at most [`MAX_PUTS_PER_TXN`] operations per
+/// transaction, each conditioned on the leader key still carrying `token`.
+/// `Err(NotLeader)` when etcd refused: nothing of that transaction was written.
+pub async fn write_fenced(
+    client: &mut Client,
+    keys: &Keys,
+    token: i64,
+    puts: &[(String, String)],
+    deletes: &[String],
+    limit: Duration,
+) -> Result<(), StoreError> {
+    let operations: Vec<TxnOp> = puts
+        .iter()
+        .map(|(key, value)| TxnOp::put(key.as_str(), value.as_str(), None))
+        .chain(deletes.iter().map(|key| TxnOp::delete(key.as_str(), None)))
+        .collect();
+    for part in operations.chunks(MAX_PUTS_PER_TXN) {
         let txn = Txn::new()
             .when([Compare::create_revision(
                 keys.leader.as_str(),
                 CompareOp::Equal,
                 token,
             )])
-            .and_then(puts);
+            .and_then(part.to_vec());
         let response = bounded(limit, client.txn(txn)).await?;
         if !response.succeeded() {
             return Err(StoreError::NotLeader { token });

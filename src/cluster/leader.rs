@@ -1,4 +1,5 @@
-//! What a newly elected leader serves: its sequences at the ceilings etcd has committed.
+//! What a newly elected leader serves: its sequences at the ceilings etcd has committed,
+//! and the leases and streams as the previous leaders left them.
 
 use std::sync::Arc;
 
@@ -8,14 +9,17 @@ use super::{ClusterNode, Leadership};
 use crate::commits::Commits;
 use crate::lease::LeaseSettings;
 use crate::sequence::{RecoveredSequence, Registry, Writers};
-use crate::state::{LeaseAndStreamRecords, LeasesAndStreams};
+use crate::state::LeasesAndStreams;
 use crate::store::format::{SequenceRecord, State};
 use crate::store::persister::Persister;
+use crate::store::recovery::restore_records;
 use crate::store::window::WindowPolicy;
 
 /// What a new leader serves: the sequences at their committed ceilings, each issuing under
-/// the node's leadership deadline, and the persister that raises ceilings through fenced
-/// transactions (its first windows already committed, so the server starts with numbers).
+/// the node's leadership deadline, the leases and streams from etcd (a lease or stream
+/// change is answered once it is committed there, as a single node answers once it is on
+/// disk), and the persister that writes both through fenced transactions (its first windows
+/// already committed, so the server starts with numbers).
 pub fn open_sequences(
     node: &ClusterNode,
     leadership: &Leadership,
@@ -39,8 +43,6 @@ pub fn open_sequences(
         .with_writers(writers)
         .with_issue_deadline(node.deadline());
     let registry = Arc::new(registry);
-    // Leases and streams are not shared between nodes yet: answered from memory.
-    let records = Arc::new(LeasesAndStreams::empty(Commits::memory_only(), leases));
     let committed = State {
         generation: 0,
         clean_shutdown: false,
@@ -55,8 +57,20 @@ pub fn open_sequences(
                 ceiling: c.ceiling,
             })
             .collect(),
-        leases_and_streams: LeaseAndStreamRecords::default(),
+        leases_and_streams: leadership.records.clone(),
     };
+    let records = restore_records(Some(&committed), &registry, leases, Commits::persisted())
+        .context("the leases and streams in etcd do not fit its ceilings")?;
+    let records = Arc::new(records);
+    if !committed.leases_and_streams.leases.is_empty()
+        || !committed.leases_and_streams.streams.is_empty()
+    {
+        tracing::info!(
+            "{} leases and {} streams taken over from etcd",
+            committed.leases_and_streams.leases.len(),
+            committed.leases_and_streams.streams.len()
+        );
+    }
     for c in &leadership.ceilings {
         tracing::info!(
             "sequence {:?} (id {}) resumes at {}, its committed ceiling",

@@ -3,6 +3,7 @@
 //! - [`timing`]: the lease TTL, renewal interval and self-fencing deadline (pure).
 //! - [`role`]: a node's role and its transitions (pure).
 //! - [`etcd`]: the election and the fenced ceiling store, as etcd operations.
+//! - [`records`]: leases and streams as etcd keys (pure).
 //! - [`node`]: the runtime thread that runs them, and the store the persister writes to.
 //! - `leader`: what a newly elected leader opens and serves.
 //!
@@ -22,6 +23,8 @@ pub mod etcd;
 mod leader;
 #[cfg(feature = "cluster")]
 pub mod node;
+#[cfg(feature = "cluster")]
+pub mod records;
 pub mod role;
 pub mod timing;
 

@@ -2,7 +2,7 @@
 //! never see tokio), the election task, the renewal task that extends the issuing deadline,
 //! and the fenced ceiling store the persister writes through.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
@@ -13,8 +13,10 @@ use tokio::sync::oneshot;
 
 use super::ClusterSettings;
 use super::etcd::{self, Campaign, CommittedCeiling, Keys, StoreError};
+use super::records;
 use super::role::{Role, RoleCell, RoleEvent};
 use crate::sequence::{IssueDeadline, LeaderAddress, monotonic_nanos};
+use crate::state::LeaseAndStreamRecords;
 use crate::store::data_dir::{StateSink, WriteError};
 use crate::store::format::State;
 
@@ -29,6 +31,8 @@ pub struct Leadership {
     pub token: i64,
     /// Every sequence's committed ceiling: this node serves strictly at or above them.
     pub ceilings: Vec<CommittedCeiling>,
+    /// The leases and streams as the previous leaders committed them.
+    pub records: LeaseAndStreamRecords,
 }
 
 /// The renewal task of the current term.
@@ -155,12 +159,26 @@ impl ClusterNode {
                 .iter()
                 .map(|c| (c.id, c.ceiling))
                 .collect(),
+            written_records: records::encode(&self.shared.keys.records, &leadership.records),
             location: format!(
                 "etcd {} {}",
                 self.shared.settings.endpoints.join(","),
                 self.shared.keys.ceilings
             ),
         }
+    }
+
+    /// The first step of a graceful stop: from now on every reservation is refused
+    /// (`UNAVAILABLE`), so clients that follow the leader leave at once instead of being served
+    /// until their connections linger out, and the handover waits only for the event loops to
+    /// finish what they already took. The ceiling store still writes (the final, exact next
+    /// numbers), then [`ClusterNode::resign`] hands leadership over.
+    pub fn stop_issuing(&self) {
+        self.shared.deadline.revoke();
+        tracing::info!(
+            "stopping: no number is issued from now on (requests are refused with UNAVAILABLE, \
+             so clients go to the next leader)"
+        );
     }
 
     /// Gives leadership up (a graceful stop): stops renewing and revokes the lease, which
@@ -227,6 +245,16 @@ async fn campaign_until_elected(mut client: Client, shared: Arc<Shared>) -> Lead
         token: elected.token,
     });
     shared.deadline.extend_to(elected.deadline);
+    if elected.granted_ttl > timing.ttl {
+        tracing::warn!(
+            "etcd granted the leader lease {:?} instead of --leader-ttl {:?} (its minimum is 1.5 x \
+             its --election-timeout): a crashed leader is replaced only after {:?}; run etcd \
+             with --heartbeat-interval=50 --election-timeout=500 for a 1 s TTL (docs/HA.md)",
+            elected.granted_ttl,
+            timing.ttl,
+            elected.granted_ttl
+        );
+    }
     let (stop, stopped) = oneshot::channel();
     *shared.term() = Some(Term {
         lease: elected.lease,
@@ -241,9 +269,9 @@ async fn campaign_until_elected(mut client: Client, shared: Arc<Shared>) -> Lead
     // Only after the election: every ceiling an earlier leader committed is in this read,
     // and none it tries to write from now on can be.
     let mut reported_failure = false;
-    let ceilings = loop {
-        match etcd::read_ceilings(&mut client, &shared.keys, timing.ttl).await {
-            Ok(ceilings) => break ceilings,
+    let (ceilings, records) = loop {
+        match etcd::read_committed(&mut client, &shared.keys, timing.ttl).await {
+            Ok(committed) => break committed,
             Err(e) => {
                 if !std::mem::replace(&mut reported_failure, true) {
                     tracing::warn!("cannot read the committed ceilings: {e}; retrying");
@@ -255,6 +283,7 @@ async fn campaign_until_elected(mut client: Client, shared: Arc<Shared>) -> Lead
     Leadership {
         token: elected.token,
         ceilings,
+        records,
     }
 }
 
@@ -352,9 +381,9 @@ async fn sleep_until_nanos(at: u64) {
 }
 
 /// The ceiling store of one term: every write is a transaction fenced on this term's token.
-/// The persister writes through it as through the state file ([`StateSink`]); only the
-/// sequences' ceilings go to etcd (leases and streams are not shared, see docs/HA.md), and
-/// only those that changed since the last write.
+/// The persister writes through it as through the state file ([`StateSink`]): the sequences'
+/// ceilings and the lease and stream records go to etcd, only what changed since the last
+/// write (`super::records` keeps one key per record).
 pub struct EtcdCeilingStore {
     runtime: tokio::runtime::Handle,
     client: Client,
@@ -362,6 +391,8 @@ pub struct EtcdCeilingStore {
     token: i64,
     /// What etcd holds per sequence id, as far as this term wrote or read it.
     written: HashMap<u32, u64>,
+    /// What etcd holds of the leases and streams (key -> value), likewise.
+    written_records: BTreeMap<String, String>,
     location: String,
 }
 
@@ -377,7 +408,9 @@ impl EtcdCeilingStore {
 
 impl StateSink for EtcdCeilingStore {
     fn write_state(&mut self, state: &State) -> Result<(), WriteError> {
-        if self.shared.deadline.is_revoked() {
+        // A deposed node writes nothing more (etcd would refuse it anyway). A stopping one
+        // still does: its final write records the exact next numbers.
+        if !self.shared.role.get().is_leader() {
             return Err(self.error(StoreError::NotLeader { token: self.token }));
         }
         let changed: Vec<CommittedCeiling> = state
@@ -390,22 +423,42 @@ impl StateSink for EtcdCeilingStore {
                 ceiling: s.ceiling,
             })
             .collect();
-        if changed.is_empty() {
+        let keys = &self.shared.keys;
+        let records = records::encode(&keys.records, &state.leases_and_streams);
+        let mut puts: Vec<(String, String)> = changed
+            .iter()
+            .map(|c| (keys.ceiling(c.id), format!("{} {}", c.ceiling, c.name)))
+            .collect();
+        puts.extend(
+            records
+                .iter()
+                .filter(|(key, value)| self.written_records.get(*key) != Some(*value))
+                .map(|(key, value)| (key.clone(), value.clone())),
+        );
+        let deletes: Vec<String> = self
+            .written_records
+            .keys()
+            .filter(|key| !records.contains_key(*key))
+            .cloned()
+            .collect();
+        if puts.is_empty() && deletes.is_empty() {
             return Ok(());
         }
         let limit = self.shared.settings.timing.ttl;
         let mut client = self.client.clone();
-        let result = self.runtime.block_on(etcd::write_ceilings(
+        let result = self.runtime.block_on(etcd::write_fenced(
             &mut client,
-            &self.shared.keys,
+            keys,
             self.token,
-            &changed,
+            &puts,
+            &deletes,
             limit,
         ));
         match result {
             Ok(()) => {
                 self.written
                     .extend(changed.iter().map(|c| (c.id, c.ceiling)));
+                self.written_records = records;
                 Ok(())
             }
             Err(e @ StoreError::NotLeader { .. }) => {

@@ -10,13 +10,15 @@
 
 use std::time::Duration;
 
-/// The default TTL of the leader key: 2 s. Shorter than that and an ordinary etcd leader
-/// change (election timeout 1 s by default, during which renewals go unanswered) would
-/// fence a healthy seqd leader; also etcd raises any TTL below 1.5 x its election timeout to
-/// that minimum, rounded up to whole seconds (2 s with its default 1 s election timeout), so
-/// a shorter TTL needs faster etcd timeouts too (docs/HA.md). A crash then costs about the
-/// TTL plus one campaign.
-pub const DEFAULT_TTL: Duration = Duration::from_secs(2);
+/// The default TTL of the leader key: 1 s, so a crashed leader is replaced within about
+/// 1.5 s (the TTL, plus etcd's expiry check, which runs every 500 ms). etcd raises any TTL
+/// below 1.5 x its election timeout to that minimum, rounded up to whole seconds, so 1 s
+/// needs etcd's `--election-timeout=500` (with `--heartbeat-interval=50`); with etcd's
+/// defaults (1 s) it grants 2 s, and the node still fences on its own 1 s. The margin
+/// (250 ms) and the renewal interval (333 ms) then leave one lost renewal without a lapse;
+/// an etcd leader change (about one election timeout without answers) may pause issuing
+/// for a moment, never fence a healthy leader for good (docs/HA.md, "Timing").
+pub const DEFAULT_TTL: Duration = Duration::from_secs(1);
 
 /// The smallest margin, whatever the TTL: room for a kernel tick, a scheduling delay
 /// between the check and the reply, and clock drift.
@@ -85,8 +87,8 @@ mod tests {
     fn default_ttl_renews_every_third_and_keeps_a_quarter_as_margin() {
         let timing = LeaseTiming::for_ttl(DEFAULT_TTL).unwrap();
         assert_eq!(timing.keep_alive_interval, DEFAULT_TTL / 3);
-        assert_eq!(timing.margin, Duration::from_millis(500));
-        assert_eq!(timing.ttl_seconds(), 2);
+        assert_eq!(timing.margin, Duration::from_millis(250));
+        assert_eq!(timing.ttl_seconds(), 1);
     }
 
     #[test]
@@ -121,6 +123,25 @@ mod tests {
                 "ttl {seconds}s: the renewal after a lost one is sent after the deadline"
             );
             assert!(timing.margin >= MIN_MARGIN);
+        }
+    }
+
+    #[test]
+    fn the_deadline_falls_a_margin_before_the_earliest_expiry_whatever_etcd_grants() {
+        for seconds in 1..=60 {
+            let timing = LeaseTiming::for_ttl(Duration::from_secs(seconds)).unwrap();
+            for granted in 0..=seconds + 5 {
+                let granted = Duration::from_secs(granted);
+                let sent = 7 * SECOND;
+                // The lease lives at least until `sent + granted` (etcd restarted its TTL
+                // after we sent the renewal).
+                let earliest_expiry = sent + granted.as_nanos() as u64;
+                let deadline = timing.deadline(sent, granted);
+                assert!(
+                    deadline + MIN_MARGIN.as_nanos() as u64 <= earliest_expiry || deadline == sent,
+                    "ttl {seconds}s granted {granted:?}: deadline too close to the expiry"
+                );
+            }
         }
     }
 

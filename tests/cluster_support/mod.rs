@@ -100,6 +100,9 @@ impl Etcd {
             .args(["--initial-cluster", &self.initial_cluster])
             .args(["--initial-cluster-token", &self.token])
             .args(["--initial-cluster-state", "new"])
+            // docs/HA.md's recommended timing: etcd then grants seqd's default 1 s lease TTL
+            // (its minimum is 1.5 x the election timeout, rounded up to whole seconds).
+            .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
             .args(["--logger", "zap", "--log-outputs", "stderr"])
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("etcd log file"))
