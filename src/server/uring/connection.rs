@@ -164,10 +164,10 @@ impl<S: Service> EventLoop<S> {
             conn.life.peer_closed = true;
             if conn.life.serving() {
                 tracing::debug!(key, "peer closed its side");
-                // A last line without a line ending is complete now. A held session still
-                // holds requests (`echo GETSEQ new | nc -N` waits for the new sequence's first
-                // durable ceiling): it answers them first; the close follows when the session
-                // is done (see `after_service`).
+                // An unfinished request is discarded (see `Session::end_of_input`). A held
+                // session still holds requests (`echo GETSEQ new | nc -N` waits for the new
+                // sequence's first durable ceiling): it answers them first; the close follows
+                // when the session is done (see `after_service`).
                 let next = self
                     .service
                     .end_of_input(&mut conn.handler, key, &mut conn.pending);
