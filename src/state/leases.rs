@@ -136,15 +136,14 @@ fn keep(
     let mut table = leases.lock();
     while !stop.load(Ordering::Acquire) {
         let before = commits.last();
+        let totals = table.stats().totals;
         let now = unix_ms();
         let next = table.expire(now, commits);
         if commits.last() != before {
             // Expiries and forgotten leases go to disk with the next state.
             signals.request_write();
         }
-        for event in table.take_events() {
-            log(&event);
-        }
+        report(&table.take_events(), totals, table.stats().totals);
         let wait = next.map_or(KEEPER_IDLE, |at| {
             Duration::from_millis(at.saturating_sub(now)).min(KEEPER_IDLE)
         });
@@ -152,6 +151,55 @@ fn keep(
             .keeper
             .wait_timeout(table, wait)
             .map_or_else(|poison| poison.into_inner().0, |(guard, _)| guard);
+    }
+}
+
+/// Most events of one kind logged one line each per keeper turn; more (a wave of expiries:
+/// 10,000 leases granted together expire together) are summed up in one line.
+const LOGGED_ONE_BY_ONE: usize = 10;
+
+/// Logs what the table reports; `before` and `after` are its totals around the expiry, which
+/// count every lease even when the table kept only the first events of a wave.
+fn report(events: &[LeaseEvent], before: LeaseCounters, after: LeaseCounters) {
+    let is_expiry = |e: &&LeaseEvent| matches!(e, LeaseEvent::Expired { .. });
+    let expiries = events.iter().filter(is_expiry).count();
+    let pool_full = events.len() - expiries;
+    for event in events {
+        let one_by_one = match event {
+            LeaseEvent::Expired { .. } => expiries <= LOGGED_ONE_BY_ONE,
+            LeaseEvent::PoolFull { .. } => pool_full <= LOGGED_ONE_BY_ONE,
+        };
+        if one_by_one {
+            log(event);
+        }
+    }
+    if expiries > LOGGED_ONE_BY_ONE
+        && let Some(LeaseEvent::Expired {
+            sequence,
+            first,
+            last,
+            timeout,
+            ..
+        }) = events.iter().find(is_expiry)
+    {
+        let retired = after.retired.saturating_sub(before.retired);
+        let returned = after.returned.saturating_sub(before.returned);
+        let message = format!(
+            "{} leases expired unacknowledged after {timeout:?} (--lease-timeout), the first              {first},{last} of sequence {sequence}: {retired} retired, their numbers will never              be issued; {returned} go to the reuse pool once forgotten ({} retired and {}              returned so far)",
+            retired + returned,
+            after.retired,
+            after.returned
+        );
+        if returned > 0 {
+            tracing::warn!("{message}");
+        } else {
+            tracing::info!("{message}");
+        }
+    }
+    if pool_full > LOGGED_ONE_BY_ONE {
+        tracing::warn!(
+            "reuse pool full (--max-leases): {pool_full} expired ranges retired instead of              pooled"
+        );
     }
 }
 

@@ -3,7 +3,6 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use io_uring::{cqueue, opcode, types};
@@ -12,11 +11,13 @@ use super::EventLoop;
 use super::lifecycle::{Flushed, Lifecycle, Phase, RecvOp};
 use super::token::{Generation, Op, Token};
 use crate::server::failure::Failure;
-use crate::server::handler::{Next, Service, Until};
+use crate::server::handler::{Kind, Next, Service, Until};
 use crate::server::linger::{LINGER, socket_is_quiet};
 
 pub(super) struct Connection<C> {
     fd: OwnedFd,
+    /// The port it came in on: the budget it counts against.
+    kind: Kind,
     /// Tells this connection's completions from those of an earlier one in the same slot.
     pub generation: Generation,
     /// The service's state for this connection.
@@ -48,13 +49,13 @@ impl<S: Service> EventLoop<S> {
             return Ok(()); // dropping the descriptor closes it
         }
         let kind = self.listeners[index].kind;
-        let count = self.shared.connections.fetch_add(1, Ordering::AcqRel);
-        if count >= self.shared.max_connections {
-            self.shared.connections.fetch_sub(1, Ordering::AcqRel);
+        let budget = self.shared.budget(kind);
+        if !budget.take() {
             tracing::warn!(
-                limit = self.shared.max_connections,
+                limit = budget.limit,
                 ?kind,
-                "connection refused: --max-connections reached"
+                "connection refused: {} reached",
+                budget.flag
             );
             let Some(refusal) = &self.listeners[index].refusal else {
                 return Ok(()); // closed without a word
@@ -86,6 +87,7 @@ impl<S: Service> EventLoop<S> {
         let key = slot.key();
         slot.insert(Connection {
             fd,
+            kind,
             generation,
             handler: self.service.open(kind, key, peer.map(|addr| addr.ip())),
             pending: Vec::new(),
@@ -421,7 +423,7 @@ impl<S: Service> EventLoop<S> {
             // Queued output is dropped with the connection: the pool empties the buffers.
             self.spare.give(conn.pending);
             self.spare.give(conn.sending);
-            self.shared.connections.fetch_sub(1, Ordering::AcqRel);
+            self.shared.budget(conn.kind).give_back();
             // Dropping `conn.fd` closes the socket.
         }
         Ok(())
