@@ -328,6 +328,11 @@ fn read_length<'a>(buf: &[u8], progress: &mut Decoding, prefix: u8) -> Result<u6
         }
         return Err(ParseError::Incomplete(Need::Line));
     };
+    if lf - pos > MAX_LENGTH_LINE {
+        // The same error as before the line feed arrived: the reply never depends on how
+        // the request was split.
+        return Err(ParseError::Fatal(Problem::Malformed("bad RESP length")));
+    }
     let digits = match &buf[pos..lf] {
         [_, digits @ .., b'\r'] => digits,
         _ => return Err(wrong_line()),
@@ -1070,6 +1075,22 @@ mod tests {
                 "ready for another connection's request"
             );
         }
+        // Found by the session fuzz target: a long length line is refused with the same
+        // error whether its line feed came with it or later.
+        let mut header = b"*1\r".to_vec();
+        header.resize(40, 0);
+        header.extend_from_slice(b"\n");
+        let whole = decode_request(&header);
+        assert_eq!(
+            whole,
+            Err(ParseError::Fatal(Problem::Malformed("bad RESP length")))
+        );
+        let mut progress = Progress::default();
+        assert_eq!(
+            decode_request_from(&header[..10], &mut progress),
+            Err(ParseError::Incomplete(Need::Line))
+        );
+        assert_eq!(decode_request_from(&header[..30], &mut progress), whole);
         let message = Problem::TooManyElements {
             declared: 2_147_483_647,
             limit: MAX_ARGS,
