@@ -217,6 +217,12 @@ pub struct Config {
     )]
     pub stream_ttl: Duration,
 
+    /// Most connections to --stream-port at once, a budget of its own: stream connections
+    /// never take the main port's places (--max-connections), nor the reverse. The next one
+    /// is closed at once (the stream protocol has no error reply).
+    #[arg(long, default_value_t = 1024, value_name = "N")]
+    pub max_stream_connections: usize,
+
     /// Most streams at once (finished streams do not count).
     #[arg(long, default_value_t = 1024, value_name = "N")]
     pub max_streams: usize,
@@ -407,6 +413,9 @@ impl Config {
         }
         if self.stream_ttl < Duration::from_millis(100) {
             bail!("--stream-ttl must be at least 100ms");
+        }
+        if self.max_stream_connections == 0 {
+            bail!("--max-stream-connections must be at least 1");
         }
         if self.max_streams == 0 || self.max_streams > 1_000_000 {
             bail!("--max-streams must be between 1 and 1000000");

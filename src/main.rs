@@ -294,6 +294,7 @@ fn server_settings(
         threads,
         pin: config.pin(),
         max_connections: config.max_connections,
+        max_stream_connections: config.max_stream_connections,
         busy_poll: std::time::Duration::from_micros(config.busy_poll),
         io: config.io,
         limits: Limits {

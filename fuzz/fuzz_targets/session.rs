@@ -100,7 +100,7 @@ fn feed(pieces: &[&[u8]]) -> Vec<u8> {
             return sent;
         }
     }
-    let status = session.end_of_input(&mut state, &mut out);
+    let status = session.end_of_input();
     settle(status, &mut session, &mut state, &mut out, &mut sent);
     sent
 }

@@ -3,11 +3,13 @@
 //! more bytes than it was given; a decoded request depends only on its own bytes (the same
 //! bytes alone decode to the same request), and every shorter prefix of it is incomplete,
 //! never an error or another request, which is what lets a session decode a stream split
-//! anywhere by the network; an invalid request names its problem.
+//! anywhere by the network; decoding that resumes where it stopped (`decode_request_from`,
+//! as a session decodes a request arriving in pieces) gives the same result as decoding it
+//! whole, at a cost linear in its length; an invalid request names its problem.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use seqd::protocol::text::{self, MAX_REQUEST};
+use seqd::protocol::text::{self, MAX_REQUEST, Progress};
 use seqd::protocol::{ParseError, Request};
 
 fuzz_target!(|data: &[u8]| {
@@ -35,6 +37,25 @@ fuzz_target!(|data: &[u8]| {
                         }
                     }
                 }
+                // Fed in pieces to one Progress, as a session feeds it.
+                let mut progress = Progress::default();
+                let step = 1 + frame.len() / 7;
+                let mut end = 0;
+                let resumed = loop {
+                    end = (end + step).min(frame.len());
+                    match text::decode_request_from(&frame[..end], &mut progress) {
+                        Err(ParseError::Incomplete(_)) if end < frame.len() => continue,
+                        other => break other,
+                    }
+                };
+                assert_eq!(resumed, Ok(ok.clone()), "resumed decoding differs");
+                assert!(!progress.is_partial());
+                assert!(
+                    progress.examined() <= 16 * 8 + 3 * frame.len() as u64,
+                    "{} bytes examined for a {}-byte request",
+                    progress.examined(),
+                    frame.len()
+                );
                 if let Request::Invalid(problem) = ok.message {
                     assert!(!problem.to_string().is_empty());
                 }
@@ -51,6 +72,18 @@ fuzz_target!(|data: &[u8]| {
             }
             Err(ParseError::Fatal(problem)) => {
                 assert!(!problem.to_string().is_empty());
+                // Resumed decoding refuses it too, at the latest once all of it is there.
+                let mut progress = Progress::default();
+                let step = 1 + rest.len().min(4 * MAX_REQUEST) / 7;
+                let mut end = 0;
+                loop {
+                    end = (end + step).min(rest.len());
+                    match text::decode_request_from(&rest[..end], &mut progress) {
+                        Err(ParseError::Incomplete(_)) if end < rest.len() => continue,
+                        Err(ParseError::Fatal(_)) => break,
+                        other => panic!("refused whole, resumed: {other:?}"),
+                    }
+                }
                 break;
             }
         }

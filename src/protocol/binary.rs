@@ -96,6 +96,16 @@ impl Header {
     }
 }
 
+/// The opcode of the frame at the front of `buf`, if its magic byte and version can be read
+/// and are this protocol's (a frame of another version may keep its opcode elsewhere): what
+/// the error reply to a frame that cannot be decoded carries.
+pub fn opcode_of(buf: &[u8]) -> Option<u8> {
+    match buf {
+        [MAGIC, VERSION, opcode, ..] => Some(*opcode),
+        _ => None,
+    }
+}
+
 /// Decodes one request from the front of `buf`.
 #[inline]
 pub fn decode_request(buf: &[u8]) -> Result<ParseOk<Request<'_>>, ParseError<'_>> {

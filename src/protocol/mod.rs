@@ -346,6 +346,16 @@ pub enum Problem<'a> {
         limit: usize,
     },
     Malformed(&'static str),
+    /// A RESP array declaring more elements than a request may have.
+    TooManyElements {
+        declared: u64,
+        limit: usize,
+    },
+    /// A RESP bulk string declaring more bytes than a request may have.
+    BulkTooLong {
+        declared: u64,
+        limit: usize,
+    },
     UnsupportedVersion(u8),
     UnknownProtocol(u8),
     TooManyConnections {
@@ -398,6 +408,8 @@ impl Problem<'_> {
             Problem::ProtectedMode => ErrorCode::Denied,
             Problem::LineTooLong { .. }
             | Problem::Malformed(_)
+            | Problem::TooManyElements { .. }
+            | Problem::BulkTooLong { .. }
             | Problem::UnsupportedVersion(_)
             | Problem::UnknownProtocol(_) => ErrorCode::Fatal,
         }
@@ -417,7 +429,9 @@ impl Problem<'_> {
             Problem::Exhausted { remaining } => remaining,
             Problem::TooManySequences { limit } => u64::from(limit),
             Problem::UnknownSequence(id) => u64::from(id),
-            Problem::LineTooLong { limit } => limit as u64,
+            Problem::LineTooLong { limit }
+            | Problem::TooManyElements { limit, .. }
+            | Problem::BulkTooLong { limit, .. } => limit as u64,
             Problem::TooManyConnections { limit } => limit as u64,
             Problem::UnknownOpcode(op) | Problem::UnsupportedVersion(op) => u64::from(op),
             _ => 0,
@@ -554,6 +568,16 @@ impl fmt::Display for Problem<'_> {
                 write!(f, "request longer than {limit} bytes; closing connection")
             }
             Problem::Malformed(what) => write!(f, "malformed request: {what}; closing connection"),
+            Problem::TooManyElements { declared, limit } => write!(
+                f,
+                "malformed request: RESP array declares {declared} elements, more than the \
+                 {limit} a request may have; closing connection"
+            ),
+            Problem::BulkTooLong { declared, limit } => write!(
+                f,
+                "malformed request: RESP bulk string declares {declared} bytes, more than the \
+                 {limit} a request may have; closing connection"
+            ),
             Problem::UnsupportedVersion(v) => write!(
                 f,
                 "unsupported binary protocol version {v}; this server speaks version {}; \

@@ -6,7 +6,11 @@
 //! line starting with `*` is a RESP array of bulk strings.
 //! Requests longer than [`MAX_REQUEST`] bytes are refused and the connection closed.
 //!
-//! (Over 600 lines: the last 440 are the codec's unit tests, kept beside it.)
+//! A request that arrives in pieces is decoded resumably ([`Progress`]): each call continues
+//! where the last stopped, so decoding is linear in the bytes received however they are split.
+//!
+//! (Over 600 lines: the last 615 are the codec's unit tests, kept beside it; the code is the
+//! resumable request decoder, the reply encoder and the client's reply decoder.)
 
 use super::{Framing, LeaseIds, Need, ParseError, ParseOk, Problem, Reply, Request, Target};
 
@@ -40,37 +44,173 @@ impl<'a> Args<'a> {
     }
 }
 
-/// Decodes one request (inline or RESP) from the front of `buf`.
-#[inline]
-pub fn decode_request(buf: &[u8]) -> Result<ParseOk<Request<'_>>, ParseError<'_>> {
-    // The request that dominates real traffic, as telnet/nc and redis-benchmark send it,
-    // recognised by one comparison before the general parser.
+/// Longest length line of a RESP array or bulk string up to its LF: the `*` or `$`, 20 digits
+/// (`u64::MAX` has 20) and the CR. A longer one can never be valid: refused without waiting
+/// for the rest.
+const MAX_LENGTH_LINE: usize = 1 + 20 + 1;
+
+/// Where the decoding of a request that has not fully arrived stopped, so that the next call,
+/// given the same bytes and more, continues there instead of starting over. A request then
+/// costs the same however the network splits it: re-parsing a 1024-element RESP array from
+/// its start at every line received would cost time quadratic in its length. Small (the
+/// partial request is boxed, and only once a request is left unfinished): every connection
+/// has one.
+#[derive(Debug, Default, Clone)]
+pub struct Progress {
+    saved: Option<Box<Partial>>,
+    examined: u64,
+}
+
+/// A decoding under way: what is known of the request and the bytes looked at for it.
+struct Decoding {
+    partial: Partial,
+    examined: u64,
+}
+
+/// What is known of the request at the front of the buffer (offsets from its first byte).
+#[derive(Debug, Default, Clone, Copy)]
+struct Partial {
+    /// The next line (inline: the line; RESP: the next length line or bulk string) starts here.
+    pos: usize,
+    /// No line feed in `pos..scanned`.
+    scanned: usize,
+    /// The element count of the RESP array, once its header is read.
+    declared: Option<usize>,
+    /// The length of the bulk string whose length line is read (its bytes start at `pos`).
+    bulk: Option<usize>,
+    /// Where the words kept so far lie: (start, length).
+    kept: [(usize, usize); KEPT_ARGS],
+    /// Words read so far.
+    count: usize,
+}
+
+impl Partial {
+    fn is_started(&self) -> bool {
+        self.pos > 0 || self.scanned > 0
+    }
+}
+
+impl Progress {
+    /// Bytes the decoder has looked at through this `Progress`: a small multiple of the bytes
+    /// it was given, however they were split (the unit tests hold it to that).
+    pub fn examined(&self) -> u64 {
+        self.examined
+    }
+
+    /// Whether a request is partly decoded (false also after a request was decoded or refused).
+    pub fn is_partial(&self) -> bool {
+        self.saved.as_deref().is_some_and(Partial::is_started)
+    }
+
+    /// Forgets the partly decoded request (its bytes were discarded).
+    pub fn clear(&mut self) {
+        if let Some(saved) = self.saved.as_deref_mut() {
+            *saved = Partial::default();
+        }
+    }
+}
+
+/// The request that dominates real traffic, as telnet/nc and redis-benchmark send it,
+/// recognised by one comparison before the general parser.
+#[inline(always)]
+fn plain_getseq(buf: &[u8]) -> Option<ParseOk<Request<'static>>> {
     const GET: Request<'static> = Request::Get {
         target: Target::Default,
     };
     for frame in [&b"GETSEQ\r\n"[..], b"*1\r\n$6\r\nGETSEQ\r\n"] {
         if buf.starts_with(frame) {
-            return Ok(ParseOk {
+            return Some(ParseOk {
                 message: GET,
                 consumed: frame.len(),
             });
         }
     }
+    None
+}
+
+/// Decodes one request (inline or RESP) from the front of `buf`.
+#[inline]
+pub fn decode_request(buf: &[u8]) -> Result<ParseOk<Request<'_>>, ParseError<'_>> {
+    if let Some(get) = plain_getseq(buf) {
+        return Ok(get);
+    }
+    decode(
+        buf,
+        &mut Decoding {
+            partial: Partial::default(),
+            examined: 0,
+        },
+    )
+}
+
+/// Decodes one request from the front of `buf`, continuing where the last call with `progress`
+/// stopped ([`ParseError::Incomplete`]): `buf` must begin with the bytes that call was given.
+/// After a decoded or refused request `progress` is ready for the next one.
+pub fn decode_request_from<'a>(
+    buf: &'a [u8],
+    progress: &mut Progress,
+) -> Result<ParseOk<Request<'a>>, ParseError<'a>> {
+    let mut decoding = Decoding {
+        partial: progress.saved.as_deref().copied().unwrap_or_default(),
+        examined: 0,
+    };
+    let result = decode(buf, &mut decoding);
+    progress.examined += decoding.examined;
+    match result {
+        Err(ParseError::Incomplete(_)) => {
+            **progress.saved.get_or_insert_with(Box::default) = decoding.partial;
+        }
+        _ => progress.clear(),
+    }
+    result
+}
+
+fn decode<'a>(
+    buf: &'a [u8],
+    progress: &mut Decoding,
+) -> Result<ParseOk<Request<'a>>, ParseError<'a>> {
+    if !progress.partial.is_started() {
+        progress.examined += buf.len().min(16) as u64;
+        if let Some(get) = plain_getseq(buf) {
+            return Ok(get);
+        }
+    }
     match buf.first() {
         None => Err(ParseError::Incomplete(Need::Line)),
-        Some(b'*') => decode_resp(buf),
-        Some(_) => decode_inline(buf),
+        Some(b'*') => decode_resp(buf, progress),
+        Some(_) => decode_inline(buf, progress),
     }
 }
 
-fn decode_inline(buf: &[u8]) -> Result<ParseOk<Request<'_>>, ParseError<'_>> {
-    let Some(end) = memchr::memchr(b'\n', buf) else {
+/// The offset of the next line feed at or after `progress.partial.scanned`, remembering how
+/// far it looked when there is none yet.
+fn next_line_feed(buf: &[u8], progress: &mut Decoding) -> Option<usize> {
+    let from = progress.partial.scanned.min(buf.len());
+    match memchr::memchr(b'\n', &buf[from..]) {
+        Some(i) => {
+            progress.examined += i as u64 + 1;
+            Some(from + i)
+        }
+        None => {
+            progress.examined += (buf.len() - from) as u64;
+            progress.partial.scanned = buf.len();
+            None
+        }
+    }
+}
+
+fn decode_inline<'a>(
+    buf: &'a [u8],
+    progress: &mut Decoding,
+) -> Result<ParseOk<Request<'a>>, ParseError<'a>> {
+    let Some(end) = next_line_feed(buf, progress) else {
         return Err(incomplete_or_too_long(buf.len()));
     };
     if end > MAX_REQUEST {
         return Err(too_long());
     }
     let line = without_line_end(&buf[..end]);
+    progress.examined += line.len() as u64;
     let mut args = Args::new();
     let is_blank = |b: u8| b == b' ' || b == b'\t';
     let mut i = 0;
@@ -102,66 +242,111 @@ fn without_line_end(mut line: &[u8]) -> &[u8] {
     line
 }
 
-fn decode_resp(buf: &[u8]) -> Result<ParseOk<Request<'_>>, ParseError<'_>> {
-    let mut pos = 0;
-    let count = read_length(buf, &mut pos, b'*')?;
-    if count > MAX_ARGS {
-        return Err(ParseError::Fatal(Problem::Malformed(
-            "RESP array has too many elements",
-        )));
-    }
-    let mut args = Args::new();
-    for _ in 0..count {
-        let len = read_length(buf, &mut pos, b'$')?;
-        if len > MAX_REQUEST {
-            return Err(too_long());
+fn decode_resp<'a>(
+    buf: &'a [u8],
+    progress: &mut Decoding,
+) -> Result<ParseOk<Request<'a>>, ParseError<'a>> {
+    let declared = match progress.partial.declared {
+        Some(declared) => declared,
+        None => {
+            let declared = read_length(buf, progress, b'*')?;
+            if declared > MAX_ARGS as u64 {
+                return Err(ParseError::Fatal(Problem::TooManyElements {
+                    declared,
+                    limit: MAX_ARGS,
+                }));
+            }
+            *progress.partial.declared.insert(declared as usize)
         }
-        let end = pos + len;
+    };
+    while progress.partial.count < declared {
+        let len = match progress.partial.bulk {
+            Some(len) => len,
+            None => {
+                let declared = read_length(buf, progress, b'$')?;
+                // The string and its CRLF must fit in the request: refused before its bytes
+                // arrive, and nothing is ever allocated for the length declared.
+                let end = (progress.partial.pos as u64)
+                    .saturating_add(declared)
+                    .saturating_add(2);
+                if declared > MAX_REQUEST as u64 {
+                    return Err(ParseError::Fatal(Problem::BulkTooLong {
+                        declared,
+                        limit: MAX_REQUEST,
+                    }));
+                }
+                if end > MAX_REQUEST as u64 {
+                    return Err(too_long());
+                }
+                *progress.partial.bulk.insert(declared as usize)
+            }
+        };
+        let partial = &mut progress.partial;
+        let end = partial.pos + len;
         if buf.len() < end + 2 {
-            return Err(incomplete_or_too_long(buf.len()));
+            return Err(ParseError::Incomplete(Need::Bytes(end + 2 - buf.len())));
         }
+        progress.examined += 2;
         if &buf[end..end + 2] != b"\r\n" {
             return Err(ParseError::Fatal(Problem::Malformed(
                 "RESP bulk string not followed by CRLF",
             )));
         }
-        args.push(&buf[pos..end]);
-        pos = end + 2;
-        if pos > MAX_REQUEST {
-            return Err(too_long());
+        if partial.count < KEPT_ARGS {
+            partial.kept[partial.count] = (partial.pos, len);
         }
+        partial.count += 1;
+        partial.pos = end + 2;
+        partial.scanned = partial.pos;
+        partial.bulk = None;
     }
+    let partial = &progress.partial;
+    let mut args = Args::new();
+    for &(start, len) in &partial.kept[..partial.count.min(KEPT_ARGS)] {
+        args.push(&buf[start..start + len]);
+    }
+    args.count = partial.count;
     Ok(ParseOk {
         message: interpret(&args, Framing::Resp),
-        consumed: pos,
+        consumed: partial.pos,
     })
 }
 
-/// Reads `<prefix><decimal>\r\n` at `*pos` and advances past it.
-fn read_length<'a>(buf: &[u8], pos: &mut usize, prefix: u8) -> Result<usize, ParseError<'a>> {
-    let rest = &buf[*pos..];
-    let Some(lf) = memchr::memchr(b'\n', rest) else {
-        return Err(incomplete_or_too_long(buf.len()));
+/// Reads `<prefix><decimal>\r\n` at the current position and advances past it. A line that
+/// cannot become one (another first byte, too long) is refused as soon as that shows.
+fn read_length<'a>(buf: &[u8], progress: &mut Decoding, prefix: u8) -> Result<u64, ParseError<'a>> {
+    let wrong_line = || {
+        ParseError::Fatal(Problem::Malformed(if prefix == b'*' {
+            "bad RESP array header"
+        } else {
+            "expected a RESP bulk string"
+        }))
     };
-    let line = &rest[..lf];
-    let digits = match line {
-        [p, digits @ .., b'\r'] if *p == prefix => digits,
-        _ if prefix == b'*' => {
-            return Err(ParseError::Fatal(Problem::Malformed(
-                "bad RESP array header",
-            )));
+    let pos = progress.partial.pos;
+    if buf.get(pos).is_some_and(|&first| first != prefix) {
+        return Err(wrong_line());
+    }
+    let Some(lf) = next_line_feed(buf, progress) else {
+        if buf.len() - pos > MAX_LENGTH_LINE {
+            return Err(ParseError::Fatal(Problem::Malformed("bad RESP length")));
         }
-        _ => {
-            return Err(ParseError::Fatal(Problem::Malformed(
-                "expected a RESP bulk string",
-            )));
-        }
+        return Err(ParseError::Incomplete(Need::Line));
     };
-    let len = parse_u64(digits)
-        .filter(|&n| n <= MAX_REQUEST as u64)
-        .ok_or(ParseError::Fatal(Problem::Malformed("bad RESP length")))?;
-    *pos += lf + 1;
-    Ok(len as usize)
+    if lf - pos > MAX_LENGTH_LINE {
+        // The same error as before the line feed arrived: the reply never depends on how
+        // the request was split.
+        return Err(ParseError::Fatal(Problem::Malformed("bad RESP length")));
+    }
+    let digits = match &buf[pos..lf] {
+        [_, digits @ .., b'\r'] => digits,
+        _ => return Err(wrong_line()),
+    };
+    progress.examined += digits.len() as u64;
+    let length =
+        parse_u64(digits).ok_or(ParseError::Fatal(Problem::Malformed("bad RESP length")))?;
+    progress.partial.pos = lf + 1;
+    progress.partial.scanned = lf + 1;
+    Ok(length)
 }
 
 fn incomplete_or_too_long<'a>(buffered: usize) -> ParseError<'a> {
@@ -736,20 +921,198 @@ mod tests {
     }
 
     #[test]
-    fn incomplete_input_asks_for_a_line() {
-        for input in [
-            &b"GETS"[..],
-            b"*1\r\n$6\r\nGET",
-            b"*1\r\n$6",
-            b"*1",
-            b"*1\r\n$6\r\nGETSEQ\r",
-        ] {
+    fn incomplete_input_asks_for_a_line_or_the_rest_of_a_string() {
+        for input in [&b"GETS"[..], b"*1\r\n$6", b"*1"] {
             assert_eq!(
                 decode_request(input),
                 Err(ParseError::Incomplete(Need::Line)),
                 "{input:?}"
             );
         }
+        assert_eq!(
+            decode_request(b"*1\r\n$6\r\nGET"),
+            Err(ParseError::Incomplete(Need::Bytes(5)))
+        );
+        assert_eq!(
+            decode_request(b"*1\r\n$6\r\nGETSEQ\r"),
+            Err(ParseError::Incomplete(Need::Bytes(1)))
+        );
+    }
+
+    /// Decodes the whole requests of `input`, given to one [`Progress`] `step` bytes at a time
+    /// as a session gives them (the buffer of an unfinished request only grows); returns how
+    /// many were decoded and the bytes examined.
+    fn fed_in_pieces(input: &[u8], step: usize) -> (usize, u64) {
+        let mut progress = Progress::default();
+        let (mut start, mut end, mut decoded) = (0, 0, 0);
+        while start < input.len() {
+            assert!(
+                end < input.len(),
+                "unfinished request at the end of the input"
+            );
+            end = (end + step).min(input.len());
+            while start < end {
+                match decode_request_from(&input[start..end], &mut progress) {
+                    Ok(ok) => {
+                        decoded += 1;
+                        start += ok.consumed;
+                    }
+                    Err(ParseError::Incomplete(_)) => break,
+                    Err(ParseError::Fatal(problem)) => panic!("{problem}"),
+                }
+            }
+        }
+        (decoded, progress.examined())
+    }
+
+    /// A RESP array of `elements` bulk strings (`PING` then `x`s).
+    fn array(elements: usize) -> Vec<u8> {
+        let mut out = format!("*{elements}\r\n").into_bytes();
+        bulk(&mut out, b"PING");
+        for _ in 1..elements {
+            bulk(&mut out, b"xxxxxxxx");
+        }
+        out
+    }
+
+    #[test]
+    fn a_large_array_costs_the_same_however_it_is_split() {
+        let input = array(MAX_ARGS);
+        let len = input.len() as u64;
+        let (decoded, whole) = fed_in_pieces(&input, input.len());
+        assert_eq!(decoded, 1);
+        for step in [1, 2, 7, 100, input.len() / 2] {
+            let (decoded, split) = fed_in_pieces(&input, step);
+            assert_eq!(decoded, 1);
+            // Re-parsing from the start at every line would examine ~len * 1024 / 2 bytes.
+            assert!(
+                split <= 2 * len && split <= whole + len,
+                "{step}-byte pieces: {split} bytes examined for a {len}-byte array ({whole} whole)"
+            );
+        }
+        assert_eq!(
+            decode_request(&input).unwrap().message,
+            Request::Invalid(Problem::WrongArity(USAGE_PING))
+        );
+    }
+
+    #[test]
+    fn a_long_pipeline_and_a_long_line_cost_linear_work_byte_by_byte() {
+        // 100,000 requests of every shape, one byte at a time.
+        let mut input = Vec::new();
+        for i in 0..100_000 {
+            match i % 4 {
+                0 => input.extend_from_slice(b"*2\r\n$6\r\nGETSEQ\r\n$6\r\norders\r\n"),
+                1 => input.extend_from_slice(b"GETSEQ_BATCH 10 orders\r\n"),
+                2 => input.extend_from_slice(b"*1\r\n$6\r\nGETSEQ\r\n"),
+                _ => input.extend_from_slice(b"PING\n"),
+            }
+        }
+        let (decoded, examined) = fed_in_pieces(&input, 1);
+        assert_eq!(decoded, 100_000);
+        let len = input.len() as u64;
+        assert!(examined <= 3 * len, "{examined} bytes examined for {len}");
+        // An inline line just under the limit, one byte at a time.
+        let mut line = b"PING ".to_vec();
+        line.resize(MAX_REQUEST - 2, b'x');
+        line.extend_from_slice(b"\r\n");
+        let (decoded, examined) = fed_in_pieces(&line, 1);
+        assert_eq!(decoded, 1);
+        assert!(examined <= 3 * line.len() as u64, "{examined}");
+    }
+
+    #[test]
+    fn huge_declared_lengths_are_refused_at_once_by_name() {
+        // Nothing is allocated for what is declared, and no byte of it is waited for.
+        for (input, expected) in [
+            (
+                &b"*2147483647\r\n"[..],
+                Problem::TooManyElements {
+                    declared: 2_147_483_647,
+                    limit: MAX_ARGS,
+                },
+            ),
+            (
+                b"*100000\r\n$4\r\nPING\r\n",
+                Problem::TooManyElements {
+                    declared: 100_000,
+                    limit: MAX_ARGS,
+                },
+            ),
+            (
+                b"*1\r\n$999999999\r\n",
+                Problem::BulkTooLong {
+                    declared: 999_999_999,
+                    limit: MAX_REQUEST,
+                },
+            ),
+            (
+                b"*2\r\n$4\r\nPING\r\n$18446744073709551615\r\n",
+                Problem::BulkTooLong {
+                    declared: u64::MAX,
+                    limit: MAX_REQUEST,
+                },
+            ),
+            (
+                b"*1\r\n$65530\r\n",
+                Problem::LineTooLong { limit: MAX_REQUEST },
+            ),
+            (
+                b"*1\r\n$1234567890123456789012",
+                Problem::Malformed("bad RESP length"),
+            ),
+            (
+                b"*1\r\nPING\r\n",
+                Problem::Malformed("expected a RESP bulk string"),
+            ),
+        ] {
+            let mut progress = Progress::default();
+            assert_eq!(
+                decode_request_from(input, &mut progress),
+                Err(ParseError::Fatal(expected)),
+                "{:?}",
+                String::from_utf8_lossy(input)
+            );
+            assert!(progress.examined() <= 16 + 2 * input.len() as u64);
+            assert!(
+                !progress.is_partial(),
+                "ready for another connection's request"
+            );
+        }
+        // Found by the session fuzz target: a long length line is refused with the same
+        // error whether its line feed came with it or later.
+        let mut header = b"*1\r".to_vec();
+        header.resize(40, 0);
+        header.extend_from_slice(b"\n");
+        let whole = decode_request(&header);
+        assert_eq!(
+            whole,
+            Err(ParseError::Fatal(Problem::Malformed("bad RESP length")))
+        );
+        let mut progress = Progress::default();
+        assert_eq!(
+            decode_request_from(&header[..10], &mut progress),
+            Err(ParseError::Incomplete(Need::Line))
+        );
+        assert_eq!(decode_request_from(&header[..30], &mut progress), whole);
+        let message = Problem::TooManyElements {
+            declared: 2_147_483_647,
+            limit: MAX_ARGS,
+        }
+        .to_string();
+        assert_eq!(
+            message,
+            "malformed request: RESP array declares 2147483647 elements, more than the 1024 a \
+             request may have; closing connection"
+        );
+        assert!(
+            Problem::BulkTooLong {
+                declared: 999_999_999,
+                limit: MAX_REQUEST
+            }
+            .to_string()
+            .contains("RESP bulk string declares 999999999 bytes, more than the 65536")
+        );
     }
 
     #[test]

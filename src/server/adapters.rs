@@ -202,10 +202,10 @@ impl Service for Services {
         }
     }
 
-    fn end_of_input(&mut self, conn: &mut Handler, _key: ConnKey, out: &mut Vec<u8>) -> Next {
+    fn end_of_input(&mut self, conn: &mut Handler, _key: ConnKey, _out: &mut Vec<u8>) -> Next {
         match conn {
             Handler::Session(session) => {
-                let status = session.end_of_input(&mut self.state, out);
+                let status = session.end_of_input();
                 session_next(status, session)
             }
             Handler::Stream | Handler::Denied(_) => Next::Close,
@@ -336,8 +336,8 @@ mod tests {
         let next = services.end_of_input(&mut conn, 0, &mut out);
         assert_eq!(
             (next, out.as_slice()),
-            (Next::Read, &b":3\r\n"[..]),
-            "a last line without a line ending is complete at end of input"
+            (Next::Read, &b""[..]),
+            "a last line without a line ending is discarded at end of input, as Redis does"
         );
         assert!(
             !services.take_housekeeping(),

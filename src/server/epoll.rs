@@ -72,6 +72,8 @@ enum Closing {
 
 struct Connection<C> {
     stream: TcpStream,
+    /// The port it came in on: the budget it counts against.
+    kind: Kind,
     handler: C,
     /// Replies not yet written; the first `written` bytes of it already are.
     pending: Vec<u8>,
@@ -347,14 +349,14 @@ impl<S: Service> EventLoop<S> {
         };
         let kind = *kind;
         counters::CONNECTIONS_RECEIVED.fetch_add(1, Ordering::Relaxed);
-        let count = self.shared.connections.fetch_add(1, Ordering::AcqRel);
-        if count >= self.shared.max_connections {
-            self.shared.connections.fetch_sub(1, Ordering::AcqRel);
+        let budget = self.shared.budget(kind);
+        if !budget.take() {
             counters::REJECTED_CONNECTIONS.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(
-                limit = self.shared.max_connections,
+                limit = budget.limit,
                 ?kind,
-                "connection refused: --max-connections reached"
+                "connection refused: {} reached",
+                budget.flag
             );
             if let Some(refusal) = refusal {
                 // A fresh socket's buffer takes the short line; should it not, the client
@@ -379,12 +381,13 @@ impl<S: Service> EventLoop<S> {
             Token(key),
             Interest::READABLE | Interest::WRITABLE,
         ) {
-            self.shared.connections.fetch_sub(1, Ordering::AcqRel);
+            budget.give_back();
             tracing::warn!(loop_index = self.index, "cannot watch a connection: {e}");
             return Ok(());
         }
         entry.insert(Connection {
             stream,
+            kind,
             handler: self.service.open(kind, key, peer.map(|addr| addr.ip())),
             pending: Vec::new(),
             written: 0,
@@ -712,7 +715,7 @@ impl<S: Service> EventLoop<S> {
         let _ = self.poll.registry().deregister(&mut conn.stream);
         self.service.close(&mut conn.handler, key);
         self.spare.give(conn.pending);
-        self.shared.connections.fetch_sub(1, Ordering::AcqRel);
+        self.shared.budget(conn.kind).give_back();
         // Dropping `conn.stream` closes the socket.
     }
 

@@ -86,7 +86,7 @@ fn counter(value: u64) -> Counter {
 /// The exposition text of the current values.
 fn render(shared: &Shared) -> String {
     let mut metrics = Metrics::with_prefix("seqd");
-    let connections = shared.connections.load(Ordering::Relaxed) as u64;
+    let connections = shared.connections.open() as u64;
     metrics.register(
         "connections",
         "Client connections open now",
@@ -95,7 +95,7 @@ fn render(shared: &Shared) -> String {
     metrics.register(
         "max_connections",
         "The --max-connections limit",
-        gauge(shared.max_connections as u64),
+        gauge(shared.connections.limit as u64),
     );
     let count = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed);
     metrics.register(

@@ -47,6 +47,9 @@ pub struct Settings {
     pub threads: usize,
     pub pin: bool,
     pub max_connections: usize,
+    /// `--max-stream-connections`: the stream port's own budget, so that idle stream
+    /// connections cannot lock clients out of the main port (nor the reverse).
+    pub max_stream_connections: usize,
     pub limits: Limits,
     /// Where to serve the stream protocol, and how.
     pub stream: Option<(SocketAddr, StreamSettings)>,
@@ -176,12 +179,61 @@ fn serve_loop<S: handler::Service>(
 struct Shared {
     registry: Arc<Registry>,
     records: Arc<LeasesAndStreams>,
-    /// Open connections, all loops together (the process-wide count `INFO` reads too).
-    connections: &'static AtomicUsize,
-    max_connections: usize,
+    /// Main-port connections, all loops together (`--max-connections`; `INFO` reads the count).
+    connections: Budget,
+    /// Stream-port connections (`--max-stream-connections`).
+    stream_connections: Budget,
     /// `--client-output-limit` and `--maxmemory-clients` (the metrics endpoint shows them).
     output: OutputLimits,
     shutdown: AtomicBool,
+}
+
+impl Shared {
+    /// The budget connections of `kind` count against.
+    fn budget(&self, kind: handler::Kind) -> &Budget {
+        match kind {
+            handler::Kind::Session | handler::Kind::TlsSession => &self.connections,
+            handler::Kind::Stream => &self.stream_connections,
+        }
+    }
+}
+
+/// Connections open at once on one kind of port, across all loops, and their limit.
+#[derive(Debug)]
+struct Budget {
+    /// Open now: a process-wide counter, so that `INFO` and the metrics read it.
+    open: &'static AtomicUsize,
+    limit: usize,
+    /// The flag that sets `limit`, named when a connection is refused.
+    flag: &'static str,
+}
+
+impl Budget {
+    fn new(open: &'static AtomicUsize, limit: usize, flag: &'static str) -> Budget {
+        Budget {
+            open,
+            limit,
+            flag,
+        }
+    }
+
+    /// Takes a place for a new connection; false, taking nothing, when all are in use.
+    fn take(&self) -> bool {
+        if self.open.fetch_add(1, Ordering::AcqRel) >= self.limit {
+            self.open.fetch_sub(1, Ordering::AcqRel);
+            return false;
+        }
+        true
+    }
+
+    /// A connection that took a place is gone.
+    fn give_back(&self) {
+        self.open.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    fn open(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
 }
 
 /// Something the process's main thread should know about.
@@ -231,7 +283,14 @@ impl Server {
         records: Arc<LeasesAndStreams>,
         events: mpsc::Sender<Event>,
     ) -> anyhow::Result<Server> {
-        ensure_fd_limit(settings.max_connections, settings.threads);
+        let stream_connections = match settings.stream {
+            Some(_) => settings.max_stream_connections,
+            None => 0,
+        };
+        ensure_fd_limit(
+            settings.max_connections + stream_connections,
+            settings.threads,
+        );
         pool::return_freed_memory();
         let backend = choose_backend(settings.io);
         let (mut listeners, local_addr) = match settings.addr {
@@ -263,8 +322,16 @@ impl Server {
         let shared = Arc::new(Shared {
             registry,
             records,
-            connections: &crate::service::counters::CONNECTED,
-            max_connections: settings.max_connections,
+            connections: Budget::new(
+                &crate::service::counters::CONNECTED,
+                settings.max_connections,
+                "--max-connections",
+            ),
+            stream_connections: Budget::new(
+                &crate::service::counters::STREAM_CONNECTED,
+                stream_connections,
+                "--max-stream-connections",
+            ),
             output: settings.output,
             shutdown: AtomicBool::new(false),
         });
@@ -351,7 +418,7 @@ impl Server {
                         shared.records.clone(),
                         limits,
                         adapters::Admission {
-                            max_connections: shared.max_connections,
+                            max_connections: shared.connections.limit,
                             protected_mode,
                             idle_timeout,
                         },
@@ -452,7 +519,7 @@ impl Server {
     }
 
     pub fn connections(&self) -> usize {
-        self.shared.connections.load(Ordering::Relaxed)
+        self.shared.connections.open()
     }
 
     /// Asks every loop to stop accepting, answer what it has received, and close.

@@ -14,8 +14,10 @@ pub static AUTH_FAILURES: AtomicU64 = AtomicU64::new(0);
 pub static DENIED_PROTECTED_MODE: AtomicU64 = AtomicU64::new(0);
 /// Connections closed by `--timeout`.
 pub static IDLE_CLOSED: AtomicU64 = AtomicU64::new(0);
-/// Client connections open now (every listener); the event loops admit against it.
+/// Client connections open now (the main and TLS ports); the event loops admit against it.
 pub static CONNECTED: AtomicUsize = AtomicUsize::new(0);
+/// Stream-port connections open now (`--max-stream-connections` admits against it).
+pub static STREAM_CONNECTED: AtomicUsize = AtomicUsize::new(0);
 /// Connections accepted since start (refused ones included, as Redis counts them).
 pub static CONNECTIONS_RECEIVED: AtomicU64 = AtomicU64::new(0);
 /// Connections refused by `--max-connections`.

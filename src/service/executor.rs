@@ -154,6 +154,15 @@ impl LoopState {
 /// own decode loop (the protocol is chosen once per connection, not once per frame).
 pub(super) trait Wire {
     fn decode(buf: &[u8]) -> Result<ParseOk<Request<'_>>, ParseError<'_>>;
+    /// [`Wire::decode`] of a frame that arrives in pieces, continuing where the last call with
+    /// `progress` stopped (binary frames are short: decoded anew).
+    fn decode_from<'a>(
+        buf: &'a [u8],
+        progress: &mut text::Progress,
+    ) -> Result<ParseOk<Request<'a>>, ParseError<'a>>;
+    /// The opcode of the frame at the front of `buf`, for a fatal error's reply (0 when the
+    /// frame cannot be read, and in text, which has none).
+    fn opcode_of(buf: &[u8]) -> u8;
     fn encode(out: &mut Vec<u8>, reply: &Reply<'_>);
     /// Replies to `count` consecutive `GETSEQ`s: the numbers `first..first + count`.
     fn encode_numbers(out: &mut Vec<u8>, first: u64, count: u64);
@@ -179,6 +188,18 @@ impl Wire for BinaryWire {
     }
 
     #[inline(always)]
+    fn decode_from<'a>(
+        buf: &'a [u8],
+        _progress: &mut text::Progress,
+    ) -> Result<ParseOk<Request<'a>>, ParseError<'a>> {
+        binary::decode_request(buf)
+    }
+
+    fn opcode_of(buf: &[u8]) -> u8 {
+        binary::opcode_of(buf).unwrap_or(0)
+    }
+
+    #[inline(always)]
     fn encode(out: &mut Vec<u8>, reply: &Reply<'_>) {
         count_error(reply);
         binary::encode_reply(out, reply)
@@ -199,6 +220,18 @@ impl Wire for TextWire {
     #[inline(always)]
     fn decode(buf: &[u8]) -> Result<ParseOk<Request<'_>>, ParseError<'_>> {
         text::decode_request(buf)
+    }
+
+    #[inline(always)]
+    fn decode_from<'a>(
+        buf: &'a [u8],
+        progress: &mut text::Progress,
+    ) -> Result<ParseOk<Request<'a>>, ParseError<'a>> {
+        text::decode_request_from(buf, progress)
+    }
+
+    fn opcode_of(_buf: &[u8]) -> u8 {
+        0
     }
 
     #[inline(always)]
@@ -504,10 +537,11 @@ impl<'s, 'o, 'c, W: Wire> Executor<'s, 'o, 'c, W> {
         Flow::Continue
     }
 
-    pub(super) fn fatal(&mut self, problem: Problem<'_>) -> Flow {
+    /// Answers an unrecoverable frame of `opcode` (0: unknown) and closes.
+    pub(super) fn fatal(&mut self, problem: Problem<'_>, opcode: u8) -> Flow {
         // Answer what came before the bad frame, then the error.
         let _ = self.flush();
-        W::encode(self.out, &Reply::Error { opcode: 0, problem });
+        W::encode(self.out, &Reply::Error { opcode, problem });
         Flow::Close
     }
 

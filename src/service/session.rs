@@ -78,8 +78,8 @@ pub struct Session {
     awaiting: Option<Box<Awaiting>>,
     pause: Option<Pause>,
     closing: bool,
-    /// The client sent its last byte: a final text line needs no line ending.
-    input_ended: bool,
+    /// How far the text request at the front of `carry` is decoded.
+    progress: text::Progress,
     /// RESP version, name and transaction of a Redis client.
     redis: RedisClient,
     /// This connection's number, unique in the process (never 0): a lease granted with ids
@@ -105,6 +105,12 @@ impl Session {
     /// Bytes received but not yet decoded.
     pub fn buffered(&self) -> usize {
         self.carry.len()
+    }
+
+    /// Bytes the text decoder has examined on this connection (for tests of its cost).
+    #[cfg(test)]
+    pub(super) fn examined(&self) -> u64 {
+        self.progress.examined()
     }
 
     /// Feeds bytes received from the client; replies are appended to `out`.
@@ -142,23 +148,17 @@ impl Session {
         }
     }
 
-    /// The client will send nothing more. A last inline line without a line ending is taken as
-    /// complete (`printf 'GET_SEQUENCE_RANGE 20' | nc -N`, or the lease protocol's reference
-    /// client, which sends `ACK start,end` without one and closes); an unfinished RESP command
-    /// is discarded.
-    pub fn end_of_input(&mut self, state: &mut LoopState, out: &mut Vec<u8>) -> Status {
-        self.input_ended = true;
+    /// The client will send nothing more. An unfinished request (a RESP array or an inline
+    /// line without its line ending) is discarded, as Redis discards it: its sender died or
+    /// gave up mid-command, and a truncated line may be another command (`GETSEQ ord` of
+    /// `GETSEQ orders`).
+    pub fn end_of_input(&mut self) -> Status {
         if self.closing {
             return Status::Closing;
         }
-        if let Some(pause) = self.pause {
-            return Status::Paused(pause);
-        }
-        match self.codec {
-            Some(Codec::Text) if !self.carry.is_empty() => {
-                self.process::<TextWire>(&[], state, out)
-            }
-            _ => Status::Open,
+        match self.pause {
+            Some(pause) => Status::Paused(pause),
+            None => Status::Open,
         }
     }
 
@@ -222,7 +222,8 @@ impl Session {
         let mut start = 0;
         while start < self.carry.len() && flow.proceeds() {
             let rest = &self.carry[start..];
-            match W::decode(rest) {
+            // Continues where the last call stopped: the frame's bytes are only ever added to.
+            match W::decode_from(rest, &mut self.progress) {
                 Ok(parsed) => {
                     flow = executor.handle(parsed.message, rest, parsed.consumed);
                     if flow.consumed() {
@@ -232,17 +233,6 @@ impl Session {
                 }
                 Err(ParseError::Incomplete(need)) => {
                     if data.is_empty() {
-                        if self.input_ended
-                            && self.codec == Some(Codec::Text)
-                            && !self.carry.ends_with(b"\n")
-                            && self.carry.get(start) != Some(&b'*')
-                        {
-                            // Nothing more will come: the last inline line is complete as it
-                            // is. An unfinished RESP array is dropped, as Redis drops it: its
-                            // sender died mid-command.
-                            self.carry.push(b'\n');
-                            continue;
-                        }
                         break;
                     }
                     let take = match need {
@@ -255,7 +245,7 @@ impl Session {
                     data = &data[take..];
                 }
                 Err(ParseError::Fatal(problem)) => {
-                    flow = executor.fatal(problem);
+                    flow = executor.fatal(problem, W::opcode_of(rest));
                 }
             }
         }
@@ -285,7 +275,9 @@ impl Session {
                         }
                     }
                     Err(ParseError::Incomplete(_)) => break,
-                    Err(ParseError::Fatal(problem)) => flow = executor.fatal(problem),
+                    Err(ParseError::Fatal(problem)) => {
+                        flow = executor.fatal(problem, W::opcode_of(rest));
+                    }
                 }
             }
             data = &data[pos..];
@@ -302,6 +294,7 @@ impl Session {
             Flow::Close => {
                 self.closing = true;
                 self.carry = Vec::new();
+                self.progress.clear();
                 Status::Closing
             }
             Flow::AwaitDurable(awaiting) => {

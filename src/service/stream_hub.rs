@@ -37,6 +37,8 @@ pub type ConnKey = usize;
 pub use crate::stream::progress::RESEND_AFTER;
 /// How often abandoned streams are looked for.
 const EXPIRY_CHECK: Duration = Duration::from_secs(1);
+/// Most expired streams logged one line each per check; more are summed up in one line.
+const EXPIRIES_LOGGED_ONE_BY_ONE: usize = 10;
 
 /// What the command line says about streams.
 #[derive(Debug, Clone)]
@@ -449,6 +451,7 @@ impl StreamHub {
     }
 
     /// Forgets streams not heard from for `--stream-ttl`; their numbers are never reissued.
+    /// A few are logged one line each, a wave (thousands of streams opened together) in one.
     fn expire(&mut self, now: Now) {
         let ttl = u64::try_from(self.settings.ttl.as_millis()).unwrap_or(u64::MAX);
         let expired: Vec<Box<[u8]>> = self
@@ -457,15 +460,26 @@ impl StreamHub {
             .filter(|(_, s)| now.unix_ms.saturating_sub(s.progress.last_heard_ms) >= ttl)
             .map(|(id, _)| id.clone())
             .collect();
+        let one_by_one = expired.len() <= EXPIRIES_LOGGED_ONE_BY_ONE;
+        if !one_by_one {
+            tracing::info!(
+                first_client_id = %Id(&expired[0]),
+                "{} streams expired: not heard from for {:?} (--stream-ttl)",
+                expired.len(),
+                self.settings.ttl
+            );
+        }
         for id in expired {
             if let Some(stream) = self.streams.remove(&id) {
-                tracing::info!(
-                    client_id = %Id(&id),
-                    acked = stream.progress.acked_count,
-                    count = stream.progress.count,
-                    "stream expired: not heard from for {:?} (--stream-ttl)",
-                    self.settings.ttl
-                );
+                if one_by_one {
+                    tracing::info!(
+                        client_id = %Id(&id),
+                        acked = stream.progress.acked_count,
+                        count = stream.progress.count,
+                        "stream expired: not heard from for {:?} (--stream-ttl)",
+                        self.settings.ttl
+                    );
+                }
                 if let Some(key) = stream.conn {
                     self.detach(key);
                     self.to_close.push(key);

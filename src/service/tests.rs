@@ -454,19 +454,24 @@ fn a_lease_reply_and_later_requests_wait_until_the_lease_is_durable() {
 }
 
 #[test]
-fn a_last_line_without_line_ending_is_served_at_end_of_input() {
+fn a_last_line_without_line_ending_is_discarded_at_end_of_input() {
     let mut st = state(1001);
     let mut s = Session::new();
-    let (out, status) = text_exchange(&mut s, &mut st, b"GET_SEQUENCE_RANGE 20");
-    assert_eq!((out.as_str(), status), ("", Status::Open));
-    let mut out = Vec::new();
-    assert_eq!(s.end_of_input(&mut st, &mut out), Status::Open);
-    assert_eq!(out, b"1001,1020\r\n");
-    // A binary session's partial frame is just dropped.
+    // `GETSEQ_BATCH 1` may be the start of `GETSEQ_BATCH 10`; Redis drops it too.
+    let (out, status) = text_exchange(&mut s, &mut st, b"GETSEQ\r\nGETSEQ_BATCH 1");
+    assert_eq!((out.as_str(), status), (":1001\r\n", Status::Open));
+    assert_eq!(s.end_of_input(), Status::Open);
+    assert_eq!(
+        st.registry().get(0).unwrap().current(),
+        1002,
+        "not executed"
+    );
+    assert_eq!(st.records.leases.stats().totals.granted, 0);
+    // A binary session's partial frame is dropped the same way.
     let mut s = Session::new();
     let mut out = Vec::new();
     s.receive(&[binary::MAGIC, 1, 1], &mut st, &mut out);
-    assert_eq!(s.end_of_input(&mut st, &mut out), Status::Open);
+    assert_eq!(s.end_of_input(), Status::Open);
     assert!(out.is_empty());
 }
 
@@ -484,4 +489,79 @@ fn backpressure_holds_input_until_output_drains() {
     out.clear();
     assert_eq!(s.resume(&mut st, &mut out), Status::Open);
     assert_eq!(out, b":1\r\n");
+}
+
+#[test]
+fn a_large_resp_array_one_byte_per_receive_costs_linear_work() {
+    let mut st = state(1);
+    let mut input = b"*1024\r\n$12\r\nGETSEQ_BATCH\r\n".to_vec();
+    for _ in 1..1024 {
+        input.extend_from_slice(b"$5\r\nabcde\r\n");
+    }
+    input.extend_from_slice(b"*1\r\n$6\r\nGETSEQ\r\n");
+    let mut s = Session::new();
+    let mut out = Vec::new();
+    for byte in input.chunks(1) {
+        assert_eq!(s.receive(byte, &mut st, &mut out), Status::Open);
+    }
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        "-ERR wrong number of arguments: usage: GETSEQ_BATCH count [sequence]\r\n:1\r\n"
+    );
+    let examined = s.examined();
+    assert!(
+        examined <= 2 * input.len() as u64,
+        "{examined} bytes examined for {} received",
+        input.len()
+    );
+    assert_eq!(s.buffered(), 0);
+}
+
+#[test]
+fn a_fatal_binary_error_carries_the_opcode_of_its_frame() {
+    let mut st = state(1);
+    let mut s = Session::new();
+    let mut out = Vec::new();
+    // OPEN declaring a 65-byte name: the stream cannot be trusted past it.
+    encode_request(&mut out, opcode::GETSEQ, 0, 0);
+    let mut input = std::mem::take(&mut out);
+    encode_request(&mut input, opcode::OPEN, 0, 65);
+    assert_eq!(s.receive(&input, &mut st, &mut out), Status::Closing);
+    let replies = binary_replies(&out);
+    assert_eq!(replies[0], (opcode::GETSEQ, 0, 1, 1));
+    assert_eq!(
+        (replies[1].0, replies[1].1),
+        (opcode::OPEN, protocol::ErrorCode::Fatal as u8)
+    );
+    // The same split across receives.
+    let mut s = Session::new();
+    let mut out = Vec::new();
+    let mut auth = Vec::new();
+    encode_request(&mut auth, opcode::AUTH, 0, 513);
+    s.receive(&auth[..5], &mut st, &mut out);
+    assert_eq!(s.receive(&auth[5..], &mut st, &mut out), Status::Closing);
+    assert_eq!(binary_replies(&out)[0].0, opcode::AUTH);
+    // A frame whose magic or version is wrong has no opcode that can be trusted: 0.
+    let mut s = Session::new();
+    let mut out = Vec::new();
+    let v2 = [
+        binary::MAGIC,
+        2,
+        opcode::GETSEQ,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+    ];
+    assert_eq!(s.receive(&v2, &mut st, &mut out), Status::Closing);
+    assert_eq!(binary_replies(&out)[0].0, 0);
 }

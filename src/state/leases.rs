@@ -134,17 +134,19 @@ fn keep(
     stop: &AtomicBool,
 ) {
     let mut table = leases.lock();
+    let mut expiries = ExpiryLog::default();
     while !stop.load(Ordering::Acquire) {
         let before = commits.last();
+        let totals = table.stats().totals;
         let now = unix_ms();
         let next = table.expire(now, commits);
         if commits.last() != before {
             // Expiries and forgotten leases go to disk with the next state.
             signals.request_write();
         }
-        for event in table.take_events() {
-            log(&event);
-        }
+        let events = table.take_events();
+        expiries.report(&events, totals, table.stats().totals, now);
+        let next = next.into_iter().chain(expiries.due_ms()).min();
         let wait = next.map_or(KEEPER_IDLE, |at| {
             Duration::from_millis(at.saturating_sub(now)).min(KEEPER_IDLE)
         });
@@ -152,6 +154,122 @@ fn keep(
             .keeper
             .wait_timeout(table, wait)
             .map_or_else(|poison| poison.into_inner().0, |(guard, _)| guard);
+    }
+    expiries.summarise(table.stats().totals);
+}
+
+/// Lease events logged one line each per window; beyond, they are counted and summed up in
+/// one line when the window ends: 10,000 leases granted together expire together, and would
+/// otherwise log 10,000 lines.
+const LOGGED_ONE_BY_ONE: u32 = 10;
+const LOG_WINDOW_MS: u64 = 1000;
+
+/// The keeper's log of expiries: a few one line each, a wave in one line per window.
+#[derive(Debug, Default)]
+struct ExpiryLog {
+    window_start_ms: u64,
+    logged: u32,
+    /// Expired in this window and not logged one by one.
+    retired: u64,
+    returned: u64,
+    /// The first of those: sequence, range and the timeout it had.
+    first: Option<(SequenceId, u64, u64, Duration)>,
+    /// Ranges the full reuse pool could not take, not logged one by one.
+    pool_full: u64,
+}
+
+impl ExpiryLog {
+    /// Logs the events of one keeper turn at `now_ms`; `before` and `after` are the table's
+    /// totals around it, which count every expiry even when the table kept only the first
+    /// events of a wave.
+    fn report(
+        &mut self,
+        events: &[LeaseEvent],
+        before: LeaseCounters,
+        after: LeaseCounters,
+        now_ms: u64,
+    ) {
+        if now_ms >= self.window_start_ms.saturating_add(LOG_WINDOW_MS) {
+            self.summarise(after);
+            self.window_start_ms = now_ms;
+            self.logged = 0;
+        }
+        let (mut retired, mut returned) = (0, 0);
+        for event in events {
+            if self.logged < LOGGED_ONE_BY_ONE {
+                self.logged += 1;
+                log(event);
+                if let LeaseEvent::Expired { to_pool, .. } = event {
+                    *(if *to_pool {
+                        &mut returned
+                    } else {
+                        &mut retired
+                    }) += 1;
+                }
+                continue;
+            }
+            match event {
+                LeaseEvent::Expired {
+                    sequence,
+                    first,
+                    last,
+                    timeout,
+                    ..
+                } => {
+                    self.first
+                        .get_or_insert((*sequence, *first, *last, *timeout));
+                }
+                LeaseEvent::PoolFull { .. } => self.pool_full += 1,
+            }
+        }
+        self.retired += after
+            .retired
+            .saturating_sub(before.retired)
+            .saturating_sub(retired);
+        self.returned += after
+            .returned
+            .saturating_sub(before.returned)
+            .saturating_sub(returned);
+    }
+
+    /// When the window's summary is due (None: nothing to sum up).
+    fn due_ms(&self) -> Option<u64> {
+        (self.retired + self.returned + self.pool_full > 0)
+            .then(|| self.window_start_ms.saturating_add(LOG_WINDOW_MS))
+    }
+
+    /// Logs what the window did not log one by one, in one line (two if the pool was full).
+    fn summarise(&mut self, totals: LeaseCounters) {
+        let (retired, returned) = (self.retired, self.returned);
+        if let Some((sequence, first, last, timeout)) = self.first.take()
+            && retired + returned > 0
+        {
+            let message = format!(
+                "{} more leases expired unacknowledged after {timeout:?} (--lease-timeout) \
+                 within {LOG_WINDOW_MS}ms, beyond the {LOGGED_ONE_BY_ONE} logged one by one \
+                 (the first {first},{last} of sequence {sequence}): {retired} retired, their \
+                 numbers will never be issued; {returned} go to the reuse pool once forgotten \
+                 ({} retired and {} returned so far)",
+                retired + returned,
+                totals.retired,
+                totals.returned
+            );
+            if returned > 0 {
+                tracing::warn!("{message}");
+            } else {
+                tracing::info!("{message}");
+            }
+        }
+        if self.pool_full > 0 {
+            tracing::warn!(
+                "reuse pool full (--max-leases): {} more expired ranges retired instead of \
+                 pooled within {LOG_WINDOW_MS}ms",
+                self.pool_full
+            );
+        }
+        self.retired = 0;
+        self.returned = 0;
+        self.pool_full = 0;
     }
 }
 

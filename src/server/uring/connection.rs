@@ -12,13 +12,15 @@ use super::EventLoop;
 use super::lifecycle::{Flushed, Lifecycle, Phase, RecvOp};
 use super::token::{Generation, Op, Token};
 use crate::server::failure::Failure;
-use crate::server::handler::{Next, Service, Until};
+use crate::server::handler::{Kind, Next, Service, Until};
 use crate::server::linger::{LINGER, socket_is_quiet};
 use crate::server::output::{Verdict, largest_offenders};
 use crate::service::counters;
 
 pub(super) struct Connection<C> {
     fd: OwnedFd,
+    /// The port it came in on: the budget it counts against.
+    kind: Kind,
     /// Tells this connection's completions from those of an earlier one in the same slot.
     pub generation: Generation,
     /// The service's state for this connection.
@@ -59,14 +61,14 @@ impl<S: Service> EventLoop<S> {
         }
         let kind = self.listeners[index].kind;
         counters::CONNECTIONS_RECEIVED.fetch_add(1, Ordering::Relaxed);
-        let count = self.shared.connections.fetch_add(1, Ordering::AcqRel);
-        if count >= self.shared.max_connections {
-            self.shared.connections.fetch_sub(1, Ordering::AcqRel);
+        let budget = self.shared.budget(kind);
+        if !budget.take() {
             counters::REJECTED_CONNECTIONS.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(
-                limit = self.shared.max_connections,
+                limit = budget.limit,
                 ?kind,
-                "connection refused: --max-connections reached"
+                "connection refused: {} reached",
+                budget.flag
             );
             let Some(refusal) = &self.listeners[index].refusal else {
                 return Ok(()); // closed without a word
@@ -98,6 +100,7 @@ impl<S: Service> EventLoop<S> {
         let key = slot.key();
         slot.insert(Connection {
             fd,
+            kind,
             generation,
             handler: self.service.open(kind, key, peer.map(|addr| addr.ip())),
             pending: Vec::new(),
@@ -178,10 +181,10 @@ impl<S: Service> EventLoop<S> {
             conn.life.peer_closed = true;
             if conn.life.serving() {
                 tracing::debug!(key, "peer closed its side");
-                // A last line without a line ending is complete now. A held session still
-                // holds requests (`echo GETSEQ new | nc -N` waits for the new sequence's first
-                // durable ceiling): it answers them first; the close follows when the session
-                // is done (see `after_service`).
+                // An unfinished request is discarded (see `Session::end_of_input`). A held
+                // session still holds requests (`echo GETSEQ new | nc -N` waits for the new
+                // sequence's first durable ceiling): it answers them first; the close follows
+                // when the session is done (see `after_service`).
                 let next = self
                     .service
                     .end_of_input(&mut conn.handler, key, &mut conn.pending);
@@ -482,7 +485,7 @@ impl<S: Service> EventLoop<S> {
             // Queued output is dropped with the connection: the pool empties the buffers.
             self.spare.give(conn.pending);
             self.spare.give(conn.sending);
-            self.shared.connections.fetch_sub(1, Ordering::AcqRel);
+            self.shared.budget(conn.kind).give_back();
             // Dropping `conn.fd` closes the socket.
         }
         Ok(())

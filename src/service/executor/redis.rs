@@ -921,7 +921,7 @@ mod tests {
             let mut s = Session::new();
             s.receive(b"GETSEQ\r\n", &mut st, &mut out);
             s.receive(partial, &mut st, &mut out);
-            assert_eq!(s.end_of_input(&mut st, &mut out), Status::Open);
+            assert_eq!(s.end_of_input(), Status::Open);
             assert_eq!(out, format!(":{}\r\n", n + 1).as_bytes(), "{partial:?}");
         }
         assert_eq!(
