@@ -27,9 +27,18 @@ use std::net::{TcpStream, ToSocketAddrs};
 use std::ops::Range;
 use std::time::{Duration, Instant};
 
+use crate::protocol::ErrorCode;
 use crate::protocol::binary::{self, opcode};
-use crate::protocol::{ErrorCode, ParseError};
 use crate::sequence::{DEFAULT_SEQUENCE, SequenceId};
+
+#[cfg(feature = "tokio")]
+pub mod async_client;
+mod id_source;
+mod wire;
+
+#[cfg(feature = "tokio")]
+pub use async_client::{AsyncClient, Builder, ClientStats, Connector, Sequence, TcpConnector};
+pub use id_source::{IdSource, IdSourceOptions, IdSourceStats, RangeSource};
 
 /// Requests sent before their replies are read, at most; keeps both sides' buffers bounded so
 /// a long pipeline cannot deadlock.
@@ -52,6 +61,10 @@ pub enum ClientError {
     Closed,
     #[error("unexpected reply from seqd: {0}")]
     Protocol(String),
+    /// No answer within the time the call allows (the async client, an [`IdSource`] waiting
+    /// for a range).
+    #[error("seqd did not answer within {0:?}")]
+    Timeout(Duration),
 }
 
 /// One request of a pipeline.
@@ -183,7 +196,7 @@ impl Client {
         binary::encode_lease(&mut self.out, sequence, count, ids);
         self.stream.write_all(&self.out)?;
         let (count, first) = self.read_reply(opcode::LEASE)?;
-        Ok(first..first + u64::from(count))
+        Ok(wire::range(count, first))
     }
 
     /// Acknowledges the lease of exactly `range`. Answered once the acknowledgement is
@@ -216,29 +229,12 @@ impl Client {
         for window in requests.chunks(PIPELINE_WINDOW) {
             self.out.clear();
             for request in window {
-                let (op, sequence, argument) = match *request {
-                    Request::Get(s) => (opcode::GETSEQ, s, 0),
-                    Request::GetBatch(s, n) => (opcode::GETSEQ_BATCH, s, n),
-                    Request::Current(s) => (opcode::CURRENT, s, 0),
-                    Request::Ping => (opcode::PING, 0, 0),
-                };
-                binary::encode_request(&mut self.out, op, sequence, argument);
+                wire::encode(&mut self.out, request);
             }
             self.stream.write_all(&self.out)?;
             for request in window {
-                let expected = match request {
-                    Request::Get(_) => opcode::GETSEQ,
-                    Request::GetBatch(..) => opcode::GETSEQ_BATCH,
-                    Request::Current(_) => opcode::CURRENT,
-                    Request::Ping => opcode::PING,
-                };
-                let reply = match self.read_reply(expected) {
-                    Ok((count, value)) => Ok(match request {
-                        Request::Get(_) => Response::Number(value),
-                        Request::GetBatch(..) => Response::Range(value..value + u64::from(count)),
-                        Request::Current(_) => Response::Current(value),
-                        Request::Ping => Response::Pong,
-                    }),
+                let reply = match self.read_reply(wire::opcode_of(request)) {
+                    Ok(reply) => Ok(wire::response(request, reply)),
                     Err(e @ ClientError::Server { .. }) => Err(e),
                     Err(e) => return Err(e),
                 };
@@ -251,42 +247,11 @@ impl Client {
     /// Reads one reply; returns its (count, value), or the server's error.
     fn read_reply(&mut self, expected: u8) -> Result<(u32, u64), ClientError> {
         loop {
-            let buffered = &self.input[self.start..];
-            if buffered.first() == Some(&b'-') {
-                // A text error line: the server refused us before knowing our protocol.
-                if let Some(lf) = memchr::memchr(b'\n', buffered) {
-                    let line = String::from_utf8_lossy(&buffered[1..lf])
-                        .trim_end()
-                        .to_string();
-                    return Err(ClientError::Refused(line));
-                }
-            } else {
-                match binary::decode_reply(buffered) {
-                    Ok(parsed) => {
-                        let reply = parsed.message;
-                        let result = if reply.status != binary::STATUS_OK {
-                            Err(ClientError::Server {
-                                code: ErrorCode::from_u8(reply.status)
-                                    .unwrap_or(ErrorCode::BadRequest),
-                                detail: reply.value,
-                                message: String::from_utf8_lossy(reply.message).into_owned(),
-                            })
-                        } else if reply.opcode != expected {
-                            Err(ClientError::Protocol(format!(
-                                "reply to opcode 0x{:02x} where 0x{expected:02x} was expected",
-                                reply.opcode
-                            )))
-                        } else {
-                            Ok((reply.count, reply.value))
-                        };
-                        self.start += parsed.consumed;
-                        return result;
-                    }
-                    Err(ParseError::Incomplete(_)) => {}
-                    Err(ParseError::Fatal(problem)) => {
-                        return Err(ClientError::Protocol(problem.to_string()));
-                    }
-                }
+            if let wire::Decoded::Reply { consumed, result } =
+                wire::decode(&self.input[self.start..], expected)?
+            {
+                self.start += consumed;
+                return result;
             }
             self.fill()?;
         }
