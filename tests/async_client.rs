@@ -373,9 +373,18 @@ fn id_source_hands_out_ids_while_the_server_is_stopped_and_resumes_after() {
         "the refill failed while the server was down"
     );
     assert!(taken.windows(2).all(|w| w[0] < w[1]), "ids increase");
-    // Ids from the server after all this are above every id handed out: none will repeat.
+    // Dropped (a process exiting): the rest of its ranges is abandoned, a bounded gap. Ids
+    // the server issues from now on are above every id handed out: none will repeat.
+    let last = *taken.last().unwrap();
+    drop(ids);
     let mut check = Client::connect(server.addr()).unwrap();
-    assert!(check.get().unwrap() > *taken.last().unwrap());
+    let next = check.get().unwrap();
+    assert!(next > last);
+    assert!(
+        next - last <= 2 * 5_000,
+        "gap {} above two ranges",
+        next - last
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,4 +1,7 @@
-//! A blocking client for seqd's binary protocol: single requests and pipelines.
+//! Rust clients of seqd's binary protocol. This module is the blocking client (single
+//! requests and pipelines; [`LeaderClient`] follows a cluster's leader); with the `tokio`
+//! feature, `AsyncClient` shares one pipelined connection between tasks; [`IdSource`]
+//! hands out ids from ranges fetched in the background, on either. docs/RUST_CLIENT.md.
 //!
 //! ```no_run
 //! let mut client = seqd::client::Client::connect("127.0.0.1:10001")?;
