@@ -29,15 +29,21 @@ trap cleanup EXIT
 NICE=()
 if [[ $(id -u) -eq 0 ]]; then NICE=(nice -n -20); fi
 
+# The server: the release build, copied away, since building the bench (which builds the
+# package's binaries too, into the same directory) would replace it.
 cargo build --release --locked --quiet -p seqd --bin seqd
-cargo bench --locked --quiet --features tokio --bench async_client --no-run 2>/dev/null
-BENCH=$(cargo bench --locked --features tokio --bench async_client --no-run --message-format=json 2>/dev/null |
+cp target/release/seqd "$WORK/seqd"
+SEQD=$WORK/seqd
+# The client program: optimized, without the release profile's fat LTO (minutes of linking on
+# a shared machine; it is the client, not the server under test).
+export CARGO_PROFILE_BENCH_LTO=false CARGO_PROFILE_BENCH_CODEGEN_UNITS=16
+BENCH=$(cargo bench --locked --features tokio --bench async_client --no-run --message-format=json |
   python3 -c 'import json,sys
 for line in sys.stdin:
     m = json.loads(line)
     if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "async_client" and m.get("executable"):
         print(m["executable"])')
-SEQD=$PWD/target/release/seqd
+[[ -x $BENCH ]] || { echo "the bench program was not built" >&2; exit 1; }
 
 "${NICE[@]}" taskset -c 0 "$SEQD" --in-memory --host 127.0.0.1 --port "$PORT" --threads 1 2>"$WORK/seqd.log" &
 SERVER=$!

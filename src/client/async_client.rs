@@ -17,9 +17,9 @@
 //! ```
 //!
 //! **Retries.** A call whose connection is lost, whose node answers `NOTLEADER` (the leader's
-//! address: the client reconnects there) or `UNAVAILABLE`, or whose reply takes longer than
-//! `reply_timeout` (the node is paused or cut off: the client leaves it) is sent again, on
-//! the next connection, until `request_timeout` is over. A retry never replays a reply: the
+//! address: the client reconnects there) or `UNAVAILABLE`, or whose connection owes a reply
+//! for longer than `reply_timeout` (the node is paused or cut off: the client leaves it) is
+//! sent again, on the next connection, until `request_timeout` is over. A retry never replays a reply: the
 //! failed connection is dropped with the replies it owed. A number request whose reply was
 //! lost may have been served, so a retry may skip numbers; it never repeats one, since the
 //! server never issues a number twice. A `lease` with ids gets the same range on a retry;
@@ -119,7 +119,8 @@ impl Builder {
         self
     }
 
-    /// How long a reply may take before its node is given up for another (default 3 s).
+    /// How long a reply may be owed before its connection is given up, and its calls sent
+    /// again on another (default 3 s).
     pub fn reply_timeout(mut self, timeout: Duration) -> Builder {
         self.reply_timeout = timeout;
         self
@@ -172,8 +173,6 @@ impl Builder {
                 named_leader: None,
             }),
             names: Mutex::new(Vec::new()),
-            generation: AtomicU64::new(0),
-            stuck: Notify::new(),
             redirects: AtomicU64::new(0),
             reconnects: AtomicU64::new(0),
             requests: AtomicU64::new(0),
@@ -211,10 +210,6 @@ struct Shared {
     targets: Mutex<Targets>,
     /// Every sequence name the client was asked to open; a [`Sequence`] is an index here.
     names: Mutex<Vec<String>>,
-    /// Counts connections made; a caller whose reply is late names the one it waited on.
-    generation: AtomicU64,
-    /// A caller saw no reply within `reply_timeout`: the connection is dropped.
-    stuck: Notify,
     redirects: AtomicU64,
     reconnects: AtomicU64,
     requests: AtomicU64,
@@ -442,7 +437,6 @@ impl AsyncClient {
     /// documentation), within `request_timeout`.
     async fn call(&self, op: Op) -> Answer {
         let settings = &self.inner.settings;
-        let shared = &self.inner.shared;
         let deadline = Instant::now() + settings.request_timeout;
         let timed_out = || ClientError::Timeout(settings.request_timeout);
         loop {
@@ -456,20 +450,14 @@ impl AsyncClient {
                 Ok(Err(_)) => return Err(ClientError::Closed),
                 Err(_) => return Err(timed_out()),
             }
-            let generation = shared.generation.load(Ordering::Acquire);
-            let attempt_ends = deadline.min(Instant::now() + settings.reply_timeout);
-            let error = match tokio::time::timeout_at(attempt_ends, answer).await {
+            // A connection whose oldest reply is later than `reply_timeout` is dropped by its
+            // watchdog, which answers this call `Closed`: it is then sent again.
+            let error = match tokio::time::timeout_at(deadline, answer).await {
                 Ok(Ok(Ok(value))) => return Ok(value),
                 Ok(Ok(Err(error))) => error,
                 // The connection task is gone (the runtime shuts down).
                 Ok(Err(_)) => return Err(ClientError::Closed),
-                Err(_) => {
-                    // No reply: leave that connection, unless a new one replaced it since.
-                    if shared.generation.load(Ordering::Acquire) == generation {
-                        shared.stuck.notify_waiters();
-                    }
-                    ClientError::Timeout(settings.reply_timeout)
-                }
+                Err(_) => return Err(timed_out()),
             };
             let pause = match &error {
                 ClientError::Server {
@@ -553,12 +541,13 @@ async fn supervise(
             }
         };
         backoff = settings.backoff_min;
-        shared.generation.fetch_add(1, Ordering::AcqRel);
         let mut connection = Connection {
             pending: VecDeque::new(),
             ids,
         };
-        let end = connection.serve(stream, &mut rx, &shared).await;
+        let end = connection
+            .serve(stream, &mut rx, &shared, settings.reply_timeout)
+            .await;
         // Whatever the connection owed is dropped with it: no reply is ever replayed, each
         // caller retries on the next connection.
         for pending in connection.pending.drain(..) {
@@ -679,6 +668,8 @@ async fn read_more(
 struct PendingReply {
     op: Op,
     reply: oneshot::Sender<Answer>,
+    /// When its write started.
+    sent: Instant,
 }
 
 /// One live connection: the calls sent on it, in order, and the names' ids on it.
@@ -701,6 +692,7 @@ impl Connection {
         stream: S,
         rx: &mut mpsc::Receiver<Job>,
         shared: &Shared,
+        reply_timeout: Duration,
     ) -> End {
         let (reader, writer) = tokio::io::split(stream);
         let turns = Turns {
@@ -710,7 +702,7 @@ impl Connection {
         tokio::select! {
             end = turns.write(writer, rx, shared) => end,
             end = turns.read(reader, shared) => end,
-            () = shared.stuck.notified() => End::Lost { advance: shared.several_endpoints() },
+            end = turns.watch(reply_timeout, shared) => end,
         }
     }
 }
@@ -734,10 +726,11 @@ impl Turns<'_> {
             out.clear();
             let mut job = Some(job);
             let mut requests = 0;
+            let now = Instant::now();
             {
                 let mut connection = lock(&self.connection);
                 while let Some(next) = job.take() {
-                    if !connection.encode(&mut out, next) {
+                    if !connection.encode(&mut out, next, now) {
                         // A name opened after this connection's handshake, by a call on an
                         // earlier one: a new connection opens it.
                         return End::Lost { advance: false };
@@ -752,6 +745,23 @@ impl Turns<'_> {
             shared.writes.fetch_add(1, Ordering::Relaxed);
             if writer.write_all(&out).await.is_err() {
                 return End::Lost { advance: true };
+            }
+        }
+    }
+
+    /// Ends a connection whose oldest reply is overdue (the node is paused, or cut off).
+    async fn watch(&self, reply_timeout: Duration, shared: &Shared) -> End {
+        let tick = (reply_timeout / 4).max(Duration::from_millis(5));
+        loop {
+            tokio::time::sleep(tick).await;
+            let overdue = lock(&self.connection)
+                .pending
+                .front()
+                .is_some_and(|p| p.sent.elapsed() > reply_timeout);
+            if overdue {
+                return End::Lost {
+                    advance: shared.several_endpoints(),
+                };
             }
         }
     }
@@ -822,7 +832,7 @@ impl Turns<'_> {
 impl Connection {
     /// Encodes `job` and records it as pending; false if it names a sequence this
     /// connection has not opened.
-    fn encode(&mut self, out: &mut Vec<u8>, job: Job) -> bool {
+    fn encode(&mut self, out: &mut Vec<u8>, job: Job, now: Instant) -> bool {
         if self.encode_op(out, &job.op).is_none() {
             let _ = job.reply.send(Err(ClientError::Closed));
             return false;
@@ -830,6 +840,7 @@ impl Connection {
         self.pending.push_back(PendingReply {
             op: job.op,
             reply: job.reply,
+            sent: now,
         });
         true
     }
