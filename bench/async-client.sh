@@ -2,7 +2,7 @@
 # The Rust clients against one release-build seqd, and IdSource, in one sitting; writes
 # results/async-client/README.md (or OUT).
 #
-#   bench/async-client.sh            # ROUNDS=5 TASKS=64 SECONDS=3 IDS=500000000
+#   bench/async-client.sh            # ROUNDS=5 TASKS=64 DURATION=3 (seconds) IDS=500000000 [SEQD=path]
 #
 # Per round, in alternating order: the async client (one connection, TASKS tasks, one
 # runtime thread), the blocking client behind a mutex (one connection, TASKS threads) and
@@ -17,7 +17,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-5}
 TASKS=${TASKS:-64}
-SECONDS_PER_RUN=${SECONDS:-3}
+SECONDS_PER_RUN=${DURATION:-3}
 IDS=${IDS:-500000000}
 PORT=${PORT:-10394}
 OUT=${OUT:-results/async-client/README.md}
@@ -31,9 +31,12 @@ if [[ $(id -u) -eq 0 ]]; then NICE=(nice -n -20); fi
 
 # The server: the release build, copied away, since building the bench (which builds the
 # package's binaries too, into the same directory) would replace it.
-cargo build --release --locked --quiet -p seqd --bin seqd
-cp target/release/seqd "$WORK/seqd"
-SEQD=$WORK/seqd
+# SEQD=path uses a release build made before instead.
+if [[ -z ${SEQD:-} ]]; then
+  cargo build --release --locked --quiet -p seqd --bin seqd
+  cp target/release/seqd "$WORK/seqd"
+  SEQD=$WORK/seqd
+fi
 # The client program: optimized, without the release profile's fat LTO (minutes of linking on
 # a shared machine; it is the client, not the server under test).
 export CARGO_PROFILE_BENCH_LTO=false CARGO_PROFILE_BENCH_CODEGEN_UNITS=16
@@ -90,7 +93,7 @@ names = {"async": "async client, 1 connection", "shared": "blocking client behin
 lines = [
     "# Rust clients: the async client and IdSource",
     "",
-    f"Written by `bench/async-client.sh` (ROUNDS={rounds} TASKS={tasks} SECONDS={seconds} IDS={ids}) "
+    f"Written by `bench/async-client.sh` (ROUNDS={rounds} TASKS={tasks} DURATION={seconds} IDS={ids}) "
     f"on {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC.",
     f"Machine: `nproc`={sh('nproc')}, `uname -r`={sh('uname', '-r')}, CPU {cpu}. "
     "**Shared machine** (other builds ran meanwhile): the figures are indicative; the ratios "
