@@ -223,6 +223,7 @@ async fn a_paused_server_times_the_call_out_and_serves_again_after() {
         .unwrap();
     let before = client.get().await.unwrap();
     server.signal(libc::SIGSTOP);
+    wait_until_stopped(server.pid()).await;
     let result = client.get().await;
     server.signal(libc::SIGCONT);
     assert!(matches!(result, Err(ClientError::Timeout(_))), "{result:?}");
@@ -235,6 +236,23 @@ async fn a_paused_server_times_the_call_out_and_serves_again_after() {
         }
     };
     assert!(after > before);
+}
+
+/// Waits until the kernel shows `pid` stopped (state `T` in /proc/PID/stat).
+async fn wait_until_stopped(pid: u32) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let state = stat
+            .rsplit(')')
+            .next()
+            .and_then(|rest| rest.split_whitespace().next());
+        if state == Some("T") {
+            return;
+        }
+        assert!(Instant::now() < deadline, "seqd never stopped: {stat}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
