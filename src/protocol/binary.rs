@@ -390,8 +390,31 @@ pub fn encode_lease(
 
 /// Appends an `ACK` of the lease `first..first + count` of `sequence` (client side).
 pub fn encode_ack(out: &mut Vec<u8>, sequence: SequenceId, first: u64, count: u64) {
-    encode_request(out, opcode::ACK, sequence, first);
+    encode_ack_as(out, sequence, first, count, b"");
+}
+
+/// Appends an `ACK` naming the client id the lease was granted to (client side), so that
+/// another connection than the one granted it may acknowledge it (empty: no client id).
+/// Ids longer than 255 bytes are cut (the server refuses ids over 64 bytes anyway).
+pub fn encode_ack_as(
+    out: &mut Vec<u8>,
+    sequence: SequenceId,
+    first: u64,
+    count: u64,
+    client: &[u8],
+) {
+    let client = &client[..client.len().min(255)];
+    out.extend_from_slice(
+        &Header {
+            opcode: opcode::ACK,
+            byte3: client.len() as u8,
+            word: sequence,
+            value: first,
+        }
+        .encode(),
+    );
     out.extend_from_slice(&count.to_be_bytes());
+    out.extend_from_slice(client);
 }
 
 /// A reply as the client sees it.
@@ -597,6 +620,12 @@ mod tests {
         out.clear();
         encode_ack(&mut out, 0, 1001, 20);
         assert_eq!(out, ack);
+        out.clear();
+        encode_ack_as(&mut out, 0, 1001, 20, b"c1");
+        assert_eq!(
+            out,
+            hex("9e 01 07 02 00 00 00 00 00 00 00 00 00 00 03 e9 00 00 00 00 00 00 00 14 63 31")
+        );
 
         out.clear();
         encode_reply(

@@ -1,4 +1,7 @@
-//! A blocking client for seqd's binary protocol: single requests and pipelines.
+//! Rust clients of seqd's binary protocol. This module is the blocking client (single
+//! requests and pipelines; [`LeaderClient`] follows a cluster's leader); with the `tokio`
+//! feature, `AsyncClient` shares one pipelined connection between tasks; [`IdSource`]
+//! hands out ids from ranges fetched in the background, on either. docs/RUST_CLIENT.md.
 //!
 //! ```no_run
 //! let mut client = seqd::client::Client::connect("127.0.0.1:10001")?;
@@ -34,9 +37,18 @@ use std::time::{Duration, Instant};
 pub mod tls;
 use tls::Transport;
 
+use crate::protocol::ErrorCode;
 use crate::protocol::binary::{self, opcode};
-use crate::protocol::{ErrorCode, ParseError};
 use crate::sequence::{DEFAULT_SEQUENCE, SequenceId};
+
+#[cfg(feature = "tokio")]
+pub mod async_client;
+mod id_source;
+mod wire;
+
+#[cfg(feature = "tokio")]
+pub use async_client::{AsyncClient, Builder, ClientStats, Connector, Sequence, TcpConnector};
+pub use id_source::{IdSource, IdSourceOptions, IdSourceStats, RangeSource};
 
 /// Requests sent before their replies are read, at most; keeps both sides' buffers bounded so
 /// a long pipeline cannot deadlock.
@@ -59,6 +71,10 @@ pub enum ClientError {
     Closed,
     #[error("unexpected reply from seqd: {0}")]
     Protocol(String),
+    /// No answer within the time the call allows (the async client, an [`IdSource`] waiting
+    /// for a range).
+    #[error("seqd did not answer within {0:?}")]
+    Timeout(Duration),
 }
 
 /// One request of a pipeline.
@@ -207,7 +223,7 @@ impl Client {
         binary::encode_lease(&mut self.out, sequence, count, ids);
         self.stream.write_all(&self.out)?;
         let (count, first) = self.read_reply(opcode::LEASE)?;
-        Ok(first..first + u64::from(count))
+        Ok(wire::range(count, first))
     }
 
     /// Acknowledges the lease of exactly `range`. Answered once the acknowledgement is
@@ -240,29 +256,12 @@ impl Client {
         for window in requests.chunks(PIPELINE_WINDOW) {
             self.out.clear();
             for request in window {
-                let (op, sequence, argument) = match *request {
-                    Request::Get(s) => (opcode::GETSEQ, s, 0),
-                    Request::GetBatch(s, n) => (opcode::GETSEQ_BATCH, s, n),
-                    Request::Current(s) => (opcode::CURRENT, s, 0),
-                    Request::Ping => (opcode::PING, 0, 0),
-                };
-                binary::encode_request(&mut self.out, op, sequence, argument);
+                wire::encode(&mut self.out, request);
             }
             self.stream.write_all(&self.out)?;
             for request in window {
-                let expected = match request {
-                    Request::Get(_) => opcode::GETSEQ,
-                    Request::GetBatch(..) => opcode::GETSEQ_BATCH,
-                    Request::Current(_) => opcode::CURRENT,
-                    Request::Ping => opcode::PING,
-                };
-                let reply = match self.read_reply(expected) {
-                    Ok((count, value)) => Ok(match request {
-                        Request::Get(_) => Response::Number(value),
-                        Request::GetBatch(..) => Response::Range(value..value + u64::from(count)),
-                        Request::Current(_) => Response::Current(value),
-                        Request::Ping => Response::Pong,
-                    }),
+                let reply = match self.read_reply(wire::opcode_of(request)) {
+                    Ok(reply) => Ok(wire::response(request, reply)),
                     Err(e @ ClientError::Server { .. }) => Err(e),
                     Err(e) => return Err(e),
                 };
@@ -275,42 +274,11 @@ impl Client {
     /// Reads one reply; returns its (count, value), or the server's error.
     fn read_reply(&mut self, expected: u8) -> Result<(u32, u64), ClientError> {
         loop {
-            let buffered = &self.input[self.start..];
-            if buffered.first() == Some(&b'-') {
-                // A text error line: the server refused us before knowing our protocol.
-                if let Some(lf) = memchr::memchr(b'\n', buffered) {
-                    let line = String::from_utf8_lossy(&buffered[1..lf])
-                        .trim_end()
-                        .to_string();
-                    return Err(ClientError::Refused(line));
-                }
-            } else {
-                match binary::decode_reply(buffered) {
-                    Ok(parsed) => {
-                        let reply = parsed.message;
-                        let result = if reply.status != binary::STATUS_OK {
-                            Err(ClientError::Server {
-                                code: ErrorCode::from_u8(reply.status)
-                                    .unwrap_or(ErrorCode::BadRequest),
-                                detail: reply.value,
-                                message: String::from_utf8_lossy(reply.message).into_owned(),
-                            })
-                        } else if reply.opcode != expected {
-                            Err(ClientError::Protocol(format!(
-                                "reply to opcode 0x{:02x} where 0x{expected:02x} was expected",
-                                reply.opcode
-                            )))
-                        } else {
-                            Ok((reply.count, reply.value))
-                        };
-                        self.start += parsed.consumed;
-                        return result;
-                    }
-                    Err(ParseError::Incomplete(_)) => {}
-                    Err(ParseError::Fatal(problem)) => {
-                        return Err(ClientError::Protocol(problem.to_string()));
-                    }
-                }
+            if let wire::Decoded::Reply { consumed, result } =
+                wire::decode(&self.input[self.start..], expected)?
+            {
+                self.start += consumed;
+                return result;
             }
             self.fill()?;
         }
