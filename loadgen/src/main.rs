@@ -476,7 +476,13 @@ fn run(args: RunArgs, command: &[String]) -> Result<u8> {
     let connect_timeout = args.connect_timeout.max(Duration::from_millis(1));
     preflight(&cluster, connect_timeout)?;
     // Every node's certificate must name the host of the first address (or use --tls-insecure).
-    let first_host = args.server.addr.split(',').next().unwrap_or_default().trim();
+    let first_host = args
+        .server
+        .addr
+        .split(',')
+        .next()
+        .unwrap_or_default()
+        .trim();
     let tls = args.tls.target(loadgen::tls::host_of(first_host))?;
     let sequence_id = match (&args.sequence, args.server.target) {
         (Some(name), Kind::Binary) => {

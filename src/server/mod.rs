@@ -210,11 +210,7 @@ struct Budget {
 
 impl Budget {
     fn new(open: &'static AtomicUsize, limit: usize, flag: &'static str) -> Budget {
-        Budget {
-            open,
-            limit,
-            flag,
-        }
+        Budget { open, limit, flag }
     }
 
     /// Takes a place for a new connection; false, taking nothing, when all are in use.
