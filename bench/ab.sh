@@ -81,6 +81,8 @@ ROWS=$WORK/rows.tsv
 measure() {
   local rev=$1 config=$2 round=$3 log=$WORK/seqd.log c p
   c=${config%x*} p=${config#*x}
+  # Emptied first: the wait below must not read the previous server's listening line.
+  : >"$log"
   taskset -c 0 "$WORK/seqd-$rev" --in-memory --host 127.0.0.1 --port "$PORT" --threads 1 2>"$log" &
   SERVER=$!
   for _ in $(seq 1 200); do
