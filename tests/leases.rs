@@ -154,15 +154,20 @@ fn unacknowledged_leases_expire_and_are_retired() {
 
 #[test]
 fn with_lease_reuse_an_expired_range_is_handed_out_again() {
-    let server = SeqdProcess::start(&["--lease-timeout=200ms", "--lease-reuse"]);
+    let server = SeqdProcess::start(&["--lease-timeout=500ms", "--lease-reuse"]);
     assert!(server.log().contains("--lease-reuse: numbers of leases"));
     let mut conn = server.connect();
     let first = command(&mut conn, "GET_SEQUENCE_RANGE 10");
     server.wait_for_log("go to the reuse pool once it is forgotten");
-    // Remembered for one more timeout (a late ACK is told), then pooled.
-    std::thread::sleep(Duration::from_millis(400));
-    assert_eq!(command(&mut conn, "GET_SEQUENCE_RANGE 10"), first);
-    assert!(command(&mut conn, "LEASES").ends_with("returned=1 reused=1"));
+    // Remembered for one more timeout (a late ACK is told), then pooled; the sleep leaves a
+    // second of slack for a busy machine's expiry check.
+    std::thread::sleep(Duration::from_millis(1500));
+    let reused = command(&mut conn, "GET_SEQUENCE_RANGE 10");
+    assert_eq!(reused, first);
+    // Acknowledged at once, so that it cannot expire (and be returned) before LEASES.
+    assert_eq!(command(&mut conn, &format!("ACK {reused}")), "+OK");
+    let leases = command(&mut conn, "LEASES");
+    assert!(leases.ends_with("returned=1 reused=1"), "{leases}");
 }
 
 #[test]
