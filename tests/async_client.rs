@@ -1,7 +1,7 @@
 //! The async client (`seqd::client::AsyncClient`, feature `tokio`) and `IdSource` against
 //! the real binary: many tasks on one connection, restarts (SIGTERM and kill -9) ridden out,
-//! a paused server timed out, AUTH, leases across a crash, an IdSource through an outage,
-//! and (with the `cluster` feature too) a failover between two nodes followed.
+//! a paused server timed out, AUTH, TLS, leases across a crash, an IdSource through an
+//! outage, and (with the `cluster` feature too) a failover between two nodes followed.
 //!
 //! `cargo test --features tokio --test async_client` (add `cluster` for the failover test).
 
@@ -501,4 +501,57 @@ async fn leader_index(nodes: &[cluster_support::Node]) -> usize {
         assert!(Instant::now() < deadline, "no leader within {PATIENCE:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_tls_with_a_password_many_tasks_get_unique_numbers() {
+    use seqd::client::{TlsConnector, tls};
+    use seqd_test_support::pki::Pki;
+
+    let pki = Pki::new();
+    let mut args = vec!["--requirepass=s3cret".to_string()];
+    args.extend(pki.server_flags());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let server = SeqdProcess::start(&args);
+    let config = tls::client_config(&pki.path("ca.crt")).unwrap();
+    let connector = TlsConnector::new(config, "localhost").unwrap();
+    let client = AsyncClient::builder([server.tls_addr().to_string()])
+        .password("s3cret")
+        .connect_with(connector)
+        .await
+        .unwrap();
+    let tasks: Vec<_> = (0..16)
+        .map(|_| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                let mut mine = Vec::new();
+                for _ in 0..200 {
+                    mine.push(client.get().await.unwrap());
+                }
+                mine
+            })
+        })
+        .collect();
+    let mut all = HashSet::new();
+    for task in tasks {
+        let mine = task.await.unwrap();
+        assert!(
+            mine.windows(2).all(|w| w[0] < w[1]),
+            "a task's numbers increase"
+        );
+        all.extend(mine);
+    }
+    assert_eq!(all.len(), 16 * 200, "every number unique");
+
+    // A certificate from another authority is refused, not silently trusted.
+    let other = tls::client_config(&pki.path("other-ca.crt")).unwrap();
+    let refused = AsyncClient::builder([server.tls_addr().to_string()])
+        .password("s3cret")
+        .request_timeout(Duration::from_secs(2))
+        .connect_with(TlsConnector::new(other, "localhost").unwrap())
+        .await;
+    assert!(
+        refused.is_err(),
+        "a server outside the trusted CA was accepted"
+    );
 }

@@ -28,7 +28,8 @@
 //! **Named sequences** are [`Sequence`] handles: the client `OPEN`s every name it knows on
 //! each new connection, so a handle stays valid across restarts and failovers.
 //!
-//! **TLS** plugs in as a [`Connector`] whose stream is a TLS stream; none is bundled yet.
+//! **TLS** (the server's `--tls-port`) is [`TlsConnector`], over the rustls configurations of
+//! [`super::tls`]; any other stream plugs in as a [`Connector`].
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -64,6 +65,52 @@ impl Connector for TcpConnector {
         let stream = tokio::net::TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
         Ok(stream)
+    }
+}
+
+/// TLS over TCP: the server's certificate is checked against `config`'s roots and must name
+/// `server_name`.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// use seqd::client::{AsyncClient, TlsConnector, tls};
+/// let config = tls::client_config(std::path::Path::new("ca.crt"))?;
+/// let connector = TlsConnector::new(config, "localhost")?;
+/// let client = AsyncClient::builder(["127.0.0.1:6380"]).connect_with(connector).await?;
+/// let id = client.get().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct TlsConnector {
+    connector: tokio_rustls::TlsConnector,
+    server_name: rustls::pki_types::ServerName<'static>,
+}
+
+impl TlsConnector {
+    /// Fails if `server_name` is neither a DNS name nor an IP address.
+    pub fn new(
+        config: Arc<rustls::ClientConfig>,
+        server_name: &str,
+    ) -> Result<TlsConnector, ClientError> {
+        let server_name = rustls::pki_types::ServerName::try_from(server_name.to_string())
+            .map_err(|e| {
+                ClientError::Io(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("{server_name:?} is not a server name for TLS: {e}"),
+                ))
+            })?;
+        Ok(TlsConnector {
+            connector: tokio_rustls::TlsConnector::from(config),
+            server_name,
+        })
+    }
+}
+
+impl Connector for TlsConnector {
+    type Stream = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+    async fn connect(&self, addr: &str) -> io::Result<Self::Stream> {
+        let tcp = TcpConnector.connect(addr).await?;
+        self.connector.connect(self.server_name.clone(), tcp).await
     }
 }
 

@@ -47,7 +47,9 @@ mod id_source;
 mod wire;
 
 #[cfg(feature = "tokio")]
-pub use async_client::{AsyncClient, Builder, ClientStats, Connector, Sequence, TcpConnector};
+pub use async_client::{
+    AsyncClient, Builder, ClientStats, Connector, Sequence, TcpConnector, TlsConnector,
+};
 pub use id_source::{IdSource, IdSourceOptions, IdSourceStats, RangeSource};
 
 /// Requests sent before their replies are read, at most; keeps both sides' buffers bounded so
