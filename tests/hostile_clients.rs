@@ -32,7 +32,8 @@ fn a_symlink_planted_at_state_tmp_is_not_followed() {
     let server = SeqdProcess::start(&[&data_dir_arg(&data), "--max-crash-gap=10"]);
     std::os::unix::fs::symlink(&victim, data.join("state.tmp")).unwrap();
     let mut conn = server.connect();
-    // Past the ceiling: seqd must write a new state (through `state.tmp`) to answer.
+    // Past the ceiling: seqd must write (a journal entry, or a new state through
+    // `state.tmp` when it compacts) to answer.
     for _ in 0..50 {
         let number = command(&mut conn, "GETSEQ default");
         assert!(number.starts_with(':'), "{number}");
@@ -40,7 +41,29 @@ fn a_symlink_planted_at_state_tmp_is_not_followed() {
     let bystander = command(&mut server.connect(), "GETSEQ default");
     assert!(bystander.starts_with(':'), "{bystander}");
     assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
-    assert!(!data.join("state.tmp").exists(), "the planted link is gone");
+}
+
+#[test]
+fn a_symlink_planted_at_the_journal_is_not_followed() {
+    let parent = temp_dir();
+    let data = parent.path().join("data");
+    let victim = parent.path().join("victim");
+    std::fs::write(&victim, b"precious").unwrap();
+    let server = SeqdProcess::start(&[&data_dir_arg(&data), "--max-crash-gap=10"]);
+    let journal = data.join("journal");
+    let _ = std::fs::remove_file(&journal);
+    std::os::unix::fs::symlink(&victim, &journal).unwrap();
+    let mut conn = server.connect();
+    // Past the ceiling a raise must be written: through the link it must not be. Refusing
+    // (the disk is "unavailable") is acceptable, writing into the victim is not.
+    for _ in 0..50 {
+        let reply = command(&mut conn, "GETSEQ default");
+        if !reply.starts_with(':') {
+            assert!(reply.starts_with('-'), "{reply}");
+            break;
+        }
+    }
+    assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
 }
 
 #[test]
