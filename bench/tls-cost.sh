@@ -17,6 +17,8 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 
 ROUNDS=${ROUNDS:-5}
+# Read before the run writes its results: only source changes make the build uncommitted.
+DIRTY=$(git status --porcelain --untracked-files=no -- . ':!results' | grep -q . && echo " (with uncommitted changes)" || true)
 CONFIGS=${CONFIGS:-"50x64 50x1"}
 DURATION=${DURATION:-3s}
 PORT=${PORT:-10393}
@@ -110,7 +112,7 @@ cp "$ROWS" "$OUT/rows.tsv"
 STARTED=$started LOAD_BEFORE=$load_before LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg) \
 CPU_MODEL=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs) NPROC=$(nproc) \
 KERNEL=$(uname -r) RUSTC=$(rustc --version) COMMIT=$(git rev-parse --short HEAD) \
-DIRTY=$(git status --porcelain --untracked-files=no | grep -q . && echo " (with uncommitted changes)" || true) \
+DIRTY=$DIRTY \
 ENV_LINE="ROUNDS=$ROUNDS CONFIGS=\"$CONFIGS\" DURATION=$DURATION" \
 python3 - "$OUT/rows.tsv" "$OUT/README.md" <<'PY'
 import os, statistics, sys
