@@ -173,6 +173,11 @@ fn sigterm_hands_over_with_no_gap_and_sigstop_past_the_lease_issues_nothing() {
 
     // Graceful handover: the exact next number is committed, so nothing is skipped.
     let leader = client.take(100);
+    // A client that pipelines reads (CURRENT issues nothing) and never takes its replies
+    // keeps the stopping leader's loop lingering for seconds: leadership is handed over
+    // without waiting for it.
+    let mut lingering = std::net::TcpStream::connect(cluster.nodes[leader].addr).unwrap();
+    std::io::Write::write_all(&mut lingering, &b"CURRENT\r\n".repeat(100_000)).unwrap();
     // The client keeps asking (the stopping leader may still answer a few) and closes the
     // connection the stopping leader closes.
     let stopping = Instant::now();
@@ -185,6 +190,12 @@ fn sigterm_hands_over_with_no_gap_and_sigstop_past_the_lease_issues_nothing() {
         }
     };
     eprintln!("outage of a SIGTERM handover: {:?}", stopping.elapsed());
+    assert!(
+        !cluster.nodes[leader].has_exited(),
+        "the new leader served only after the old one exited: leadership was not handed over \
+         while its connections lingered; logs:\n{}",
+        cluster.logs()
+    );
     let status = cluster.nodes[leader].wait();
     assert!(status.success(), "graceful stop: {status:?}");
     assert_eq!(after, before + 1, "a graceful handover skips no number");

@@ -754,6 +754,9 @@ impl<S: Service> EventLoop<S> {
             return Ok(());
         }
         self.draining = true;
+        if let Some(seen) = self.shared.draining.get(self.index) {
+            seen.store(true, Ordering::Release);
+        }
         tracing::debug!(
             loop_index = self.index,
             connections = self.connections.len(),
@@ -761,12 +764,18 @@ impl<S: Service> EventLoop<S> {
         );
         for listener in &mut self.listeners {
             let _ = self.poll.registry().deregister(&mut listener.socket);
+            super::linger::stop_listening(listener.socket.as_raw_fd());
         }
         self.timers.fired(Timer::ServiceTick);
         self.timers.fired(Timer::AcceptRetry);
+        let abandon = self.shared.abandon.load(Ordering::Acquire);
         let keys: Vec<usize> = self.connections.iter().map(|(key, _)| key).collect();
         for key in keys {
-            self.close_after_flush(key)?;
+            if abandon {
+                self.release(key);
+            } else {
+                self.close_after_flush(key)?;
+            }
         }
         if !self.connections.is_empty() {
             self.timers

@@ -22,3 +22,12 @@ pub fn socket_is_quiet(fd: RawFd) -> bool {
     };
     ok && unacknowledged == 0 && unread == 0
 }
+
+/// Stops a listening socket from accepting: connections queued but not yet accepted are
+/// reset and new ones refused, so a stopping server's clients go elsewhere at once instead
+/// of waiting on a backlog nobody accepts from. (On Linux, shutting a listener down for
+/// reading takes it out of the listening state; the descriptor stays valid until closed.)
+pub fn stop_listening(fd: RawFd) {
+    // SAFETY: shutting down a socket we own; failure only means it was not listening.
+    unsafe { libc::shutdown(fd, libc::SHUT_RD) };
+}

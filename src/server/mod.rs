@@ -186,6 +186,11 @@ struct Shared {
     /// `--client-output-limit` and `--maxmemory-clients` (the metrics endpoint shows them).
     output: OutputLimits,
     shutdown: AtomicBool,
+    /// Per loop, whether it has seen `shutdown`: each reservation it makes from then on comes
+    /// after whatever the caller of [`Server::stop`] did before stopping.
+    draining: Box<[AtomicBool]>,
+    /// Stop without waiting for connections: close them at once.
+    abandon: AtomicBool,
 }
 
 impl Shared {
@@ -330,6 +335,10 @@ impl Server {
             ),
             output: settings.output,
             shutdown: AtomicBool::new(false),
+            draining: (0..settings.threads)
+                .map(|_| AtomicBool::new(false))
+                .collect(),
+            abandon: AtomicBool::new(false),
         });
         let cores = if settings.pin {
             core_affinity::get_core_ids().unwrap_or_default()
@@ -522,6 +531,40 @@ impl Server {
     pub fn stop(&self) {
         self.shared.shutdown.store(true, Ordering::Release);
         self.wakers.wake_all();
+    }
+
+    /// Stops at once: like [`Server::stop`], but every connection is closed without waiting
+    /// for its replies to be taken (a standby's, which hold nothing but refusals, so that
+    /// its clients reconnect to the leader it is becoming without a linger's delay).
+    pub fn stop_closing_connections(&self) {
+        self.shared.abandon.store(true, Ordering::Release);
+        self.stop();
+    }
+
+    /// Waits, at most `limit`, until every event loop has seen [`Server::stop`] (or ended);
+    /// whether they all did. A loop sees it between two events, never in the middle of a
+    /// request, so anything the caller did before `stop` (cluster mode: revoking the issuing
+    /// deadline) holds for every reservation from then on, while the loops still linger to
+    /// hand their last replies over.
+    pub fn wait_until_draining(&self, limit: std::time::Duration) -> bool {
+        let until = std::time::Instant::now() + limit;
+        loop {
+            let all = self.threads.iter().enumerate().all(|(index, thread)| {
+                thread.is_finished()
+                    || self
+                        .shared
+                        .draining
+                        .get(index)
+                        .is_some_and(|seen| seen.load(Ordering::Acquire))
+            });
+            if all {
+                return true;
+            }
+            if std::time::Instant::now() >= until {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_micros(200));
+        }
     }
 
     /// Waits for every event loop thread to end.

@@ -316,6 +316,25 @@ impl Node {
         self.child.is_some()
     }
 
+    /// Whether the process has exited (without reaping it: [`Node::wait`] still reports how).
+    pub fn has_exited(&self) -> bool {
+        self.child.as_ref().is_some_and(|child| {
+            // SAFETY: a zeroed siginfo_t is valid; waitid with WNOWAIT only reads our own
+            // child's state and reaps nothing.
+            let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+            let r = unsafe {
+                libc::waitid(
+                    libc::P_PID,
+                    child.id(),
+                    &mut info,
+                    libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+                )
+            };
+            // SAFETY: si_pid is set by waitid (0 if the child has not exited).
+            r == 0 && unsafe { info.si_pid() } != 0
+        })
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }

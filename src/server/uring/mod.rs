@@ -362,6 +362,8 @@ impl<S: Service> EventLoop<S> {
                 self.admit(fd, index)?;
             }
             AcceptStep::Ignore => {}
+            // A draining loop's listeners were shut down: their accepts end with an error.
+            AcceptStep::Warn if self.draining => {}
             AcceptStep::Warn => {
                 if let Err(failure) = outcome {
                     tracing::warn!(
@@ -425,6 +427,9 @@ impl<S: Service> EventLoop<S> {
             return Ok(());
         }
         self.draining = true;
+        if let Some(seen) = self.shared.draining.get(self.index) {
+            seen.store(true, Ordering::Release);
+        }
         tracing::debug!(
             loop_index = self.index,
             connections = self.connections.len(),
@@ -436,6 +441,9 @@ impl<S: Service> EventLoop<S> {
                 let accept = Token::of_loop(Op::Accept, index).user_data();
                 self.push(opcode::AsyncCancel::new(accept).build().user_data(cancel))?;
             }
+            if let Some(socket) = &self.listeners[index].socket {
+                super::linger::stop_listening(socket.as_raw_fd());
+            }
         }
         if self.timers.is_armed(Timer::ServiceTick) {
             let tick = Token::of_loop(Op::Timer, Timer::ServiceTick.index()).user_data();
@@ -445,9 +453,14 @@ impl<S: Service> EventLoop<S> {
             let wake = Token::of_loop(Op::Wake, 0).user_data();
             self.push(opcode::AsyncCancel::new(wake).build().user_data(cancel))?;
         }
+        let abandon = self.shared.abandon.load(Ordering::Acquire);
         let keys: Vec<usize> = self.connections.iter().map(|(key, _)| key).collect();
         for key in keys {
-            self.close_after_flush(key)?;
+            if abandon {
+                self.close_now(key)?;
+            } else {
+                self.close_after_flush(key)?;
+            }
         }
         if !self.connections.is_empty() {
             self.schedule(Timer::ShutdownGrace, SHUTDOWN_GRACE)?;
