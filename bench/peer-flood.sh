@@ -66,7 +66,7 @@ measure() { # rev round
     --data-dir "$data" --lease-timeout 10m 2>"$log" &
   SERVER=$!
   for _ in $(seq 1 400); do
-    grep -q "seqd listening" "$log" && break
+    grep -qs "seqd listening" "$log" && break
     sleep 0.05
   done
   grep -q "seqd listening" "$log" || { cat "$log" >&2; exit 1; }
