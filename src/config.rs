@@ -189,6 +189,14 @@ pub struct Config {
     #[arg(long, default_value_t = crate::lease::DEFAULT_MAX_TRACKED, value_name = "N")]
     pub max_leases: usize,
 
+    /// Most unacknowledged leases one peer (client IP address, plaintext and TLS together)
+    /// may hold, whatever client ids it uses; beyond, GET_SEQUENCE_RANGE is refused with
+    /// -LIMIT. The default, a quarter of --max-leases, means no single host can fill the
+    /// table and lock others out. Clients behind one address (NAT, a proxy) share it: raise
+    /// it for them, or 0 for no per-address bound [default: --max-leases / 4]
+    #[arg(long, value_name = "N")]
+    pub max_leases_per_peer: Option<usize>,
+
     /// Serve the stream protocol of seed 003 (CON/NUM/ACK/CHK, resumable by client id) on
     /// this TCP port, on --host; 0 picks a free port (it is logged). Off unless given.
     #[arg(long, value_name = "PORT")]
@@ -226,6 +234,14 @@ pub struct Config {
     /// Most streams at once (finished streams do not count).
     #[arg(long, default_value_t = 1024, value_name = "N")]
     pub max_streams: usize,
+
+    /// Most streams one peer (client IP address) may hold at once, whatever client ids it
+    /// uses; its next new stream's CON is refused (the connection closed, with a log line).
+    /// The default, a quarter of --max-streams, means no single host can fill the table and
+    /// lock others out for --stream-ttl. Clients behind one address (NAT, a proxy) share it:
+    /// raise it for them, or 0 for no per-address bound [default: --max-streams / 4]
+    #[arg(long, value_name = "N")]
+    pub max_streams_per_peer: Option<usize>,
 
     /// Largest n a stream's CON may ask for.
     #[arg(long, default_value_t = 100_000, value_name = "N")]
@@ -555,6 +571,9 @@ impl Config {
             max_size: self.max_batch,
             max_per_client: self.max_leases_per_client,
             max_tracked: self.max_leases,
+            max_per_peer: self
+                .max_leases_per_peer
+                .unwrap_or_else(|| crate::lease::default_per_peer(self.max_leases)),
             reuse: self.lease_reuse,
         }
     }
@@ -566,6 +585,9 @@ impl Config {
             burst: self.stream_burst,
             ttl: self.stream_ttl,
             max_streams: self.max_streams,
+            max_per_peer: self
+                .max_streams_per_peer
+                .unwrap_or_else(|| crate::lease::default_per_peer(self.max_streams)),
             max_count: self.max_stream_numbers,
             sequence: self.stream_sequence.clone(),
         }
@@ -757,6 +779,20 @@ mod tests {
         assert!(Config::try_parse_from(["seqd", "--lease-timeout=soon"]).is_err());
         let err = parse(&["--lease-timeout=0s"]).validate().unwrap_err();
         assert!(err.to_string().contains("--lease-timeout"));
+    }
+
+    #[test]
+    fn per_peer_bounds_default_to_a_quarter_of_the_table_and_zero_is_none() {
+        let c = parse(&[]);
+        assert_eq!(c.lease_settings().max_per_peer, 2_500);
+        assert_eq!(c.stream_settings().max_per_peer, 256);
+        let c = parse(&["--max-leases=100", "--max-streams=10"]);
+        assert_eq!(c.lease_settings().max_per_peer, 25);
+        assert_eq!(c.stream_settings().max_per_peer, 3);
+        let c = parse(&["--max-leases-per-peer=0", "--max-streams-per-peer=7"]);
+        c.validate().unwrap();
+        assert_eq!(c.lease_settings().max_per_peer, 0);
+        assert_eq!(c.stream_settings().max_per_peer, 7);
     }
 
     #[test]

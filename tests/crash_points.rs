@@ -43,8 +43,12 @@ struct Received {
 
 const CLIENT_ID: &str = "crash-client";
 /// Small windows (a ceiling raise every ~1000 numbers) and room for every lease of one
-/// client; the same before and after the crash.
-const SERVER_ARGS: [&str; 2] = ["--max-crash-gap=1024", "--max-leases-per-client=100000"];
+/// client, from one address; the same before and after the crash.
+const SERVER_ARGS: [&str; 3] = [
+    "--max-crash-gap=1024",
+    "--max-leases-per-client=100000",
+    "--max-leases-per-peer=0",
+];
 
 /// Starts seqd with `SEQD_FAILPOINT=point@nth`, loads it until it crashes there, and returns
 /// what the clients received.
@@ -248,7 +252,9 @@ fn check(point: &str, nth: u32) {
 
     // The restart.
     let data_dir = format!("--data-dir={}", dir.path().display());
-    let mut server = SeqdProcess::start(&[&data_dir, SERVER_ARGS[0], SERVER_ARGS[1]]);
+    let mut args = vec![data_dir.as_str()];
+    args.extend(SERVER_ARGS);
+    let mut server = SeqdProcess::start(&args);
     let mut client = server.client();
     let after = client.get_batch(100).expect("numbers after the restart");
     for range in &received.numbers {

@@ -1,12 +1,13 @@
 //! What attackers do at scale, against the real binary, each bounded to seconds: slowloris
 //! with thousands of connections, RESP arrays split byte by byte or declaring huge lengths,
-//! floods of new sequence names and lease ids, idle connections filling a port, waves of
-//! expiries. Each asserts what the attacker gets (a specific error), that the server's memory
+//! floods of new sequence names, lease ids and stream CONs (one address gets its share of the
+//! table, then the per-peer refusal), idle connections filling a port, waves of expiries.
+//! Each asserts what the attacker gets (a specific error), that the server's memory
 //! stays bounded (RSS from /proc), and that a bystander keeps being served with correct
 //! numbers meanwhile. No timings are asserted.
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::TcpStream;
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::time::Duration;
 
 use seqd::protocol::stream::Message;
@@ -208,8 +209,30 @@ fn a_flood_of_new_sequence_names_is_refused_and_others_are_served() {
     assert!(grown < 16 * MIB, "RSS grew by {} MiB", grown / MIB);
 }
 
+/// A connection to `to` from the loopback address `from` (all of 127.0.0.0/8 is local): a
+/// second peer, as the per-peer bounds count them.
+fn connect_from(from: &str, to: SocketAddr) -> TcpStream {
+    let source: IpAddr = from.parse().unwrap();
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.bind(&SocketAddr::new(source, 0).into()).unwrap();
+    socket.connect(&to.into()).unwrap();
+    let conn: TcpStream = socket.into();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    conn
+}
+
+/// Reads a lease reply: its range, or the error line.
+fn lease_reply(conn: &mut TcpStream) -> Result<(u64, u64), String> {
+    let reply = read_line(conn);
+    reply
+        .split_once(',')
+        .and_then(|(first, last)| Some((first.parse().ok()?, last.parse().ok()?)))
+        .ok_or(reply)
+}
+
 #[test]
-fn a_flood_of_lease_ids_is_refused_and_others_are_served() {
+fn a_flood_of_lease_ids_from_one_address_gets_its_share_and_others_are_served() {
     let server = SeqdProcess::start_with_loops(
         1,
         &[
@@ -219,29 +242,38 @@ fn a_flood_of_lease_ids_is_refused_and_others_are_served() {
         ],
     );
     let before = rss(&server);
-    let mut flood = Vec::new();
-    for i in 0..3000 {
-        flood.extend_from_slice(
-            format!("GET_SEQUENCE_RANGE 10 client-{i} request-1\r\n").as_bytes(),
-        );
-    }
+    let flood = |from: usize| {
+        let mut flood = Vec::new();
+        for i in from..from + 3000 {
+            flood.extend_from_slice(
+                format!("GET_SEQUENCE_RANGE 10 client-{i} request-1\r\n").as_bytes(),
+            );
+        }
+        flood
+    };
+    // A new client id per request, all from one address: it gets a quarter of the table
+    // (the default --max-leases-per-peer), then the per-peer refusal.
     let mut attacker = server.connect();
-    attacker.write_all(&flood).unwrap();
+    attacker.write_all(&flood(0)).unwrap();
     let mut leased = Vec::new();
     for _ in 0..3000 {
-        let reply = read_line(&mut attacker);
-        match reply.split_once(',') {
-            Some((first, last)) => {
-                leased.push((first.parse::<u64>().unwrap(), last.parse().unwrap()))
-            }
-            None => assert_eq!(
+        match lease_reply(&mut attacker) {
+            Ok(range) => leased.push(range),
+            Err(reply) => assert_eq!(
                 reply,
-                "-LIMIT too many unacknowledged leases: the server tracks at most 500 \
-                 (--max-leases); retry later"
+                "-LIMIT this address already holds 125 unacknowledged leases, the most one \
+                 peer may hold (--max-leases-per-peer; clients behind one address share it); \
+                 acknowledge some first"
             ),
         }
     }
-    assert_eq!(leased.len(), 500);
+    assert_eq!(leased.len(), 125);
+    // Another address is served: the table is not full.
+    let mut bystander = connect_from("127.0.0.2", server.addr);
+    bystander
+        .write_all(b"GET_SEQUENCE_RANGE 10 bystander r\r\n")
+        .unwrap();
+    leased.push(lease_reply(&mut bystander).unwrap());
     // Leases and GETSEQ share the default sequence and never overlap.
     let number = bystander_getseq(&server);
     assert!(
@@ -249,9 +281,84 @@ fn a_flood_of_lease_ids_is_refused_and_others_are_served() {
             .iter()
             .all(|&(first, last)| number < first || number > last)
     );
-    assert_eq!(number, 5001, "after the 500 leases of 10");
+    assert_eq!(number, 1261, "after the 126 leases of 10");
+    // Four addresses together can still fill the table: then --max-leases refuses.
+    for (i, from) in ["127.0.0.3", "127.0.0.4", "127.0.0.5"].iter().enumerate() {
+        let mut attacker = connect_from(from, server.addr);
+        attacker.write_all(&flood(3000 * (i + 1))).unwrap();
+        for _ in 0..3000 {
+            if let Ok(range) = lease_reply(&mut attacker) {
+                leased.push(range);
+            }
+        }
+    }
+    assert_eq!(leased.len(), 500);
+    let mut late = connect_from("127.0.0.6", server.addr);
+    late.write_all(b"GET_SEQUENCE_RANGE 10\r\n").unwrap();
+    assert_eq!(
+        lease_reply(&mut late),
+        Err(
+            "-LIMIT too many unacknowledged leases: the server tracks at most 500 \
+             (--max-leases); retry later"
+                .into()
+        )
+    );
     let grown = rss(&server).saturating_sub(before);
     assert!(grown < 16 * MIB, "RSS grew by {} MiB", grown / MIB);
+}
+
+#[test]
+fn a_flood_of_stream_cons_from_one_address_gets_its_share_and_others_are_served() {
+    let server =
+        SeqdProcess::start_with_loops(1, &["--in-memory", "--stream-port=0", "--max-streams=100"]);
+    let to = server.stream_addr();
+    let con = |conn: &mut TcpStream, id: &str| {
+        let mut out = Vec::new();
+        Message::Connect {
+            count: 1,
+            client_id: id.as_bytes(),
+        }
+        .encode(&mut out);
+        conn.write_all(&out).unwrap();
+    };
+    // 300 streams from one address, each on its own connection: a quarter of --max-streams
+    // (the default --max-streams-per-peer) is served, the rest refused.
+    let mut flood: Vec<TcpStream> = (0..300)
+        .map(|i| {
+            let mut conn = TcpStream::connect(to).unwrap();
+            con(&mut conn, &format!("flood-{i}"));
+            conn
+        })
+        .collect();
+    let refused = flood
+        .iter_mut()
+        .map(closed_by_server)
+        .filter(|&closed| closed)
+        .count();
+    assert_eq!(refused, 275);
+    // Another address is served meanwhile.
+    let mut bystander = connect_from("127.0.0.2", to);
+    con(&mut bystander, "bystander");
+    let mut tag = [0u8; 3];
+    bystander.read_exact(&mut tag).unwrap();
+    assert_eq!(&tag, b"NUM", "the stream is served");
+    // 275 refusals, one warning: the rest are counted, not logged one by one.
+    server.wait_for_log("stream CON refused: this address already holds 25 streams");
+    let warned = server
+        .log()
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("--max-streams-per-peer"))
+        .count();
+    assert_eq!(warned, 1, "{}", server.log());
+    let mut conn = server.connect();
+    conn.write_all(b"INFO stats\r\n").unwrap();
+    let mut info = String::new();
+    while !info.contains("streams_refused_per_peer:") {
+        info.push_str(&read_line(&mut conn));
+        info.push('\n');
+    }
+    assert!(info.contains("streams_refused_per_peer:275"), "{info}");
+    assert_eq!(bystander_getseq(&server), 1);
 }
 
 #[test]

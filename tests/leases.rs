@@ -203,6 +203,8 @@ fn lease_limits_are_enforced_with_the_flag_named() {
         "--max-batch=100",
         "--max-leases-per-client=2",
         "--max-leases=3",
+        // One address fills the table here: no per-peer bound (tests/peer_bounds.rs has it).
+        "--max-leases-per-peer=0",
     ]);
     let mut conn = server.connect();
     assert_eq!(

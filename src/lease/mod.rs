@@ -3,9 +3,11 @@
 //! events rather than wording or logging them. `state::SharedLeaseTable` shares it between
 //! the event loops; `state::LeaseKeeper` expires leases on time.
 
+mod peers;
 mod records;
 mod table;
 
+pub use peers::{Peer, PeerHoldings, default_per_peer};
 pub use records::{LeaseCounters, LeaseRecord, LeaseStatus, PooledRange};
 pub use table::{
     Acknowledger, DEFAULT_MAX_PER_CLIENT, DEFAULT_MAX_TRACKED, DEFAULT_TIMEOUT, GrantError,

@@ -18,12 +18,17 @@
 //! gets the same range, for as long as the lease is remembered (while outstanding, and for
 //! one `--lease-timeout` after it finished — the *retention*).
 //!
+//! Besides the table's own bound (`--max-leases`) and the client id's, each peer (client
+//! address, see [`Peer`]) may hold at most `--max-leases-per-peer` outstanding leases, so that
+//! one host handing out many client ids cannot fill the table.
+//!
 //! (Over 600 lines: one lease life cycle whose rules only hold together — grant, retry,
 //! acknowledge, expire, forget, reuse — and its unit tests.)
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
+use super::peers::{Peer, PeerHoldings, default_per_peer};
 use super::records::{LeaseCounters, LeaseRecord, LeaseStatus, PooledRange};
 use crate::commits::Commits;
 use crate::sequence::{NameError, Refusal, Sequence, SequenceId, validate_name};
@@ -40,6 +45,8 @@ pub struct LeaseSettings {
     pub max_per_client: u32,
     /// Most leases remembered at once (outstanding and finished), and most pooled ranges.
     pub max_tracked: usize,
+    /// Most unacknowledged leases one peer (client address) may hold; 0: no bound.
+    pub max_per_peer: usize,
     /// Expired ranges go to a reuse pool instead of being retired.
     pub reuse: bool,
 }
@@ -52,6 +59,7 @@ impl Default for LeaseSettings {
             max_size: 1_000_000,
             max_per_client: DEFAULT_MAX_PER_CLIENT,
             max_tracked: DEFAULT_MAX_TRACKED,
+            max_per_peer: default_per_peer(DEFAULT_MAX_TRACKED),
             reuse: false,
         }
     }
@@ -98,6 +106,9 @@ struct Lease {
     /// The connection that was last granted (or re-granted) the lease: it may acknowledge
     /// without naming the client id. 0: none (a lease recovered from disk).
     connection: u64,
+    /// The peer whose per-peer count holds it while outstanding. None: not counted (no
+    /// per-peer bound, or a lease recovered from disk or etcd, which no connected peer holds).
+    holder: Option<Peer>,
     status: LeaseStatus,
     /// Outstanding: the deadline. Otherwise: when it was acknowledged or expired.
     time_ms: u64,
@@ -162,6 +173,11 @@ pub enum LeaseRefusal {
     },
     TooManyForClient {
         limit: u32,
+    },
+    /// The requesting peer (client address) holds `--max-leases-per-peer` unacknowledged
+    /// leases.
+    TooManyForPeer {
+        limit: usize,
     },
     TooManyTracked {
         limit: usize,
@@ -260,6 +276,8 @@ pub struct LeaseTable {
     leases: BTreeMap<Key, Lease>,
     requests: HashMap<Owner, Key>,
     outstanding_by_client: HashMap<Box<str>, u32>,
+    /// Outstanding leases by the peer that was granted them.
+    outstanding_by_peer: PeerHoldings,
     /// Outstanding leases by deadline.
     deadlines: BTreeSet<(u64, Key)>,
     /// Finished leases by when they are forgotten.
@@ -274,6 +292,7 @@ pub struct LeaseTable {
 impl LeaseTable {
     pub fn new(settings: LeaseSettings) -> LeaseTable {
         LeaseTable {
+            outstanding_by_peer: PeerHoldings::new(settings.max_per_peer),
             settings,
             leases: BTreeMap::new(),
             requests: HashMap::new(),
@@ -288,7 +307,10 @@ impl LeaseTable {
 
     /// Rebuilds the table from durable records. Pooled ranges are dropped (retired) when
     /// `--lease-reuse` is now off: returning them was the previous run's choice (the caller
-    /// says so in the log).
+    /// says so in the log). Recovered leases belong to no connected peer: they count against
+    /// `--max-leases` and their client id's bound, not against any address, until they are
+    /// acknowledged or expire (the records do not keep addresses, and the address a lease
+    /// came from before a restart or a failover need not be the client's now).
     pub fn restore(
         settings: LeaseSettings,
         leases: &[LeaseRecord],
@@ -346,6 +368,7 @@ impl LeaseTable {
                     count: record.count,
                     owner,
                     connection: 0,
+                    holder: None,
                     status: record.status,
                     time_ms: record.time_ms,
                     change: 0,
@@ -360,13 +383,15 @@ impl LeaseTable {
         Ok(table)
     }
 
-    /// Grants `count` numbers of `sequence`, or finds the lease granted before to the same
-    /// ids.
+    /// Grants `count` numbers of `sequence` to a client at `from`, or finds the lease granted
+    /// before to the same ids (a retry takes no more of the per-peer bound: the lease stays
+    /// counted against the peer it was granted to).
     pub fn grant(
         &mut self,
         sequence: &Sequence,
         count: u64,
         ids: Option<RequestIds<'_>>,
+        from: Peer,
         now_ms: u64,
         commits: &Commits,
     ) -> Result<Granted, GrantError> {
@@ -402,6 +427,14 @@ impl LeaseTable {
                 .into());
             }
         }
+        // Before the table's own bound: a peer that would fill the table is told that it is
+        // the one holding too much, and nothing is forgotten early on its behalf.
+        if !self.outstanding_by_peer.may_take(from) {
+            return Err(LeaseRefusal::TooManyForPeer {
+                limit: self.outstanding_by_peer.limit(),
+            }
+            .into());
+        }
         if self.leases.len() >= self.settings.max_tracked && !self.forget_oldest(commits) {
             return Err(LeaseRefusal::TooManyTracked {
                 limit: self.settings.max_tracked,
@@ -432,12 +465,14 @@ impl LeaseTable {
             self.requests.insert(owner.clone(), key);
         }
         self.deadlines.insert((deadline, key));
+        let holder = self.outstanding_by_peer.take(from);
         self.leases.insert(
             key,
             Lease {
                 count,
                 owner,
                 connection,
+                holder,
                 status: LeaseStatus::Outstanding,
                 time_ms: deadline,
                 change,
@@ -529,9 +564,10 @@ impl LeaseTable {
                 lease.change = commits.next();
                 let change = lease.change;
                 let owner = lease.owner.clone();
+                let holder = lease.holder.take();
                 self.finished
                     .insert((now_ms.saturating_add(retention), key));
-                self.release(owner.as_ref());
+                self.release(owner.as_ref(), holder);
                 self.counters.acknowledged += 1;
                 Ok(change)
             }
@@ -552,10 +588,11 @@ impl LeaseTable {
             lease.status = LeaseStatus::Expired;
             lease.change = commits.next();
             let owner = lease.owner.clone();
+            let holder = lease.holder.take();
             let count = lease.count;
             self.finished
                 .insert((deadline.saturating_add(retention), key));
-            self.release(owner.as_ref());
+            self.release(owner.as_ref(), holder);
             let to_pool = self.settings.reuse;
             let so_far = if to_pool {
                 self.counters.returned += 1;
@@ -602,7 +639,9 @@ impl LeaseTable {
         true
     }
 
-    fn release(&mut self, owner: Option<&Owner>) {
+    /// An outstanding lease is finished: its client id and its peer may hold another.
+    fn release(&mut self, owner: Option<&Owner>, holder: Option<Peer>) {
+        self.outstanding_by_peer.give_back(holder);
         if let Some(owner) = owner
             && let Some(held) = self.outstanding_by_client.get_mut(&owner.client)
         {
@@ -721,6 +760,7 @@ mod tests {
             max_size: 100,
             max_per_client: 2,
             max_tracked: 4,
+            max_per_peer: 0,
             reuse,
         }
     }
@@ -747,6 +787,9 @@ mod tests {
         })
     }
 
+    /// The peer of the tests' requests, unless they say otherwise.
+    const ME: Peer = Peer::LOCALHOST;
+
     /// An acknowledgement from another connection that names no client id.
     const STRANGER: Acknowledger<'static> = Acknowledger {
         client: None,
@@ -761,7 +804,7 @@ mod tests {
             now: u64,
         ) -> Result<(u64, u64), GrantError> {
             self.table
-                .grant(&self.sequence, count, ids, now, &self.commits)
+                .grant(&self.sequence, count, ids, ME, now, &self.commits)
                 .map(|g| (g.first, g.first + g.count - 1))
         }
 
@@ -798,11 +841,11 @@ mod tests {
         let mut f = fixture(false);
         let first = f
             .table
-            .grant(&f.sequence, 20, ids("c", "r1"), 0, &f.commits)
+            .grant(&f.sequence, 20, ids("c", "r1"), ME, 0, &f.commits)
             .unwrap();
         let again = f
             .table
-            .grant(&f.sequence, 20, ids("c", "r1"), 5, &f.commits)
+            .grant(&f.sequence, 20, ids("c", "r1"), ME, 5, &f.commits)
             .unwrap();
         assert_eq!(first, again, "same range, waiting for the same change");
         assert_eq!(f.grant(20, ids("c", "r2"), 5), Ok((1021, 1040)));
@@ -960,6 +1003,94 @@ mod tests {
                 ..
             }))
         ));
+    }
+
+    #[test]
+    fn one_peer_holds_at_most_its_bound_and_gets_it_back() {
+        let mut f = fixture(false);
+        f.table = LeaseTable::new(LeaseSettings {
+            max_per_peer: 2,
+            max_tracked: 100,
+            ..settings(false)
+        });
+        let other = Peer::of(Some("127.0.0.2".parse().unwrap()));
+        let grant = |f: &mut Fixture, client: &str, from: Peer, now: u64| {
+            f.table
+                .grant(&f.sequence, 1, ids(client, "r"), from, now, &f.commits)
+                .map(|g| g.first)
+        };
+        assert_eq!(grant(&mut f, "a", ME, 0), Ok(1001));
+        assert_eq!(grant(&mut f, "b", ME, 0), Ok(1002));
+        let refused = Err(GrantError::Refused(LeaseRefusal::TooManyForPeer {
+            limit: 2,
+        }));
+        assert_eq!(
+            grant(&mut f, "c", ME, 0),
+            refused,
+            "new client ids do not help"
+        );
+        assert_eq!(
+            grant(&mut f, "a", ME, 0),
+            Ok(1001),
+            "a retry takes nothing more"
+        );
+        assert_eq!(
+            grant(&mut f, "c", other, 0),
+            Ok(1003),
+            "another peer is served"
+        );
+        let mapped = Peer::of(Some("::ffff:127.0.0.1".parse().unwrap()));
+        assert_eq!(
+            grant(&mut f, "d", mapped, 0),
+            refused,
+            "the same peer over IPv6"
+        );
+        // Acknowledged (by client id, from anywhere): the place is given back.
+        let by_id = Acknowledger {
+            client: Some(b"a"),
+            connection: 9,
+        };
+        f.table
+            .acknowledge(0, 1001, 1001, by_id, 1, &f.commits)
+            .unwrap();
+        assert_eq!(grant(&mut f, "g", ME, 1), Ok(1004));
+        assert_eq!(grant(&mut f, "h", ME, 1), refused);
+        // Expired: given back too.
+        f.table.expire(T + 1, &f.commits);
+        assert_eq!(grant(&mut f, "i", ME, T + 1), Ok(1005));
+        assert_eq!(grant(&mut f, "j", ME, T + 1), Ok(1006));
+        assert_eq!(grant(&mut f, "k", ME, T + 1), refused);
+    }
+
+    #[test]
+    fn recovered_leases_count_against_no_peer() {
+        let mut f = fixture(false);
+        let bounded = LeaseSettings {
+            max_per_peer: 1,
+            max_tracked: 100,
+            ..settings(false)
+        };
+        f.table = LeaseTable::new(bounded.clone());
+        f.grant(1, ids("a", "r"), 0).unwrap();
+        let (leases, pool, counters) = f.table.records();
+        f.table = LeaseTable::restore(bounded, &leases, &pool, counters).unwrap();
+        assert_eq!(f.grant(1, ids("b", "r"), 0), Ok((1002, 1002)));
+        assert_eq!(
+            f.grant(1, ids("c", "r"), 0),
+            Err(GrantError::Refused(LeaseRefusal::TooManyForPeer {
+                limit: 1
+            }))
+        );
+        // Acknowledging the recovered lease gives nothing back that was not taken.
+        f.ack(1001, 1001, 1).unwrap_err();
+        let by_id = Acknowledger {
+            client: Some(b"a"),
+            connection: 9,
+        };
+        f.table
+            .acknowledge(0, 1001, 1001, by_id, 1, &f.commits)
+            .unwrap();
+        assert!(f.grant(1, ids("c", "r"), 1).is_err(), "still one held");
     }
 
     #[test]

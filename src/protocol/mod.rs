@@ -312,6 +312,10 @@ pub enum Problem<'a> {
     TooManyLeases {
         limit: usize,
     },
+    /// The client's address holds `--max-leases-per-peer` unacknowledged leases.
+    TooManyPeerLeases {
+        limit: usize,
+    },
     UnknownLease {
         first: u64,
         last: u64,
@@ -396,7 +400,8 @@ impl Problem<'_> {
             Problem::TooManySequences { .. }
             | Problem::TooManyConnections { .. }
             | Problem::TooManyClientLeases { .. }
-            | Problem::TooManyLeases { .. } => ErrorCode::Limit,
+            | Problem::TooManyLeases { .. }
+            | Problem::TooManyPeerLeases { .. } => ErrorCode::Limit,
             Problem::Unavailable | Problem::LeaseNotDurable => ErrorCode::Unavailable,
             Problem::NotLeader { .. } => ErrorCode::NotLeader,
             Problem::UnknownLease { .. }
@@ -420,7 +425,7 @@ impl Problem<'_> {
         match *self {
             Problem::BatchOutOfRange { max } | Problem::LeaseSizeOutOfRange { max } => max,
             Problem::TooManyClientLeases { limit } => u64::from(limit),
-            Problem::TooManyLeases { limit } => limit as u64,
+            Problem::TooManyLeases { limit } | Problem::TooManyPeerLeases { limit } => limit as u64,
             Problem::RequestIdReused { count } => count,
             Problem::LeaseMismatch { lease_first, .. } => lease_first,
             Problem::UnknownLease { first, .. }
@@ -511,6 +516,12 @@ impl fmt::Display for Problem<'_> {
                 f,
                 "too many unacknowledged leases: the server tracks at most {limit} \
                  (--max-leases); retry later"
+            ),
+            Problem::TooManyPeerLeases { limit } => write!(
+                f,
+                "this address already holds {limit} unacknowledged leases, the most one peer \
+                 may hold (--max-leases-per-peer; clients behind one address share it); \
+                 acknowledge some first"
             ),
             Problem::LeaseNotYours { first, last } => write!(
                 f,

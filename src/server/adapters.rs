@@ -144,11 +144,11 @@ impl Service for Services {
                 if let Some(idle) = &mut self.idle {
                     idle.heard_from(key, Instant::now());
                 }
-                Handler::Session(Session::new())
+                Handler::Session(Session::with_peer(peer))
             }
             Kind::Stream => {
                 if let Some(streams) = &mut self.streams {
-                    streams.hub.open(key);
+                    streams.hub.open(key, peer);
                 }
                 Handler::Stream
             }
@@ -320,6 +320,7 @@ mod tests {
             burst: 64,
             ttl: std::time::Duration::from_secs(60),
             max_streams: 2,
+            max_per_peer: 0,
             max_count: 1000,
             sequence: "stream".into(),
         }

@@ -149,6 +149,16 @@ fn render(shared: &Shared) -> String {
         "Clients closed to bring all unsent replies under --maxmemory-clients",
         counter(count(&counters::EVICTED_CLIENTS)),
     );
+    metrics.register(
+        "leases_refused_per_peer",
+        "Lease requests refused because the client's address held --max-leases-per-peer",
+        counter(count(&counters::LEASES_REFUSED_PER_PEER)),
+    );
+    metrics.register(
+        "streams_refused_per_peer",
+        "Stream CONs refused because the client's address held --max-streams-per-peer",
+        counter(count(&counters::STREAMS_REFUSED_PER_PEER)),
+    );
     let requests = Family::<Vec<(&'static str, &'static str)>, Counter>::default();
     for protocol in counters::Protocol::ALL {
         requests

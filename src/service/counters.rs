@@ -26,6 +26,10 @@ pub static REJECTED_CONNECTIONS: AtomicU64 = AtomicU64::new(0);
 pub static OUTPUT_LIMIT_DISCONNECTIONS: AtomicU64 = AtomicU64::new(0);
 /// Connections closed to bring all clients' unsent replies under `--maxmemory-clients`.
 pub static EVICTED_CLIENTS: AtomicU64 = AtomicU64::new(0);
+/// Lease requests refused by `--max-leases-per-peer` (the client's address held its share).
+pub static LEASES_REFUSED_PER_PEER: AtomicU64 = AtomicU64::new(0);
+/// Stream CONs refused by `--max-streams-per-peer`.
+pub static STREAMS_REFUSED_PER_PEER: AtomicU64 = AtomicU64::new(0);
 /// Reply bytes waiting to be sent, all connections together (published by each event loop
 /// once per turn).
 pub static CLIENT_OUTPUT_BYTES: AtomicUsize = AtomicUsize::new(0);

@@ -10,6 +10,7 @@ pub(super) mod redis;
 
 use super::counters::{self, LoopCounters, Protocol};
 use super::replies;
+use crate::lease::Peer;
 use crate::protocol::{ParseError, ParseOk, Problem, Reply, Request, Target, binary, text};
 use crate::sequence::{BeyondDurable, DEFAULT_SEQUENCE, Refusal, Registry, Sequence, SequenceId};
 use crate::state::LeasesAndStreams;
@@ -321,6 +322,8 @@ pub(super) struct Executor<'s, 'o, 'c, W> {
     pub(super) run: Run,
     /// The session's connection, which the lease table knows its leases by.
     pub(super) connection: u64,
+    /// The session's peer, which the per-peer lease bound counts by.
+    pub(super) peer: Peer,
     wire: PhantomData<W>,
 }
 
@@ -331,6 +334,7 @@ impl<'s, 'o, 'c, W: Wire> Executor<'s, 'o, 'c, W> {
         client: &'c mut redis::RedisClient,
         run: Run,
         connection: u64,
+        peer: Peer,
     ) -> Self {
         Executor {
             state,
@@ -338,6 +342,7 @@ impl<'s, 'o, 'c, W: Wire> Executor<'s, 'o, 'c, W> {
             client,
             run,
             connection,
+            peer,
             wire: PhantomData,
         }
     }

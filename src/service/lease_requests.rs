@@ -3,9 +3,12 @@
 //! until the change is on disk (the session pauses; the loop resumes it when the persister
 //! wakes it).
 
+use std::sync::atomic::Ordering;
+
+use super::counters;
 use super::executor::{Awaiting, Executor, Flow, LoopState, Wire};
 use super::replies;
-use crate::lease::{Acknowledger, GrantError};
+use crate::lease::{Acknowledger, GrantError, LeaseRefusal};
 use crate::protocol::{self, LeaseIds, Problem, Reply, Target, binary};
 use crate::sequence::BeyondDurable;
 
@@ -31,7 +34,10 @@ impl<W: Wire> Executor<'_, '_, '_, W> {
         };
         let records = &state.records;
         let ids = ids.map(|ids| replies::request_ids(ids, self.connection));
-        match records.leases.grant(sequence, count, ids, &records.commits) {
+        match records
+            .leases
+            .grant(sequence, count, ids, self.peer, &records.commits)
+        {
             Ok(granted) => self.after_change(Awaiting {
                 reply: Reply::Leased {
                     first: granted.first,
@@ -42,6 +48,9 @@ impl<W: Wire> Executor<'_, '_, '_, W> {
                 opcode,
             }),
             Err(GrantError::Refused(refusal)) => {
+                if let LeaseRefusal::TooManyForPeer { .. } = refusal {
+                    counters::LEASES_REFUSED_PER_PEER.fetch_add(1, Ordering::Relaxed);
+                }
                 self.reply(opcode, Err(replies::lease_refused(refusal)))
             }
             Err(GrantError::AwaitingCeiling) => {

@@ -23,6 +23,7 @@ pub fn lease_refused(refusal: LeaseRefusal) -> Problem<'static> {
         LeaseRefusal::RequestIdReused { count } => Problem::RequestIdReused { count },
         LeaseRefusal::TooManyForClient { limit } => Problem::TooManyClientLeases { limit },
         LeaseRefusal::TooManyTracked { limit } => Problem::TooManyLeases { limit },
+        LeaseRefusal::TooManyForPeer { limit } => Problem::TooManyPeerLeases { limit },
         LeaseRefusal::Exhausted { remaining } => Problem::Exhausted { remaining },
         LeaseRefusal::Unknown { first, last } => Problem::UnknownLease { first, last },
         LeaseRefusal::NotYours { first, last } => Problem::LeaseNotYours { first, last },

@@ -11,6 +11,7 @@
 use super::executor::redis::RedisClient;
 use super::executor::{Awaiting, BinaryWire, Executor, Flow, LoopState, Run, TextWire, Wire};
 use super::lease_requests::answer_when_durable;
+use crate::lease::Peer;
 use crate::protocol::{self, ParseError, Problem, Reply, binary, text};
 use crate::sequence::SequenceId;
 
@@ -85,6 +86,8 @@ pub struct Session {
     /// This connection's number, unique in the process (never 0): a lease granted with ids
     /// may be acknowledged without them by the connection that got it.
     connection: u64,
+    /// The client's address, which the per-peer lease bound counts by.
+    peer: Peer,
 }
 
 /// The last connection number handed out.
@@ -94,10 +97,17 @@ static CONNECTIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64:
 const CARRY_RETAINED: usize = 256;
 
 impl Session {
+    /// A session whose peer's address is unknown.
     pub fn new() -> Session {
+        Session::with_peer(None)
+    }
+
+    /// A session of a connection from `addr`.
+    pub fn with_peer(addr: Option<std::net::IpAddr>) -> Session {
         let connection = CONNECTIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
         Session {
             connection,
+            peer: Peer::of(addr),
             ..Session::default()
         }
     }
@@ -191,7 +201,7 @@ impl Session {
         }
         if let Some(run) = self.run_awaiting_ceiling.take() {
             let mut executor =
-                Executor::<W>::new(state, out, &mut self.redis, run, self.connection);
+                Executor::<W>::new(state, out, &mut self.redis, run, self.connection, self.peer);
             if let Err(sequence) = executor.flush() {
                 self.run_awaiting_ceiling = Some(executor.run);
                 return self.paused(Pause::AwaitingCeiling(sequence));
@@ -215,7 +225,8 @@ impl Session {
             sequence: None,
             segments: std::mem::take(&mut state.run),
         };
-        let mut executor = Executor::<W>::new(state, out, &mut self.redis, run, self.connection);
+        let mut executor =
+            Executor::<W>::new(state, out, &mut self.redis, run, self.connection, self.peer);
         let mut flow = Flow::Continue;
 
         // 1. Frames that begin in the carry, completed with as few bytes of `data` as needed.

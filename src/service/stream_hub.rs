@@ -16,12 +16,19 @@
 //!
 //! One writer per stream: a `CON` for a stream that has a connection takes the stream over
 //! and the previous connection is closed.
+//!
+//! One peer (client address) holds at most `--max-streams-per-peer` streams: a new stream is
+//! counted against the address of the connection that created it until it finishes or
+//! expires, wherever it is resumed from; streams recovered at start-up count against none.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use super::counters;
 pub use crate::clock::Now;
+use crate::lease::{Peer, PeerHoldings};
 use crate::protocol::stream::{self as wire, Message};
 use crate::protocol::{ParseError, ParseOk};
 use crate::sequence::{BeyondDurable, Refusal, Registry, SequenceId};
@@ -51,6 +58,8 @@ pub struct StreamSettings {
     pub ttl: Duration,
     /// Most streams at once.
     pub max_streams: usize,
+    /// Most streams one peer (client address) may hold at once; 0: no bound.
+    pub max_per_peer: usize,
     /// Largest `n` a `CON` may ask for.
     pub max_count: u32,
     /// The sequence the numbers come from.
@@ -74,6 +83,9 @@ struct Stream {
     conn: Option<ConnKey>,
     /// Computed when first sent.
     checksum: Option<[u8; wire::CHECKSUM_LEN]>,
+    /// The peer whose per-peer count holds it (None: not counted, such as a stream recovered
+    /// at start-up).
+    holder: Option<Peer>,
 }
 
 /// Why a refusal for want of 32-bit numbers is lasting: sequences never go back down.
@@ -86,6 +98,7 @@ impl Stream {
             progress,
             conn: None,
             checksum: None,
+            holder: None,
         }
     }
 }
@@ -97,6 +110,8 @@ struct Conn {
     carry: Vec<u8>,
     /// The stream it writes, once its `CON` was accepted.
     stream: Option<Box<[u8]>>,
+    /// The client's address.
+    peer: Peer,
 }
 
 pub struct StreamHub {
@@ -108,6 +123,11 @@ pub struct StreamHub {
     /// Connections the loop must close at once (taken over by a newer `CON`, or expired).
     to_close: Vec<ConnKey>,
     next_expiry_check: Instant,
+    /// Streams by the peer that created them.
+    by_peer: PeerHoldings,
+    /// Peers refused by `--max-streams-per-peer` since they last held fewer: each is warned
+    /// of once, not at every refused CON.
+    warned_peers: HashSet<Peer>,
 }
 
 impl StreamHub {
@@ -125,6 +145,8 @@ impl StreamHub {
             streams.insert(record.client_id.into_boxed_slice(), stream);
         }
         StreamHub {
+            by_peer: PeerHoldings::new(settings.max_per_peer),
+            warned_peers: HashSet::new(),
             settings,
             registry,
             records,
@@ -139,9 +161,13 @@ impl StreamHub {
         self.streams.len()
     }
 
-    /// A new connection of the stream listener.
-    pub fn open(&mut self, key: ConnKey) {
-        self.conns.insert(key, Conn::default());
+    /// A new connection of the stream listener, from `addr`.
+    pub fn open(&mut self, key: ConnKey, addr: Option<std::net::IpAddr>) {
+        let conn = Conn {
+            peer: Peer::of(addr),
+            ..Conn::default()
+        };
+        self.conns.insert(key, conn);
     }
 
     /// The connection is gone (closed by either side): its stream waits for a resume.
@@ -274,6 +300,14 @@ impl StreamHub {
                 "stream resumed"
             );
         } else {
+            let peer = self.conns.get(&key).map(|c| c.peer).unwrap_or_default();
+            if !self.by_peer.may_take(peer) {
+                self.expire(now);
+            }
+            if !self.by_peer.may_take(peer) {
+                self.refuse_for_peer(peer, client_id);
+                return Verdict::Close;
+            }
             if self.streams.len() >= self.settings.max_streams {
                 self.expire(now);
             }
@@ -290,6 +324,7 @@ impl StreamHub {
             };
             let mut stream = Stream::new(StreamProgress::new(sequence, count, now));
             stream.conn = Some(key);
+            stream.holder = self.by_peer.take(peer);
             self.streams.insert(client_id.into(), stream);
         }
         if let Some(conn) = self.conns.get_mut(&key) {
@@ -375,7 +410,7 @@ impl StreamHub {
             "stream CON refused: {}",
             refusal.unwrap_or_default()
         );
-        self.streams.remove(client_id);
+        self.forget(client_id);
         Verdict::Close
     }
 
@@ -399,9 +434,46 @@ impl StreamHub {
             count = stream.progress.count,
             "stream finished: checksum acknowledged"
         );
-        self.streams.remove(id);
+        self.forget(id);
         self.records.streams.remove(id, &self.records.commits);
         Verdict::Close
+    }
+
+    /// Removes a stream, giving its place back to the peer that held it.
+    fn forget(&mut self, id: &[u8]) -> Option<Stream> {
+        let stream = self.streams.remove(id)?;
+        if let Some(peer) = stream.holder {
+            self.by_peer.give_back(Some(peer));
+            if self.by_peer.may_take(peer) {
+                self.warned_peers.remove(&peer);
+            }
+        }
+        Some(stream)
+    }
+
+    /// A `CON` for a new stream from a peer that holds `--max-streams-per-peer`: refused
+    /// before anything is reserved. Warned of once per peer until it holds fewer again (one
+    /// host opening thousands would otherwise log thousands of lines); counted every time.
+    fn refuse_for_peer(&mut self, peer: Peer, client_id: &[u8]) {
+        counters::STREAMS_REFUSED_PER_PEER.fetch_add(1, Ordering::Relaxed);
+        let limit = self.by_peer.limit();
+        if self.warned_peers.insert(peer) {
+            tracing::warn!(
+                client_id = %Id(client_id),
+                %peer,
+                "stream CON refused: this address already holds {limit} streams, the most one \
+                 peer may hold (--max-streams-per-peer; clients behind one address share it); \
+                 further refusals of this address are counted (streams_refused_per_peer in \
+                 INFO and /metrics) and logged at debug until it holds fewer"
+            );
+        } else {
+            tracing::debug!(
+                client_id = %Id(client_id),
+                %peer,
+                "stream CON refused: this address already holds {limit} streams \
+                 (--max-streams-per-peer)"
+            );
+        }
     }
 
     /// Detaches a connection the hub is done with (it will be closed).
@@ -470,7 +542,7 @@ impl StreamHub {
             );
         }
         for id in expired {
-            if let Some(stream) = self.streams.remove(&id) {
+            if let Some(stream) = self.forget(&id) {
                 if one_by_one {
                     tracing::info!(
                         client_id = %Id(&id),

@@ -13,6 +13,7 @@ fn settings() -> StreamSettings {
         burst: 64,
         ttl: Duration::from_secs(60),
         max_streams: 2,
+        max_per_peer: 0,
         max_count: 1000,
         sequence: "stream".into(),
     }
@@ -105,7 +106,7 @@ fn numbers(first: u32, positions: impl IntoIterator<Item = u32>) -> Vec<(u32, u3
 #[test]
 fn a_whole_stream_then_its_checksum() {
     let mut f = fixture();
-    f.hub.open(A);
+    f.hub.open(A, None);
     assert_eq!(f.send(A, &con(5, b"abc")), Verdict::Open);
     assert_eq!(
         f.tick(A),
@@ -148,7 +149,7 @@ fn a_whole_stream_then_its_checksum() {
 #[test]
 fn duplicate_reordered_and_out_of_range_acks_are_harmless() {
     let mut f = fixture();
-    f.hub.open(A);
+    f.hub.open(A, None);
     f.send(A, &con(6, b"abc"));
     assert_eq!(f.tick(A).len(), 6);
     let mut acks = Vec::new();
@@ -175,7 +176,7 @@ fn bytes_split_anywhere_mean_the_same() {
     input.extend(ack(2));
     for cut in 0..input.len() {
         let mut f = fixture();
-        f.hub.open(A);
+        f.hub.open(A, None);
         assert_eq!(f.send(A, &input[..cut]), Verdict::Open);
         assert_eq!(f.send(A, &input[cut..]), Verdict::Open);
         assert_eq!(
@@ -191,13 +192,13 @@ fn bytes_split_anywhere_mean_the_same() {
 #[test]
 fn a_connection_closed_before_its_release_was_taken_is_not_released_again() {
     let mut f = fixture();
-    f.hub.open(A);
+    f.hub.open(A, None);
     f.send(A, &con(4, b"id"));
-    f.hub.open(B);
+    f.hub.open(B, None);
     f.send(B, &con(4, b"id"));
     // A closes on its own before the loop took the release; its key is then reused.
     f.hub.close(A, Now::current());
-    f.hub.open(A);
+    f.hub.open(A, None);
     assert_eq!(
         f.hub.take_to_close(),
         Vec::<ConnKey>::new(),
@@ -208,11 +209,11 @@ fn a_connection_closed_before_its_release_was_taken_is_not_released_again() {
 #[test]
 fn a_resume_takes_the_stream_over_and_resends_what_was_not_acknowledged() {
     let mut f = fixture();
-    f.hub.open(A);
+    f.hub.open(A, None);
     f.send(A, &con(4, b"id"));
     assert_eq!(f.tick(A).len(), 4);
     f.send(A, &ack(1));
-    f.hub.open(B);
+    f.hub.open(B, None);
     assert_eq!(f.send(B, &con(4, b"id")), Verdict::Open);
     assert_eq!(f.hub.take_to_close(), vec![A], "never two writers");
     assert_eq!(
@@ -229,7 +230,7 @@ fn a_resume_takes_the_stream_over_and_resends_what_was_not_acknowledged() {
     f.hub.close(B, f.now);
     // The progress is recorded when the connection goes.
     assert_eq!(f.records.streams.records()[0].acked, 0);
-    f.hub.open(A);
+    f.hub.open(A, None);
     f.send(A, &con(4, b"id"));
     for position in 0..4 {
         f.send(A, &ack(position));
@@ -240,7 +241,7 @@ fn a_resume_takes_the_stream_over_and_resends_what_was_not_acknowledged() {
 #[test]
 fn nothing_is_sent_before_the_stream_is_durable() {
     let mut f = fixture_with(Registry::new(8, 100), Commits::persisted());
-    f.hub.open(A);
+    f.hub.open(A, None);
     f.send(A, &con(2, b"id"));
     assert_eq!(f.tick(A), vec![]);
     assert!(f.records.commits.pending(), "its record waits for a write");
@@ -252,7 +253,7 @@ fn nothing_is_sent_before_the_stream_is_durable() {
 fn numbers_wait_for_a_durable_ceiling() {
     let registry = Registry::durable(8, 100);
     let mut f = fixture_with(registry, Commits::memory_only());
-    f.hub.open(A);
+    f.hub.open(A, None);
     assert_eq!(f.send(A, &con(2, b"id")), Verdict::Open);
     assert_eq!(f.tick(A), vec![]);
     f.registry.get(1).unwrap().raise_ceiling(1000);
@@ -263,19 +264,19 @@ fn numbers_wait_for_a_durable_ceiling() {
 fn refused_cons_close_the_connection() {
     let mut f = fixture();
     for (count, id) in [(0, &b"a"[..]), (1001, b"a"), (1, b"")] {
-        f.hub.open(A);
+        f.hub.open(A, None);
         assert_eq!(f.send(A, &con(count, id)), Verdict::Close, "n {count}");
     }
-    f.hub.open(A);
+    f.hub.open(A, None);
     f.send(A, &con(3, b"a"));
-    f.hub.open(B);
+    f.hub.open(B, None);
     assert_eq!(
         f.send(B, &con(4, b"a")),
         Verdict::Close,
         "n differs from the stream's"
     );
     f.send(B, &con(3, b"b"));
-    f.hub.open(3);
+    f.hub.open(3, None);
     assert_eq!(f.send(3, &con(3, b"c")), Verdict::Close, "--max-streams");
     assert_eq!(f.hub.streams(), 2);
 }
@@ -286,9 +287,9 @@ fn numbers_that_would_not_fit_32_bits_are_refused() {
         Registry::new(8, u64::from(u32::MAX) - 2),
         Commits::memory_only(),
     );
-    f.hub.open(A);
+    f.hub.open(A, None);
     assert_eq!(f.send(A, &con(3, b"fits")), Verdict::Open);
-    f.hub.open(B);
+    f.hub.open(B, None);
     assert_eq!(f.send(B, &con(1, b"too-far")), Verdict::Close);
     assert_eq!(f.hub.streams(), 1);
     assert_eq!(
@@ -309,7 +310,7 @@ fn protocol_violations_close_the_connection() {
     let mut con_twice = con(1, b"x");
     con_twice.extend(con(1, b"x"));
     for input in [ack(0), number, b"GET".to_vec(), con_twice] {
-        f.hub.open(A);
+        f.hub.open(A, None);
         assert_eq!(f.send(A, &input), Verdict::Close, "{input:?}");
         f.hub.close(A, f.now);
     }
@@ -318,9 +319,9 @@ fn protocol_violations_close_the_connection() {
 #[test]
 fn abandoned_streams_expire() {
     let mut f = fixture();
-    f.hub.open(A);
+    f.hub.open(A, None);
     f.send(A, &con(2, b"gone"));
-    f.hub.open(B);
+    f.hub.open(B, None);
     f.send(B, &con(2, b"here"));
     f.hub.close(A, f.now);
     f.advance(Duration::from_secs(30));
@@ -346,7 +347,7 @@ fn abandoned_streams_expire() {
 #[test]
 fn recovered_streams_resume_with_the_same_numbers() {
     let mut f = fixture();
-    f.hub.open(A);
+    f.hub.open(A, None);
     f.send(A, &con(4, b"id"));
     f.tick(A);
     f.send(A, &ack(0));
@@ -354,7 +355,7 @@ fn recovered_streams_resume_with_the_same_numbers() {
     f.hub.close(A, f.now);
     // A restart: a new hub from the records.
     let mut hub = StreamHub::new(settings(), f.registry.clone(), f.records.clone(), f.now);
-    hub.open(B);
+    hub.open(B, None);
     assert_eq!(hub.receive(B, &con(4, b"id"), f.now), Verdict::Open);
     let mut out = Vec::new();
     for key in hub.tick(f.now) {
@@ -371,7 +372,7 @@ fn recovered_streams_resume_with_the_same_numbers() {
 fn ticks_are_asked_for_only_while_something_is_due() {
     let mut f = fixture();
     assert_eq!(f.hub.next_tick(f.now), None);
-    f.hub.open(A);
+    f.hub.open(A, None);
     f.send(A, &con(2, b"id"));
     assert_eq!(f.hub.next_tick(f.now), Some(Duration::from_millis(1)));
     f.tick(A);
@@ -386,4 +387,65 @@ fn ticks_are_asked_for_only_while_something_is_due() {
         Some(EXPIRY_CHECK),
         "only expiry is left"
     );
+}
+
+#[test]
+fn one_peer_holds_at_most_its_bound_and_gets_it_back() {
+    let registry = Arc::new(Registry::new(8, 100));
+    let records = Arc::new(LeasesAndStreams::empty(
+        Commits::memory_only(),
+        LeaseSettings::default(),
+    ));
+    let settings = StreamSettings {
+        max_streams: 10,
+        max_per_peer: 2,
+        ..settings()
+    };
+    let mut f = Fixture {
+        hub: StreamHub::new(settings, registry.clone(), records.clone(), fixture().now),
+        registry,
+        records,
+        now: fixture().now,
+    };
+    let here: Option<std::net::IpAddr> = "127.0.0.1".parse().ok();
+    let mapped: Option<std::net::IpAddr> = "::ffff:127.0.0.1".parse().ok();
+    let there: Option<std::net::IpAddr> = "127.0.0.2".parse().ok();
+    let before = counters::STREAMS_REFUSED_PER_PEER.load(Ordering::Relaxed);
+    for (key, id) in [(1, b"a"), (2, b"b")] {
+        f.hub.open(key, here);
+        assert_eq!(f.send(key, &con(1, id)), Verdict::Open);
+    }
+    f.hub.open(3, mapped);
+    assert_eq!(
+        f.send(3, &con(1, b"c")),
+        Verdict::Close,
+        "the same peer over IPv6"
+    );
+    assert!(counters::STREAMS_REFUSED_PER_PEER.load(Ordering::Relaxed) > before);
+    let reserved = f.registry.get(1).map(|s| s.current());
+    f.hub.open(4, there);
+    assert_eq!(f.send(4, &con(1, b"d")), Verdict::Open, "another peer");
+    assert_eq!(
+        f.registry.get(1).map(|s| s.current()),
+        reserved.map(|n| n + 1),
+        "the refused CON reserved nothing"
+    );
+    // A resume from the bounded peer is not a new stream: it is served.
+    f.hub.close(1, f.now);
+    f.hub.open(5, here);
+    assert_eq!(f.send(5, &con(1, b"a")), Verdict::Open);
+    // Stream "b" finishes: its peer may open another.
+    assert_eq!(f.tick(2), vec![(0, 101)]);
+    assert_eq!(f.send(2, &ack(0)), Verdict::Open);
+    assert_eq!(f.tick(2), vec![(1, u32::MAX)]);
+    assert_eq!(f.send(2, &ack(1)), Verdict::Close, "finished");
+    f.hub.open(6, here);
+    assert_eq!(f.send(6, &con(1, b"e")), Verdict::Open);
+    f.hub.open(7, here);
+    assert_eq!(f.send(7, &con(1, b"f")), Verdict::Close);
+    // Expired streams give their places back too.
+    f.advance(Duration::from_secs(61));
+    f.tick(6);
+    f.hub.open(8, here);
+    assert_eq!(f.send(8, &con(1, b"f")), Verdict::Open);
 }

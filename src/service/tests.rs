@@ -15,6 +15,7 @@ fn records(commits: crate::commits::Commits) -> Arc<LeasesAndStreams> {
             max_size: 1000,
             max_per_client: 4,
             max_tracked: 100,
+            max_per_peer: 0,
             reuse: false,
         },
     ))

@@ -15,7 +15,7 @@ use crate::clock::unix_ms;
 use crate::commits::Commits;
 use crate::lease::{
     Acknowledger, GrantError, Granted, LeaseCounters, LeaseEvent, LeaseRecord, LeaseRefusal,
-    LeaseTable, PooledRange, RequestIds, TableStats,
+    LeaseTable, Peer, PooledRange, RequestIds, TableStats,
 };
 use crate::sequence::{PersisterSignals, Registry, Sequence, SequenceId};
 
@@ -40,9 +40,12 @@ impl SharedLeaseTable {
         sequence: &Sequence,
         count: u64,
         ids: Option<RequestIds<'_>>,
+        from: Peer,
         commits: &Commits,
     ) -> Result<Granted, GrantError> {
-        let granted = self.lock().grant(sequence, count, ids, unix_ms(), commits);
+        let granted = self
+            .lock()
+            .grant(sequence, count, ids, from, unix_ms(), commits);
         if granted.is_ok() {
             self.keeper.notify_one();
         }

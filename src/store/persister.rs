@@ -461,6 +461,7 @@ mod tests {
                 max_size: 100,
                 max_per_client: 4,
                 max_tracked: 100,
+                max_per_peer: 0,
                 reuse: false,
             },
         ))
@@ -496,7 +497,13 @@ mod tests {
         assert_eq!(persister.tick(start), Tick::Idle);
         let granted = records
             .leases
-            .grant(registry.get(0).unwrap(), 20, None, &records.commits)
+            .grant(
+                registry.get(0).unwrap(),
+                20,
+                None,
+                crate::lease::Peer::LOCALHOST,
+                &records.commits,
+            )
             .unwrap();
         assert!(!records.commits.is_durable(granted.change));
         sink.failing.store(true, Ordering::Release);

@@ -355,6 +355,7 @@ mod tests {
                 max_size: 100,
                 max_per_client: 4,
                 max_tracked: 100,
+                max_per_peer: 0,
                 reuse: false,
             },
         }

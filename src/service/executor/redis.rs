@@ -594,8 +594,13 @@ fn info(state: &LoopState, section: Option<&[u8]>) -> String {
         }
         let _ = write!(
             text,
-            "leases_outstanding:{}\r\nleases_granted:{}\r\nleases_acknowledged:{}\r\n\r\n",
-            stats.outstanding, stats.totals.granted, stats.totals.acknowledged
+            "leases_outstanding:{}\r\nleases_granted:{}\r\nleases_acknowledged:{}\r\n\
+             leases_refused_per_peer:{}\r\nstreams_refused_per_peer:{}\r\n\r\n",
+            stats.outstanding,
+            stats.totals.granted,
+            stats.totals.acknowledged,
+            count(&counters::LEASES_REFUSED_PER_PEER),
+            count(&counters::STREAMS_REFUSED_PER_PEER),
         );
     }
     if wanted("errorstats") {
