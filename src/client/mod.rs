@@ -318,8 +318,12 @@ impl Client {
 const DEFAULT_RETRY_FOR: Duration = Duration::from_secs(15);
 /// A reply slower than this means the node is stuck (paused, partitioned): try another.
 const DEFAULT_REPLY_TIMEOUT: Duration = Duration::from_secs(3);
-/// Pause before another attempt when no node named a leader.
-const RETRY_PAUSE: Duration = Duration::from_millis(25);
+/// Pause after a whole round of endpoints failed with no leader named: the first is short,
+/// so a graceful handover (tens of milliseconds) is noticed within a few; each next one
+/// doubles up to the longest, so a crash's election (about a second) costs each client a few
+/// attempts per endpoint and second, not a busy loop.
+const RETRY_PAUSE_MIN: Duration = Duration::from_millis(2);
+const RETRY_PAUSE_MAX: Duration = Duration::from_millis(25);
 
 /// A client of a seqd cluster that follows the leader: on `NOTLEADER <addr>` it reconnects
 /// to `addr`, on `NOTLEADER unknown`, `UNAVAILABLE`, a connection error or a timeout it tries
@@ -341,6 +345,10 @@ pub struct LeaderClient {
     reconnects: u64,
     /// Where the current connection goes.
     target: String,
+    /// Attempts failed in a row with no leader named (every endpoint tried once per round).
+    failed_in_row: usize,
+    /// The pause after the next failed round.
+    pause: Duration,
 }
 
 impl LeaderClient {
@@ -361,6 +369,8 @@ impl LeaderClient {
             redirects: 0,
             reconnects: 0,
             target: String::new(),
+            failed_in_row: 0,
+            pause: RETRY_PAUSE_MIN,
         };
         client.with_retries(|c| c.ping())?;
         Ok(client)
@@ -429,7 +439,11 @@ impl LeaderClient {
         loop {
             let error = match self.connected() {
                 Ok(client) => match request(client) {
-                    Ok(value) => return Ok(value),
+                    Ok(value) => {
+                        self.failed_in_row = 0;
+                        self.pause = RETRY_PAUSE_MIN;
+                        return Ok(value);
+                    }
                     Err(e) => e,
                 },
                 Err(e) => e,
@@ -473,7 +487,12 @@ impl LeaderClient {
                 return Err(error);
             }
             if pause {
-                std::thread::sleep(RETRY_PAUSE);
+                // The other endpoints first: the leader may be one of them already.
+                self.failed_in_row += 1;
+                if self.failed_in_row.is_multiple_of(self.endpoints.len()) {
+                    std::thread::sleep(self.pause);
+                    self.pause = (self.pause * 2).min(RETRY_PAUSE_MAX);
+                }
             }
         }
     }
