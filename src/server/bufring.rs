@@ -1,13 +1,6 @@
 //! A provided-buffer ring: receive buffers the kernel picks from when a multishot recv
 //! completes, so a connection owns no receive buffer while it is idle.
 //!
-//! With incremental consumption (`IOU_PBUF_RING_INC`, Linux 6.12) the kernel takes only the
-//! bytes a receive needs from the buffer at the ring's head and leaves the rest of it there
-//! for the next receive, on any connection: small frames from many connections are packed
-//! into one buffer, one after another, instead of each taking a buffer of its own. A
-//! completion then says whether the kernel still holds the buffer (`IORING_CQE_F_BUF_MORE`);
-//! it is recycled only once it does not.
-//!
 //! Written against the raw ring layout (the io-uring crate exposes registration and the entry
 //! type, not a managed ring): an array of `io_uring_buf` entries whose tail the application
 //! advances with a release store, and one contiguous block of equally sized buffers.
@@ -17,9 +10,6 @@ use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU16, Ordering};
 
 use io_uring::types::BufRingEntry;
-
-/// `IOU_PBUF_RING_INC` from the kernel's io_uring.h (the io-uring crate does not export it).
-const IOU_PBUF_RING_INC: u16 = 2;
 
 /// An anonymous, private, page-aligned mapping.
 struct Mapping {
@@ -63,11 +53,6 @@ pub struct BufRing {
     /// Our copy of the tail; published to the kernel by [`BufRing::publish`].
     tail: u16,
     group: u16,
-    /// Registered with `IOU_PBUF_RING_INC`.
-    incremental: bool,
-    /// Per buffer, the bytes of it the kernel has filled so far (incremental only): where the
-    /// next completion's bytes begin.
-    consumed: Box<[u32]>,
 }
 
 impl BufRing {
@@ -83,8 +68,6 @@ impl BufRing {
             buf_size,
             tail: 0,
             group,
-            incremental: false,
-            consumed: vec![0; entries as usize].into_boxed_slice(),
         };
         for bid in 0..entries {
             bufring.push(bid);
@@ -95,33 +78,6 @@ impl BufRing {
 
     /// Registers the ring with `submitter`. The ring must outlive the io_uring instance.
     pub fn register(&self, submitter: &io_uring::Submitter<'_>) -> io::Result<()> {
-        self.register_with_flags(submitter, 0)
-    }
-
-    /// Registers the ring with incremental consumption where the kernel has it (6.12+),
-    /// plainly otherwise; returns whether it is incremental.
-    pub fn register_incremental(
-        &mut self,
-        submitter: &io_uring::Submitter<'_>,
-    ) -> io::Result<bool> {
-        match self.register_with_flags(submitter, IOU_PBUF_RING_INC) {
-            Ok(()) => {
-                self.incremental = true;
-                Ok(true)
-            }
-            // EINVAL: a flag this kernel does not know.
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                self.register(submitter).map(|()| false)
-            }
-            Err(e) => Err(e),
-        }
-    }
-
-    fn register_with_flags(
-        &self,
-        submitter: &io_uring::Submitter<'_>,
-        flags: u16,
-    ) -> io::Result<()> {
         // SAFETY: the ring memory is mapped for `entries` entries and lives as long as `self`;
         // the event loop drops its io_uring (unregistering the ring) before this BufRing.
         unsafe {
@@ -129,7 +85,7 @@ impl BufRing {
                 self.ring.ptr.as_ptr() as u64,
                 self.entries,
                 self.group,
-                flags,
+                0,
             )
         }
     }
@@ -138,32 +94,21 @@ impl BufRing {
         self.group
     }
 
-    /// The `len` bytes a completion of buffer `bid` received, as the kernel filled them.
+    /// The first `len` bytes of buffer `bid`, as the kernel filled them.
     ///
     /// # Safety
-    /// `bid` and `len` must come from a completion the kernel posted for this ring, not yet
-    /// passed to [`BufRing::release`].
+    /// `bid` must come from a completion the kernel posted for this ring and must not have
+    /// been recycled since.
     pub unsafe fn filled(&self, bid: u16, len: usize) -> &[u8] {
-        let start = self.consumed.get(bid as usize).copied().unwrap_or(0) as usize;
-        assert!(bid < self.entries && start + len <= self.buf_size as usize);
-        let offset = bid as usize * self.buf_size as usize + start;
-        // SAFETY: in bounds (asserted); the kernel has finished writing these bytes and will
-        // not touch them again (it writes past them, or after the buffer is recycled).
+        assert!(bid < self.entries && len <= self.buf_size as usize);
+        let offset = bid as usize * self.buf_size as usize;
+        // SAFETY: in bounds (asserted); the kernel has finished writing this buffer and will
+        // not touch it again until it is recycled.
         unsafe { std::slice::from_raw_parts(self.buffers.ptr.as_ptr().add(offset), len) }
     }
 
-    /// Done with the `len` bytes a completion of buffer `bid` (with CQE `flags`) received:
-    /// the buffer goes back to the kernel unless the kernel still fills it.
-    pub fn release(&mut self, bid: u16, len: usize, flags: u32) {
-        if self.incremental && io_uring::cqueue::buffer_more(flags) {
-            if let Some(consumed) = self.consumed.get_mut(bid as usize) {
-                *consumed += len as u32;
-            }
-            return;
-        }
-        if let Some(consumed) = self.consumed.get_mut(bid as usize) {
-            *consumed = 0;
-        }
+    /// Hands buffer `bid` back to the kernel.
+    pub fn recycle(&mut self, bid: u16) {
         self.push(bid);
         self.publish();
     }
@@ -188,40 +133,5 @@ impl BufRing {
             let tail = BufRingEntry::tail(self.ring.ptr.as_ptr().cast()) as *const AtomicU16;
             (*tail).store(self.tail, Ordering::Release);
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const BUF_MORE: u32 = 1 << 4;
-
-    #[test]
-    fn an_incremental_buffer_is_read_on_from_where_the_last_completion_ended() {
-        let mut ring = BufRing::new(0, 4, 64).expect("mapping");
-        ring.incremental = true;
-        let tail = ring.tail;
-        let base = ring.buffers.ptr.as_ptr() as usize + 2 * 64;
-        // SAFETY: as the kernel would report: 16 bytes of buffer 2, which it keeps filling.
-        let first = unsafe { ring.filled(2, 16) }.as_ptr() as usize;
-        ring.release(2, 16, BUF_MORE);
-        // SAFETY: the next 48 bytes of it, and then it is used up.
-        let second = unsafe { ring.filled(2, 48) }.as_ptr() as usize;
-        assert_eq!((first - base, second - base), (0, 16));
-        assert_eq!(ring.tail, tail, "still the kernel's: not recycled");
-        ring.release(2, 48, 0);
-        assert_eq!(ring.tail, tail.wrapping_add(1), "recycled once used up");
-        // SAFETY: recycled, so the kernel fills it from its start again.
-        let again = unsafe { ring.filled(2, 8) }.as_ptr() as usize;
-        assert_eq!(again - base, 0);
-    }
-
-    #[test]
-    fn a_plain_buffer_is_recycled_after_every_completion() {
-        let mut ring = BufRing::new(0, 4, 64).expect("mapping");
-        let tail = ring.tail;
-        ring.release(1, 16, BUF_MORE);
-        assert_eq!(ring.tail, tail.wrapping_add(1));
     }
 }

@@ -19,9 +19,6 @@ pub struct Features {
     /// table) instead of a descriptor, sparing the kernel a descriptor lookup and reference
     /// per operation (sparse file tables: 5.19+). Set by the event loop once its table exists.
     pub registered_files: bool,
-    /// The provided buffer ring is consumed incrementally (`IOU_PBUF_RING_INC`, 6.12+): small
-    /// receives share a buffer. Set by the event loop once its ring is registered.
-    pub incremental_buffers: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,9 +39,6 @@ impl std::fmt::Display for Features {
             f,
             "{task_run}, multishot accept, multishot recv, provided buffer ring"
         )?;
-        if self.incremental_buffers {
-            write!(f, " (incremental)")?;
-        }
         if self.registered_files {
             write!(f, ", registered files")?;
         } else {
@@ -102,7 +96,6 @@ pub fn create_ring(entries: u32, cq_entries: u32) -> io::Result<(IoUring, Featur
                         no_drop,
                         work_pending_flag,
                         registered_files: false,
-                        incremental_buffers: false,
                     },
                 ));
             }

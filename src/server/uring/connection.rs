@@ -185,7 +185,7 @@ impl<S: Service> EventLoop<S> {
             // Cannot happen (slots outlive their operations); keep the buffer in circulation.
             tracing::error!(key, "receive completion for a closed connection");
             if let Some(bid) = bid {
-                self.buffers.release(bid, result.max(0) as usize, flags);
+                self.buffers.recycle(bid);
             }
             return Ok(());
         };
@@ -205,20 +205,19 @@ impl<S: Service> EventLoop<S> {
                 if conn.pending.capacity() == 0 {
                     conn.pending = self.spare.take();
                 }
-                // SAFETY: `bid` and `result` were just handed to us by the kernel and are
-                // released below, after the bytes have been decoded.
+                // SAFETY: `bid` was just handed to us by the kernel and is recycled below,
+                // after its bytes have been decoded.
                 let data = unsafe { self.buffers.filled(bid, result as usize) };
                 let next = self
                     .service
                     .receive(&mut conn.handler, key, data, &mut conn.pending);
-                self.buffers.release(bid, result as usize, flags);
+                self.buffers.recycle(bid);
                 self.after_service(key, next)?;
                 if self.service.take_housekeeping() {
                     self.housekeeping()?;
                 }
             } else {
-                // Closing: input is discarded.
-                self.buffers.release(bid, result as usize, flags);
+                self.buffers.recycle(bid); // closing: input is discarded
             }
         } else if result == 0 {
             conn.life.peer_closed = true;

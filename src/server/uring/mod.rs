@@ -118,8 +118,8 @@ impl<S: Service> EventLoop<S> {
         let (ring, mut features) = probe::create_ring(SUBMISSION_ENTRIES, COMPLETION_ENTRIES)?;
         let file_slots = register_file_table(&ring);
         features.registered_files = file_slots > 0;
-        let mut buffers = BufRing::new(BUFFER_GROUP, RECV_BUFFERS, RECV_BUFFER_SIZE)?;
-        features.incremental_buffers = buffers.register_incremental(&ring.submitter()).map_err(|e| {
+        let buffers = BufRing::new(BUFFER_GROUP, RECV_BUFFERS, RECV_BUFFER_SIZE)?;
+        buffers.register(&ring.submitter()).map_err(|e| {
             io::Error::new(
                 e.kind(),
                 format!(
@@ -290,7 +290,7 @@ impl<S: Service> EventLoop<S> {
                     "completion for a connection that no longer exists; ignored"
                 );
                 if let Some(bid) = cqueue::buffer_select(flags) {
-                    self.buffers.release(bid, result.max(0) as usize, flags);
+                    self.buffers.recycle(bid);
                 }
                 Ok(())
             }
