@@ -15,10 +15,6 @@ pub struct Features {
     /// The kernel flags pending deferred work in shared memory (TASKRUN_FLAG, 5.19+), which
     /// busy polling watches.
     pub work_pending_flag: bool,
-    /// Connections' receives and sends name a registered file (a slot of the ring's file
-    /// table) instead of a descriptor, sparing the kernel a descriptor lookup and reference
-    /// per operation (sparse file tables: 5.19+). Set by the event loop once its table exists.
-    pub registered_files: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,14 +35,6 @@ impl std::fmt::Display for Features {
             f,
             "{task_run}, multishot accept, multishot recv, provided buffer ring"
         )?;
-        if self.registered_files {
-            write!(f, ", registered files")?;
-        } else {
-            write!(
-                f,
-                ", plain descriptors (registered files need Linux 5.19 and RLIMIT_NOFILE room)"
-            )?;
-        }
         if !self.work_pending_flag {
             write!(
                 f,
@@ -95,7 +83,6 @@ pub fn create_ring(entries: u32, cq_entries: u32) -> io::Result<(IoUring, Featur
                         task_run,
                         no_drop,
                         work_pending_flag,
-                        registered_files: false,
                     },
                 ));
             }

@@ -19,9 +19,6 @@ use crate::service::counters;
 
 pub(super) struct Connection<C> {
     fd: OwnedFd,
-    /// Its slot in the ring's registered file table, which holds a reference to the socket
-    /// until the slot is emptied (before `fd` is closed, or the socket would stay open).
-    fixed: Option<u32>,
     /// The port it came in on: the budget it counts against.
     kind: Kind,
     /// Tells this connection's completions from those of an earlier one in the same slot.
@@ -41,19 +38,6 @@ pub(super) struct Connection<C> {
 }
 
 impl<C> Connection<C> {
-    /// A receive or send on this connection's socket: through its registered file when it
-    /// has one.
-    fn op_on_socket<E>(
-        &self,
-        fd: impl FnOnce(types::Fd) -> E,
-        fixed: impl FnOnce(types::Fixed) -> E,
-    ) -> E {
-        match self.fixed {
-            Some(slot) => fixed(types::Fixed(slot)),
-            None => fd(types::Fd(self.fd.as_raw_fd())),
-        }
-    }
-
     fn has_output(&self) -> bool {
         !self.pending.is_empty() || self.life.send_inflight
     }
@@ -112,12 +96,10 @@ impl<S: Service> EventLoop<S> {
             );
         }
         let generation = self.generations.next();
-        let fixed = self.register_file(self.connections.vacant_key(), &fd);
         let slot = self.connections.vacant_entry();
         let key = slot.key();
         slot.insert(Connection {
             fd,
-            fixed,
             kind,
             generation,
             handler: self.service.open(kind, key, peer.map(|addr| addr.ip())),
@@ -131,37 +113,13 @@ impl<S: Service> EventLoop<S> {
         self.arm_recv(key)
     }
 
-    /// Puts connection `key`'s socket in its slot of the registered file table, if the table
-    /// has that slot; without one the connection uses its descriptor.
-    fn register_file(&self, key: usize, fd: &OwnedFd) -> Option<u32> {
-        let slot = u32::try_from(key)
-            .ok()
-            .filter(|&slot| slot < self.file_slots)?;
-        match self
-            .ring
-            .submitter()
-            .register_files_update(slot, &[fd.as_raw_fd()])
-        {
-            Ok(1) => Some(slot),
-            Ok(_) => None,
-            Err(e) => {
-                tracing::debug!(key, "cannot register the connection's socket: {e}");
-                None
-            }
-        }
-    }
-
     // ---- receiving ----
 
     fn arm_recv(&mut self, key: usize) -> io::Result<()> {
         let token = self.connection_token(Op::Recv, key);
-        let group = self.buffers.group();
         let conn = &mut self.connections[key];
-        let entry = conn
-            .op_on_socket(
-                |fd| opcode::RecvMulti::new(fd, group).build(),
-                |fixed| opcode::RecvMulti::new(fixed, group).build(),
-            )
+        let entry = opcode::RecvMulti::new(types::Fd(conn.fd.as_raw_fd()), self.buffers.group())
+            .build()
             .user_data(token.user_data());
         conn.life.recv = RecvOp::Armed;
         self.push(entry)
@@ -410,20 +368,9 @@ impl<S: Service> EventLoop<S> {
         let conn = &mut self.connections[key];
         let unsent = &conn.sending[conn.sent..];
         let len = u32::try_from(unsent.len()).unwrap_or(u32::MAX);
-        let ptr = unsent.as_ptr();
-        let entry = conn
-            .op_on_socket(
-                |fd| {
-                    opcode::Send::new(fd, ptr, len)
-                        .flags(libc::MSG_NOSIGNAL)
-                        .build()
-                },
-                |fixed| {
-                    opcode::Send::new(fixed, ptr, len)
-                        .flags(libc::MSG_NOSIGNAL)
-                        .build()
-                },
-            )
+        let entry = opcode::Send::new(types::Fd(conn.fd.as_raw_fd()), unsent.as_ptr(), len)
+            .flags(libc::MSG_NOSIGNAL)
+            .build()
             .user_data(token.user_data());
         conn.life.send_inflight = true;
         self.push(entry)
@@ -539,13 +486,6 @@ impl<S: Service> EventLoop<S> {
             self.spare.give(conn.pending);
             self.spare.give(conn.sending);
             self.shared.budget(conn.kind).give_back();
-            if let Some(slot) = conn.fixed {
-                // Nothing of the connection is in flight, so nothing else holds the slot's
-                // reference: emptying it leaves `conn.fd` the socket's last.
-                if let Err(e) = self.ring.submitter().register_files_update(slot, &[-1]) {
-                    tracing::warn!(key, "cannot empty the connection's file slot: {e}");
-                }
-            }
             // Dropping `conn.fd` closes the socket.
         }
         Ok(())

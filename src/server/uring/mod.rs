@@ -48,9 +48,6 @@ const BUFFER_GROUP: u16 = 0;
 /// holds a buffer only while its completion is handled).
 const RECV_BUFFERS: u16 = 1024;
 const RECV_BUFFER_SIZE: u32 = 16 * 1024;
-/// The most slots of the registered file table (one per connection of the loop, indexed by
-/// its slab key); the kernel also caps it at RLIMIT_NOFILE.
-const MAX_FILE_SLOTS: u64 = 1 << 16;
 
 pub(super) struct LoopSettings {
     pub index: usize,
@@ -82,9 +79,6 @@ pub(super) struct EventLoop<S: Service> {
     ring: IoUring,
     buffers: BufRing,
     features: Features,
-    /// Slots in the ring's registered file table (0: none); connection `key` uses slot `key`
-    /// when `key` is below it.
-    file_slots: u32,
     busy_poll: Duration,
     index: usize,
     /// Indexed by the key of their accept tokens.
@@ -115,9 +109,7 @@ pub(super) struct EventLoop<S: Service> {
 
 impl<S: Service> EventLoop<S> {
     pub fn new(settings: LoopSettings, service: S, shared: Arc<Shared>) -> io::Result<Self> {
-        let (ring, mut features) = probe::create_ring(SUBMISSION_ENTRIES, COMPLETION_ENTRIES)?;
-        let file_slots = register_file_table(&ring);
-        features.registered_files = file_slots > 0;
+        let (ring, features) = probe::create_ring(SUBMISSION_ENTRIES, COMPLETION_ENTRIES)?;
         let buffers = BufRing::new(BUFFER_GROUP, RECV_BUFFERS, RECV_BUFFER_SIZE)?;
         buffers.register(&ring.submitter()).map_err(|e| {
             io::Error::new(
@@ -141,7 +133,6 @@ impl<S: Service> EventLoop<S> {
             ring,
             buffers,
             features,
-            file_slots,
             busy_poll: settings.busy_poll,
             index: settings.index,
             listeners,
@@ -537,28 +528,6 @@ impl<S: Service> EventLoop<S> {
     fn housekeeping(&mut self) -> io::Result<()> {
         self.close_released()?;
         self.schedule_service_tick()
-    }
-}
-
-/// Registers an empty file table on `ring` as large as the open-file limit allows (connections
-/// of one loop never outnumber the process's descriptors), and returns its size; 0 when the
-/// kernel refuses one (before 5.19), and connections then use plain descriptors.
-fn register_file_table(ring: &IoUring) -> u32 {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes into the struct we pass.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
-        return 0;
-    }
-    let slots = limit.rlim_cur.min(MAX_FILE_SLOTS) as u32;
-    match ring.submitter().register_files_sparse(slots) {
-        Ok(()) => slots,
-        Err(e) => {
-            tracing::debug!("no registered file table ({e}); using plain descriptors");
-            0
-        }
     }
 }
 
