@@ -20,6 +20,9 @@ pub enum Op {
     Refuse = 6,
     /// Key: which [`Timer`](crate::server::timers::Timer).
     Timer = 7,
+    /// A send that cannot wait (MSG_DONTWAIT) and posts a completion only when it did not
+    /// send everything (CQE_SKIP_SUCCESS); see `EventLoop::acknowledge_sends`.
+    SendNoWait = 8,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,6 +64,7 @@ impl Token {
             5 => Op::Wake,
             6 => Op::Refuse,
             7 => Op::Timer,
+            8 => Op::SendNoWait,
             _ => return None,
         })
     }
@@ -104,7 +108,7 @@ impl Generations {
 mod tests {
     use super::*;
 
-    const OPS: [Op; 7] = [
+    const OPS: [Op; 8] = [
         Op::Accept,
         Op::Recv,
         Op::Send,
@@ -112,6 +116,7 @@ mod tests {
         Op::Wake,
         Op::Refuse,
         Op::Timer,
+        Op::SendNoWait,
     ];
 
     #[test]
@@ -134,7 +139,7 @@ mod tests {
     #[test]
     fn unknown_ops_are_not_decoded() {
         assert_eq!(Token::from_user_data(0).op(), None);
-        assert_eq!(Token::from_user_data(8).op(), None);
+        assert_eq!(Token::from_user_data(9).op(), None);
     }
 
     #[test]
