@@ -15,10 +15,6 @@ pub struct Features {
     /// The kernel flags pending deferred work in shared memory (TASKRUN_FLAG, 5.19+), which
     /// busy polling watches.
     pub work_pending_flag: bool,
-    /// Sends may skip their completion when they succeed (IOSQE_CQE_SKIP_SUCCESS, 5.17+): the
-    /// event loop then sends without waiting (MSG_DONTWAIT) and acknowledges a send itself
-    /// once the kernel has taken it without posting a failure.
-    pub unacknowledged_sends: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,9 +35,6 @@ impl std::fmt::Display for Features {
             f,
             "{task_run}, multishot accept, multishot recv, provided buffer ring"
         )?;
-        if self.unacknowledged_sends {
-            write!(f, ", sends complete silently (CQE_SKIP_SUCCESS)")?;
-        }
         if !self.work_pending_flag {
             write!(
                 f,
@@ -84,14 +77,12 @@ pub fn create_ring(entries: u32, cq_entries: u32) -> io::Result<(IoUring, Featur
                 let no_drop = ring.params().is_feature_nodrop();
                 check_opcodes(&ring)?;
                 let work_pending_flag = task_run != TaskRun::Default;
-                let unacknowledged_sends = ring.params().is_feature_skip_cqe_on_success();
                 return Ok((
                     ring,
                     Features {
                         task_run,
                         no_drop,
                         work_pending_flag,
-                        unacknowledged_sends,
                     },
                 ));
             }

@@ -6,7 +6,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use io_uring::{cqueue, opcode, squeue, types};
+use io_uring::{cqueue, opcode, types};
 
 use super::EventLoop;
 use super::lifecycle::{Flushed, Lifecycle, Phase, RecvOp};
@@ -31,9 +31,6 @@ pub(super) struct Connection<C> {
     sending: Vec<u8>,
     /// Bytes of `sending` the kernel has accepted.
     sent: usize,
-    /// Its send in flight is one that posts no completion when it succeeds: the number of the
-    /// submit call that takes it to the kernel.
-    nowait: Option<u64>,
     life: Lifecycle,
     peer: Option<std::net::SocketAddr>,
     /// Its queued bytes as last reported to the loop's output account.
@@ -109,7 +106,6 @@ impl<S: Service> EventLoop<S> {
             pending: Vec::new(),
             sending: Vec::new(),
             sent: 0,
-            nowait: None,
             life: Lifecycle::default(),
             peer,
             accounted: 0,
@@ -367,99 +363,17 @@ impl<S: Service> EventLoop<S> {
         self.submit_send(key)
     }
 
-    /// Sends the rest of connection `key`'s `sending`: without waiting where the ring allows
-    /// it (see [`EventLoop::acknowledge_sends`]), else as a send that waits for room and
-    /// posts its completion.
     fn submit_send(&mut self, key: usize) -> io::Result<()> {
-        let nowait = self.features.unacknowledged_sends;
-        self.submit_send_as(key, nowait)
-    }
-
-    fn submit_send_as(&mut self, key: usize, nowait: bool) -> io::Result<()> {
-        let (op, flags) = if nowait {
-            // WAITALL: a send that sends less than all of it fails, so it posts a completion
-            // (with what it sent) despite SKIP_SUCCESS; DONTWAIT: it never waits for room, so
-            // it is over once the kernel has taken its submission.
-            let flags = libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT | libc::MSG_WAITALL;
-            (Op::SendNoWait, flags)
-        } else {
-            (Op::Send, libc::MSG_NOSIGNAL)
-        };
-        let token = self.connection_token(op, key);
-        let tag = self.submits + 1;
+        let token = self.connection_token(Op::Send, key);
         let conn = &mut self.connections[key];
         let unsent = &conn.sending[conn.sent..];
-        // A silent success means all of it was sent, so a nowait send is never cut short.
-        let nowait = nowait && i32::try_from(unsent.len()).is_ok();
         let len = u32::try_from(unsent.len()).unwrap_or(u32::MAX);
-        let mut entry = opcode::Send::new(types::Fd(conn.fd.as_raw_fd()), unsent.as_ptr(), len)
-            .flags(flags)
+        let entry = opcode::Send::new(types::Fd(conn.fd.as_raw_fd()), unsent.as_ptr(), len)
+            .flags(libc::MSG_NOSIGNAL)
             .build()
             .user_data(token.user_data());
         conn.life.send_inflight = true;
-        if nowait {
-            entry = entry.flags(squeue::Flags::SKIP_SUCCESS);
-            conn.nowait = Some(tag);
-            self.unacknowledged.push((token, tag));
-        } else if op == Op::SendNoWait {
-            return self.submit_send_as(key, false);
-        }
         self.push(entry)
-    }
-
-    /// Acknowledges the sends that were taken to the kernel by submit call `submitted` or an
-    /// earlier one and posted no completion: they sent everything. Call it once the kernel has
-    /// taken every queued submission (and no completion waits in the kernel's overflow list)
-    /// and the completions that followed have been handled: a send that did not send
-    /// everything has posted its completion by then (it cannot wait, so it is done when
-    /// submitted) and is no longer unacknowledged.
-    pub(super) fn acknowledge_sends(&mut self, submitted: u64) -> io::Result<()> {
-        if self.unacknowledged.is_empty() {
-            return Ok(());
-        }
-        let mut pending = std::mem::take(&mut self.unacknowledged);
-        for &(token, tag) in &pending {
-            let key = token.key();
-            let still = self.is_current(token) && self.connections[key].nowait == Some(tag);
-            if !still {
-                continue; // its completion came: it did not send everything
-            }
-            if tag > submitted {
-                self.unacknowledged.push((token, tag));
-                continue;
-            }
-            let conn = &mut self.connections[key];
-            conn.nowait = None;
-            let rest = conn.sending.len() - conn.sent;
-            self.on_send(key, rest as i32)?;
-        }
-        pending.clear();
-        if self.unacknowledged.is_empty() {
-            self.unacknowledged = pending;
-        } else {
-            self.unacknowledged.append(&mut pending);
-        }
-        Ok(())
-    }
-
-    /// A nowait send posted its completion: it sent less than all of it (the socket's buffer
-    /// filled: the rest goes as a send that waits for room), or it failed.
-    pub(super) fn on_send_not_finished(&mut self, key: usize, result: i32) -> io::Result<()> {
-        let Some(conn) = self.connections.get_mut(key) else {
-            tracing::error!(key, "send completion for a closed connection");
-            return Ok(());
-        };
-        conn.nowait = None;
-        let rest = conn.sending.len() - conn.sent;
-        if result >= 0 && (result as usize) < rest || result == -libc::EAGAIN {
-            conn.sent += result.max(0) as usize;
-            if conn.life.phase == Phase::Closing {
-                conn.life.send_inflight = false;
-                return self.maybe_release(key);
-            }
-            return self.submit_send_as(key, false);
-        }
-        self.on_send(key, result)
     }
 
     pub(super) fn on_send(&mut self, key: usize, result: i32) -> io::Result<()> {

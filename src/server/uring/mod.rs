@@ -105,11 +105,6 @@ pub(super) struct EventLoop<S: Service> {
     output: OutputAccount,
     generations: Generations,
     draining: bool,
-    /// Calls that handed the submission queue to the kernel so far.
-    submits: u64,
-    /// Sends that post no completion when they succeed, each with the number of the submit
-    /// call that takes it to the kernel (see `acknowledge_sends`).
-    unacknowledged: Vec<(Token, u64)>,
 }
 
 impl<S: Service> EventLoop<S> {
@@ -158,8 +153,6 @@ impl<S: Service> EventLoop<S> {
             output: OutputAccount::new(settings.output, settings.loops),
             generations: Generations::default(),
             draining: false,
-            submits: 0,
-            unacknowledged: Vec::with_capacity(1024),
         })
     }
 
@@ -183,12 +176,6 @@ impl<S: Service> EventLoop<S> {
                 return Ok(());
             }
             self.wait_for_completions()?;
-            // Taken now, before completions are handled (and may submit more).
-            let submitted = self.submits;
-            let settled = {
-                let queue = self.ring.submission();
-                queue.is_empty() && !queue.cq_overflow()
-            };
             completions.clear();
             completions.extend(
                 self.ring
@@ -197,9 +184,6 @@ impl<S: Service> EventLoop<S> {
             );
             for &(user_data, result, flags) in &completions {
                 self.complete(Token::from_user_data(user_data), result, flags)?;
-            }
-            if settled {
-                self.acknowledge_sends(submitted)?;
             }
             self.enforce_output_cap()?;
         }
@@ -210,12 +194,6 @@ impl<S: Service> EventLoop<S> {
     /// calls, no sleep), so a request arriving soon after the last one is picked up without
     /// the wake-up a sleeping thread needs; then it blocks.
     fn wait_for_completions(&mut self) -> io::Result<()> {
-        if !self.unacknowledged.is_empty() {
-            // Sends that will post nothing when they succeed: submit them and return at once,
-            // so the loop acknowledges them this turn instead of waiting for a completion
-            // that may never come (a close after the last reply waits for its send).
-            return self.enter(0);
-        }
         if self.busy_poll.is_zero() || !self.features.work_pending_flag || self.draining {
             return self.enter(1);
         }
@@ -250,7 +228,6 @@ impl<S: Service> EventLoop<S> {
     /// One io_uring_enter: submits queued entries and waits for `want` completions (running
     /// deferred work when there is some, even with `want` 0).
     fn enter(&mut self, want: usize) -> io::Result<()> {
-        self.submits += 1;
         match self.ring.submit_and_wait(want) {
             Ok(_) => Ok(()),
             // Interrupted, or completions must be reaped before more can be submitted.
@@ -289,7 +266,6 @@ impl<S: Service> EventLoop<S> {
             if unsafe { self.ring.submission().push(&entry) }.is_ok() {
                 return Ok(());
             }
-            self.submits += 1;
             self.ring.submit()?;
         }
     }
@@ -297,7 +273,7 @@ impl<S: Service> EventLoop<S> {
     fn complete(&mut self, token: Token, result: i32, flags: u32) -> io::Result<()> {
         match token.op() {
             Some(Op::Accept) => self.on_accept(token.key(), result, flags),
-            Some(Op::Recv | Op::Send | Op::SendNoWait) if !self.is_current(token) => {
+            Some(Op::Recv | Op::Send) if !self.is_current(token) => {
                 // Cannot happen (slots outlive their operations); refuse rather than hand
                 // another connection's completion to this slot's connection.
                 tracing::error!(
@@ -311,7 +287,6 @@ impl<S: Service> EventLoop<S> {
             }
             Some(Op::Recv) => self.on_recv(token.key(), result, flags),
             Some(Op::Send) => self.on_send(token.key(), result),
-            Some(Op::SendNoWait) => self.on_send_not_finished(token.key(), result),
             Some(Op::Cancel) => Ok(()),
             Some(Op::Wake) => self.on_wake(result),
             Some(Op::Refuse) => {
@@ -562,69 +537,5 @@ impl<S: Service> Drop for EventLoop<S> {
         for listener in &mut self.listeners {
             listener.socket.take();
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::io::Read;
-    use std::net::{TcpListener, TcpStream};
-
-    use super::*;
-
-    fn connected_pair() -> (TcpStream, TcpStream) {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let client = TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
-        let (server, _) = listener.accept().expect("accept");
-        (server, client)
-    }
-
-    /// What the unacknowledged sends rely on: a send with MSG_DONTWAIT | MSG_WAITALL and
-    /// CQE_SKIP_SUCCESS is done when the kernel has taken its submission, posts nothing when
-    /// it sent everything, and posts how much it sent when the socket filled up.
-    #[test]
-    fn a_nowait_send_posts_a_completion_only_when_it_did_not_send_everything() {
-        let (mut ring, _) = probe::create_ring(8, 16).expect("ring");
-        let flags = libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT | libc::MSG_WAITALL;
-        let (server, mut client) = connected_pair();
-        let small = [5u8; 16];
-        let entry = opcode::Send::new(types::Fd(server.as_raw_fd()), small.as_ptr(), 16)
-            .flags(flags)
-            .build()
-            .flags(squeue::Flags::SKIP_SUCCESS)
-            .user_data(1);
-        // SAFETY: `small` outlives the send, which is done once submitted (it cannot wait).
-        unsafe { ring.submission().push(&entry) }.expect("queue");
-        ring.submit_and_wait(0).expect("submit");
-        assert!(ring.submission().is_empty());
-        assert_eq!(ring.completion().count(), 0, "a full send posts nothing");
-        let mut got = [0u8; 16];
-        client.read_exact(&mut got).expect("read");
-        assert_eq!(got, small);
-
-        let big = vec![7u8; 64 << 20];
-        let entry = opcode::Send::new(
-            types::Fd(server.as_raw_fd()),
-            big.as_ptr(),
-            big.len() as u32,
-        )
-        .flags(flags)
-        .build()
-        .flags(squeue::Flags::SKIP_SUCCESS)
-        .user_data(2);
-        // SAFETY: as above.
-        unsafe { ring.submission().push(&entry) }.expect("queue");
-        ring.submit_and_wait(0).expect("submit");
-        let completions: Vec<(u64, i32)> = ring
-            .completion()
-            .map(|c| (c.user_data(), c.result()))
-            .collect();
-        assert_eq!(completions.len(), 1, "{completions:?}");
-        let (user_data, sent) = completions[0];
-        assert_eq!(user_data, 2);
-        assert!(
-            sent > 0 && (sent as usize) < big.len(),
-            "a send the socket could not take whole reports the bytes it sent: {sent}"
-        );
     }
 }

@@ -20,9 +20,6 @@ pub enum Op {
     Refuse = 6,
     /// Key: which [`Timer`](crate::server::timers::Timer).
     Timer = 7,
-    /// A send that cannot wait (MSG_DONTWAIT) and posts a completion only when it did not
-    /// send everything (CQE_SKIP_SUCCESS); see `EventLoop::acknowledge_sends`.
-    SendNoWait = 8,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,7 +61,6 @@ impl Token {
             5 => Op::Wake,
             6 => Op::Refuse,
             7 => Op::Timer,
-            8 => Op::SendNoWait,
             _ => return None,
         })
     }
@@ -108,7 +104,7 @@ impl Generations {
 mod tests {
     use super::*;
 
-    const OPS: [Op; 8] = [
+    const OPS: [Op; 7] = [
         Op::Accept,
         Op::Recv,
         Op::Send,
@@ -116,7 +112,6 @@ mod tests {
         Op::Wake,
         Op::Refuse,
         Op::Timer,
-        Op::SendNoWait,
     ];
 
     #[test]
@@ -139,7 +134,7 @@ mod tests {
     #[test]
     fn unknown_ops_are_not_decoded() {
         assert_eq!(Token::from_user_data(0).op(), None);
-        assert_eq!(Token::from_user_data(9).op(), None);
+        assert_eq!(Token::from_user_data(8).op(), None);
     }
 
     #[test]
