@@ -59,7 +59,7 @@ struct Conn {
 /// Serves connections forever, spinning up to `busy_poll` for more completions before it
 /// sleeps. Returns only if the ring or the listener fails for good.
 pub fn serve(listener: TcpListener, busy_poll: Duration) -> io::Result<()> {
-    let mut ring: IoUring = IoUring::builder().build(RING_ENTRIES)?;
+    let mut ring = create_ring()?;
     let bufs = BufRing::new(BUFFER_GROUP, BUFFERS, BUFFER_SIZE)?;
     bufs.register(&ring.submitter())?;
     let mut responder = Responder {
@@ -78,6 +78,23 @@ pub fn serve(listener: TcpListener, busy_poll: Duration) -> io::Result<()> {
     }
 }
 
+/// The ring seqd's loops would get on this kernel: task work deferred to the one thread that
+/// submits (SINGLE_ISSUER + DEFER_TASKRUN, 6.1+), run when it enters the kernel and flagged
+/// in shared memory (TASKRUN_FLAG) for the busy poll; a plain ring where the kernel has not
+/// those (EINVAL).
+fn create_ring() -> io::Result<IoUring> {
+    let deferred = IoUring::builder()
+        .setup_submit_all()
+        .setup_single_issuer()
+        .setup_defer_taskrun()
+        .setup_taskrun_flag()
+        .build(RING_ENTRIES);
+    match deferred {
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => IoUring::builder().build(RING_ENTRIES),
+        ring => ring,
+    }
+}
+
 /// Submits what is queued, then waits for a completion: spinning on the completion queue for
 /// up to `busy_poll` first (as seqd's loop does), sleeping in the kernel after that.
 fn wait_for_completions(ring: &mut IoUring, busy_poll: Duration) -> io::Result<()> {
@@ -85,7 +102,14 @@ fn wait_for_completions(ring: &mut IoUring, busy_poll: Duration) -> io::Result<(
         ring.submit_and_wait(1)?;
         return Ok(());
     }
-    ring.submit()?;
+    // As seqd's loop: no system call when nothing is queued and no work is pending.
+    let nothing_to_do = {
+        let queue = ring.submission();
+        queue.is_empty() && !queue.taskrun() && !queue.cq_overflow()
+    };
+    if !nothing_to_do {
+        ring.submit()?;
+    }
     let deadline = Instant::now() + busy_poll;
     while Instant::now() < deadline {
         // Runs deferred task work so completions can appear without a sleep.
