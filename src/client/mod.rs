@@ -318,12 +318,13 @@ impl Client {
 const DEFAULT_RETRY_FOR: Duration = Duration::from_secs(15);
 /// A reply slower than this means the node is stuck (paused, partitioned): try another.
 const DEFAULT_REPLY_TIMEOUT: Duration = Duration::from_secs(3);
-/// Pause after a whole round of endpoints failed with no leader named: the first is short,
-/// so a graceful handover (tens of milliseconds) is noticed within a few; each next one
-/// doubles up to the longest, so a crash's election (about a second) costs each client a few
-/// attempts per endpoint and second, not a busy loop.
-const RETRY_PAUSE_MIN: Duration = Duration::from_millis(2);
-const RETRY_PAUSE_MAX: Duration = Duration::from_millis(25);
+/// Pause after a whole round of endpoints failed with no leader named: short at first, so a
+/// graceful handover (tens of milliseconds) is noticed within a few; after
+/// [`FAST_RETRIES_FOR`] of failing, longer, so a crash's election (about a second) costs each
+/// client a few attempts per endpoint and second, not a busy loop.
+const RETRY_PAUSE_FAST: Duration = Duration::from_millis(5);
+const RETRY_PAUSE_SLOW: Duration = Duration::from_millis(25);
+const FAST_RETRIES_FOR: Duration = Duration::from_millis(250);
 
 /// A client of a seqd cluster that follows the leader: on `NOTLEADER <addr>` it reconnects
 /// to `addr`, on `NOTLEADER unknown`, `UNAVAILABLE`, a connection error or a timeout it tries
@@ -347,8 +348,6 @@ pub struct LeaderClient {
     target: String,
     /// Attempts failed in a row with no leader named (every endpoint tried once per round).
     failed_in_row: usize,
-    /// The pause after the next failed round.
-    pause: Duration,
 }
 
 impl LeaderClient {
@@ -370,7 +369,6 @@ impl LeaderClient {
             reconnects: 0,
             target: String::new(),
             failed_in_row: 0,
-            pause: RETRY_PAUSE_MIN,
         };
         client.with_retries(|c| c.ping())?;
         Ok(client)
@@ -441,7 +439,6 @@ impl LeaderClient {
                 Ok(client) => match request(client) {
                     Ok(value) => {
                         self.failed_in_row = 0;
-                        self.pause = RETRY_PAUSE_MIN;
                         return Ok(value);
                     }
                     Err(e) => e,
@@ -490,8 +487,11 @@ impl LeaderClient {
                 // The other endpoints first: the leader may be one of them already.
                 self.failed_in_row += 1;
                 if self.failed_in_row.is_multiple_of(self.endpoints.len()) {
-                    std::thread::sleep(self.pause);
-                    self.pause = (self.pause * 2).min(RETRY_PAUSE_MAX);
+                    std::thread::sleep(if started.elapsed() < FAST_RETRIES_FOR {
+                        RETRY_PAUSE_FAST
+                    } else {
+                        RETRY_PAUSE_SLOW
+                    });
                 }
             }
         }
