@@ -356,17 +356,20 @@ pub struct Config {
     #[arg(long, default_value_t = 0, value_name = "SECONDS")]
     pub timeout: u64,
 
-    /// Close a client whose unsent replies reach this size: it sends requests without
-    /// reading the replies (Redis's client-output-buffer-limit; 4mb is ~400,000 GETSEQ
-    /// replies beyond what the kernel's socket buffers hold). Logged with the client's
-    /// address. 0 never closes such a client: it is held instead, its requests no longer
-    /// decoded once 1mb of replies waits. Units as in redis.conf: 512kb, 4mb, 1gb.
+    /// Close a client whose queued replies hold this much memory (Redis's
+    /// client-output-buffer-limit), logged with its address. A client that sends without
+    /// reading is paused before this (its requests no longer decoded, its input no longer
+    /// read once 128kb of replies waits, until it has read them), so the limit closes only
+    /// what one request or one receive produces past the pause; a limit below 128kb closes
+    /// such clients instead of pausing them. 0: no limit (paused clients stay paused).
+    /// Units as in redis.conf: 512kb, 4mb, 1gb.
     #[arg(long, default_value = "4mb", value_parser = parse_bytes, value_name = "BYTES")]
     pub client_output_limit: u64,
 
-    /// All clients' unsent replies together (Redis 7's maxmemory-clients): once over it, the
-    /// clients holding the most are closed (and logged) until the total is under it again.
-    /// 0: no cap (each client is still bounded by --client-output-limit).
+    /// The memory all clients' queued replies hold together (Redis 7's maxmemory-clients):
+    /// once over it, the clients holding the most are closed (and logged) until the total is
+    /// under it again. 0: no cap (each client is still bounded by the pause and
+    /// --client-output-limit).
     #[arg(long, default_value = "256mb", value_parser = parse_bytes, value_name = "BYTES")]
     pub maxmemory_clients: u64,
 
@@ -623,15 +626,11 @@ impl Config {
         }
     }
 
-    /// How much unsent output a session accumulates before it stops decoding: with a
-    /// per-connection limit, no pause at all (the limit closes the client instead); without
-    /// one, the session holds the client at OUTPUT_HIGH_WATER.
+    /// How much unsent output a session accumulates before it stops decoding (and the
+    /// backend stops reading it), with or without a per-connection limit: the limit closes
+    /// only what gets past the pause.
     pub fn held_output(&self) -> usize {
-        if self.client_output_limit > 0 {
-            usize::MAX
-        } else {
-            crate::service::OUTPUT_HIGH_WATER
-        }
+        crate::service::OUTPUT_HIGH_WATER
     }
 }
 
@@ -851,8 +850,8 @@ mod tests {
         assert_eq!(c.output_limits().total, Some(256 << 20));
         assert_eq!(
             c.held_output(),
-            usize::MAX,
-            "the limit closes, nothing holds"
+            crate::service::OUTPUT_HIGH_WATER,
+            "paused before the limit closes"
         );
         let c = parse(&["--client-output-limit=0", "--maxmemory-clients=0"]);
         assert_eq!(c.output_limits().per_connection, None);

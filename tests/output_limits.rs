@@ -1,9 +1,11 @@
-//! What clients that send without reading may cost (Redis's conventions): one is closed,
-//! with a log line naming it, once its unsent replies reach `--client-output-limit`; all of
-//! them together are capped by `--maxmemory-clients`, beyond which the largest are closed;
-//! and the memory they made seqd allocate is given back once they are gone. Meanwhile other
-//! clients are served. Both backends (SEQD_TEST_IO=epoll runs the default-backend tests on
-//! epoll too). `--client-output-limit 0` (held, not closed) is tests/slow_reader.rs.
+//! What clients that send without reading may cost: one is paused (its requests no longer
+//! decoded, its input no longer read) once its replies back up, well before
+//! `--client-output-limit`, which closes it, with a log line naming it, only when it is set
+//! below the pause; what all of them hold (output buffers and held input, as allocated) is
+//! capped by `--maxmemory-clients`, beyond which the largest are closed, so the process grows
+//! by no more than the cap and its fixed buffers; and the memory is given back once they are
+//! gone. Meanwhile other clients are served. Both backends (SEQD_TEST_IO=epoll runs the
+//! default-backend tests on epoll too). `--client-output-limit 0` is tests/slow_reader.rs.
 
 mod common;
 
@@ -109,17 +111,55 @@ fn rss_falls_to(server: &SeqdProcess, kib: u64) {
     }
 }
 
-fn never_reading_client_is_disconnected(io: &str) {
+fn never_reading_client_is_paused(io: &str) {
     let server = start(io, &[]);
     served(&server);
     let before = server.rss_kib();
     let greedy = server.connect();
-    let peer = greedy.local_addr().unwrap();
     let attack = std::thread::spawn(move || flood(greedy, 1 << 30));
     // Everyone else is served meanwhile.
     for _ in 0..20 {
         served(&server);
     }
+    let ended = attack.join().unwrap();
+    // Paused long before --client-output-limit (4mb): its requests are no longer decoded and
+    // its input no longer read, so it cannot make seqd hold more.
+    assert!(matches!(ended, Ended::Stalled { .. }), "{ended:?}");
+    served(&server);
+    assert!(
+        !server.log().contains("--client-output-limit"),
+        "{}",
+        server.log()
+    );
+    assert_eq!(
+        info_field(&server, "client_output_buffer_limit_disconnections"),
+        0
+    );
+    // Its output buffers and the input that was in flight when it was paused (io_uring's
+    // multishot receive may have brought a few MiB): a bound, however much it sends.
+    let held = info_field(&server, "mem_clients_normal");
+    assert!(
+        held < 16 << 20,
+        "{held} bytes held for a paused client: the pause did not bound it"
+    );
+    // Held memory is counted: the process grew by no more than that and its fixed buffers.
+    let grown = server.rss_kib().saturating_sub(before);
+    assert!(
+        grown <= held / 1024 + KEPT_AFTER_BURST_KIB,
+        "seqd grew by {grown} KiB for one paused client, counted as {held} bytes"
+    );
+    drop(ended);
+    rss_falls_to(&server, before + KEPT_AFTER_BURST_KIB);
+    served(&server);
+}
+
+fn a_limit_below_the_pause_disconnects(io: &str) {
+    let server = start(io, &["--client-output-limit=64kb"]);
+    served(&server);
+    let greedy = server.connect();
+    let peer = greedy.local_addr().unwrap();
+    let attack = std::thread::spawn(move || flood(greedy, 1 << 30));
+    served(&server);
     let ended = attack.join().unwrap();
     assert!(matches!(ended, Ended::Closed), "{ended:?}");
     server.wait_for_log("--client-output-limit");
@@ -130,8 +170,8 @@ fn never_reading_client_is_disconnected(io: &str) {
         .unwrap();
     for part in [
         format!("peer={peer}"),
-        "limit=4194304".to_owned(),
-        "queued=".to_owned(),
+        "limit=65536".to_owned(),
+        "held=".to_owned(),
     ] {
         assert!(line.contains(&part), "no {part:?} in the log line: {line}");
     }
@@ -140,13 +180,14 @@ fn never_reading_client_is_disconnected(io: &str) {
         1
     );
     served(&server);
-    // The limit's worth of replies was allocated for it, and is given back.
-    rss_falls_to(&server, before + KEPT_AFTER_BURST_KIB);
 }
 
 fn many_never_reading_clients_are_capped(io: &str) {
-    // Each client held (not closed) at about 2 MiB of unsent replies: the cap acts alone.
-    let server = start(io, &["--client-output-limit=0", "--maxmemory-clients=8mb"]);
+    // Each client paused, not closed (no per-connection limit), holding a few hundred KiB of
+    // output buffers and held input: 16 of them are over the cap, which acts alone.
+    const CAP: u64 = 2 << 20;
+    let cap = format!("--maxmemory-clients={CAP}");
+    let server = start(io, &["--client-output-limit=0", &cap]);
     served(&server);
     let before = server.rss_kib();
     let clients: Vec<_> = (0..16)
@@ -160,17 +201,22 @@ fn many_never_reading_clients_are_capped(io: &str) {
     served(&server);
     server.wait_for_log("--maxmemory-clients");
     assert!(closed >= 1, "no client was closed: {ended:?}");
+    assert!(
+        closed < 16,
+        "every client was closed: the pause did not bound them"
+    );
     assert!(info_field(&server, "evicted_clients") >= 1);
     let held = info_field(&server, "mem_clients_normal");
     assert!(
-        held <= 8 << 20,
-        "{held} bytes of unsent replies are held, over --maxmemory-clients"
+        held <= CAP,
+        "{held} bytes are held for clients, over --maxmemory-clients"
     );
+    // What is counted is what is held: the process grew by the cap and its fixed buffers at
+    // most, whatever the clients sent.
     let grown = server.rss_kib().saturating_sub(before);
-    // The cap, plus what held clients' unread input costs (at most 1 MiB each).
     assert!(
-        grown < 64 * 1024,
-        "seqd grew by {grown} KiB for 16 clients that do not read"
+        grown <= CAP / 1024 + KEPT_AFTER_BURST_KIB,
+        "seqd grew by {grown} KiB for 16 clients that do not read, with a cap of {CAP} bytes"
     );
     // The memory is given back once they leave.
     drop(ended);
@@ -191,13 +237,23 @@ fn default_io() -> String {
 }
 
 #[test]
-fn never_reading_client_is_disconnected_default_backend() {
-    never_reading_client_is_disconnected(&default_io());
+fn never_reading_client_is_paused_default_backend() {
+    never_reading_client_is_paused(&default_io());
 }
 
 #[test]
-fn never_reading_client_is_disconnected_epoll() {
-    never_reading_client_is_disconnected("epoll");
+fn never_reading_client_is_paused_epoll() {
+    never_reading_client_is_paused("epoll");
+}
+
+#[test]
+fn a_limit_below_the_pause_disconnects_default_backend() {
+    a_limit_below_the_pause_disconnects(&default_io());
+}
+
+#[test]
+fn a_limit_below_the_pause_disconnects_epoll() {
+    a_limit_below_the_pause_disconnects("epoll");
 }
 
 #[test]

@@ -114,8 +114,8 @@ fn clients_that_send_and_vanish_leak_nothing() {
 fn a_client_that_does_not_read_is_held_back_and_others_are_served() {
     // 16 MB of requests and ~18 MB of replies: far more than the kernel's socket buffers and
     // the server's own per-connection limits hold, so the server must stop reading this
-    // connection until the client catches up, then resume (with `--client-output-limit=0`:
-    // by default such a client is closed instead, tests/output_limits.rs).
+    // connection until the client catches up, then resume (with `--client-output-limit=0`,
+    // so a receive's replies past the pause can never close it).
     const REQUESTS: usize = 2_000_000;
     let server = SeqdProcess::start(&["--log-level=seqd=debug", "--client-output-limit=0"]);
     let mut greedy = server.connect();

@@ -1,8 +1,8 @@
 //! A client that sends without ever reading, with `--client-output-limit 0` (no limit: such
 //! clients are held, not closed; tests/output_limits.rs has the default): seqd stops
-//! decoding its requests once about 1 MiB of replies waits (OUTPUT_HIGH_WATER), then stops
-//! reading it once about 1 MiB of its input is held, so its memory stays bounded however
-//! much it sends; other clients are served meanwhile. Both backends.
+//! decoding its requests once about 128 KiB of replies waits (OUTPUT_HIGH_WATER) and stops
+//! reading it, so its memory stays bounded however much it sends; other clients are served
+//! meanwhile. Both backends.
 
 mod common;
 

@@ -12,7 +12,7 @@ use crate::clock::Now;
 use crate::protocol::{Problem, Reply, text};
 use crate::sequence::Registry;
 use crate::service::stream_hub::{StreamHub, Verdict};
-use crate::service::{LoopState, Session, Status, counters};
+use crate::service::{LoopState, Pause, Session, Status, counters};
 use crate::state::LeasesAndStreams;
 
 pub use crate::service::Limits;
@@ -122,7 +122,11 @@ fn session_next(status: Status, session: &Session) -> Next {
             } else {
                 Until::Drained
             },
-            keep_reading: session.buffered() <= HELD_INPUT_LIMIT,
+            // A client that does not read its replies gains nothing from more of its input
+            // being read: stopping at once keeps what it costs to its replies (and stops the
+            // loop's work for it until it reads). Waiting for the persister, input is taken
+            // on meanwhile so the pipeline is ready when the ceiling rises.
+            keep_reading: pause != Pause::Backpressure && session.buffered() <= HELD_INPUT_LIMIT,
         },
         Status::Closing => Next::Close,
     }
@@ -282,6 +286,16 @@ impl Service for Services {
             && out.len() < STREAM_BACKLOG
         {
             streams.hub.fill(key, out, streams.tick_now);
+        }
+    }
+
+    #[inline]
+    fn held_input(&self, conn: &Handler) -> usize {
+        match conn {
+            Handler::Session(session) => session.held_input(),
+            // A stream connection's input held is at most a part of one short frame; a
+            // denied client's is dropped.
+            Handler::Stream | Handler::Denied(_) => 0,
         }
     }
 }

@@ -92,7 +92,7 @@ struct Connection<C> {
     held: Option<Until>,
     closing: Closing,
     peer: Option<std::net::SocketAddr>,
-    /// Its queued bytes as last reported to the loop's output account.
+    /// Its held bytes as last reported to the loop's output account.
     accounted: usize,
 }
 
@@ -104,6 +104,12 @@ impl<C> Connection<C> {
     /// Reply bytes held for it that the kernel has not taken.
     fn queued(&self) -> usize {
         self.pending.len() - self.written
+    }
+
+    /// The memory its output holds: the whole buffer, written prefix included (see
+    /// `server/output.rs`).
+    fn output_held(&self) -> usize {
+        self.pending.capacity()
     }
 
     fn wants_reading(&self) -> bool {
@@ -504,15 +510,17 @@ impl<S: Service> EventLoop<S> {
         self.maybe_release(key)
     }
 
-    /// Reports connection `key`'s queued bytes to the output account; closes it at once when
-    /// they are over `--client-output-limit` (then returns true).
+    /// Reports what connection `key` holds (its output buffer, and the input the service
+    /// keeps for it) to the output account; closes it at once when its unsent replies are
+    /// over `--client-output-limit` (then returns true).
     fn account_output(&mut self, key: usize) -> bool {
         let conn = &mut self.connections[key];
+        let held = conn.output_held() + self.service.held_input(&conn.handler);
         let queued = conn.queued();
-        if queued == conn.accounted {
-            return false;
-        }
-        match self.output.report(&mut conn.accounted, queued, conn.peer) {
+        match self
+            .output
+            .report(&mut conn.accounted, held, queued, conn.peer)
+        {
             Verdict::Within => false,
             Verdict::OverLimit => {
                 self.release(key);
@@ -521,19 +529,19 @@ impl<S: Service> EventLoop<S> {
         }
     }
 
-    /// Closes this loop's largest offenders when all clients' unsent replies are over
+    /// Closes this loop's largest offenders when all clients' output buffers are over
     /// `--maxmemory-clients` (once per turn).
     fn enforce_output_cap(&mut self) {
         let excess = self.output.publish();
         if excess == 0 {
             return;
         }
-        let queued = self
+        let held = self
             .connections
             .iter()
             .map(|(key, conn)| (key, conn.accounted))
             .collect();
-        for key in largest_offenders(queued, excess) {
+        for key in largest_offenders(held, excess) {
             let conn = &self.connections[key];
             self.output.evicted(conn.accounted, conn.peer);
             self.release(key);
@@ -651,6 +659,7 @@ impl<S: Service> EventLoop<S> {
             // Idle: give the buffer back so an idle connection holds none.
             let pending = std::mem::take(&mut conn.pending);
             self.spare.give(pending);
+            self.account_output(key);
         }
         self.maybe_release(key)
     }

@@ -44,6 +44,8 @@
 //!    connections [`Service::released`] lists (streams let go, sessions idle past
 //!    `--timeout`), and re-arm.
 //! 6. Call [`Service::close`] exactly once per opened connection, when its slot is freed.
+//! 7. Count a connection's output buffers and [`Service::held_input`] against the output
+//!    limits after each call that may change them (`server/output.rs`).
 //!
 //! What a backend decides alone: buffers, readiness or completion handling, lingering after
 //! close, shutdown grace, accept back-off. What it never decides: framing, replies, when a
@@ -137,4 +139,9 @@ pub trait Service {
 
     /// Appends what connection `key` has due after a tick (nothing once enough waits in `out`).
     fn fill(&mut self, conn: &mut Self::Conn, key: ConnKey, out: &mut Vec<u8>);
+
+    /// The memory the service holds for the connection's input (a frame split across
+    /// receives, input kept while held), which the backend counts with its output buffers
+    /// against `--maxmemory-clients`; it changes only within the calls above.
+    fn held_input(&self, conn: &Self::Conn) -> usize;
 }

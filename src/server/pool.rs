@@ -16,7 +16,7 @@
 /// Output buffers one event loop keeps for reuse, the largest one worth keeping, a new one's
 /// size, and the most bytes the kept buffers may hold together.
 const SPARE_BUFFERS: usize = 256;
-const SPARE_BUFFER_MAX: usize = 256 << 10;
+const SPARE_BUFFER_MAX: usize = 64 << 10;
 const FRESH_BUFFER: usize = 4096;
 const SPARE_BYTES: usize = 4 << 20;
 

@@ -345,6 +345,12 @@ impl<S: Service> Service for Tls<S> {
             last
         });
     }
+
+    #[inline]
+    fn held_input(&self, conn: &Conn<S::Conn>) -> usize {
+        // rustls's own buffers are bounded by the TLS record size, not by what a client sends.
+        self.inner.held_input(&conn.inner)
+    }
 }
 
 #[cfg(test)]
@@ -399,6 +405,9 @@ mod tests {
             Vec::new()
         }
         fn fill(&mut self, _: &mut (), _: ConnKey, _: &mut Vec<u8>) {}
+        fn held_input(&self, _: &()) -> usize {
+            0
+        }
     }
 
     struct Pair {

@@ -18,7 +18,16 @@ use crate::sequence::SequenceId;
 /// Stop decoding new requests once this many reply bytes wait to be sent (at least; see
 /// [`Limits::held_output`](super::Limits::held_output)): the client is not reading.
 /// Decoding resumes when the backlog has been sent.
-pub const OUTPUT_HIGH_WATER: usize = 1 << 20;
+///
+/// Replies pile up in seqd only once the kernel's socket buffers toward the client are full
+/// (hundreds of KiB to MiBs on loopback), so a client this far behind still has a socket
+/// buffer of replies to read while it is paused: pausing it costs a reader nothing. The
+/// threshold need only clear what one call adds (a 16 KiB receive of pipelined GETSEQ is
+/// ~25 KiB of replies; epoll's 64 KiB read ~100 KiB; a 4096-deep pipeline ~55 KiB), so
+/// clients that read never trip it. Above that, smaller is better: what a paused client's
+/// output buffers hold is about this much each (rounded up to a power of two), and it counts
+/// against `--maxmemory-clients`.
+pub const OUTPUT_HIGH_WATER: usize = 128 << 10;
 
 /// What the driver should do with the connection after a call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,6 +124,11 @@ impl Session {
     /// Bytes received but not yet decoded.
     pub fn buffered(&self) -> usize {
         self.carry.len()
+    }
+
+    /// The memory its received, undecoded bytes hold.
+    pub fn held_input(&self) -> usize {
+        self.carry.capacity()
     }
 
     /// Bytes the text decoder has examined on this connection (for tests of its cost).

@@ -6,11 +6,11 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use io_uring::{cqueue, opcode, types};
+use io_uring::{cqueue, opcode, squeue, types};
 
-use super::EventLoop;
 use super::lifecycle::{Flushed, Lifecycle, Phase, RecvOp};
 use super::token::{Generation, Op, Token};
+use super::{EventLoop, RECV_BUFFER_SIZE};
 use crate::server::failure::Failure;
 use crate::server::handler::{Kind, Next, Service, Until};
 use crate::server::linger::{LINGER, socket_is_quiet};
@@ -33,7 +33,7 @@ pub(super) struct Connection<C> {
     sent: usize,
     life: Lifecycle,
     peer: Option<std::net::SocketAddr>,
-    /// Its queued bytes as last reported to the loop's output account.
+    /// Its held bytes as last reported to the loop's output account.
     accounted: usize,
 }
 
@@ -45,6 +45,12 @@ impl<C> Connection<C> {
     /// Reply bytes held for it that the kernel has not taken.
     fn queued(&self) -> usize {
         self.pending.len() + (self.sending.len() - self.sent)
+    }
+
+    /// The memory its output holds: both buffers whole, since the part of `sending` the
+    /// kernel has taken is freed only once the send completes (see `server/output.rs`).
+    fn output_held(&self) -> usize {
+        self.pending.capacity() + self.sending.capacity()
     }
 }
 
@@ -118,9 +124,16 @@ impl<S: Service> EventLoop<S> {
     fn arm_recv(&mut self, key: usize) -> io::Result<()> {
         let token = self.connection_token(Op::Recv, key);
         let conn = &mut self.connections[key];
-        let entry = opcode::RecvMulti::new(types::Fd(conn.fd.as_raw_fd()), self.buffers.group())
-            .build()
-            .user_data(token.user_data());
+        let fd = types::Fd(conn.fd.as_raw_fd());
+        let entry = if conn.life.recv_one {
+            opcode::Recv::new(fd, std::ptr::null_mut(), RECV_BUFFER_SIZE)
+                .buf_group(self.buffers.group())
+                .build()
+                .flags(squeue::Flags::BUFFER_SELECT)
+        } else {
+            opcode::RecvMulti::new(fd, self.buffers.group()).build()
+        }
+        .user_data(token.user_data());
         conn.life.recv = RecvOp::Armed;
         self.push(entry)
     }
@@ -159,6 +172,8 @@ impl<S: Service> EventLoop<S> {
                 );
                 return self.close_now(key);
             };
+            conn.life
+                .received(result as usize, RECV_BUFFER_SIZE as usize);
             if conn.life.serving() {
                 if conn.pending.capacity() == 0 {
                     conn.pending = self.spare.take();
@@ -218,34 +233,36 @@ impl<S: Service> EventLoop<S> {
         self.maybe_release(key)
     }
 
-    /// Reports connection `key`'s queued bytes to the output account; closes it at once when
-    /// they are over `--client-output-limit` (then returns true).
+    /// Reports what connection `key` holds (its output buffers, and the input the service
+    /// keeps for it) to the output account; closes it at once when its unsent replies are
+    /// over `--client-output-limit` (then returns true).
     fn account_output(&mut self, key: usize) -> io::Result<bool> {
         let conn = &mut self.connections[key];
+        let held = conn.output_held() + self.service.held_input(&conn.handler);
         let queued = conn.queued();
-        if queued == conn.accounted {
-            return Ok(false);
-        }
-        match self.output.report(&mut conn.accounted, queued, conn.peer) {
+        match self
+            .output
+            .report(&mut conn.accounted, held, queued, conn.peer)
+        {
             Verdict::Within => Ok(false),
             Verdict::OverLimit => self.close_now(key).map(|()| true),
         }
     }
 
-    /// Closes this loop's largest offenders when all clients' unsent replies are over
+    /// Closes this loop's largest offenders when all clients' output buffers are over
     /// `--maxmemory-clients` (once per turn).
     pub(super) fn enforce_output_cap(&mut self) -> io::Result<()> {
         let excess = self.output.publish();
         if excess == 0 {
             return Ok(());
         }
-        let queued = self
+        let held = self
             .connections
             .iter()
             .filter(|(_, conn)| conn.life.phase != Phase::Closing)
             .map(|(key, conn)| (key, conn.accounted))
             .collect();
-        for key in largest_offenders(queued, excess) {
+        for key in largest_offenders(held, excess) {
             let conn = &self.connections[key];
             self.output.evicted(conn.accounted, conn.peer);
             self.close_now(key)?;
@@ -420,6 +437,9 @@ impl<S: Service> EventLoop<S> {
             let pending = std::mem::take(&mut conn.pending);
             self.spare.give(sending);
             self.spare.give(pending);
+            if conn.life.phase != Phase::Closing {
+                self.account_output(key)?;
+            }
         }
         self.maybe_release(key)
     }

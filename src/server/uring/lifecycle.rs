@@ -41,6 +41,13 @@ pub struct Lifecycle {
     pub send_inflight: bool,
     /// The peer shut down its side (we received EOF) or the socket failed.
     pub peer_closed: bool,
+    /// Receive one buffer at a time rather than multishot: from when reading resumes after a
+    /// pause until a receive comes back short of a full buffer. The kernel's queue for a
+    /// paused client fills (MiBs on loopback), and a multishot receive armed on it brings
+    /// all of it in one turn: past the few buffers the service decodes before it pauses
+    /// again, the service would have to keep the rest. A short receive says the queue is
+    /// drained, so multishot brings only what arrives.
+    pub recv_one: bool,
 }
 
 /// What the loop must do after the service answered.
@@ -74,6 +81,7 @@ impl Default for Lifecycle {
             recv: RecvOp::Idle,
             send_inflight: false,
             peer_closed: false,
+            recv_one: false,
         }
     }
 }
@@ -131,6 +139,9 @@ impl Lifecycle {
             },
             Next::Read => {
                 self.phase = Phase::Open;
+                if !was_reading {
+                    self.recv_one = true;
+                }
                 Steps {
                     resume_reading: !was_reading,
                     ..Steps::default()
@@ -184,6 +195,14 @@ impl Lifecycle {
             Flushed::Linger {
                 arm_recv: self.recv == RecvOp::Idle,
             }
+        }
+    }
+
+    /// A receive brought `bytes` into a buffer of `capacity`: short of full, the kernel had
+    /// no more queued, and the receive may be multishot again.
+    pub fn received(&mut self, bytes: usize, capacity: usize) {
+        if bytes < capacity {
+            self.recv_one = false;
         }
     }
 
@@ -253,6 +272,23 @@ mod tests {
         assert!(steps.resume_reading);
         assert!(conn.should_arm_recv());
         assert_eq!(conn.held(), None);
+    }
+
+    #[test]
+    fn after_a_pause_it_receives_one_buffer_at_a_time_until_the_queue_is_drained() {
+        let mut conn = open();
+        assert!(!conn.recv_one, "a new connection receives multishot");
+        conn.apply(HOLD_TOO_MUCH);
+        conn.apply(HOLD_FOR_DURABLE);
+        assert!(!conn.recv_one, "nothing changes while paused");
+        conn.apply(Next::Read);
+        assert!(conn.recv_one);
+        conn.received(16, 16);
+        assert!(conn.recv_one, "a full buffer: more may be queued");
+        conn.apply(Next::Read);
+        assert!(conn.recv_one, "reading all along is no resume");
+        conn.received(15, 16);
+        assert!(!conn.recv_one, "the kernel's queue is drained");
     }
 
     #[test]
