@@ -1017,6 +1017,74 @@ mod tests {
         assert_eq!((totals.returned, totals.reused), (1, 2));
     }
 
+    /// What the records were when the changes were last taken, with the changes applied:
+    /// equals the records now if every change was noted.
+    #[derive(Default)]
+    struct Mirror {
+        leases: BTreeMap<Key, LeaseRecord>,
+        pool: BTreeMap<Key, PooledRange>,
+    }
+
+    impl Mirror {
+        fn follow(&mut self, table: &mut LeaseTable) -> usize {
+            let changes = table.take_changes();
+            let taken = changes.leases.len() + changes.pool.len();
+            for (key, lease) in changes.leases {
+                match lease {
+                    Some(lease) => self.leases.insert(key, lease),
+                    None => self.leases.remove(&key),
+                };
+            }
+            for (key, range) in changes.pool {
+                match range {
+                    Some(range) => self.pool.insert(key, range),
+                    None => self.pool.remove(&key),
+                };
+            }
+            let (leases, pool, counters) = table.records();
+            assert_eq!(self.leases.values().cloned().collect::<Vec<_>>(), leases);
+            assert_eq!(self.pool.values().copied().collect::<Vec<_>>(), pool);
+            assert_eq!(changes.counters, counters);
+            taken
+        }
+    }
+
+    #[test]
+    fn every_change_is_noted_and_only_changes() {
+        let mut f = fixture(true);
+        let mut mirror = Mirror::default();
+        f.grant(20, None, 0).unwrap();
+        f.grant(10, ids("a", "r"), 0).unwrap();
+        assert_eq!(mirror.follow(&mut f.table), 2);
+        assert_eq!(mirror.follow(&mut f.table), 0, "taken: nothing left");
+        f.ack(1021, 1030, 1).unwrap();
+        assert_eq!(mirror.follow(&mut f.table), 1, "one lease acknowledged");
+        f.table.expire(T, &f.commits);
+        assert_eq!(mirror.follow(&mut f.table), 1, "one lease expired");
+        f.table.expire(3 * T, &f.commits);
+        assert_eq!(
+            mirror.follow(&mut f.table),
+            3,
+            "two leases forgotten, one range pooled"
+        );
+        f.grant(5, None, 3 * T).unwrap();
+        assert_eq!(
+            mirror.follow(&mut f.table),
+            3,
+            "a lease, and the pooled range split"
+        );
+        f.grant(15, None, 3 * T).unwrap();
+        f.grant(1, None, 3 * T).unwrap();
+        mirror.follow(&mut f.table);
+        // A full table forgets its oldest finished lease for a new one.
+        for now in [4 * T, 4 * T + 1] {
+            f.ack(1001, 1005, now).ok();
+            f.ack(1006, 1020, now).ok();
+            f.grant(1, None, now).unwrap();
+            mirror.follow(&mut f.table);
+        }
+    }
+
     #[test]
     fn limits() {
         let mut f = fixture(false);

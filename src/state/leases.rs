@@ -19,6 +19,9 @@ use crate::lease::{
 };
 use crate::sequence::{PersisterSignals, Registry, Sequence, SequenceId};
 
+/// Every lease, the reuse pool and the counters, as the table gives them to persist.
+pub type LeaseTableRecords = (Vec<LeaseRecord>, Vec<PooledRange>, LeaseCounters);
+
 /// The lease table, shared by every event loop.
 #[derive(Debug)]
 pub struct SharedLeaseTable {
@@ -69,7 +72,7 @@ impl SharedLeaseTable {
     }
 
     /// Everything to persist. Take the change number first (see [`Commits`]).
-    pub fn records(&self) -> (Vec<LeaseRecord>, Vec<PooledRange>, LeaseCounters) {
+    pub fn records(&self) -> LeaseTableRecords {
         self.lock().records()
     }
 
@@ -78,10 +81,7 @@ impl SharedLeaseTable {
     pub fn take_changes(
         &self,
         all: bool,
-    ) -> (
-        LeaseChanges,
-        Option<(Vec<LeaseRecord>, Vec<PooledRange>, LeaseCounters)>,
-    ) {
+    ) -> (LeaseChanges, Option<LeaseTableRecords>) {
         let mut table = self.lock();
         let changes = table.take_changes();
         (changes, all.then(|| table.records()))
