@@ -83,7 +83,7 @@ if [[ $MODE == flood ]]; then
       --data-dir "$data" --max-leases 1000000 --max-leases-per-peer 0 --lease-timeout 1h 2>"$log" &
     SERVER=$!
     for _ in $(seq 1 400); do
-      grep -q "seqd listening" "$log" && break
+      grep -qs "seqd listening" "$log" && break
       sleep 0.05
     done
     grep -q "seqd listening" "$log" || { cat "$log" >&2; exit 1; }
