@@ -10,6 +10,15 @@
 #   bench/lease-journal.sh                      # main's merge base vs HEAD, 3 rounds of 10 s
 #   ROUNDS=5 SECONDS_PER_ROUND=10 bench/lease-journal.sh REV_A REV_B
 #
+# MODE=flood measures instead what a table filled one lease at a time costs (issue 20 item 6,
+# "make lease writes incremental": a write's CPU should follow what changed, not the table):
+# for each N in FLOOD_SIZES, a fresh server (durable, --threads 1, --max-leases-per-peer 0)
+# answers N leases asked one after another on one connection, each with a new client id (so
+# each is one persister write); wall-clock seconds and the server's CPU seconds (utime + stime
+# of every thread, /proc/PID/stat) per N. Writes results/lease-journal/flood.md.
+#
+#   MODE=flood ROUNDS=2 FLOOD_SIZES="2500 5000 10000" bench/lease-journal.sh REV_A REV_B
+#
 # Needs: git, a Rust toolchain, taskset, python3, 2+ CPUs. The server (one event loop) runs
 # pinned to CPU 0, the client on CPU 1, both at nice -20 when run as root. The data
 # directories are made under $TMPDIR (or /tmp): it must be a real disk for fsync to cost
@@ -23,6 +32,8 @@ ROUNDS=${ROUNDS:-3}
 SECONDS_PER_ROUND=${SECONDS_PER_ROUND:-10}
 FILL=${FILL:-10000}
 PORT=${PORT:-10491}
+MODE=${MODE:-writes}
+FLOOD_SIZES=${FLOOD_SIZES:-2500 5000 10000}
 OUT=results/lease-journal
 for tool in git cargo taskset python3; do
   command -v "$tool" >/dev/null || { echo "lease-journal.sh: $tool is not installed" >&2; exit 1; }
@@ -60,6 +71,94 @@ build() { # rev -> $WORK/seqd-<rev>
 echo "building $SHA_A and $SHA_B (target/ab)" >&2
 build "$SHA_A"
 build "$SHA_B"
+
+if [[ $MODE == flood ]]; then
+  load_before=$(cut -d' ' -f1-3 /proc/loadavg)
+  started=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+  ROWS=$WORK/rows.jsonl
+  : >"$ROWS"
+  flood() { # rev round n
+    local rev=$1 round=$2 n=$3 log=$WORK/seqd.log data=$WORK/data-$1-$2-$3
+    taskset -c 0 "${NICE[@]}" "$WORK/seqd-$rev" --host 127.0.0.1 --port "$PORT" --threads 1 \
+      --data-dir "$data" --max-leases 1000000 --max-leases-per-peer 0 --lease-timeout 1h 2>"$log" &
+    SERVER=$!
+    for _ in $(seq 1 400); do
+      grep -qs "seqd listening" "$log" && break
+      sleep 0.05
+    done
+    grep -q "seqd listening" "$log" || { cat "$log" >&2; exit 1; }
+    local row
+    row=$(taskset -c 1 "${NICE[@]}" python3 - 127.0.0.1 "$PORT" "$SERVER" "$n" <<'PY'
+import json, os, socket, sys, time
+host, port, pid, n = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+def cpu():  # utime + stime of every thread of the process, in seconds
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+sock = socket.create_connection((host, port))
+sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+replies = sock.makefile("rb")
+cpu_before, started = cpu(), time.monotonic()
+for i in range(n):
+    sock.sendall(b"GET_SEQUENCE_RANGE 1 flood-%d r\r\n" % i)
+    line = replies.readline().decode().strip()
+    first, _, last = line.partition(",")
+    if not (first.isdigit() and last.isdigit()):
+        sys.exit(f"lease {i}: not a range: {line!r}")
+print(json.dumps({"leases": n, "seconds": round(time.monotonic() - started, 3),
+                  "server_cpu_seconds": round(cpu() - cpu_before, 2)}))
+PY
+)
+    kill -TERM "$SERVER"
+    wait "$SERVER" || true
+    SERVER=""
+    python3 -c 'import json,sys; r=json.loads(sys.argv[1]); r.update(rev=sys.argv[2], round=int(sys.argv[3])); print(json.dumps(r))' \
+      "$row" "$rev" "$round" >>"$ROWS"
+    tail -1 "$ROWS" >&2
+    rm -rf "$data"
+  }
+  for round in $(seq 1 "$ROUNDS"); do
+    for n in $FLOOD_SIZES; do
+      if ((round % 2)); then
+        flood "$SHA_A" "$round" "$n"
+        flood "$SHA_B" "$round" "$n"
+      else
+        flood "$SHA_B" "$round" "$n"
+        flood "$SHA_A" "$round" "$n"
+      fi
+    done
+  done
+  load_after=$(cut -d' ' -f1-3 /proc/loadavg)
+  mkdir -p "$OUT"
+  python3 - "$ROWS" "$OUT/flood.md" "$SHA_A" "$SHA_B" "$started" "$load_before" "$load_after" \
+    "$ROUNDS" "$FLOOD_SIZES" "$fs_type" <<'PY'
+import json, os, platform, statistics, sys
+rows_path, out, a, b, started, load_before, load_after, rounds, sizes, fs = sys.argv[1:11]
+rows = [json.loads(l) for l in open(rows_path)]
+cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+lines = ["# Filling the lease table one lease at a time: before and after incremental writes\n"]
+lines.append("Written by [`bench/lease-journal.sh`](../../bench/lease-journal.sh) (`MODE=flood`); never edited by hand.")
+lines.append(f"Before: `{a}` (each write builds every lease record and diffs the whole table). After: `{b}`")
+lines.append("(each write takes only the records changed since the last one).\n")
+lines.append(f"- Date: {started}; {rounds} rounds, the two revisions alternated per size, each on a fresh data directory ({fs})")
+lines.append(f"- Machine: `nproc` {os.cpu_count()}, kernel `{platform.release()}`, CPU \"{cpu}\"; **shared** with other work (load average {load_before} before, {load_after} after): wall-clock times are indicative, compare within a round")
+lines.append("- Each run: seqd (`--threads 1 --max-leases 1000000 --max-leases-per-peer 0 --lease-timeout 1h`, pinned to CPU 0), one client (CPU 1) asks `GET_SEQUENCE_RANGE 1 flood-I r` N times one after another, each answered only once durable (one persister write each). Server CPU: utime + stime of all its threads over the N leases")
+lines.append(f"- Command: `MODE=flood ROUNDS={rounds} FLOOD_SIZES=\"{sizes}\" bench/lease-journal.sh {a} {b}`\n")
+lines.append("| round | N | rev | seconds | server CPU s | server CPU µs per lease |")
+lines.append("|---:|---:|---|---:|---:|---:|")
+for r in rows:
+    lines.append(f"| {r['round']} | {r['leases']} | `{r['rev']}` | {r['seconds']} | {r['server_cpu_seconds']} | {1e6 * r['server_cpu_seconds'] / r['leases']:.0f} |")
+lines.append("\n## Median per N (before / after)\n")
+lines.append("| N | seconds before | seconds after | server CPU s before | server CPU s after | CPU ratio |")
+lines.append("|---:|---:|---:|---:|---:|---:|")
+for n in sizes.split():
+    pick = lambda rev, k: statistics.median(r[k] for r in rows if r["rev"] == rev and r["leases"] == int(n))
+    ca, cb = pick(a, "server_cpu_seconds"), pick(b, "server_cpu_seconds")
+    lines.append(f"| {n} | {pick(a, 'seconds'):.2f} | {pick(b, 'seconds'):.2f} | {ca:.2f} | {cb:.2f} | {ca / max(cb, 0.01):.1f}x |")
+open(out, "w").write("\n".join(lines) + "\n")
+PY
+  echo "wrote $OUT/flood.md" >&2
+  exit 0
+fi
 
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 started=$(date -u +%Y-%m-%dT%H:%M:%SZ)

@@ -17,8 +17,7 @@ use super::records;
 use super::role::{Role, RoleCell, RoleEvent};
 use crate::sequence::{IssueDeadline, LeaderAddress, monotonic_nanos};
 use crate::state::LeaseAndStreamRecords;
-use crate::store::data_dir::{StateSink, WriteError};
-use crate::store::format::State;
+use crate::store::data_dir::{StateSink, StateWrite, WriteError};
 
 /// HTTP/2 ping interval towards etcd.
 const ETCD_PING_INTERVAL: Duration = Duration::from_secs(10);
@@ -159,7 +158,10 @@ impl ClusterNode {
                 .iter()
                 .map(|c| (c.id, c.ceiling))
                 .collect(),
-            written_records: records::encode(&self.shared.keys.records, &leadership.records),
+            written_records: Some(records::encode(
+                &self.shared.keys.records,
+                &leadership.records,
+            )),
             location: format!(
                 "etcd {} {}",
                 self.shared.settings.endpoints.join(","),
@@ -391,8 +393,10 @@ pub struct EtcdCeilingStore {
     token: i64,
     /// What etcd holds per sequence id, as far as this term wrote or read it.
     written: HashMap<u32, u64>,
-    /// What etcd holds of the leases and streams (key -> value), likewise.
-    written_records: BTreeMap<String, String>,
+    /// What etcd holds of the leases and streams (key -> value) when the term began, until
+    /// the first write succeeds: that write puts and deletes what differs from every record
+    /// the persister holds; the later ones, only the records that changed.
+    written_records: Option<BTreeMap<String, String>>,
     location: String,
 }
 
@@ -407,7 +411,7 @@ impl EtcdCeilingStore {
 }
 
 impl StateSink for EtcdCeilingStore {
-    fn write_state(&mut self, state: &State) -> Result<(), WriteError> {
+    fn write_state(&mut self, state: &StateWrite<'_>) -> Result<(), WriteError> {
         // A deposed node writes nothing more (etcd would refuse it anyway). A stopping one
         // still does: its final write records the exact next numbers.
         if !self.shared.role.get().is_leader() {
@@ -424,23 +428,30 @@ impl StateSink for EtcdCeilingStore {
             })
             .collect();
         let keys = &self.shared.keys;
-        let records = records::encode(&keys.records, &state.leases_and_streams);
         let mut puts: Vec<(String, String)> = changed
             .iter()
             .map(|c| (keys.ceiling(c.id), format!("{} {}", c.ceiling, c.name)))
             .collect();
-        puts.extend(
-            records
-                .iter()
-                .filter(|(key, value)| self.written_records.get(*key) != Some(*value))
-                .map(|(key, value)| (key.clone(), value.clone())),
-        );
-        let deletes: Vec<String> = self
-            .written_records
-            .keys()
-            .filter(|key| !records.contains_key(*key))
-            .cloned()
-            .collect();
+        let (record_puts, deletes) = match &self.written_records {
+            Some(written) => {
+                let records = records::encode(&keys.records, &state.state().leases_and_streams);
+                let puts = records
+                    .iter()
+                    .filter(|(key, value)| written.get(*key) != Some(*value))
+                    .map(|(key, value)| (key.clone(), value.clone()))
+                    .collect();
+                let deletes = written
+                    .keys()
+                    .filter(|key| !records.contains_key(*key))
+                    .cloned()
+                    .collect();
+                (puts, deletes)
+            }
+            None => {
+                records::encode_changes(&keys.records, &state.changes, || state.pool_and_counters())
+            }
+        };
+        puts.extend(record_puts);
         if puts.is_empty() && deletes.is_empty() {
             return Ok(());
         }
@@ -458,7 +469,7 @@ impl StateSink for EtcdCeilingStore {
             Ok(()) => {
                 self.written
                     .extend(changed.iter().map(|c| (c.id, c.ceiling)));
-                self.written_records = records;
+                self.written_records = None;
                 Ok(())
             }
             Err(e @ StoreError::NotLeader { .. }) => {

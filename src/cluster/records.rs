@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 
 use crate::lease::{LeaseCounters, LeaseRecord, LeaseStatus, PooledRange};
 use crate::state::LeaseAndStreamRecords;
+use crate::store::journal::Change;
 use crate::stream::StreamRecord;
 
 /// Where a cluster keeps its leases and streams.
@@ -40,40 +41,98 @@ pub fn encode(keys: &RecordKeys, records: &LeaseAndStreamRecords) -> BTreeMap<St
     let mut kvs = BTreeMap::new();
     for lease in &records.leases {
         kvs.insert(
-            format!("{}{:010}/{:020}", keys.leases, lease.sequence, lease.first),
-            format!(
-                "{} {} {} {} {}{}",
-                lease.count,
-                lease.status as u8,
-                lease.time_ms,
-                lease.client.len(),
-                lease.client,
-                lease.request
-            ),
+            lease_key(keys, lease.sequence, lease.first),
+            lease_value(lease),
         );
     }
     for stream in &records.streams {
-        kvs.insert(
-            format!("{}{}", keys.streams, hex(&stream.client_id)),
-            format!(
-                "{} {} {} {} {}",
-                stream.sequence, stream.first, stream.count, stream.acked, stream.last_active_ms
-            ),
-        );
+        kvs.insert(stream_key(keys, &stream.client_id), stream_value(stream));
     }
-    let c = records.lease_counters;
+    kvs.insert(
+        keys.lease_table.clone(),
+        table_value(records.lease_counters, &records.pool),
+    );
+    kvs
+}
+
+/// The keys to put and delete for `changes` (the lease and stream changes of one write,
+/// one per record): costs what changed. `pool_and_counters` gives the reuse pool and the
+/// counters after the write, asked for only when they changed (they share one key).
+pub fn encode_changes(
+    keys: &RecordKeys,
+    changes: &[Change],
+    pool_and_counters: impl FnOnce() -> (Vec<PooledRange>, LeaseCounters),
+) -> (Vec<(String, String)>, Vec<String>) {
+    let (mut puts, mut deletes) = (Vec::new(), Vec::new());
+    let mut table_changed = false;
+    for change in changes {
+        match change {
+            Change::Lease(lease) => {
+                puts.push((
+                    lease_key(keys, lease.sequence, lease.first),
+                    lease_value(lease),
+                ));
+            }
+            Change::LeaseGone { sequence, first } => {
+                deletes.push(lease_key(keys, *sequence, *first));
+            }
+            Change::Stream(stream) => {
+                puts.push((stream_key(keys, &stream.client_id), stream_value(stream)));
+            }
+            Change::StreamGone { client_id } => deletes.push(stream_key(keys, client_id)),
+            Change::PooledRange(_) | Change::PooledRangeGone { .. } | Change::LeaseCounters(_) => {
+                table_changed = true;
+            }
+            // Ceilings have keys of their own, written by the ceiling store.
+            Change::Sequence(_) => {}
+        }
+    }
+    if table_changed {
+        let (pool, counters) = pool_and_counters();
+        puts.push((keys.lease_table.clone(), table_value(counters, &pool)));
+    }
+    (puts, deletes)
+}
+
+fn lease_key(keys: &RecordKeys, sequence: u32, first: u64) -> String {
+    format!("{}{sequence:010}/{first:020}", keys.leases)
+}
+
+fn lease_value(lease: &LeaseRecord) -> String {
+    format!(
+        "{} {} {} {} {}{}",
+        lease.count,
+        lease.status as u8,
+        lease.time_ms,
+        lease.client.len(),
+        lease.client,
+        lease.request
+    )
+}
+
+fn stream_key(keys: &RecordKeys, client_id: &[u8]) -> String {
+    format!("{}{}", keys.streams, hex(client_id))
+}
+
+fn stream_value(stream: &StreamRecord) -> String {
+    format!(
+        "{} {} {} {} {}",
+        stream.sequence, stream.first, stream.count, stream.acked, stream.last_active_ms
+    )
+}
+
+fn table_value(c: LeaseCounters, pool: &[PooledRange]) -> String {
     let mut table = format!(
         "{} {} {} {} {}",
         c.granted, c.acknowledged, c.retired, c.returned, c.reused
     );
-    for range in &records.pool {
+    for range in pool {
         table.push_str(&format!(
             " {}:{}:{}",
             range.sequence, range.first, range.count
         ));
     }
-    kvs.insert(keys.lease_table.clone(), table);
-    kvs
+    table
 }
 
 /// A key etcd holds under the record prefixes that is not what [`encode`] writes.
@@ -267,6 +326,37 @@ mod tests {
             changed,
             [&"/p/leases/0000000000/00000000000000001001".to_string()]
         );
+    }
+
+    #[test]
+    fn changes_put_and_delete_what_a_whole_encoding_would() {
+        let keys = RecordKeys::new("/p");
+        let before = sample();
+        let mut after = sample();
+        after.leases[0].status = LeaseStatus::Acknowledged;
+        after.leases.remove(1);
+        after.lease_counters.acknowledged += 1;
+        after.streams.clear();
+        let changes = vec![
+            Change::Lease(after.leases[0].clone()),
+            Change::LeaseGone {
+                sequence: 3,
+                first: 5,
+            },
+            Change::LeaseCounters(after.lease_counters),
+            Change::StreamGone {
+                client_id: before.streams[0].client_id.clone(),
+            },
+        ];
+        let (puts, deletes) = encode_changes(&keys, &changes, || {
+            (after.pool.clone(), after.lease_counters)
+        });
+        let mut kvs = encode(&keys, &before);
+        for key in &deletes {
+            assert!(kvs.remove(key).is_some(), "{key}");
+        }
+        kvs.extend(puts);
+        assert_eq!(kvs, encode(&keys, &after));
     }
 
     #[test]

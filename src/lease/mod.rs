@@ -11,6 +11,6 @@ pub use peers::{Peer, PeerHoldings, default_per_peer};
 pub use records::{LeaseCounters, LeaseRecord, LeaseStatus, PooledRange};
 pub use table::{
     Acknowledger, DEFAULT_MAX_PER_CLIENT, DEFAULT_MAX_TRACKED, DEFAULT_TIMEOUT, GrantError,
-    Granted, LeaseEvent, LeaseRefusal, LeaseSettings, LeaseTable, RequestIds, RestoreError,
-    TableStats,
+    Granted, LeaseChanges, LeaseEvent, LeaseRefusal, LeaseSettings, LeaseTable, RequestIds,
+    RestoreError, TableStats,
 };

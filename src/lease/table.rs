@@ -287,6 +287,20 @@ pub struct LeaseTable {
     counters: LeaseCounters,
     /// What happened since the caller last took the events.
     events: Vec<LeaseEvent>,
+    /// Leases and pooled ranges changed (added, changed or removed) since the persister last
+    /// took the changes: what its next write holds, so a write costs what changed rather
+    /// than the table.
+    changed_leases: BTreeSet<Key>,
+    changed_pool: BTreeSet<Key>,
+}
+
+/// The leases and pooled ranges changed since the last [`LeaseTable::take_changes`], as they
+/// are now (None: gone), and the counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LeaseChanges {
+    pub leases: Vec<((SequenceId, u64), Option<LeaseRecord>)>,
+    pub pool: Vec<((SequenceId, u64), Option<PooledRange>)>,
+    pub counters: LeaseCounters,
 }
 
 impl LeaseTable {
@@ -302,6 +316,8 @@ impl LeaseTable {
             pool: BTreeMap::new(),
             counters: LeaseCounters::default(),
             events: Vec::new(),
+            changed_leases: BTreeSet::new(),
+            changed_pool: BTreeSet::new(),
         }
     }
 
@@ -465,6 +481,7 @@ impl LeaseTable {
             self.requests.insert(owner.clone(), key);
         }
         self.deadlines.insert((deadline, key));
+        self.changed_leases.insert(key);
         let holder = self.outstanding_by_peer.take(from);
         self.leases.insert(
             key,
@@ -562,6 +579,7 @@ impl LeaseTable {
                 lease.status = LeaseStatus::Acknowledged;
                 lease.time_ms = now_ms;
                 lease.change = commits.next();
+                self.changed_leases.insert(key);
                 let change = lease.change;
                 let owner = lease.owner.clone();
                 let holder = lease.holder.take();
@@ -587,6 +605,7 @@ impl LeaseTable {
             };
             lease.status = LeaseStatus::Expired;
             lease.change = commits.next();
+            self.changed_leases.insert(key);
             let owner = lease.owner.clone();
             let holder = lease.holder.take();
             let count = lease.count;
@@ -628,6 +647,7 @@ impl LeaseTable {
             return false;
         };
         commits.next();
+        self.changed_leases.insert(key);
         if let Some(lease) = self.leases.remove(&key) {
             if let Some(owner) = &lease.owner {
                 self.requests.remove(owner);
@@ -661,11 +681,13 @@ impl LeaseTable {
             && before + before_count == first
         {
             self.pool.remove(&(seq, before));
+            self.changed_pool.insert((seq, before));
             first = before;
             count += before_count;
         }
         if let Some(&after_count) = self.pool.get(&(sequence, first + count)) {
             self.pool.remove(&(sequence, first + count));
+            self.changed_pool.insert((sequence, first + count));
             count += after_count;
         }
         if self.pool.len() >= self.settings.max_tracked {
@@ -678,6 +700,7 @@ impl LeaseTable {
             return;
         }
         self.pool.insert((sequence, first), count);
+        self.changed_pool.insert((sequence, first));
     }
 
     /// Takes `count` numbers from the first pooled range of `sequence` that has enough.
@@ -687,9 +710,11 @@ impl LeaseTable {
             .range((sequence, 0)..=(sequence, u64::MAX))
             .find(|&(_, &available)| available >= count)?;
         self.pool.remove(&key);
+        self.changed_pool.insert(key);
         if available > count {
             self.pool
                 .insert((sequence, key.1 + count), available - count);
+            self.changed_pool.insert((sequence, key.1 + count));
         }
         Some(key.1)
     }
@@ -718,32 +743,58 @@ impl LeaseTable {
         let leases = self
             .leases
             .iter()
-            .map(|(&(sequence, first), lease)| {
-                let (client, request) = lease.owner.as_ref().map_or_else(
-                    || (String::new(), String::new()),
-                    |o| (o.client.to_string(), o.request.to_string()),
-                );
-                LeaseRecord {
-                    sequence,
-                    first,
-                    count: lease.count,
-                    status: lease.status,
-                    time_ms: lease.time_ms,
-                    client,
-                    request,
-                }
-            })
+            .map(|(&key, lease)| lease.record(key))
             .collect();
         let pool = self
             .pool
             .iter()
-            .map(|(&(sequence, first), &count)| PooledRange {
-                sequence,
-                first,
-                count,
-            })
+            .map(|(&key, &count)| pooled(key, count))
             .collect();
         (leases, pool, self.counters)
+    }
+
+    /// What changed since the last call (or since the table was made or restored): each
+    /// lease and pooled range changed, as it is now. Costs what changed, not the table.
+    pub fn take_changes(&mut self) -> LeaseChanges {
+        let leases = std::mem::take(&mut self.changed_leases)
+            .into_iter()
+            .map(|key| (key, self.leases.get(&key).map(|lease| lease.record(key))))
+            .collect();
+        let pool = std::mem::take(&mut self.changed_pool)
+            .into_iter()
+            .map(|key| (key, self.pool.get(&key).map(|&count| pooled(key, count))))
+            .collect();
+        LeaseChanges {
+            leases,
+            pool,
+            counters: self.counters,
+        }
+    }
+}
+
+fn pooled((sequence, first): Key, count: u64) -> PooledRange {
+    PooledRange {
+        sequence,
+        first,
+        count,
+    }
+}
+
+impl Lease {
+    fn record(&self, (sequence, first): Key) -> LeaseRecord {
+        let (client, request) = self.owner.as_ref().map_or_else(
+            || (String::new(), String::new()),
+            |o| (o.client.to_string(), o.request.to_string()),
+        );
+        LeaseRecord {
+            sequence,
+            first,
+            count: self.count,
+            status: self.status,
+            time_ms: self.time_ms,
+            client,
+            request,
+        }
     }
 }
 
@@ -964,6 +1015,74 @@ mod tests {
         assert_eq!(f.grant(1, None, 2 * T), Ok((1026, 1026)), "pool empty");
         let totals = f.table.stats().totals;
         assert_eq!((totals.returned, totals.reused), (1, 2));
+    }
+
+    /// What the records were when the changes were last taken, with the changes applied:
+    /// equals the records now if every change was noted.
+    #[derive(Default)]
+    struct Mirror {
+        leases: BTreeMap<Key, LeaseRecord>,
+        pool: BTreeMap<Key, PooledRange>,
+    }
+
+    impl Mirror {
+        fn follow(&mut self, table: &mut LeaseTable) -> usize {
+            let changes = table.take_changes();
+            let taken = changes.leases.len() + changes.pool.len();
+            for (key, lease) in changes.leases {
+                match lease {
+                    Some(lease) => self.leases.insert(key, lease),
+                    None => self.leases.remove(&key),
+                };
+            }
+            for (key, range) in changes.pool {
+                match range {
+                    Some(range) => self.pool.insert(key, range),
+                    None => self.pool.remove(&key),
+                };
+            }
+            let (leases, pool, counters) = table.records();
+            assert_eq!(self.leases.values().cloned().collect::<Vec<_>>(), leases);
+            assert_eq!(self.pool.values().copied().collect::<Vec<_>>(), pool);
+            assert_eq!(changes.counters, counters);
+            taken
+        }
+    }
+
+    #[test]
+    fn every_change_is_noted_and_only_changes() {
+        let mut f = fixture(true);
+        let mut mirror = Mirror::default();
+        f.grant(20, None, 0).unwrap();
+        f.grant(10, ids("a", "r"), 0).unwrap();
+        assert_eq!(mirror.follow(&mut f.table), 2);
+        assert_eq!(mirror.follow(&mut f.table), 0, "taken: nothing left");
+        f.ack(1021, 1030, 1).unwrap();
+        assert_eq!(mirror.follow(&mut f.table), 1, "one lease acknowledged");
+        f.table.expire(T, &f.commits);
+        assert_eq!(mirror.follow(&mut f.table), 1, "one lease expired");
+        f.table.expire(3 * T, &f.commits);
+        assert_eq!(
+            mirror.follow(&mut f.table),
+            3,
+            "two leases forgotten, one range pooled"
+        );
+        f.grant(5, None, 3 * T).unwrap();
+        assert_eq!(
+            mirror.follow(&mut f.table),
+            3,
+            "a lease, and the pooled range split"
+        );
+        f.grant(15, None, 3 * T).unwrap();
+        f.grant(1, None, 3 * T).unwrap();
+        mirror.follow(&mut f.table);
+        // A full table forgets its oldest finished lease for a new one.
+        for now in [4 * T, 4 * T + 1] {
+            f.ack(1001, 1005, now).ok();
+            f.ack(1006, 1020, now).ok();
+            f.grant(1, None, now).unwrap();
+            mirror.follow(&mut f.table);
+        }
     }
 
     #[test]

@@ -14,10 +14,13 @@ use super::LeasesAndStreams;
 use crate::clock::unix_ms;
 use crate::commits::Commits;
 use crate::lease::{
-    Acknowledger, GrantError, Granted, LeaseCounters, LeaseEvent, LeaseRecord, LeaseRefusal,
-    LeaseTable, Peer, PooledRange, RequestIds, TableStats,
+    Acknowledger, GrantError, Granted, LeaseChanges, LeaseCounters, LeaseEvent, LeaseRecord,
+    LeaseRefusal, LeaseTable, Peer, PooledRange, RequestIds, TableStats,
 };
 use crate::sequence::{PersisterSignals, Registry, Sequence, SequenceId};
+
+/// Every lease, the reuse pool and the counters, as the table gives them to persist.
+pub type LeaseTableRecords = (Vec<LeaseRecord>, Vec<PooledRange>, LeaseCounters);
 
 /// The lease table, shared by every event loop.
 #[derive(Debug)]
@@ -69,8 +72,19 @@ impl SharedLeaseTable {
     }
 
     /// Everything to persist. Take the change number first (see [`Commits`]).
-    pub fn records(&self) -> (Vec<LeaseRecord>, Vec<PooledRange>, LeaseCounters) {
+    pub fn records(&self) -> LeaseTableRecords {
         self.lock().records()
+    }
+
+    /// What changed since the last call, for a write (take the change number first, see
+    /// [`Commits`]); with `all`, also every record, under the same lock.
+    pub fn take_changes(
+        &self,
+        all: bool,
+    ) -> (LeaseChanges, Option<LeaseTableRecords>) {
+        let mut table = self.lock();
+        let changes = table.take_changes();
+        (changes, all.then(|| table.records()))
     }
 
     fn lock(&self) -> MutexGuard<'_, LeaseTable> {

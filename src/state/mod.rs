@@ -5,11 +5,15 @@
 pub mod leases;
 pub mod streams;
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use crate::commits::Commits;
-use crate::lease::{LeaseCounters, LeaseRecord, LeaseSettings, LeaseTable, PooledRange};
+use crate::lease::{
+    LeaseChanges, LeaseCounters, LeaseRecord, LeaseSettings, LeaseTable, PooledRange,
+};
 use crate::stream::StreamRecord;
 pub use leases::{LeaseKeeper, SharedLeaseTable};
-pub use streams::StreamRecords;
+pub use streams::{StreamChanges, StreamRecords};
 
 /// The lease table and the stream records, live.
 #[derive(Debug)]
@@ -17,6 +21,9 @@ pub struct LeasesAndStreams {
     pub commits: Commits,
     pub leases: SharedLeaseTable,
     pub streams: StreamRecords,
+    /// How many times every record was copied ([`LeasesAndStreams::baseline`]): once per
+    /// persister, not once per write.
+    full_copies: AtomicU64,
 }
 
 /// A copy of every lease and stream record, as a state file holds them.
@@ -28,27 +35,59 @@ pub struct LeaseAndStreamRecords {
     pub streams: Vec<StreamRecord>,
 }
 
+/// The lease and stream records changed since the persister last took them, as they are now.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LeaseAndStreamChanges {
+    pub leases: LeaseChanges,
+    pub streams: StreamChanges,
+}
+
 impl LeasesAndStreams {
-    /// No leases and no streams yet.
-    pub fn empty(commits: Commits, settings: LeaseSettings) -> LeasesAndStreams {
+    pub fn new(commits: Commits, leases: SharedLeaseTable, streams: StreamRecords) -> Self {
         LeasesAndStreams {
             commits,
-            leases: SharedLeaseTable::new(LeaseTable::new(settings)),
-            streams: StreamRecords::default(),
+            leases,
+            streams,
+            full_copies: AtomicU64::new(0),
         }
     }
 
-    /// The records to write, and the last change they hold. The number is read before the
-    /// records are copied, so the copy holds at least every change up to it.
-    pub fn snapshot(&self) -> (u64, LeaseAndStreamRecords) {
+    /// No leases and no streams yet.
+    pub fn empty(commits: Commits, settings: LeaseSettings) -> LeasesAndStreams {
+        LeasesAndStreams::new(
+            commits,
+            SharedLeaseTable::new(LeaseTable::new(settings)),
+            StreamRecords::default(),
+        )
+    }
+
+    /// The records changed since the last call, for a write, and the last change they hold.
+    /// The number is read before the changes are taken, so they hold at least every change
+    /// up to it (see [`Commits`]). Costs what changed, not the tables.
+    pub fn take_changes(&self) -> (u64, LeaseAndStreamChanges) {
         let change = self.commits.last();
-        let (leases, pool, lease_counters) = self.leases.records();
-        let records = LeaseAndStreamRecords {
+        let (leases, _) = self.leases.take_changes(false);
+        let (streams, _) = self.streams.take_changes(false);
+        (change, LeaseAndStreamChanges { leases, streams })
+    }
+
+    /// Every record, as the starting point of a persister, with the changes made so far
+    /// taken (they are in the copy). Costs the whole tables: done once, at start-up.
+    pub fn baseline(&self) -> LeaseAndStreamRecords {
+        self.full_copies.fetch_add(1, Ordering::Relaxed);
+        let (_, all) = self.leases.take_changes(true);
+        let (leases, pool, lease_counters) = all.unwrap_or_default();
+        let (_, streams) = self.streams.take_changes(true);
+        LeaseAndStreamRecords {
             leases,
             pool,
             lease_counters,
-            streams: self.streams.records(),
-        };
-        (change, records)
+            streams,
+        }
+    }
+
+    /// How many times every record was copied (see [`LeasesAndStreams::baseline`]).
+    pub fn full_copies(&self) -> u64 {
+        self.full_copies.load(Ordering::Relaxed)
     }
 }

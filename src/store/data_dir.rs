@@ -25,9 +25,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 
+use super::changes::RecordLog;
 use super::failpoint;
-use super::format::{self, State};
-use super::journal::{self, Entry, Replay};
+use super::format::{self, SequenceRecord, State};
+use super::journal::{self, Change, Entry, Replay};
+use crate::lease::{LeaseCounters, PooledRange};
 
 /// The state file, relative to the data directory.
 pub const STATE_FILE: &str = "state";
@@ -56,18 +58,69 @@ pub struct WriteError {
 }
 
 /// Where the persister writes states: the data directory, cluster mode's etcd store, or a
-/// stand-in in tests. The persister hands over the whole state each time; how it is made
-/// durable is the sink's business: the data directory appends the difference from the last
-/// state to its journal ([`super::journal::diff`]) or compacts, another store may write only
-/// the records that changed.
+/// stand-in in tests. The persister hands over every sequence, and of the leases and streams
+/// only what changed since the last write that succeeded (the whole records are built on
+/// demand, [`StateWrite::state`]): the data directory appends the changes to its journal or
+/// compacts, the etcd store writes the keys that changed.
 pub trait StateSink: Send {
-    /// Makes `state` the durable state: when this returns `Ok`, it survives a crash or
-    /// power loss.
-    fn write_state(&mut self, state: &State) -> Result<(), WriteError>;
+    /// Makes `write`'s state the durable state: when this returns `Ok`, it survives a crash
+    /// or power loss. After an `Err` the next write carries the failed one's changes again,
+    /// so the sink must not rely on what a failed write left behind.
+    fn write_state(&mut self, write: &StateWrite<'_>) -> Result<(), WriteError>;
     /// fsync calls made so far (for the persister's report).
     fn fsyncs(&self) -> u64;
     /// Where states go, for log messages.
     fn location(&self) -> String;
+}
+
+/// One write: every sequence, and the lease and stream records by their changes.
+#[derive(Debug)]
+pub struct StateWrite<'a> {
+    pub generation: u64,
+    pub clean_shutdown: bool,
+    pub written_at_ms: u64,
+    pub sequences: Vec<SequenceRecord>,
+    /// The lease and stream changes since the last write that succeeded.
+    pub changes: Vec<Change>,
+    records: &'a RecordLog,
+}
+
+impl<'a> StateWrite<'a> {
+    /// A write of `sequences`, and of the lease and stream records `records` makes durable
+    /// next (its changes, and all of them on demand).
+    pub fn new(
+        generation: u64,
+        clean_shutdown: bool,
+        written_at_ms: u64,
+        sequences: Vec<SequenceRecord>,
+        records: &'a RecordLog,
+    ) -> StateWrite<'a> {
+        StateWrite {
+            generation,
+            clean_shutdown,
+            written_at_ms,
+            sequences,
+            changes: records.changes(),
+            records,
+        }
+    }
+
+    /// The whole state: costs every record, for a write of all of them.
+    pub fn state(&self) -> State {
+        State {
+            generation: self.generation,
+            clean_shutdown: self.clean_shutdown,
+            written_at_ms: self.written_at_ms,
+            sequences: self.sequences.clone(),
+            leases_and_streams: self.records.records(),
+        }
+    }
+
+    /// The reuse pool and the lease counters after this write (they share one record in
+    /// some stores).
+    pub fn pool_and_counters(&self) -> (Vec<PooledRange>, LeaseCounters) {
+        (self.records.pool(), self.records.counters())
+    }
 }
 
 /// An open, locked data directory.
@@ -100,9 +153,10 @@ pub struct DataDir {
 #[derive(Debug)]
 struct OpenJournal {
     len: u64,
-    /// The state the state file and the journal's entries make: what the next entry is
-    /// the difference from.
-    state: State,
+    /// The sequences the state file and the journal's entries make: what the next entry's
+    /// sequence changes are the difference from (the lease and stream changes come with
+    /// each write).
+    sequences: Vec<SequenceRecord>,
     /// Size of the state file the journal continues.
     state_file_len: u64,
 }
@@ -332,15 +386,17 @@ impl DataDir {
 impl DataDir {
     /// Appends `state`'s difference from the last one to the journal, if a journal is open
     /// and the entry fits under its bound. `None`: compact instead.
-    fn try_append(&mut self, state: &State) -> Option<Result<(), WriteError>> {
+    fn try_append(&mut self, write: &StateWrite<'_>) -> Option<Result<(), WriteError>> {
         let open = self.journal.as_mut()?;
-        if state.clean_shutdown {
+        if write.clean_shutdown {
             return None;
         }
+        let mut changes = journal::diff_sequences(&open.sequences, &write.sequences);
+        changes.extend(write.changes.iter().cloned());
         let entry = journal::encode_entry(&Entry {
-            generation: state.generation,
-            written_at_ms: state.written_at_ms,
-            changes: journal::diff(&open.state, state),
+            generation: write.generation,
+            written_at_ms: write.written_at_ms,
+            changes,
         });
         let bound = self.journal_bound.max(open.state_file_len);
         if open.len + entry.len() as u64 > bound {
@@ -374,7 +430,7 @@ impl DataDir {
             Ok(()) => {
                 failpoint::hit(failpoint::APPEND[2]);
                 open.len += entry.len() as u64;
-                open.state = state.clone();
+                open.sequences.clone_from(&write.sequences);
                 self.written.appends += 1;
                 self.written.append_bytes += entry.len() as u64;
                 Some(Ok(()))
@@ -401,7 +457,7 @@ impl DataDir {
         )?;
         self.journal = Some(OpenJournal {
             len: header.len() as u64,
-            state: state.clone(),
+            sequences: state.sequences.clone(),
             state_file_len: bytes.len() as u64,
         });
         self.written.compactions += 1;
@@ -465,13 +521,19 @@ impl DataDir {
 }
 
 impl StateSink for DataDir {
-    fn write_state(&mut self, state: &State) -> Result<(), WriteError> {
-        if let Some(appended) = self.try_append(state) {
+    fn write_state(&mut self, write: &StateWrite<'_>) -> Result<(), WriteError> {
+        if let Some(appended) = self.try_append(write) {
             return appended;
         }
-        self.compact(state)?;
-        if !self.owner_recorded {
-            self.record_owner()?;
+        self.compact(&write.state())?;
+        if !self.owner_recorded
+            && let Err(e) = self.record_owner()
+        {
+            // The caller takes the write as failed and sends its changes again: the next
+            // write must be whole, not an entry that may remove what the new state file
+            // already lacks.
+            self.journal = None;
+            return Err(e);
         }
         Ok(())
     }
@@ -558,6 +620,55 @@ mod tests {
     use super::*;
     use crate::store::format::SequenceRecord;
 
+    /// Writes `state` as the persister would: its lease and stream records by their changes
+    /// from what the directory holds.
+    fn write(dir: &mut DataDir, state: &State) -> Result<(), WriteError> {
+        let mut log = RecordLog::default();
+        if dir.journal.is_some() {
+            let held = dir.read_state().unwrap().unwrap();
+            log = RecordLog::new(held.leases_and_streams);
+        }
+        log.replace_all(state.leases_and_streams.clone());
+        let write = StateWrite::new(
+            state.generation,
+            state.clean_shutdown,
+            state.written_at_ms,
+            state.sequences.clone(),
+            &log,
+        );
+        dir.write_state(&write)
+    }
+
+    #[test]
+    fn one_changed_lease_of_a_large_table_appends_only_that_change() {
+        let parent = tempfile::tempdir().unwrap();
+        let mut dir = DataDir::open(parent.path()).unwrap();
+        let mut state = state_with_leases(10_000);
+        state.generation = 1;
+        write(&mut dir, &state).unwrap();
+        let full = dir.written();
+        assert!(full.compaction_bytes > 300_000, "{full:?}");
+        // What the persister hands over: one change, never the table.
+        let mut log = RecordLog::new(state.leases_and_streams.clone());
+        state.leases_and_streams.leases[700].status = crate::lease::LeaseStatus::Acknowledged;
+        log.replace_all(state.leases_and_streams.clone());
+        let write = StateWrite::new(2, false, 0, state.sequences.clone(), &log);
+        assert_eq!(
+            write.changes,
+            [Change::Lease(state.leases_and_streams.leases[700].clone())]
+        );
+        dir.write_state(&write).unwrap();
+        let written = dir.written();
+        assert_eq!(
+            (written.compactions, written.appends),
+            (1, 1),
+            "{written:?}"
+        );
+        assert!(written.append_bytes < 100, "{written:?}");
+        state.generation = 2;
+        assert_eq!(dir.read_state().unwrap(), Some(state));
+    }
+
     fn state(generation: u64, ceiling: u64) -> State {
         State {
             generation,
@@ -580,13 +691,13 @@ mod tests {
         let mut dir = DataDir::open(&path).unwrap();
         assert!(!dir.had_owner());
         assert_eq!(dir.read_state().unwrap(), None);
-        dir.write_state(&state(1, 100)).unwrap();
+        write(&mut dir, &state(1, 100)).unwrap();
         assert_eq!(
             dir.fsyncs(),
             5,
             "state file and directory, journal and directory, the lock file's pid"
         );
-        dir.write_state(&state(2, 200)).unwrap();
+        write(&mut dir, &state(2, 200)).unwrap();
         assert_eq!(dir.fsyncs(), 6, "one per journal entry");
         assert_eq!(dir.read_state().unwrap(), Some(state(2, 200)));
         assert!(!path.join(TEMP_FILE).exists());
@@ -618,7 +729,7 @@ mod tests {
             .unwrap()
             .with_journal_bound(400);
         for generation in 1..=12 {
-            dir.write_state(&state_with_leases(generation)).unwrap();
+            write(&mut dir, &state_with_leases(generation)).unwrap();
             assert_eq!(
                 dir.read_state().unwrap(),
                 Some(state_with_leases(generation)),
@@ -633,7 +744,7 @@ mod tests {
         // A clean shutdown's write always compacts: the journal is empty after it.
         let mut clean = state_with_leases(13);
         clean.clean_shutdown = true;
-        dir.write_state(&clean).unwrap();
+        write(&mut dir, &clean).unwrap();
         let journal = std::fs::metadata(dir.journal_path()).unwrap().len();
         assert_eq!(journal, journal::HEADER_LEN as u64);
         assert_eq!(dir.read_state().unwrap(), Some(clean));
@@ -643,16 +754,16 @@ mod tests {
     fn a_torn_journal_entry_is_dropped_and_the_next_start_compacts() {
         let parent = tempfile::tempdir().unwrap();
         let mut dir = DataDir::open(parent.path()).unwrap();
-        dir.write_state(&state_with_leases(1)).unwrap();
-        dir.write_state(&state_with_leases(2)).unwrap();
-        dir.write_state(&state_with_leases(3)).unwrap();
+        write(&mut dir, &state_with_leases(1)).unwrap();
+        write(&mut dir, &state_with_leases(2)).unwrap();
+        write(&mut dir, &state_with_leases(3)).unwrap();
         drop(dir);
         let path = parent.path().join(JOURNAL_FILE);
         let bytes = std::fs::read(&path).unwrap();
         std::fs::write(&path, &bytes[..bytes.len() - 3]).unwrap();
         let mut dir = DataDir::open(parent.path()).unwrap();
         assert_eq!(dir.read_state().unwrap(), Some(state_with_leases(2)));
-        dir.write_state(&state_with_leases(3)).unwrap();
+        write(&mut dir, &state_with_leases(3)).unwrap();
         assert_eq!(dir.written().compactions, 1, "the first write of a process");
         assert_eq!(dir.read_state().unwrap(), Some(state_with_leases(3)));
     }
@@ -661,8 +772,8 @@ mod tests {
     fn a_journal_older_than_the_state_file_is_ignored_and_one_without_it_refused() {
         let parent = tempfile::tempdir().unwrap();
         let mut dir = DataDir::open(parent.path()).unwrap();
-        dir.write_state(&state_with_leases(1)).unwrap();
-        dir.write_state(&state_with_leases(2)).unwrap();
+        write(&mut dir, &state_with_leases(1)).unwrap();
+        write(&mut dir, &state_with_leases(2)).unwrap();
         // A compaction whose state file was renamed into place, and then the crash.
         std::fs::write(
             parent.path().join(STATE_FILE),
@@ -680,7 +791,7 @@ mod tests {
         let parent = tempfile::tempdir().unwrap();
         let mut dir = DataDir::open(parent.path()).unwrap();
         for generation in 1..=3 {
-            dir.write_state(&state_with_leases(generation)).unwrap();
+            write(&mut dir, &state_with_leases(generation)).unwrap();
         }
         let path = parent.path().join(JOURNAL_FILE);
         let mut bytes = std::fs::read(&path).unwrap();
@@ -700,7 +811,7 @@ mod tests {
         let mut first = DataDir::open(parent.path()).unwrap();
         let err = DataDir::open(parent.path()).unwrap_err().to_string();
         assert!(err.contains("has not recorded its pid yet"), "{err}");
-        first.write_state(&state(1, 100)).unwrap();
+        write(&mut first, &state(1, 100)).unwrap();
         let err = DataDir::open(parent.path()).unwrap_err().to_string();
         assert!(
             err.contains(&format!(
@@ -718,7 +829,7 @@ mod tests {
     fn an_unfinished_write_is_removed_and_the_previous_state_kept() {
         let parent = tempfile::tempdir().unwrap();
         let mut dir = DataDir::open(parent.path()).unwrap();
-        dir.write_state(&state(1, 100)).unwrap();
+        write(&mut dir, &state(1, 100)).unwrap();
         let torn = format::encode(&state(2, 200));
         std::fs::write(parent.path().join(TEMP_FILE), &torn[..torn.len() / 2]).unwrap();
         assert_eq!(dir.read_state().unwrap(), Some(state(1, 100)));
@@ -729,7 +840,7 @@ mod tests {
     fn a_damaged_state_is_an_error_naming_the_file() {
         let parent = tempfile::tempdir().unwrap();
         let mut dir = DataDir::open(parent.path()).unwrap();
-        dir.write_state(&state(1, 100)).unwrap();
+        write(&mut dir, &state(1, 100)).unwrap();
         let path = parent.path().join(STATE_FILE);
         let mut bytes = std::fs::read(&path).unwrap();
         bytes[40] ^= 0x20;
@@ -774,7 +885,7 @@ mod tests {
         let data = parent.path().join("data");
         let mut dir = DataDir::open(&data).unwrap();
         std::os::unix::fs::symlink(&victim, data.join(TEMP_FILE)).unwrap();
-        dir.write_state(&state(1, 100)).unwrap();
+        write(&mut dir, &state(1, 100)).unwrap();
         assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
         assert_eq!(dir.read_state().unwrap(), Some(state(1, 100)));
         drop(dir);

@@ -359,12 +359,7 @@ fn decode_change(kind: u16, payload: &[u8]) -> Result<Change, &'static str> {
 /// included), leases, pooled ranges and streams added, changed or gone, and the counters if
 /// they changed. Sequences are never removed, so `new` holds at least `old`'s.
 pub fn diff(old: &State, new: &State) -> Vec<Change> {
-    let mut changes = Vec::new();
-    for (index, sequence) in new.sequences.iter().enumerate() {
-        if old.sequences.get(index) != Some(sequence) {
-            changes.push(Change::Sequence(sequence.clone()));
-        }
-    }
+    let mut changes = diff_sequences(&old.sequences, &new.sequences);
     let (old_records, new_records) = (&old.leases_and_streams, &new.leases_and_streams);
     diff_keyed(
         &old_records.leases,
@@ -394,6 +389,16 @@ pub fn diff(old: &State, new: &State) -> Vec<Change> {
         &mut changes,
     );
     changes
+}
+
+/// The sequences of `new` whose record differs from `old`'s (new ones included). Sequences
+/// are never removed, so `new` holds at least `old`'s.
+pub fn diff_sequences(old: &[SequenceRecord], new: &[SequenceRecord]) -> Vec<Change> {
+    new.iter()
+        .enumerate()
+        .filter(|&(index, sequence)| old.get(index) != Some(sequence))
+        .map(|(_, sequence)| Change::Sequence(sequence.clone()))
+        .collect()
 }
 
 /// Records of `new` that `old` lacks or holds differently, then keys of `old` that `new`

@@ -12,6 +12,8 @@
 //! The same writes carry the lease and stream records ([`LeasesAndStreams`]): a change to them asks
 //! for a write (a lease is answered only once it is on disk), and every change made before
 //! a write began is marked durable when it ends, so one write serves every waiting change.
+//! A write takes only the records changed since the last one from the tables ([`RecordLog`]):
+//! its cost follows what changed, not how many leases and streams there are.
 //!
 //! When a write fails the persister fails closed: it marks ceilings unavailable (requests
 //! beyond them are refused instead of left waiting), logs once and then at most every
@@ -27,11 +29,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use super::data_dir::{StateSink, WriteError};
+use super::changes::RecordLog;
+use super::data_dir::{StateSink, StateWrite, WriteError};
 use super::format::{SequenceRecord, State};
 use super::window::{RateEstimate, SequenceView, WindowPolicy};
 use crate::sequence::Registry;
-use crate::state::{LeaseAndStreamRecords, LeasesAndStreams};
+use crate::state::LeasesAndStreams;
 
 /// How often the persister samples rates and headroom while numbers are being issued.
 pub const TICK: Duration = Duration::from_millis(10);
@@ -87,6 +90,8 @@ pub struct Persister {
     sink: Box<dyn StateSink>,
     registry: Arc<Registry>,
     records: Arc<LeasesAndStreams>,
+    /// The lease and stream records as last written, and the changes not written yet.
+    log: RecordLog,
     policy: WindowPolicy,
     /// Generation of the last state on disk (0: none yet).
     generation: u64,
@@ -105,7 +110,9 @@ pub struct Persister {
 
 impl Persister {
     /// A persister for `registry`, whose sequences are on disk with the ceilings in
-    /// `previous` (None for a fresh data directory).
+    /// `previous` (None for a fresh data directory). Its first write must hold every lease
+    /// and stream record (a sink's first write is whole): they start from a copy of the
+    /// live tables, which recovery may have changed from `previous`.
     pub fn new(
         sink: Box<dyn StateSink>,
         registry: Arc<Registry>,
@@ -117,10 +124,12 @@ impl Persister {
             .map(|state| state.sequences.iter().map(|s| s.ceiling).collect())
             .unwrap_or_default();
         let now = Instant::now();
+        let log = RecordLog::new(records.baseline());
         Persister {
             sink,
             registry,
             records,
+            log,
             policy,
             generation: previous.map_or(0, |state| state.generation),
             durable,
@@ -293,9 +302,7 @@ impl Persister {
                 ceiling,
             })
             .collect();
-        let (change, leases_and_streams) = self.records.snapshot();
-        self.write_state(records, leases_and_streams, false)?;
-        self.records.commits.mark_durable(change);
+        self.write_state(records, false)?;
         // Durable now: only from here on may numbers below the new ceilings be issued.
         self.durable = targets.clone();
         for (sequence, (view, &ceiling)) in self.registry.iter().zip(views.iter().zip(&targets)) {
@@ -330,27 +337,30 @@ impl Persister {
                 }
             })
             .collect();
-        let (change, leases_and_streams) = self.records.snapshot();
-        self.write_state(records, leases_and_streams, true)?;
-        self.records.commits.mark_durable(change);
-        Ok(())
+        self.write_state(records, true)
     }
 
+    /// Writes `sequences` and the lease and stream records changed since the last write,
+    /// then marks every change they hold durable. A failed write's changes stay pending,
+    /// for the next.
     fn write_state(
         &mut self,
         sequences: Vec<SequenceRecord>,
-        leases_and_streams: LeaseAndStreamRecords,
         clean_shutdown: bool,
     ) -> Result<(), WriteError> {
-        let state = State {
-            generation: self.generation + 1,
+        let (change, changes) = self.records.take_changes();
+        self.log.add(changes);
+        let write = StateWrite::new(
+            self.generation + 1,
             clean_shutdown,
-            written_at_ms: crate::clock::unix_ms(),
+            crate::clock::unix_ms(),
             sequences,
-            leases_and_streams,
-        };
-        self.sink.write_state(&state)?;
-        self.generation = state.generation;
+            &self.log,
+        );
+        self.sink.write_state(&write)?;
+        self.generation = write.generation;
+        self.log.written();
+        self.records.commits.mark_durable(change);
         self.writes += 1;
         Ok(())
     }
@@ -396,7 +406,9 @@ impl PersisterHandle {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::lease::{Acknowledger, LeaseStatus, Peer};
     use crate::sequence::Refusal;
+    use crate::store::journal::Change;
     use crate::store::window::MIN_WINDOW;
     use std::sync::Mutex;
 
@@ -405,6 +417,8 @@ mod tests {
     #[derive(Clone, Default)]
     struct FakeSink {
         written: Arc<Mutex<Vec<(State, u64)>>>,
+        /// The lease and stream changes each write (failed ones too) carried.
+        changes: Arc<Mutex<Vec<Vec<Change>>>>,
         failing: Arc<AtomicBool>,
         registry: Arc<Mutex<Option<Arc<Registry>>>>,
     }
@@ -424,7 +438,8 @@ mod tests {
     }
 
     impl StateSink for FakeSink {
-        fn write_state(&mut self, state: &State) -> Result<(), WriteError> {
+        fn write_state(&mut self, write: &StateWrite<'_>) -> Result<(), WriteError> {
+            self.changes.lock().unwrap().push(write.changes.clone());
             if self.failing.load(Ordering::Acquire) {
                 return Err(WriteError {
                     step: "write",
@@ -438,7 +453,7 @@ mod tests {
                 .unwrap()
                 .as_ref()
                 .map_or(0, |r| r.get(0).unwrap().ceiling());
-            self.written.lock().unwrap().push((state.clone(), memory));
+            self.written.lock().unwrap().push((write.state(), memory));
             Ok(())
         }
         fn fsyncs(&self) -> u64 {
@@ -519,6 +534,142 @@ mod tests {
             Tick::Idle,
             "nothing left to write"
         );
+    }
+
+    /// The table grows to 2 000 leases, one write each; then one acknowledgement. Each write
+    /// carries only its own lease (and the counters), taken from what changed: the tables are
+    /// copied once, when the persister starts, never per write.
+    #[test]
+    fn a_write_carries_only_what_changed_without_copying_the_tables() {
+        let registry = Arc::new(Registry::durable(8, 1));
+        let sink = FakeSink::default();
+        let records = Arc::new(LeasesAndStreams::empty(
+            crate::commits::Commits::persisted(),
+            crate::lease::LeaseSettings {
+                max_tracked: 10_000,
+                max_per_client: 10_000,
+                ..crate::lease::LeaseSettings::default()
+            },
+        ));
+        let mut persister = Persister::new(
+            Box::new(sink.clone()),
+            registry.clone(),
+            records.clone(),
+            POLICY,
+            None,
+        );
+        persister.raise_now().unwrap();
+        assert_eq!(records.full_copies(), 1);
+        let default = registry.get(0).unwrap();
+        let mut firsts = Vec::new();
+        let now = Instant::now();
+        for _ in 0..2_000 {
+            let granted = records
+                .leases
+                .grant(default, 1, None, Peer::LOCALHOST, &records.commits)
+                .unwrap();
+            firsts.push(granted.first);
+            assert_eq!(persister.tick(now), Tick::Raised);
+            assert!(records.commits.is_durable(granted.change));
+            let changes = sink.changes.lock().unwrap().pop().unwrap();
+            assert_eq!(changes.len(), 2, "the lease and the counters: {changes:?}");
+            assert!(matches!(&changes[0], Change::Lease(l) if l.first == granted.first));
+        }
+        let change = records
+            .leases
+            .acknowledge(
+                0,
+                firsts[700],
+                firsts[700],
+                Acknowledger {
+                    client: None,
+                    connection: 0,
+                },
+                &records.commits,
+            )
+            .unwrap();
+        assert_eq!(persister.tick(now), Tick::Raised);
+        assert!(records.commits.is_durable(change));
+        let changes = sink.changes.lock().unwrap().pop().unwrap();
+        match &changes[..] {
+            [Change::Lease(lease), Change::LeaseCounters(counters)] => {
+                assert_eq!(
+                    (lease.first, lease.status),
+                    (firsts[700], LeaseStatus::Acknowledged)
+                );
+                assert_eq!((counters.granted, counters.acknowledged), (2_000, 1));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(records.full_copies(), 1, "no write copied the tables");
+        let last = sink.last().leases_and_streams;
+        assert_eq!(
+            last.leases.len(),
+            2_000,
+            "the whole state, for a compaction"
+        );
+        assert_eq!(last.leases[700].status, LeaseStatus::Acknowledged);
+    }
+
+    #[test]
+    fn a_failed_writes_changes_go_with_the_next_and_a_record_gone_meanwhile_leaves_nothing() {
+        let (mut persister, registry, sink, records) = fresh_with_records(1);
+        persister.raise_now().unwrap();
+        let default = registry.get(0).unwrap();
+        let grant = || {
+            records
+                .leases
+                .grant(default, 1, None, Peer::LOCALHOST, &records.commits)
+                .unwrap()
+        };
+        let kept = grant();
+        let start = Instant::now();
+        sink.failing.store(true, Ordering::Release);
+        assert_eq!(persister.tick(start), Tick::Failed);
+        sink.failing.store(false, Ordering::Release);
+        let second = grant();
+        assert_eq!(persister.tick(start + RETRY_MAX), Tick::Raised);
+        assert!(records.commits.is_durable(second.change));
+        let changes = sink.changes.lock().unwrap().pop().unwrap();
+        let leases: Vec<u64> = changes
+            .iter()
+            .filter_map(|c| match c {
+                Change::Lease(l) => Some(l.first),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            leases,
+            [kept.first, second.first],
+            "the failed write's lease too"
+        );
+        assert_eq!(sink.last().leases_and_streams.leases.len(), 2);
+        // A stream made and removed between two writes leaves nothing to write; one removed
+        // after it was written is written as gone.
+        let stream = |id: &[u8]| crate::stream::StreamRecord {
+            client_id: id.to_vec(),
+            sequence: 0,
+            first: kept.first,
+            count: 1,
+            acked: 0,
+            last_active_ms: 1,
+        };
+        records.streams.put(stream(b"kept"), &records.commits);
+        records.streams.put(stream(b"brief"), &records.commits);
+        records.streams.remove(b"brief", &records.commits);
+        assert_eq!(persister.tick(start + RETRY_MAX), Tick::Raised);
+        let changes = sink.changes.lock().unwrap().pop().unwrap();
+        assert_eq!(changes, [Change::Stream(stream(b"kept"))]);
+        records.streams.remove(b"kept", &records.commits);
+        assert_eq!(persister.tick(start + RETRY_MAX), Tick::Raised);
+        let changes = sink.changes.lock().unwrap().pop().unwrap();
+        assert_eq!(
+            changes,
+            [Change::StreamGone {
+                client_id: b"kept".to_vec()
+            }]
+        );
+        assert!(sink.last().leases_and_streams.streams.is_empty());
     }
 
     #[test]
@@ -652,7 +803,7 @@ mod tests {
                 next: 500,
                 ceiling: 500,
             }],
-            leases_and_streams: LeaseAndStreamRecords::default(),
+            leases_and_streams: crate::state::LeaseAndStreamRecords::default(),
         };
         let registry = Arc::new(
             Registry::recovered(

@@ -166,11 +166,11 @@ pub fn restore_records(
         &leases_and_streams.pool,
         leases_and_streams.lease_counters,
     )?;
-    Ok(LeasesAndStreams {
+    Ok(LeasesAndStreams::new(
         commits,
-        leases: SharedLeaseTable::new(table),
-        streams: StreamRecords::new(leases_and_streams.streams.clone()),
-    })
+        SharedLeaseTable::new(table),
+        StreamRecords::new(leases_and_streams.streams.clone()),
+    ))
 }
 
 /// Decides where each recovered sequence resumes. `had_owner`: a seqd that had written a
