@@ -78,10 +78,7 @@ impl SharedLeaseTable {
 
     /// What changed since the last call, for a write (take the change number first, see
     /// [`Commits`]); with `all`, also every record, under the same lock.
-    pub fn take_changes(
-        &self,
-        all: bool,
-    ) -> (LeaseChanges, Option<LeaseTableRecords>) {
+    pub fn take_changes(&self, all: bool) -> (LeaseChanges, Option<LeaseTableRecords>) {
         let mut table = self.lock();
         let changes = table.take_changes();
         (changes, all.then(|| table.records()))
