@@ -64,14 +64,14 @@ pub struct LoopCounters {
 }
 
 impl LoopCounters {
-    /// Counters for a new event loop, summed into [`requests`] from now on.
-    pub fn register() -> Arc<LoopCounters> {
+    /// Counters for a new event loop, summed into [`requests`] from now on; when the
+    /// registration is dropped (the loop ends: a standby's loops, a restarted server), its
+    /// counts move into the retired totals, so the sums never go back and the list does not
+    /// grow with every loop ever started.
+    pub fn register() -> Registered {
         let counters = Arc::new(LoopCounters::default());
-        LOOPS
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .push(counters.clone());
-        counters
+        loops().push(counters.clone());
+        Registered(counters)
     }
 
     /// Counts `n` requests in `protocol`. Called by the owning loop only: a load and a store
@@ -83,16 +83,47 @@ impl LoopCounters {
     }
 }
 
-static LOOPS: Mutex<Vec<Arc<LoopCounters>>> = Mutex::new(Vec::new());
+/// An event loop's registered counters (see [`LoopCounters::register`]).
+#[derive(Debug)]
+pub struct Registered(Arc<LoopCounters>);
 
-/// Requests received since start in `protocol`, all event loops together.
-pub fn requests(protocol: Protocol) -> u64 {
+impl std::ops::Deref for Registered {
+    type Target = LoopCounters;
+    fn deref(&self) -> &LoopCounters {
+        &self.0
+    }
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        // Under the lock readers sum under: each count is in the list or retired, never both
+        // or neither.
+        let mut loops = loops();
+        loops.retain(|counters| !Arc::ptr_eq(counters, &self.0));
+        for (retired, count) in RETIRED.iter().zip(&self.0.requests) {
+            retired.fetch_add(count.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
+    }
+}
+
+static LOOPS: Mutex<Vec<Arc<LoopCounters>>> = Mutex::new(Vec::new());
+/// Requests counted by loops that have ended, per protocol.
+static RETIRED: [AtomicU64; 3] = [const { AtomicU64::new(0) }; 3];
+
+fn loops() -> std::sync::MutexGuard<'static, Vec<Arc<LoopCounters>>> {
     LOOPS
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Requests received since start in `protocol`, all event loops together.
+pub fn requests(protocol: Protocol) -> u64 {
+    let loops = loops();
+    let live: u64 = loops
         .iter()
         .map(|counters| counters.requests[protocol as usize].load(Ordering::Relaxed))
-        .sum()
+        .sum();
+    live + RETIRED[protocol as usize].load(Ordering::Relaxed)
 }
 
 /// Every error reply's first word (Redis's error prefixes, which `INFO errorstats` and the
@@ -147,6 +178,18 @@ mod tests {
         a.count(Protocol::Inline, 3);
         b.count(Protocol::Inline, 4);
         assert!(requests(Protocol::Inline) >= before + 7);
+    }
+
+    #[test]
+    fn an_ended_loop_leaves_its_counts_and_not_its_entry() {
+        let ended = LoopCounters::register();
+        let entry = Arc::as_ptr(&ended.0);
+        ended.count(Protocol::Binary, 5);
+        let before = requests(Protocol::Binary);
+        drop(ended);
+        // Other tests count concurrently: the sum only grows.
+        assert!(requests(Protocol::Binary) >= before);
+        assert!(!loops().iter().any(|c| Arc::as_ptr(c) == entry));
     }
 
     #[test]

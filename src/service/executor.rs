@@ -43,7 +43,7 @@ pub struct LoopState {
     /// must fit 32 bits and a main-port client could otherwise drain that range for good.
     reserved_for_streams: Option<&'static str>,
     /// This loop's request counts (the metrics endpoint and `INFO` sum every loop's).
-    pub(super) counters: std::sync::Arc<LoopCounters>,
+    pub(super) counters: counters::Registered,
 }
 
 impl LoopState {
