@@ -45,13 +45,8 @@ trap cleanup EXIT
 
 # Both revisions build in one target directory beside the checkout's, so dependencies are
 # compiled once.
-build() { # rev -> $WORK/seqd-<rev>
-  local rev=$1
-  git worktree add --detach --quiet "$WORK/tree" "$rev"
-  (cd "$WORK/tree" && CARGO_TARGET_DIR=$ROOT/target/ab cargo build --release --locked --quiet -p seqd)
-  cp "$ROOT/target/ab/release/seqd" "$WORK/seqd-$rev"
-  git worktree remove --force "$WORK/tree"
-}
+# shellcheck source=lib/build_rev.sh
+source "$ROOT/bench/lib/build_rev.sh"
 for side in A B; do
   sha_var=SHA_$side bin_var=SEQD_$side
   if [[ -n ${!bin_var:-} ]]; then

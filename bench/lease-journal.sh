@@ -55,19 +55,8 @@ NICE=()
 
 # Both revisions build in one target directory (as bench/ab.sh), dependencies once; a
 # revision's binary is kept in target/ab/bin/ and reused by later runs.
-build() { # rev -> $WORK/seqd-<rev>
-  local rev=$1
-  if [[ -x $ROOT/target/ab/bin/seqd-$rev ]]; then
-    cp "$ROOT/target/ab/bin/seqd-$rev" "$WORK/seqd-$rev"
-    return
-  fi
-  git worktree add --detach --quiet "$WORK/tree" "$rev"
-  (cd "$WORK/tree" && CARGO_TARGET_DIR=$ROOT/target/ab nice -n 5 cargo build --release --locked --quiet -p seqd)
-  mkdir -p "$ROOT/target/ab/bin"
-  cp "$ROOT/target/ab/release/seqd" "$ROOT/target/ab/bin/seqd-$rev"
-  cp "$ROOT/target/ab/release/seqd" "$WORK/seqd-$rev"
-  git worktree remove --force "$WORK/tree"
-}
+# shellcheck source=lib/build_rev.sh
+source "$ROOT/bench/lib/build_rev.sh"
 echo "building $SHA_A and $SHA_B (target/ab)" >&2
 build "$SHA_A"
 build "$SHA_B"
