@@ -51,7 +51,7 @@ class Counts:
         self.lock = threading.Lock()
         self.values = dict(
             churn_connections=0, churn_requests=0, vanished=0, never_readers=0,
-            never_readers_closed=0, probe_requests=0, errors=0,
+            never_readers_paused=0, never_readers_closed=0, probe_requests=0, errors=0,
         )
         self.first_errors = []
         self.latencies = []  # probe round trips (s) since the last sample
@@ -134,20 +134,32 @@ def vanisher(port, counts, stop):
 
 
 def never_reader(port, counts, stop):
+    """Pipelines without ever reading. seqd pauses such a client (stops reading its input once
+    128 KiB of replies wait) or, past --client-output-limit, closes it; either bounds what it
+    holds. The failure is a server that keeps taking its requests for 30 s."""
     chunk = b"GETSEQ\r\n" * 8192
     while not stop.wait(20):
         counts.add("never_readers")
         deadline = time.monotonic() + 30
         try:
             with connect(port) as sock:
+                # Two seconds without room for one byte more: the kernel's buffers are full
+                # and seqd is not reading.
                 sock.settimeout(2)
+                paused = False
                 while time.monotonic() < deadline and not stop.is_set():
                     try:
-                        sock.sendall(chunk)
+                        sock.send(chunk)
                     except socket.timeout:
-                        continue
-                if not stop.is_set():
-                    counts.error("a never-reading client was not closed within 30 s")
+                        paused = True
+                        break
+                if paused:
+                    counts.add("never_readers_paused")
+                    # Held paused for the rest of its 30 s, then closed with its input unread.
+                    stop.wait(max(0.0, deadline - time.monotonic()))
+                elif not stop.is_set():
+                    counts.error("a never-reading client was neither paused nor closed within "
+                                 "30 s: seqd kept reading its requests")
         except (BrokenPipeError, ConnectionResetError, ConnectionAbortedError):
             counts.add("never_readers_closed")
         except Exception as e:  # noqa: BLE001
@@ -333,7 +345,7 @@ def main():
             columns = ["t_s", "rss_kib", "fds", "connections", "client_output_bytes", "error_replies",
                        "output_limit_disconnections", "probe_p50_ms", "probe_p99_ms", "probe_max_ms",
                        "churn_connections", "churn_requests", "vanished", "never_readers",
-                       "never_readers_closed", "client_errors"]
+                       "never_readers_paused", "never_readers_closed", "client_errors"]
             tsv.write("\t".join(columns) + "\n")
             while time.monotonic() - t0 < duration_s:
                 time.sleep(SAMPLE_S - (time.monotonic() - t0) % SAMPLE_S)
@@ -350,7 +362,7 @@ def main():
                     probe_p99_ms=round(percentile(latencies, 99) * 1e3, 3),
                     probe_max_ms=round(max(latencies, default=0) * 1e3, 3),
                     client_errors=values["errors"],
-                    **{k: values[k] for k in columns[10:15]},
+                    **{k: values[k] for k in columns[10:-1]},
                 )
                 samples.append(sample)
                 tsv.write("\t".join(str(sample[c]) for c in columns) + "\n")
@@ -432,7 +444,8 @@ def report(args, samples, counts, capacity, rate, steady, loadgen_status, seqd_a
         f"closed ({v['churn_requests']:,} requests); {v['vanished']:,} connections that sent "
         f"100 GETSEQ and half a RESP request and vanished without reading (every other one with "
         f"a reset); {v['never_readers']} never-reading clients (one every 20 s), of which "
-        f"{v['never_readers_closed']} were closed by --client-output-limit as they should be; "
+        f"{v['never_readers_paused']} were paused (seqd stopped reading them) and "
+        f"{v['never_readers_closed']} closed by --client-output-limit, as they should be; "
         f"a probe connection timing one GETSEQ every 100 ms ({v['probe_requests']:,} requests).",
         "",
         "## Result",
