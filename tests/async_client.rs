@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use seqd::client::{AsyncClient, Client, ClientError, IdSource, IdSourceOptions, Sequence};
 use seqd::protocol::ErrorCode;
-use seqd_test_support::{PATIENCE, SeqdProcess, free_port, temp_dir};
+use seqd_test_support::{PATIENCE, SeqdProcess, free_port, stop_process, temp_dir};
 
 /// A seqd on a fixed port and data directory, so that it can be stopped and started again
 /// where its clients expect it.
@@ -222,8 +222,7 @@ async fn a_paused_server_times_the_call_out_and_serves_again_after() {
         .await
         .unwrap();
     let before = client.get().await.unwrap();
-    server.signal(libc::SIGSTOP);
-    wait_until_stopped(server.pid()).await;
+    stop_process(server.pid());
     let result = client.get().await;
     server.signal(libc::SIGCONT);
     assert!(matches!(result, Err(ClientError::Timeout(_))), "{result:?}");
@@ -236,23 +235,6 @@ async fn a_paused_server_times_the_call_out_and_serves_again_after() {
         }
     };
     assert!(after > before);
-}
-
-/// Waits until the kernel shows `pid` stopped (state `T` in /proc/PID/stat).
-async fn wait_until_stopped(pid: u32) {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let state = stat
-            .rsplit(')')
-            .next()
-            .and_then(|rest| rest.split_whitespace().next());
-        if state == Some("T") {
-            return;
-        }
-        assert!(Instant::now() < deadline, "seqd never stopped: {stat}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -206,7 +206,7 @@ fn sigterm_hands_over_with_no_gap_and_sigstop_past_the_lease_issues_nothing() {
     let mut stale = Client::connect(cluster.nodes[paused].addr).expect("connect to the leader");
     stale.set_timeout(Some(PATIENCE)).unwrap();
     assert!(stale.get().is_ok());
-    cluster.nodes[paused].signal(libc::SIGSTOP);
+    cluster.nodes[paused].pause();
     client.current = None;
     let (successor, _) = client.next();
     assert_ne!(successor, paused);

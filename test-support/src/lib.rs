@@ -376,6 +376,41 @@ pub fn read_line(stream: &mut TcpStream) -> String {
     String::from_utf8(line).unwrap()
 }
 
+/// SIGSTOP to `pid`, returning once every one of its threads is stopped. `kill` only queues
+/// the stop: one thread takes it and then stops the others, so an event loop on another CPU
+/// can answer for a while after `kill` returned.
+pub fn stop_process(pid: u32) {
+    // SAFETY: sending a signal to our own child process.
+    unsafe { libc::kill(pid as i32, libc::SIGSTOP) };
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let states: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .map(|tasks| {
+                tasks
+                    .flatten()
+                    .map(|task| {
+                        let stat = std::fs::read_to_string(task.path().join("stat"));
+                        // The state follows the command name, which ends with the last ')'.
+                        stat.ok()
+                            .and_then(|s| {
+                                Some(s.rsplit(')').next()?.split_whitespace().next()?.to_string())
+                            })
+                            .unwrap_or_default()
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        if !states.is_empty() && states.iter().all(|state| state == "T") {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "process {pid} never stopped after SIGSTOP: thread states {states:?}"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
 /// A TCP port that was free a moment ago (for a server that must come back on the same
 /// port after a restart).
 pub fn free_port() -> u16 {

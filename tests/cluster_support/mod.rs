@@ -339,6 +339,13 @@ impl Node {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
+    /// SIGSTOP, returning once every thread of the node is stopped.
+    pub fn pause(&self) {
+        if let Some(child) = &self.child {
+            seqd_test_support::stop_process(child.id());
+        }
+    }
+
     pub fn signal(&self, signal: i32) {
         if let Some(child) = &self.child {
             // SAFETY: sending a signal to our own child process.
