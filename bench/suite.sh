@@ -375,8 +375,37 @@ prio_exec() {
   exec "${how[@]}" "$@"
 }
 
-budget_on() { echo "$1" >"$BUDGET_DIR/cgroup.procs"; }
-budget_off() { echo "$1" >"$BUDGET_HOME/cgroup.procs" 2>/dev/null || true; }
+# budget_on PID [LOG] / budget_off PID [LOG]: into the budget's cgroup and out. seqd and the
+# zero-work rival (--busy-poll auto, their default) stop busy-polling under a quota, seen once
+# a second: given the server's LOG, wait (at most 5 s) until it has said so, so that the
+# measurement starts with the server in the state the quota puts it in.
+quota_said() {
+  local n
+  n=$(grep -cE "$2" "$1" 2>/dev/null) || true
+  echo "${n:-0}"
+}
+quota_wait() {
+  local log=$1 pattern=$2 before=$3
+  for _ in $(seq 100); do
+    (($(quota_said "$log" "$pattern") > before)) && return 0
+    sleep 0.05
+  done
+  echo "suite.sh: note: $(basename "$log" .log) did not report the quota change (an older build?)" >&2
+}
+QUOTA_ON="CPU quota in force"
+QUOTA_OFF="no CPU quota any more"
+budget_on() {
+  local before=0
+  [[ -z ${2:-} ]] || before=$(quota_said "$2" "$QUOTA_ON")
+  echo "$1" >"$BUDGET_DIR/cgroup.procs"
+  [[ -z ${2:-} ]] || quota_wait "$2" "$QUOTA_ON" "$before"
+}
+budget_off() {
+  local before=0
+  [[ -z ${2:-} ]] || before=$(quota_said "$2" "$QUOTA_OFF")
+  echo "$1" >"$BUDGET_HOME/cgroup.procs" 2>/dev/null || true
+  [[ -z ${2:-} ]] || quota_wait "$2" "$QUOTA_OFF" "$before"
+}
 # Removes our cgroups once their processes are gone (moving any left to our own cgroup).
 budget_remove() {
   local dir pid home
@@ -602,10 +631,10 @@ step inprocess-batch1000 "$SEQD_PID" none "$OUT/inprocess/batch1000.txt" -- \
 # server NAME: sets pid, addr, target and name of one of the closed-loop servers.
 server_vars() {
   case $1 in
-    seqd) pid=$SEQD_PID addr=$SEQD_ADDR target=binary name="seqd binary" ;;
-    baseline) pid=$BASE_PID addr=$BASE_ADDR target=binary name="naive baseline" ;;
-    zerowork) pid=$ZERO_PID addr=$ZERO_ADDR target=binary name="zero-work io_uring" ;;
-    redis) pid=$REDIS_PID addr=$REDIS_ADDR target=redis name="Redis INCR" ;;
+    seqd) pid=$SEQD_PID addr=$SEQD_ADDR target=binary name="seqd binary" quota_log=$OUT/logs/seqd.log ;;
+    baseline) pid=$BASE_PID addr=$BASE_ADDR target=binary name="naive baseline" quota_log="" ;;
+    zerowork) pid=$ZERO_PID addr=$ZERO_ADDR target=binary name="zero-work io_uring" quota_log=$OUT/logs/zerowork.log ;;
+    redis) pid=$REDIS_PID addr=$REDIS_ADDR target=redis name="Redis INCR" quota_log="" ;;
   esac
 }
 
@@ -651,10 +680,10 @@ for round in $(seq "$ROUNDS"); do
     read -r c p <<<"$config"
     for server in "${order[@]}"; do
       server_vars "$server"
-      budget_on "$pid"
+      budget_on "$pid" "$quota_log"
       loadgen_run "budget-closed-$server-${c}x$p-r$round" "$pid" "$server" "closed-budget/$server-${c}x$p-r$round" \
         "$name ${c}x$p, $BUDGET_PERCENT% CPU" --target "$target" --addr "$addr" -c "$c" -P "$p" -d "$DURATION"
-      budget_off "$pid"
+      budget_off "$pid" "$quota_log"
     done
   done
   log "RESP via redis-benchmark under the CPU budget, round $round of $ROUNDS"
@@ -663,9 +692,9 @@ for round in $(seq "$ROUNDS"); do
     for server in "${order[@]}"; do
       [[ $server == seqd || $server == redis ]] || continue
       server_vars "$server"
-      budget_on "$pid"
+      budget_on "$pid" "$quota_log"
       redis_benchmark budget-resp resp-budget "$server" "$c" "$p" "$n"
-      budget_off "$pid"
+      budget_off "$pid" "$quota_log"
     done
   done
   BUDGETED=0
@@ -793,7 +822,7 @@ if ((SEQD_DURABLE)); then
       if [[ $mode == in-memory ]]; then start_seqd "seqd-$mode-r$round" --in-memory; else start_seqd "seqd-$mode-r$round"; fi
       echo "$SEQD_CMD" >"$OUT/durability/$mode-r$round.server"
       # Under the budget, like the throughput goals: at full core the client saturates first.
-      if [[ -n $BUDGET_KIND ]]; then BUDGETED=1; budget_on "$SEQD_PID"; fi
+      if [[ -n $BUDGET_KIND ]]; then BUDGETED=1; budget_on "$SEQD_PID" "$OUT/logs/seqd-$mode-r$round.log"; fi
       loadgen_run "durability-$mode-r$round" "$SEQD_PID" seqd "durability/$mode-r$round" "seqd $mode 50x64" \
         --target binary --addr "$SEQD_ADDR" -c 50 -P 64 -d "$DURATION"
       BUDGETED=0

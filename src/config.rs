@@ -13,7 +13,7 @@ mod file;
 pub use file::load;
 
 use crate::sequence::MAX_VALUE;
-use crate::server::{IoChoice, TlsPort};
+use crate::server::{BusyPoll, IoChoice, TlsPort};
 use crate::service::auth::Password;
 use crate::store::window::DEFAULT_MAX_CRASH_GAP;
 
@@ -265,13 +265,16 @@ pub struct Config {
     pub no_pin: bool,
 
     /// After handling traffic, how many microseconds an event loop keeps watching for more
-    /// before it sleeps. Spinning spares the wake-up a sleeping thread needs (tens of
-    /// microseconds on virtual machines: one client doing one request at a time got 25-40%
+    /// before it sleeps, or auto. Spinning spares the wake-up a sleeping thread needs (tens
+    /// of microseconds on virtual machines: one client doing one request at a time got 25-40%
     /// more answers per second, measured) at the price of CPU while traffic is sparse; 0 sleeps
-    /// at once (for hosts shared with other work). An idle server sleeps either way.
-    /// With `--io epoll` the loop spins on epoll_wait with a zero timeout instead.
-    #[arg(long, default_value_t = 50, value_name = "MICROSECONDS")]
-    pub busy_poll: u64,
+    /// at once (for hosts shared with other work). auto is 50, except while seqd's cgroup has a
+    /// CPU quota (systemd CPUQuota=, docker --cpus, a Kubernetes CPU limit; checked every
+    /// second): the spinning would be charged to the quota and the loop throttled while
+    /// requests wait, so it sleeps at once. An idle server sleeps either way. With `--io
+    /// epoll` the loop spins on epoll_wait with a zero timeout instead.
+    #[arg(long, default_value = "auto", value_name = "MICROSECONDS|auto")]
+    pub busy_poll: BusyPoll,
 
     /// The I/O backend. io_uring serves the most requests per core: a whole turn's receives
     /// and sends cost one system call. epoll needs one per read and per write, so it serves

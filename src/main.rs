@@ -326,7 +326,7 @@ fn server_settings(
         pin: config.pin(),
         max_connections: config.max_connections,
         max_stream_connections: config.max_stream_connections,
-        busy_poll: std::time::Duration::from_micros(config.busy_poll),
+        busy_poll: config.busy_poll,
         io: config.io,
         limits: Limits {
             max_batch: config.max_batch,

@@ -125,10 +125,11 @@ struct ZeroWorkArgs {
     #[command(flatten)]
     listen: ListenArgs,
     /// After handling completions, how many microseconds to keep watching for more before
-    /// sleeping: the same trade seqd's `--busy-poll` makes (and its default), so the limit
-    /// rival does not pay wake-ups seqd does not pay. 0 sleeps at once.
-    #[arg(long, default_value_t = 50, value_name = "MICROSECONDS")]
-    busy_poll: u64,
+    /// sleeping, or auto: the same choice as seqd's `--busy-poll` (and its default, which
+    /// does not spin while the process's cgroup has a CPU quota), so the limit rival does not
+    /// pay wake-ups seqd does not pay, nor spend a budget seqd does not spend. 0 sleeps at once.
+    #[arg(long, default_value = "auto", value_name = "MICROSECONDS|auto")]
+    busy_poll: seqd::server::BusyPoll,
 }
 
 #[derive(Debug, Args)]
@@ -819,7 +820,7 @@ fn zero_work_server(args: ZeroWorkArgs) -> Result<u8> {
         .local_addr()
         .context("the listener has no address")?;
     eprintln!("zero-work listening on {local}");
-    zero_work::serve(listener, std::time::Duration::from_micros(args.busy_poll))
+    zero_work::serve(listener, args.busy_poll)
         .context("the io_uring event loop failed (io_uring needs Linux 6.0 or later, not blocked by seccomp)")?;
     Ok(0)
 }

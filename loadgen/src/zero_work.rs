@@ -15,13 +15,15 @@ use std::io;
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::{AsRawFd, RawFd};
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
 use io_uring::types::{BufRingEntry, Fd};
 use io_uring::{IoUring, cqueue, opcode, squeue};
 use seqd::protocol::binary::{self, FRAME_LEN, opcode as op};
 use seqd::protocol::{Problem, Reply};
+use seqd::server::BusyPoll;
 
 /// Submission queue entries.
 const RING_ENTRIES: u32 = 4096;
@@ -57,8 +59,23 @@ struct Conn {
 }
 
 /// Serves connections forever, spinning up to `busy_poll` for more completions before it
-/// sleeps. Returns only if the ring or the listener fails for good.
-pub fn serve(listener: TcpListener, busy_poll: Duration) -> io::Result<()> {
+/// sleeps (with `auto`, not while a CPU quota is in force, as seqd). Returns only if the ring
+/// or the listener fails for good.
+pub fn serve(listener: TcpListener, busy_poll: BusyPoll) -> io::Result<()> {
+    let spin_off = Arc::new(AtomicBool::new(false));
+    if busy_poll.off_under_cpu_quota {
+        let flag = spin_off.clone();
+        seqd::server::cpu_quota::watch(move |quota| {
+            let off = quota.is_some();
+            if flag.swap(off, Ordering::Relaxed) != off {
+                match quota {
+                    Some(quota) => eprintln!("CPU quota in force ({quota}): no busy polling"),
+                    None => eprintln!("no CPU quota any more: busy polling again"),
+                }
+            }
+            Arc::strong_count(&flag) > 1
+        })?;
+    }
     let mut ring = create_ring()?;
     let bufs = BufRing::new(BUFFER_GROUP, BUFFERS, BUFFER_SIZE)?;
     bufs.register(&ring.submitter())?;
@@ -70,7 +87,12 @@ pub fn serve(listener: TcpListener, busy_poll: Duration) -> io::Result<()> {
     };
     responder.arm_accept(&mut ring)?;
     loop {
-        wait_for_completions(&mut ring, busy_poll)?;
+        let spin = if spin_off.load(Ordering::Relaxed) {
+            Duration::ZERO
+        } else {
+            busy_poll.spin
+        };
+        wait_for_completions(&mut ring, spin)?;
         let completions: Vec<cqueue::Entry> = ring.completion().collect();
         for cqe in completions {
             responder.complete(&mut ring, &cqe)?;

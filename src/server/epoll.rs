@@ -231,7 +231,11 @@ impl<S: Service> EventLoop<S> {
             self.read_ready()?;
             self.run_timers()?;
             self.enforce_output_cap();
-            if had_events && !self.busy_poll.is_zero() && !self.draining {
+            if had_events
+                && !self.busy_poll.is_zero()
+                && !self.draining
+                && !self.shared.busy_poll_off.load(Ordering::Relaxed)
+            {
                 spin_until = Some(Instant::now() + self.busy_poll);
             }
         }

@@ -9,6 +9,7 @@
 pub mod accept;
 mod adapters;
 mod bufring;
+pub mod cpu_quota;
 mod epoll;
 pub mod failure;
 pub mod handler;
@@ -53,8 +54,8 @@ pub struct Settings {
     pub limits: Limits,
     /// Where to serve the stream protocol, and how.
     pub stream: Option<(SocketAddr, StreamSettings)>,
-    /// How long an idle event loop spins before it sleeps (zero: it sleeps at once).
-    pub busy_poll: std::time::Duration,
+    /// How long an idle event loop spins before it sleeps, and when not to.
+    pub busy_poll: BusyPoll,
     /// Which I/O backend to serve with.
     pub io: IoChoice,
     /// Protected mode is in force (no password, a non-loopback bind): connections from
@@ -71,6 +72,38 @@ pub struct Settings {
 pub struct TlsPort {
     pub addr: SocketAddr,
     pub config: Arc<rustls::ServerConfig>,
+}
+
+/// The `--busy-poll` choice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BusyPoll {
+    /// How long an idle event loop spins before it sleeps (zero: it sleeps at once).
+    pub spin: std::time::Duration,
+    /// `auto`: no spinning while seqd's cgroup has a CPU quota (the spinning would be charged
+    /// to it, and the loop throttled while requests wait).
+    pub off_under_cpu_quota: bool,
+}
+
+impl std::str::FromStr for BusyPoll {
+    type Err = String;
+
+    /// Microseconds (0: none), or `auto`: 50, none while a CPU quota is in force.
+    fn from_str(value: &str) -> Result<BusyPoll, String> {
+        let micros = std::time::Duration::from_micros;
+        match value.trim() {
+            "auto" => Ok(BusyPoll {
+                spin: micros(50),
+                off_under_cpu_quota: true,
+            }),
+            number => number
+                .parse()
+                .map(|n| BusyPoll {
+                    spin: micros(n),
+                    off_under_cpu_quota: false,
+                })
+                .map_err(|_| format!("{number:?}: expected microseconds (0 for none) or auto")),
+        }
+    }
 }
 
 /// The `--io` choice.
@@ -191,6 +224,8 @@ struct Shared {
     draining: Box<[AtomicBool]>,
     /// Stop without waiting for connections: close them at once.
     abandon: AtomicBool,
+    /// `--busy-poll auto` found a CPU quota: no loop spins.
+    busy_poll_off: AtomicBool,
 }
 
 impl Shared {
@@ -201,6 +236,30 @@ impl Shared {
             handler::Kind::Stream => &self.stream_connections,
         }
     }
+}
+
+/// `--busy-poll auto`: sets `busy_poll_off` now and whenever a CPU quota appears or goes, on
+/// a thread that ends with the server.
+fn watch_cpu_quota(shared: &Arc<Shared>) -> anyhow::Result<()> {
+    let shared = Arc::downgrade(shared);
+    cpu_quota::watch(move |quota| {
+        let Some(shared) = shared.upgrade() else {
+            return false;
+        };
+        let off = quota.is_some();
+        if shared.busy_poll_off.swap(off, Ordering::Relaxed) != off {
+            match quota {
+                Some(quota) => tracing::info!(
+                    "CPU quota in force ({quota}): event loops do not busy-poll, which would \
+                     spend the quota waiting for requests (--busy-poll MICROSECONDS spins \
+                     regardless)"
+                ),
+                None => tracing::info!("no CPU quota any more: event loops busy-poll again"),
+            }
+        }
+        true
+    })
+    .context("cannot start the CPU quota watcher")
 }
 
 /// Connections open at once on one kind of port, across all loops, and their limit.
@@ -339,7 +398,11 @@ impl Server {
                 .map(|_| AtomicBool::new(false))
                 .collect(),
             abandon: AtomicBool::new(false),
+            busy_poll_off: AtomicBool::new(false),
         });
+        if settings.busy_poll.off_under_cpu_quota && !settings.busy_poll.spin.is_zero() {
+            watch_cpu_quota(&shared)?;
+        }
         let cores = if settings.pin {
             core_affinity::get_core_ids().unwrap_or_default()
         } else {
@@ -392,7 +455,7 @@ impl Server {
                 index,
                 listeners: loop_listeners,
                 wake_fd: wake_fds[index],
-                busy_poll: settings.busy_poll,
+                busy_poll: settings.busy_poll.spin,
                 output: settings.output,
                 loops: settings.threads,
             };
@@ -451,7 +514,7 @@ impl Server {
             shared,
             wakers,
             threads,
-            busy_poll: settings.busy_poll,
+            busy_poll: settings.busy_poll.spin,
             backend,
         };
         for _ in 0..settings.threads {
@@ -497,9 +560,13 @@ impl Server {
         self.tls_addr
     }
 
-    /// How long an idle loop busy-polls: `Settings::busy_poll`, or zero where the kernel lacks
-    /// the flag it watches (see `uring::EventLoop::wait_for_completions`).
+    /// How long an idle loop busy-polls now: `Settings::busy_poll`, or zero where the kernel
+    /// lacks the flag it watches (see `uring::EventLoop::wait_for_completions`) or while
+    /// `--busy-poll auto` sees a CPU quota.
     pub fn busy_poll(&self) -> std::time::Duration {
+        if self.shared.busy_poll_off.load(Ordering::Relaxed) {
+            return std::time::Duration::ZERO;
+        }
         self.busy_poll
     }
 

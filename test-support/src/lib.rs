@@ -123,6 +123,12 @@ impl SeqdProcess {
         SeqdProcess::start_after_shell(&format!("umask {mask:03o}"), args)
     }
 
+    /// Like [`SeqdProcess::start`], in the cgroup `dir` (its `cgroup.procs`) from the start.
+    pub fn start_in_cgroup(dir: &Path, args: &[&str]) -> SeqdProcess {
+        let procs = dir.join("cgroup.procs");
+        SeqdProcess::start_after_shell(&format!("echo $$ > '{}'", procs.display()), args)
+    }
+
     /// Starts seqd as [`SeqdProcess::start`] does, from `sh -c "PRELUDE && exec seqd ..."`.
     fn start_after_shell(prelude: &str, args: &[&str]) -> SeqdProcess {
         let mut all: Vec<String> = ["--host=127.0.0.1", "--port=0", "--threads=2"]

@@ -194,7 +194,11 @@ impl<S: Service> EventLoop<S> {
     /// calls, no sleep), so a request arriving soon after the last one is picked up without
     /// the wake-up a sleeping thread needs; then it blocks.
     fn wait_for_completions(&mut self) -> io::Result<()> {
-        if self.busy_poll.is_zero() || !self.features.work_pending_flag || self.draining {
+        if self.busy_poll.is_zero()
+            || !self.features.work_pending_flag
+            || self.draining
+            || self.shared.busy_poll_off.load(Ordering::Relaxed)
+        {
             return self.enter(1);
         }
         // Submit, which also runs work that is already pending. With nothing queued and
