@@ -664,10 +664,17 @@ def busy_poll_lines(run):
     us = seqd_busy_poll_us(run.folder)
     if not us:
         return []
+    try:
+        quota_seen = "CPU quota in force" in (run.folder / "logs" / "seqd.log").read_text()
+    except OSError:
+        quota_seen = False
+    budgeted = (" Under the budget's quota it did not spin (`--busy-poll auto`, the default, "
+                "stops while a CPU quota is in force; its log says so each time the suite moved "
+                "it in), nor did the zero-work responder.") if quota_seen else ""
     return [f"- seqd busy-polls (`--busy-poll {us}`): after traffic its event loop watches for more "
-            f"for {us} us before it sleeps, so its CPU reads near 100% on every row with steady traffic. For seqd, "
+            f"for {us} us before it sleeps, so its CPU reads near 100% on every full-core row with steady traffic. For seqd, "
             "*server CPU per request* includes that spinning (an upper bound), and a row where the client "
-            "saturated too says *server and client*: such a row decides a goal only when it is met"]
+            "saturated too says *server and client*: such a row decides a goal only when it is met." + budgeted]
 
 
 def busy(meta):
