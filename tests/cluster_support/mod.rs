@@ -20,6 +20,22 @@ pub fn free_port() -> u16 {
         .expect("cannot find a free port")
 }
 
+/// `n` distinct ports nothing listens on right now. Each is held until all are found: ports
+/// released one at a time can be handed out again at once (two etcd members were given the
+/// same port, and one failed to start).
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let held: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("cannot find a free port"))
+        .collect();
+    held.iter()
+        .map(|l| {
+            l.local_addr()
+                .expect("a bound listener has an address")
+                .port()
+        })
+        .collect()
+}
+
 fn temp_dir(prefix: &str) -> tempfile::TempDir {
     tempfile::Builder::new()
         .prefix(prefix)
@@ -47,11 +63,12 @@ impl Etcd {
     pub fn start(size: usize) -> Etcd {
         assert!(size == 1 || size == 3, "1 or 3 members");
         let dir = temp_dir("seqd-etcd-");
+        let ports = free_ports(2 * size);
         let members: Vec<Member> = (0..size)
             .map(|i| Member {
                 name: format!("m{i}"),
-                client_port: free_port(),
-                peer_port: free_port(),
+                client_port: ports[2 * i],
+                peer_port: ports[2 * i + 1],
                 child: None,
             })
             .collect();
