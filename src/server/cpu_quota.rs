@@ -4,7 +4,7 @@
 //!
 //! `--busy-poll auto` asks this: under a quota, the microseconds a loop spins waiting for the
 //! next request are charged to the quota, so the loop is throttled while requests wait
-//! (measured in results/busy-poll-quota: 0.71x of the throughput without spinning).
+//! (results/busy-poll-quota measures spinning against not spinning under one quota).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
