@@ -382,6 +382,18 @@ pub fn read_line(stream: &mut TcpStream) -> String {
     String::from_utf8(line).unwrap()
 }
 
+/// A thread's state letter from /proc/PID/task/TID/stat ("" if unreadable): the field after
+/// the command name, which ends with the last ')'.
+fn thread_state(task: &Path) -> String {
+    let stat = std::fs::read_to_string(task.join("stat")).unwrap_or_default();
+    let after_name = stat.rsplit(')').next().unwrap_or("");
+    after_name
+        .split_whitespace()
+        .next()
+        .unwrap_or("")
+        .to_string()
+}
+
 /// SIGSTOP to `pid`, returning once every one of its threads is stopped. `kill` only queues
 /// the stop: one thread takes it and then stops the others, so an event loop on another CPU
 /// can answer for a while after `kill` returned.
@@ -394,15 +406,7 @@ pub fn stop_process(pid: u32) {
             .map(|tasks| {
                 tasks
                     .flatten()
-                    .map(|task| {
-                        let stat = std::fs::read_to_string(task.path().join("stat"));
-                        // The state follows the command name, which ends with the last ')'.
-                        stat.ok()
-                            .and_then(|s| {
-                                Some(s.rsplit(')').next()?.split_whitespace().next()?.to_string())
-                            })
-                            .unwrap_or_default()
-                    })
+                    .map(|task| thread_state(&task.path()))
                     .collect()
             })
             .unwrap_or_default();
@@ -418,12 +422,33 @@ pub fn stop_process(pid: u32) {
 }
 
 /// A TCP port that was free a moment ago (for a server that must come back on the same
-/// port after a restart).
+/// port after a restart), never one this process handed out before: the port is released at
+/// once and the process given it binds later, so the kernel could hand it out again meanwhile
+/// (two etcd members were given the same port, and one failed to start).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    free_ports(1)[0]
+}
+
+/// `n` distinct ports as [`free_port`] finds them.
+pub fn free_ports(n: usize) -> Vec<u16> {
+    static HANDED_OUT: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    // Held until all are found, so the kernel cannot give one twice within the call.
+    let mut held = Vec::new();
+    let mut ports = Vec::new();
+    while ports.len() < n {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+        let port = listener
+            .local_addr()
+            .expect("a bound listener's address")
+            .port();
+        if !handed_out.contains(&port) {
+            handed_out.push(port);
+            ports.push(port);
+        }
+        held.push(listener);
+    }
+    ports
 }
 
 /// A command that runs the seqd binary under test (see the module documentation), starting

@@ -4,7 +4,7 @@
 #![allow(dead_code)]
 
 use std::fs::File;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -12,35 +12,7 @@ use std::time::{Duration, Instant};
 /// How long any single wait may take before the test fails.
 pub const PATIENCE: Duration = Duration::from_secs(30);
 
-/// A port nothing listens on right now (the kernel's pick; released at once), never one this
-/// process handed out before: a port released at once can be handed out again at once, and
-/// the processes given them bind later (two etcd members were given the same port, and one
-/// failed to start).
-pub fn free_port() -> u16 {
-    free_ports(1)[0]
-}
-
-/// `n` distinct ports as [`free_port`] finds them.
-pub fn free_ports(n: usize) -> Vec<u16> {
-    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
-    // Held until all are found, so the kernel cannot give one twice within the call.
-    let mut held = Vec::new();
-    let mut ports = Vec::new();
-    while ports.len() < n {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("cannot find a free port");
-        let port = listener
-            .local_addr()
-            .expect("a bound listener has an address")
-            .port();
-        if !handed_out.contains(&port) {
-            handed_out.push(port);
-            ports.push(port);
-        }
-        held.push(listener);
-    }
-    ports
-}
+pub use seqd_test_support::{free_port, free_ports};
 
 fn temp_dir(prefix: &str) -> tempfile::TempDir {
     tempfile::Builder::new()
