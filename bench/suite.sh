@@ -48,7 +48,10 @@ usage: bench/suite.sh [--quick] [--rounds N] [--out DIR] [--realtime] [--no-inst
 
 environment: BUDGET_PERCENT (default 50) is the CPU budget of every server in the budgeted
 rows, in percent of its one CPU, enforced as a CFS quota per BUDGET_PERIOD_US (default 10000);
-BUDGET_PERCENT=0 skips the budgeted rows. SERVER_CPU (default 0) is the CPU every server is pinned to; CLIENT_CPU (default
+BUDGET_PERCENT=0 skips the budgeted rows. BUDGET_RESP_PERCENT (default 30) is the budget of the
+redis-benchmark rows: smaller, because redis-benchmark is one thread on one client CPU and at
+50% seqd's share outruns it (a row whose client is over 75% busy cannot decide a goal); every
+server gets the same budget in a row, so the ratio is still per unit of CPU. SERVER_CPU (default 0) is the CPU every server is pinned to; CLIENT_CPU (default
 1) the CPUs of the clients: one CPU, or a taskset list (`1-3`, `1,3`) for one load-generator
 thread per CPU (loadgen --threads, redis-benchmark --threads, pgbench -j), so that on a
 machine with spare cores the clients can outrun the server;
@@ -119,12 +122,15 @@ else
   OPEN_RATES="100000 300000 1000000"
 fi
 # The budgeted rows: the configurations the throughput goals of issue 16 name, and
-# redis-benchmark's -P 64 and -P 1 (RBB_* requests each, sized for half a core).
+# redis-benchmark's -P 64 and -P 1 (RBB_* requests each, sized for a third of a core).
 BUDGET_CONFIGS=("50 1" "50 16" "50 64")
 BUDGET_PERCENT=${BUDGET_PERCENT:-50}
+BUDGET_RESP_PERCENT=${BUDGET_RESP_PERCENT:-30}
 BUDGET_PERIOD_US=${BUDGET_PERIOD_US:-10000}
 [[ $BUDGET_PERCENT =~ ^[0-9]+$ ]] && ((BUDGET_PERCENT <= 100)) ||
   { echo "suite.sh: BUDGET_PERCENT must be 0 to 100" >&2; exit 2; }
+[[ $BUDGET_RESP_PERCENT =~ ^[0-9]+$ ]] && ((BUDGET_RESP_PERCENT >= 1 && BUDGET_RESP_PERCENT <= 100)) ||
+  { echo "suite.sh: BUDGET_RESP_PERCENT must be 1 to 100" >&2; exit 2; }
 [[ $BUDGET_PERIOD_US =~ ^[0-9]+$ ]] && ((BUDGET_PERIOD_US >= 1000 && BUDGET_PERIOD_US <= 1000000)) ||
   { echo "suite.sh: BUDGET_PERIOD_US must be 1000 to 1000000 (microseconds)" >&2; exit 2; }
 IDLE_CONNECTIONS=10000
@@ -309,20 +315,29 @@ own_cgroup() {
   fi
 }
 
+# set_quota KIND DIR QUOTA_US: the cgroup's CFS quota per BUDGET_PERIOD_US.
+set_quota() {
+  if [[ $1 == v2 ]]; then
+    echo "$3 $BUDGET_PERIOD_US" >"$2/cpu.max"
+  else
+    echo "$BUDGET_PERIOD_US" >"$2/cpu.cfs_period_us" && echo "$3" >"$2/cpu.cfs_quota_us"
+  fi
+} 2>/dev/null
+
 # make_cgroup KIND DIR [QUOTA_US]: a cgroup with the highest CPU weight (and a quota).
 make_cgroup() {
-  local kind=$1 dir=$2 quota=${3:-}
+  local kind=$1 dir=$2 quota=${3:-} weight=(cpu.shares 262144)
   mkdir "$dir" 2>/dev/null || return 1
-  if [[ $kind == v2 ]]; then
-    echo 10000 >"$dir/cpu.weight" 2>/dev/null &&
-      { [[ -z $quota ]] || echo "$quota $BUDGET_PERIOD_US" >"$dir/cpu.max" 2>/dev/null; } && return 0
-  else
-    echo 262144 >"$dir/cpu.shares" 2>/dev/null &&
-      { [[ -z $quota ]] || { echo "$BUDGET_PERIOD_US" >"$dir/cpu.cfs_period_us" &&
-        echo "$quota" >"$dir/cpu.cfs_quota_us"; } 2>/dev/null; } && return 0
-  fi
+  [[ $kind == v1 ]] || weight=(cpu.weight 10000)
+  echo "${weight[1]}" >"$dir/${weight[0]}" 2>/dev/null &&
+    { [[ -z $quota ]] || set_quota "$kind" "$dir" "$quota"; } && return 0
   rmdir "$dir" 2>/dev/null || true
   return 1
+}
+# budget_percent PERCENT: the budget cgroup's quota (while it holds no server).
+budget_percent() {
+  set_quota "$BUDGET_KIND" "$BUDGET_DIR" $((BUDGET_PERIOD_US * $1 / 100)) ||
+    { echo "suite.sh: could not set the CPU budget to $1% in $BUDGET_DIR" >&2; exit 1; }
 }
 
 setup_cgroups() {
@@ -392,20 +407,16 @@ quota_wait() {
   done
   echo "suite.sh: note: $(basename "$log" .log) did not report the quota change (an older build?)" >&2
 }
-QUOTA_ON="CPU quota in force"
-QUOTA_OFF="no CPU quota any more"
-budget_on() {
+# budget_move PID CGROUP PATTERN [LOG]: PID into CGROUP; then waits for LOG to say PATTERN.
+budget_move() {
   local before=0
-  [[ -z ${2:-} ]] || before=$(quota_said "$2" "$QUOTA_ON")
-  echo "$1" >"$BUDGET_DIR/cgroup.procs"
-  [[ -z ${2:-} ]] || quota_wait "$2" "$QUOTA_ON" "$before"
+  [[ -z ${4:-} ]] || before=$(quota_said "$4" "$3")
+  echo "$1" >"$2/cgroup.procs"
+  [[ -z ${4:-} ]] || quota_wait "$4" "$3" "$before"
 }
-budget_off() {
-  local before=0
-  [[ -z ${2:-} ]] || before=$(quota_said "$2" "$QUOTA_OFF")
-  echo "$1" >"$BUDGET_HOME/cgroup.procs" 2>/dev/null || true
-  [[ -z ${2:-} ]] || quota_wait "$2" "$QUOTA_OFF" "$before"
-}
+budget_on() { budget_move "$1" "$BUDGET_DIR" "CPU quota in force" "${2:-}"; }
+# (A server that has exited meanwhile has nothing to move or to wait for.)
+budget_off() { ! kill -0 "$1" 2>/dev/null || budget_move "$1" "$BUDGET_HOME" "no CPU quota any more" "${2:-}"; }
 # Removes our cgroups once their processes are gone (moving any left to our own cgroup).
 budget_remove() {
   local dir pid home
@@ -607,7 +618,7 @@ if [[ -n $PRIO_CGROUP ]]; then
   echo "  priority: $PRIO_DESC" >&2
 fi
 if [[ -n $BUDGET_KIND ]]; then
-  echo "  CPU budget: $BUDGET_PERCENT% of CPU $SERVER_CPU per server (cgroup $BUDGET_KIND, $BUDGET_DIR: quota $((BUDGET_PERIOD_US * BUDGET_PERCENT / 100)) us per $BUDGET_PERIOD_US us)" >&2
+  echo "  CPU budget: $BUDGET_PERCENT% of CPU $SERVER_CPU per server, $BUDGET_RESP_PERCENT% in the redis-benchmark rows (cgroup $BUDGET_KIND, $BUDGET_DIR: quota $((BUDGET_PERIOD_US * BUDGET_PERCENT / 100)) and $((BUDGET_PERIOD_US * BUDGET_RESP_PERCENT / 100)) us per $BUDGET_PERIOD_US us)" >&2
 else
   echo "suite.sh: note: no budgeted rows: $BUDGET_WHY; the throughput goals are judged on the full-core rows (client-bound ones inconclusive)" >&2
 fi
@@ -686,7 +697,8 @@ for round in $(seq "$ROUNDS"); do
       budget_off "$pid" "$quota_log"
     done
   done
-  log "RESP via redis-benchmark under the CPU budget, round $round of $ROUNDS"
+  log "RESP via redis-benchmark under the CPU budget ($BUDGET_RESP_PERCENT% of CPU $SERVER_CPU), round $round of $ROUNDS"
+  budget_percent "$BUDGET_RESP_PERCENT"
   for setting in "50 64 $RBB_P64" "50 1 $RBB_P1"; do
     read -r c p n <<<"$setting"
     for server in "${order[@]}"; do
@@ -697,6 +709,7 @@ for round in $(seq "$ROUNDS"); do
       budget_off "$pid" "$quota_log"
     done
   done
+  budget_percent "$BUDGET_PERCENT"
   BUDGETED=0
 done
 
@@ -876,7 +889,7 @@ M_V_POSTGRES=$("$PG_BIN/postgres" --version) M_V_PGBENCH=$(pgbench --version) \
 M_DURABLE=$SEQD_DURABLE M_S_SEQD=$MAIN_SEQD_CMD M_S_BASELINE=$BASE_CMD M_S_REDIS=$REDIS_CMD \
 M_S_POSTGRES=$PG_CMD M_IDLE=$IDLE_CONNECTIONS M_REALTIME=$REALTIME M_SEQD_BINARY=${SEQD#"$ROOT"/} \
 M_S_ZEROWORK=$ZERO_CMD M_RBB="$RBB_P64 $RBB_P1" M_OPEN_RATES=$OPEN_RATES M_PRIO="$PRIO_DESC" \
-M_B_KIND=$BUDGET_KIND M_B_DIR=$BUDGET_DIR M_B_WHY=$BUDGET_WHY M_B_PERCENT=$BUDGET_PERCENT M_B_PERIOD=$BUDGET_PERIOD_US \
+M_B_KIND=$BUDGET_KIND M_B_DIR=$BUDGET_DIR M_B_WHY=$BUDGET_WHY M_B_PERCENT=$BUDGET_PERCENT M_B_RESP_PERCENT=$BUDGET_RESP_PERCENT M_B_PERIOD=$BUDGET_PERIOD_US \
 python3 - "$OUT/meta.json" "$WORK/failed.txt" <<'PY'
 import json, os, sys
 e = os.environ
@@ -906,6 +919,8 @@ meta = {
                "unusable_because": e["M_B_WHY"] or None, "percent": int(e["M_B_PERCENT"]),
                "period_us": int(e["M_B_PERIOD"]),
                "quota_us": int(e["M_B_PERIOD"]) * int(e["M_B_PERCENT"]) // 100,
+               "resp_percent": int(e["M_B_RESP_PERCENT"]),
+               "resp_quota_us": int(e["M_B_PERIOD"]) * int(e["M_B_RESP_PERCENT"]) // 100,
                "redis_benchmark_requests": dict(zip(["c50 P64", "c50 P1"], [int(x) for x in e["M_RBB"].split()]))},
     "failed_steps": [l for l in open(sys.argv[2]).read().splitlines() if l],
 }
