@@ -55,9 +55,12 @@ impl Timer {
         Ok(Timer { fd, armed_at: 0 })
     }
 
-    /// Fires once at absolute monotonic time `at_ns` (no-op if already armed for it).
-    pub fn arm_at(&mut self, at_ns: u64) -> io::Result<()> {
-        if at_ns == self.armed_at {
+    /// Makes the timer fire once, no later than absolute monotonic time `at_ns` (`now_ns` is
+    /// the time now). Armed already for a time still ahead and no later than `at_ns`, it is left
+    /// as it is: the event loop asks after every turn, and an early wake-up costs one more turn
+    /// where re-arming would cost a timerfd_settime each time.
+    pub fn arm_by(&mut self, at_ns: u64, now_ns: u64) -> io::Result<()> {
+        if self.armed_at > now_ns && self.armed_at <= at_ns {
             return Ok(());
         }
         let spec = libc::itimerspec {
@@ -95,5 +98,32 @@ impl Timer {
 
     pub fn raw_fd(&self) -> RawFd {
         self.fd.as_raw_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_earlier_arming_still_ahead_is_kept_and_a_later_or_past_one_is_replaced() {
+        let mut timer = Timer::new().unwrap();
+        let now = now_ns();
+        timer.arm_by(now + 1_000_000, now).unwrap();
+        assert_eq!(timer.armed_at, now + 1_000_000);
+        // Asked for later: the earlier expiry stands (one early wake-up, no re-arming).
+        timer.arm_by(now + 2_000_000, now).unwrap();
+        assert_eq!(timer.armed_at, now + 1_000_000);
+        // Asked for sooner: brought forward.
+        timer.arm_by(now + 500_000, now).unwrap();
+        assert_eq!(timer.armed_at, now + 500_000);
+        // Once its time has passed (fired, the event not seen yet), armed anew.
+        let later = now + 600_000;
+        timer.arm_by(later + 1_000_000, later).unwrap();
+        assert_eq!(timer.armed_at, later + 1_000_000);
+        // After the event, armed anew even for the same time.
+        timer.expired();
+        timer.arm_by(later + 1_000_000, later).unwrap();
+        assert_eq!(timer.armed_at, later + 1_000_000);
     }
 }

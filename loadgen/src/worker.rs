@@ -869,7 +869,7 @@ pub fn run(
         let timeout = if wake <= now {
             Some(Duration::ZERO)
         } else {
-            timer.arm_at(wake)?;
+            timer.arm_by(wake, now)?;
             // Also a coarse epoll timeout, so a lost timer edge cannot hang the run.
             Some(Duration::from_nanos(wake - now) + Duration::from_millis(2))
         };
